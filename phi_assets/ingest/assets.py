@@ -1,0 +1,139 @@
+"""Raw shard assets (group ``ingest``): one dynamic partition per shard file, and the catalog."""
+
+
+from dataclasses import asdict
+from pathlib import Path
+
+import dagster as dg
+
+from phi_assets import plots
+from phi_assets.ingest import catalog, embedded, expectations, readers, schema, shards
+from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
+from resources import ArtifactStore, ProfileResource
+
+code_shards = dg.DynamicPartitionsDefinition(name="code_shards")
+web_shards = dg.DynamicPartitionsDefinition(name="web_shards")
+PARTITIONS = {"code": code_shards, "web": web_shards}
+INGEST_CODE_VERSION = code_version_of(readers, schema, shards, embedded, expectations)
+CATALOG_CODE_VERSION = code_version_of(catalog)
+
+
+class ShardConfig(dg.Config):
+    text_field: str | None = None  # e.g. "content" for The Stack; default: "text", then "content"
+    max_record_bytes: int = 4_000_000
+
+
+def _build_shard(spec: shards.ShardSpec, profile, options: readers.ReaderOptions, out: Path) -> Built:
+    stats = shards.ingest_shard(spec, profile, out, options)
+    suite = expectations.validate_docs(out / shards.DOCS_FILE, profile.sizes.max_doc_bytes)
+    checks = {"success": suite.success, "failures": suite.failures(),
+              "outcomes": [asdict(o) for o in suite.outcomes]}
+    return Built(stats.data_version, {"stats": stats.to_json(), "expectations": checks})
+
+
+def _shard_metadata(manifest: dict, store: ArtifactStore, asset: str, key: str) -> dict:
+    stats = manifest["metadata"]["stats"]
+    where = store.version_path(asset, key, manifest["data_version"])
+    preview = [dg.TableRecord(row) for row in stats["preview"]]
+    columns = [dg.TableColumn(n, t) for n, t in
+               (("id", "string"), ("uri", "string"), ("chars", "int"), ("text", "string"))]
+    return {
+        "dagster/row_count": stats["num_written"],
+        "num_read": stats["num_read"],
+        "num_rejected": stats["num_rejected"],
+        "reject_reasons": dg.MetadataValue.json(stats["rejected"]),
+        "num_bytes": stats["num_bytes"],
+        "est_tokens": stats["est_tokens"],
+        "source_uri": stats["uri"],
+        "artifact": store.uri(where),
+        "preview": dg.MetadataValue.table(preview, dg.TableSchema(columns)),
+        "length_histogram": plots.log2_histogram(stats["length_hist"], "document length", "chars"),
+    }
+
+
+def _quarantine(store: ArtifactStore, asset: str, key: str, err: readers.ShardError) -> str:
+    path = f"{store.partition_path(asset, key)}/_quarantine/{stable_hash([err.uri, err.reason], 12)}.json"
+    store.write_json(path, {"asset": asset, "partition": key, "uri": err.uri, "reason": err.reason})
+    return store.uri(path)
+
+
+def raw_shards_asset(source: str) -> dg.AssetsDefinition:
+    name = f"raw_{source}_shards"
+    check = dg.AssetCheckSpec("great_expectations", asset=name, blocking=True,
+                              description="GX suite: schema, non-null text, length, unique ids")
+
+    @dg.asset(name=name, partitions_def=PARTITIONS[source], group_name="ingest",
+              code_version=INGEST_CODE_VERSION, check_specs=[check], kinds={"parquet"},
+              description=f"Raw {source} documents of one shard, in the pipeline's document schema.")
+    def _asset(context: dg.AssetExecutionContext, config: ShardConfig, store: ArtifactStore,
+               profile: ProfileResource) -> dg.MaterializeResult:
+        settings, key = profile.get(), context.partition_key
+        options = readers.ReaderOptions(config.text_field, config.max_record_bytes)
+        try:
+            spec = shards.resolve_shard(source, key, settings)
+            inputs = {"shard": shards.shard_fingerprint(spec, settings), "config": config.model_dump()}
+            outcome = materialize_versioned(
+                context, store, code_version=INGEST_CODE_VERSION, inputs=inputs,
+                build=lambda out: _build_shard(spec, settings, options, out))
+        except readers.ShardError as err:
+            where = _quarantine(store, name, key, err)
+            raise dg.Failure(description=f"shard {key!r} failed: {err}",
+                             metadata={"uri": err.uri, "reason": err.reason, "quarantine": where}) from err
+        checks = outcome.metadata["expectations"]
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(outcome.data_version),
+            metadata={**_shard_metadata(outcome.manifest, store, name, key), "skipped": outcome.skipped},
+            check_results=[dg.AssetCheckResult(
+                check_name="great_expectations", passed=checks["success"],
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"failures": dg.MetadataValue.json(checks["failures"]),
+                          "outcomes": dg.MetadataValue.json(checks["outcomes"])})],
+        )
+
+    return _asset
+
+
+raw_code_shards = raw_shards_asset("code")
+raw_web_shards = raw_shards_asset("web")
+
+
+def _catalog_rows(context: dg.AssetExecutionContext, store: ArtifactStore) -> list[dict]:
+    rows = []
+    for source, pdef in PARTITIONS.items():
+        asset = f"raw_{source}_shards"
+        for key in sorted(context.instance.get_dynamic_partitions(pdef.name)):
+            manifest = store.current_manifest(asset, key)
+            if manifest is None:
+                context.log.warning(f"{asset}[{key}] has no materialized version; not in the catalog")
+                continue
+            where = store.version_path(asset, key, manifest["data_version"])
+            rows.append(catalog.shard_row(source, key, manifest, store.uri(f"{where}/docs.parquet"),
+                                          store.uri(f"{where}/rejects.parquet")))
+    return rows
+
+
+@dg.asset(deps=[raw_code_shards, raw_web_shards], group_name="ingest", kinds={"duckdb"},
+          code_version=CATALOG_CODE_VERSION,
+          description="DuckDB catalog over all raw shards: counts, bytes, estimated tokens.")
+def raw_catalog(context: dg.AssetExecutionContext, store: ArtifactStore,
+                profile: ProfileResource) -> dg.MaterializeResult:
+    rows = _catalog_rows(context, store)
+    inputs = {"shards": [(r["source"], r["shard"], r["data_version"]) for r in rows]}
+
+    def build(out: Path) -> Built:
+        catalog.build_catalog(rows, out / "catalog.duckdb")
+        return Built(stable_hash(inputs), {"rows": rows})
+
+    outcome = materialize_versioned(context, store, code_version=CATALOG_CODE_VERSION,
+                                    inputs=inputs, build=build)
+    published = Path(profile.get().catalog_path)
+    if not outcome.skipped or not published.exists():
+        catalog.build_catalog(outcome.metadata["rows"], published)
+    totals = catalog.source_totals(published)
+    table = "| source | shards | read | docs | rejected | MB | est. tokens |\n|---|---|---|---|---|---|---|\n"
+    table += "\n".join(f"| {s} | {n} | {r} | {d} | {x} | {b / 1e6:.1f} | {t:,} |"
+                       for s, n, r, d, x, b, t in totals)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(outcome.data_version),
+        metadata={"catalog_path": dg.MetadataValue.path(str(published)), "num_shards": len(rows),
+                  "sources": dg.MetadataValue.md(table), "skipped": outcome.skipped})

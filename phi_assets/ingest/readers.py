@@ -1,0 +1,314 @@
+"""Streaming readers: shard files in, ``Record``s (or per-record ``Rejected``s) out.
+
+Formats: JSONL (plain, .gz, .zst), parquet (Hugging Face datasets layout, text column
+configurable), HTML and WARC (main text extracted with resiliparse), and source trees (``*.py``).
+Readers never load a whole shard: JSONL is read line by line with a bounded line length, parquet
+batch by batch, WARC record by record, source trees file by file. A shard that cannot be read at
+all raises ``ShardError`` naming the file and the reason; a bad record becomes a ``Rejected``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tokenize
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from phi_assets.ingest.schema import RAW_KEEP_BYTES
+
+TEXT_FIELD_CANDIDATES = ("text", "content")
+URI_FIELDS = ("uri", "url", "path", "max_stars_repo_path")
+LICENSE_FIELDS = ("license", "licenses", "max_stars_repo_licenses")
+
+
+class ShardError(Exception):
+    """A whole shard could not be read. The message names the file and the reason."""
+
+    def __init__(self, uri: str, reason: str):
+        super().__init__(f"{uri}: {reason}")
+        self.uri, self.reason = uri, reason
+
+
+@dataclass
+class Record:
+    text: Any  # a str from a well-formed input; anything else is rejected downstream
+    uri: str
+    position: str
+    license: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Rejected:
+    uri: str
+    position: str
+    reason: str
+    detail: str
+    raw: bytes | None = None
+    raw_len: int = 0
+    raw_sha256: str | None = None
+
+    @classmethod
+    def of(cls, uri: str, position: str, reason: str, detail: str, raw: bytes | None) -> Rejected:
+        if raw is None:
+            return cls(uri, position, reason, detail)
+        digest = hashlib.sha256(raw).hexdigest()
+        return cls(uri, position, reason, detail, raw[:RAW_KEEP_BYTES], len(raw), digest)
+
+
+Item = Record | Rejected
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    text_field: str | None = None  # None: the first of TEXT_FIELD_CANDIDATES that exists
+    max_record_bytes: int = 4_000_000
+    batch_rows: int = 1024
+
+
+def _open(uri: str) -> io.BufferedIOBase:
+    return fsspec.open(uri, "rb", compression="infer").open()
+
+
+def _compression_error(uri: str, exc: Exception) -> ShardError:
+    return ShardError(uri, f"corrupt or truncated compressed stream ({type(exc).__name__}: {exc})")
+
+
+def _sniff_binary(uri: str, head: bytes, what: str) -> None:
+    if not head:
+        raise ShardError(uri, "empty file (no bytes after decompression)")
+    if b"\x00" in head:
+        raise ShardError(uri, f"binary data, not {what} (NUL bytes in the first {len(head)} bytes)")
+
+
+def _first_field(obj: dict, names: Iterable[str]) -> Any:
+    for name in names:
+        if obj.get(name) not in (None, "", []):
+            return obj[name]
+    return None
+
+
+def _license(value: Any) -> str | None:
+    if value is None:
+        return None
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _bounded_lines(f: io.BufferedIOBase, limit: int) -> Iterator[tuple[int, bytes, int, str | None]]:
+    """Yield (line number, bytes, full length, sha256 if cut). Overlong lines are not kept whole."""
+    number = 0
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield number, line, len(line), None
+            continue
+        digest, total, prefix = hashlib.sha256(line), len(line), line[:RAW_KEEP_BYTES]
+        while not line.endswith(b"\n"):
+            line = f.readline(1 << 20)
+            if not line:
+                break
+            digest.update(line)
+            total += len(line)
+        yield number, prefix, total, digest.hexdigest()
+
+
+def _jsonl_record(uri: str, number: int, line: bytes, text_field: str | None) -> Item:
+    position = f"line {number}"
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return Rejected.of(uri, position, "invalid_utf8", str(exc), line)
+    except json.JSONDecodeError as exc:
+        return Rejected.of(uri, position, "invalid_json", str(exc), line)
+    if not isinstance(obj, dict):
+        return Rejected.of(uri, position, "not_an_object", f"a JSON {type(obj).__name__}", line)
+    names = (text_field,) if text_field else TEXT_FIELD_CANDIDATES
+    name = next((n for n in names if n in obj), None)
+    if name is None:
+        detail = f"no field {' or '.join(map(repr, names))}; keys are {sorted(obj)[:20]}"
+        return Rejected.of(uri, position, "missing_text_field", detail, line)
+    text = obj.pop(name)
+    record_uri = _first_field(obj, URI_FIELDS) or f"{uri}#L{number}"
+    license_ = _license(_first_field(obj, LICENSE_FIELDS))
+    return Record(text, str(record_uri), position, license_, obj)
+
+
+def read_jsonl(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[Item]:
+    try:
+        with _open(uri) as f:
+            _sniff_binary(uri, f.read(8192), "JSONL")
+        with _open(uri) as f:
+            lines = _bounded_lines(f, options.max_record_bytes)
+            for number, line, length, digest in lines:
+                if digest is not None:
+                    detail = f"record of {length} bytes exceeds max_record_bytes"
+                    yield Rejected(uri, f"line {number}", "too_large", detail, line, length, digest)
+                elif line.strip():
+                    yield _jsonl_record(uri, number, line, options.text_field)
+    except (EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise ShardError(uri, "file not found") from exc
+        raise _compression_error(uri, exc) from exc
+
+
+def read_parquet(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[Item]:
+    try:
+        f = _open(uri)
+        parquet = pq.ParquetFile(f)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ShardError(uri, f"not a readable parquet file ({exc})") from exc
+    with f:
+        names = parquet.schema_arrow.names
+        wanted = (options.text_field,) if options.text_field else TEXT_FIELD_CANDIDATES
+        text_col = next((n for n in wanted if n in names), None)
+        if text_col is None:
+            raise ShardError(
+                uri,
+                f"wrong schema: no text column {' or '.join(map(repr, wanted))}; columns are "
+                f"{names}; set text_field to the column that holds the text",
+            )
+        row = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=options.batch_rows):
+                for obj in batch.to_pylist():
+                    row += 1
+                    text = obj.pop(text_col)
+                    record_uri = _first_field(obj, URI_FIELDS) or f"{uri}#row={row}"
+                    license_ = _license(_first_field(obj, LICENSE_FIELDS))
+                    yield Record(text, str(record_uri), f"row {row}", license_, obj)
+        except (pa.ArrowException, OSError) as exc:
+            raise ShardError(uri, f"corrupt parquet data after row {row} ({exc})") from exc
+
+
+def html_to_text(html: bytes) -> tuple[str, str | None]:
+    """Main text (boilerplate removed) and title of an HTML page, with encoding detection."""
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+    from resiliparse.parse.html import HTMLTree
+
+    tree = HTMLTree.parse(bytes_to_str(html, detect_encoding(html)))
+    text = extract_plain_text(tree, main_content=True, alt_texts=False, links=False)
+    return text, (tree.title or None)
+
+
+def read_html(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[Item]:
+    with _open(uri) as f:
+        html = f.read(options.max_record_bytes + 1)
+        if not html:
+            raise ShardError(uri, "empty file")
+        if len(html) > options.max_record_bytes:
+            yield _oversized(f, html, uri, "file", "HTML file exceeds max_record_bytes")
+            return
+    text, title = html_to_text(html)
+    yield Record(text, uri, "file", None, {"title": title, "format": "html"})
+
+
+def read_warc(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[Item]:
+    from fastwarc.stream_io import FastWARCError
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    count = 0
+    try:
+        with _open_raw(uri) as f:
+            records = ArchiveIterator(f, record_types=WarcRecordType.response, parse_http=True)
+            for record in records:
+                count += 1
+                target = record.headers.get("WARC-Target-URI") or f"{uri}#record={count}"
+                ctype = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
+                body = record.reader.read(options.max_record_bytes + 1)
+                position = f"record {count}"
+                if "html" not in ctype.lower():
+                    yield Rejected.of(target, position, "not_html", f"Content-Type {ctype!r}", body)
+                elif len(body) > options.max_record_bytes:
+                    yield Rejected.of(target, position, "too_large", "exceeds max_record_bytes", body)
+                else:
+                    text, title = html_to_text(body)
+                    meta = {"title": title, "warc_date": record.headers.get("WARC-Date")}
+                    yield Record(text, target, position, None, meta)
+    except (FastWARCError, OSError, EOFError) as exc:
+        raise ShardError(uri, f"corrupt WARC after {count} records ({exc})") from exc
+    if count == 0:
+        raise ShardError(uri, "no WARC response records (empty or not a WARC file)")
+
+
+def _open_raw(uri: str) -> io.BufferedIOBase:
+    return fsspec.open(uri, "rb").open()  # fastwarc detects gzip per record itself
+
+
+def _oversized(f: io.BufferedIOBase, head: bytes, uri: str, position: str, detail: str) -> Rejected:
+    """Reject an oversized item keeping its first bytes; the rest is hashed, not held."""
+    digest, total = hashlib.sha256(head), len(head)
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+        total += len(chunk)
+    return Rejected(uri, position, "too_large", detail, head[:RAW_KEEP_BYTES], total, digest.hexdigest())
+
+
+def decode_python_source(raw: bytes) -> str:
+    """Decode Python source with its PEP 263 coding cookie (UTF-8 by default)."""
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+    return raw.decode(encoding)
+
+
+def read_source_files(
+    files: Iterable[tuple[str, str]], license_: str | None, options: ReaderOptions
+) -> Iterator[Item]:
+    """Source files given as (path or URI, name), one document each."""
+    for path, name in files:
+        with fsspec.open(path, "rb") as f:
+            raw = f.read(options.max_record_bytes + 1)
+            if len(raw) > options.max_record_bytes:
+                yield _oversized(f, raw, path, name, "file exceeds max_record_bytes")
+                continue
+        try:
+            text = decode_python_source(raw)
+        except (SyntaxError, UnicodeDecodeError, LookupError) as exc:
+            yield Rejected.of(path, name, "invalid_utf8", f"cannot decode: {exc}", raw)
+            continue
+        yield Record(text, path, name, license_, {"path": name, "language": "python"})
+
+
+def read_source_tree(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[Item]:
+    fs, root = fsspec.core.url_to_fs(uri)
+    paths = sorted(fs.glob(f"{root.rstrip('/')}/**/*.py"))
+    if not paths:
+        raise ShardError(uri, "source tree holds no *.py files")
+    files = ((fs.unstrip_protocol(p), p[len(root.rstrip("/")) + 1 :]) for p in paths)
+    yield from read_source_files(files, None, options)
+
+
+READERS = {
+    "jsonl": read_jsonl,
+    "parquet": read_parquet,
+    "html": read_html,
+    "warc": read_warc,
+    "pytree": read_source_tree,
+}
+SUFFIXES = {
+    ".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".jsonl.zst": "jsonl", ".ndjson": "jsonl",
+    ".json.gz": "jsonl", ".ndjson.gz": "jsonl", ".ndjson.zst": "jsonl",
+    ".parquet": "parquet",
+    ".html": "html", ".htm": "html",
+    ".warc": "warc", ".warc.gz": "warc",
+}
+
+
+def detect_format(name: str, is_dir: bool = False) -> str | None:
+    """The reader for a landing entry by its name; directories are source trees."""
+    if is_dir:
+        return "pytree"
+    lower = name.lower()
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return SUFFIXES[suffix]
+    return None

@@ -1,0 +1,253 @@
+"""One shard in, one versioned set of files out: documents, rejects, and the counts that reconcile.
+
+``ingest_shard`` streams records from a reader, validates each one, writes kept documents to
+``docs.parquet`` and rejected ones (with reason and raw bytes) to ``rejects.parquet``, both zstd
+parquet, in batches. ``read == written + sum(rejected by reason)`` holds for every shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from phi_assets.ingest import embedded
+from phi_assets.ingest.readers import (
+    READERS,
+    Item,
+    ReaderOptions,
+    Rejected,
+    ShardError,
+    detect_format,
+)
+from phi_assets.ingest.schema import DOC_SCHEMA, REJECT_SCHEMA, doc_id, meta_json
+from resources.profiles import Profile
+
+DOCS_FILE, REJECTS_FILE = "docs.parquet", "rejects.parquet"
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+MAX_CONTROL_FRACTION = 0.01
+LENGTH_BINS = 24  # histogram of log2(characters): 1 .. 16M
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    source: str  # "code" | "web"
+    key: str  # the partition key
+    uri: str  # file or directory URI, or the embedded key
+    fmt: str  # a key of READERS, or "embedded"
+
+
+def resolve_shard(source: str, key: str, profile: Profile) -> ShardSpec:
+    """Where a partition's data lives: an embedded corpus, or an entry in the landing area."""
+    if key.startswith(embedded.PREFIX):
+        return ShardSpec(source, key, key, "embedded")
+    uri = f"{profile.landing_uri(source)}/{key}"
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not fs.exists(path):
+        raise ShardError(uri, "shard file not found in the landing area")
+    fmt = detect_format(key, is_dir=fs.isdir(path))
+    if fmt is None:
+        raise ShardError(uri, f"unknown format; supported suffixes: {sorted(_suffixes())}")
+    return ShardSpec(source, key, uri, fmt)
+
+
+def _suffixes() -> set[str]:
+    from phi_assets.ingest.readers import SUFFIXES
+
+    return set(SUFFIXES)
+
+
+def content_hash(uri: str) -> str:
+    """sha256 of a file's bytes, or of a directory's (relative path, file hash) pairs."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    h = hashlib.sha256()
+    if fs.isdir(path):
+        for p in sorted(fs.find(path)):
+            h.update(p[len(path) :].encode() + b"\0" + content_hash(fs.unstrip_protocol(p)).encode())
+        return h.hexdigest()[:32]
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()[:32]
+
+
+def shard_fingerprint(spec: ShardSpec, profile: Profile) -> str:
+    if spec.fmt == "embedded":
+        return embedded.embedded_fingerprint(spec.source, spec.key, profile.sizes)
+    return content_hash(spec.uri)
+
+
+def open_items(spec: ShardSpec, profile: Profile, options: ReaderOptions) -> Iterator[Item]:
+    if spec.fmt == "embedded":
+        return embedded.embedded_records(spec.source, spec.key, profile.sizes, options)
+    return READERS[spec.fmt](spec.uri, options)
+
+
+@dataclass
+class ShardStats:
+    source: str
+    uri: str
+    num_read: int = 0
+    num_written: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    num_bytes: int = 0  # UTF-8 bytes of kept text
+    num_chars: int = 0
+    length_hist: list[int] = field(default_factory=lambda: [0] * LENGTH_BINS)
+    preview: list[dict[str, Any]] = field(default_factory=list)
+    data_version: str = ""
+
+    @property
+    def num_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def est_tokens(self) -> int:
+        # ~4 characters per token for English text and code with BPE vocabularies (GPT-2 era)
+        return self.num_chars // 4
+
+    def reconciles(self) -> bool:
+        return self.num_read == self.num_written + self.num_rejected
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(rejected=dict(sorted(self.rejected.items())), num_rejected=self.num_rejected,
+                   est_tokens=self.est_tokens)
+        return out
+
+
+def check_text(text: Any, max_doc_bytes: int) -> tuple[str | None, str, str | None]:
+    """(reason or None, detail, text as str). Reasons are the reject taxonomy of docs/data-model.md."""
+    if text is None:
+        return "null_text", "text is null", None
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return "invalid_utf8", str(exc), None
+    if not isinstance(text, str):
+        return "text_not_string", f"text is a {type(text).__name__}", None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from JSON "\ud800"
+        return "invalid_utf8", str(exc), None
+    if not text.strip():
+        return "empty_text", f"{len(text)} whitespace characters", text
+    if size > max_doc_bytes:
+        return "too_large", f"{size} bytes > max_doc_bytes={max_doc_bytes}", text
+    sample = text[:200_000]
+    controls = len(_CONTROL.findall(sample))
+    if "\x00" in sample or controls > MAX_CONTROL_FRACTION * len(sample):
+        return "binary", f"{controls} control characters in {len(sample)}", text
+    return None, "", text
+
+
+class _BatchWriter:
+    """Buffered parquet writer: bounded memory whatever the shard size."""
+
+    def __init__(self, path: Path, schema: pa.Schema, max_rows: int = 2048, max_bytes: int = 32 << 20):
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.schema, self.max_rows, self.max_bytes = schema, max_rows, max_bytes
+        self.rows: list[dict[str, Any]] = []
+        self.bytes = 0
+
+    def add(self, row: dict[str, Any], size: int) -> None:
+        self.rows.append(row)
+        self.bytes += size
+        if len(self.rows) >= self.max_rows or self.bytes >= self.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows, self.bytes = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def _reject_row(item: Rejected) -> dict[str, Any]:
+    return asdict(item)
+
+
+def ingest_items(
+    items: Iterable[Item], source: str, uri: str, out_dir: Path, max_doc_bytes: int,
+    preview_rows: int = 5,
+) -> ShardStats:
+    """Validate and write one shard's items into ``out_dir``; return its counts and version."""
+    stats = ShardStats(source=source, uri=uri)
+    seen: set[str] = set()
+    version = hashlib.sha256(source.encode())
+    docs = _BatchWriter(out_dir / DOCS_FILE, DOC_SCHEMA)
+    rejects = _BatchWriter(out_dir / REJECTS_FILE, REJECT_SCHEMA, max_rows=256)
+    try:
+        for item in items:
+            stats.num_read += 1
+            if isinstance(item, Rejected):
+                reject = item
+            else:
+                reason, detail, text = check_text(item.text, max_doc_bytes)
+                ident = doc_id(text) if reason is None else None
+                if ident is not None and ident in seen:
+                    reason, detail = "duplicate_id", f"same text as an earlier document ({ident})"
+                if reason is not None:
+                    raw = text.encode("utf-8") if text is not None else _raw_of(item.text)
+                    reject = Rejected.of(item.uri, item.position, reason, detail, raw)
+                else:
+                    seen.add(ident)
+                    row = {"id": ident, "text": text, "source": source, "uri": item.uri,
+                           "license": item.license, "meta": meta_json(item.meta)}
+                    _count_doc(stats, row, preview_rows)
+                    version.update(f"{ident}|{item.uri}|{item.license}|{row['meta']}\n".encode())
+                    docs.add(row, len(text))
+                    continue
+            stats.rejected[reject.reason] += 1
+            version.update(f"!{reject.position}|{reject.reason}|{reject.raw_sha256}\n".encode())
+            rejects.add(_reject_row(reject), reject.raw_len)
+    finally:
+        docs.close()
+        rejects.close()
+    assert stats.reconciles(), stats
+    stats.data_version = version.hexdigest()[:32]
+    return stats
+
+
+def _raw_of(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    return repr(value).encode("utf-8", "backslashreplace")
+
+
+def _count_doc(stats: ShardStats, row: dict[str, Any], preview_rows: int) -> None:
+    chars = len(row["text"])
+    stats.num_written += 1
+    stats.num_chars += chars
+    stats.num_bytes += len(row["text"].encode("utf-8"))
+    stats.length_hist[min(LENGTH_BINS - 1, int(math.log2(max(chars, 1))))] += 1
+    if len(stats.preview) < preview_rows:
+        snippet = " ".join(row["text"][:120].split())
+        stats.preview.append({"id": row["id"][:12], "uri": row["uri"][-80:], "chars": chars,
+                              "text": snippet})
+
+
+def ingest_shard(spec: ShardSpec, profile: Profile, out_dir: Path, options: ReaderOptions) -> ShardStats:
+    """Read, validate and write one shard. Raises ``ShardError`` for an unreadable shard."""
+    stats = ingest_items(open_items(spec, profile, options), spec.source, spec.uri, out_dir,
+                         profile.sizes.max_doc_bytes)
+    if stats.num_read == 0:
+        raise ShardError(spec.uri, "empty shard: no records")
+    if stats.num_written == 0 and set(stats.rejected) == {"missing_text_field"}:
+        raise ShardError(spec.uri, "wrong schema: no record has the text field "
+                                   f"({stats.num_read} records); set text_field")
+    return stats

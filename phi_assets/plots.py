@@ -1,0 +1,42 @@
+"""Small plots for asset metadata, as markdown with an inline PNG (the Dagster UI renders it)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import dagster as dg
+
+
+def _markdown_png(fig) -> dg.MarkdownMetadataValue:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return dg.MetadataValue.md(f"![plot](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+
+
+def bar_plot(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str,
+             ylabel: str, log_y: bool = False) -> dg.MarkdownMetadataValue:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.bar(range(len(values)), values, color="#3b6ea8")
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if log_y:
+        ax.set_yscale("symlog")
+    return _markdown_png(fig)
+
+
+def log2_histogram(counts: Sequence[int], title: str, unit: str) -> dg.MarkdownMetadataValue:
+    """Counts per power-of-two bin (bin i holds values in [2**i, 2**(i+1)))."""
+    last = max((i for i, c in enumerate(counts) if c), default=0)
+    first = min((i for i, c in enumerate(counts) if c), default=0)
+    labels = [f"{2**i:,}" for i in range(first, last + 1)]
+    return bar_plot(labels, counts[first : last + 1], title, f"{unit} (lower bin edge)", "documents")
