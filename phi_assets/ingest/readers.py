@@ -9,6 +9,7 @@ all raises ``ShardError`` naming the file and the reason; a bad record becomes a
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -20,6 +21,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import zstandard
 
 from phi_assets.ingest.schema import RAW_KEEP_BYTES
 
@@ -73,8 +75,54 @@ class ReaderOptions:
     batch_rows: int = 1024
 
 
+class _ZstdReader(io.RawIOBase):
+    """Streaming zstd decompression that, unlike zstandard's stream_reader, notices truncation."""
+
+    def __init__(self, raw: io.BufferedIOBase):
+        self.raw, self.pending = raw, b""
+        self.decoder = zstandard.ZstdDecompressor().decompressobj()
+        self.in_frame = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            if self.decoder.eof:  # concatenated frames
+                self.decoder = zstandard.ZstdDecompressor().decompressobj()
+            self.pending += self.decoder.decompress(data)
+            self.in_frame = not self.decoder.eof
+            data = self.decoder.unused_data if self.decoder.eof else b""
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            chunk = self.raw.read(1 << 20)
+            if not chunk:
+                if self.in_frame:
+                    raise EOFError("zstd stream ended in the middle of a frame")
+                return 0
+            self._feed(chunk)
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 def _open(uri: str) -> io.BufferedIOBase:
-    return fsspec.open(uri, "rb", compression="infer").open()
+    """Open a file or URI for binary reading, decompressing .gz and .zst by suffix."""
+    raw = fsspec.open(uri, "rb").open()
+    lower = uri.lower()
+    if lower.endswith(".gz"):
+        gz = gzip.GzipFile(fileobj=raw, mode="rb")
+        gz.myfileobj = raw  # so that closing the gzip reader closes the file too
+        return gz
+    if lower.endswith((".zst", ".zstd")):
+        return io.BufferedReader(_ZstdReader(raw), buffer_size=1 << 20)
+    return raw
 
 
 def _compression_error(uri: str, exc: Exception) -> ShardError:
@@ -214,7 +262,6 @@ def read_html(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[It
 
 
 def read_warc(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[Item]:
-    from fastwarc.stream_io import FastWARCError
     from fastwarc.warc import ArchiveIterator, WarcRecordType
 
     count = 0
@@ -227,6 +274,9 @@ def read_warc(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[It
                 ctype = (record.http_headers.get("Content-Type") or "") if record.http_headers else ""
                 body = record.reader.read(options.max_record_bytes + 1)
                 position = f"record {count}"
+                if len(body) < min(record.content_length, options.max_record_bytes + 1):
+                    raise EOFError(f"record {count} ({target}) is truncated: "
+                                   f"{len(body)} of {record.content_length} bytes")
                 if "html" not in ctype.lower():
                     yield Rejected.of(target, position, "not_html", f"Content-Type {ctype!r}", body)
                 elif len(body) > options.max_record_bytes:
@@ -235,8 +285,8 @@ def read_warc(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[It
                     text, title = html_to_text(body)
                     meta = {"title": title, "warc_date": record.headers.get("WARC-Date")}
                     yield Record(text, target, position, None, meta)
-    except (FastWARCError, OSError, EOFError) as exc:
-        raise ShardError(uri, f"corrupt WARC after {count} records ({exc})") from exc
+    except (OSError, EOFError, ValueError) as exc:
+        raise ShardError(uri, f"corrupt or truncated WARC ({exc})") from exc
     if count == 0:
         raise ShardError(uri, "no WARC response records (empty or not a WARC file)")
 

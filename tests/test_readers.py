@@ -1,0 +1,133 @@
+"""Each reader on small real files: JSONL (plain, gz, zst), parquet, HTML, WARC, source trees."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from phi_assets.ingest import embedded, readers
+from phi_assets.ingest.readers import ReaderOptions, Record, Rejected, ShardError
+from resources.profiles import Sizes
+from tests.helpers import IDLE_HELP, write_warc
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+REAL_FILES = ["json/decoder.py", "textwrap.py", "this.py"]
+
+
+def real_rows() -> list[dict]:
+    return [{"content": (STDLIB / p).read_text(), "max_stars_repo_path": p,
+             "max_stars_repo_licenses": ["PSF-2.0"], "stars": 3} for p in REAL_FILES]
+
+
+def records(items) -> list[Record]:
+    items = list(items)
+    assert all(isinstance(i, Record) for i in items), items
+    return items
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_jsonl_reader_plain_and_compressed(tmp_path, suffix):
+    data = "".join(json.dumps(r) + "\n" for r in real_rows()).encode()
+    if suffix.endswith(".gz"):
+        import gzip
+
+        data = gzip.compress(data)
+    elif suffix.endswith(".zst"):
+        data = zstandard.ZstdCompressor().compress(data)
+    path = tmp_path / f"stack{suffix}"
+    path.write_bytes(data)
+    assert readers.detect_format(path.name) == "jsonl"
+    got = records(readers.read_jsonl(str(path)))
+    assert [r.text for r in got] == [row["content"] for row in real_rows()]
+    assert got[0].uri == "json/decoder.py" and got[0].license == "PSF-2.0"
+    assert got[0].meta == {"max_stars_repo_path": "json/decoder.py",
+                           "max_stars_repo_licenses": ["PSF-2.0"], "stars": 3}
+
+
+def test_jsonl_text_field_is_configurable(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"body": "How do I sort a dict by value?", "text": "ignored"}) + "\n")
+    got = records(readers.read_jsonl(str(path), ReaderOptions(text_field="body")))
+    assert got[0].text == "How do I sort a dict by value?" and got[0].meta["text"] == "ignored"
+
+
+def test_parquet_reader_hf_layout_with_content_column(tmp_path):
+    path = tmp_path / "data" / "train-00000-of-00001.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist(real_rows()), path, compression="zstd", row_group_size=2)
+    got = records(readers.read_parquet(str(path), ReaderOptions(batch_rows=1)))
+    assert [r.text for r in got] == [row["content"] for row in real_rows()]
+    assert [r.position for r in got] == ["row 1", "row 2", "row 3"]
+    assert got[2].uri == "this.py"
+
+
+def test_html_reader_extracts_main_text_without_boilerplate(tmp_path):
+    path = tmp_path / "help.html"
+    shutil.copy(IDLE_HELP, path)
+    (got,) = records(readers.read_html(str(path)))
+    assert "IDLE" in got.meta["title"]
+    assert "Integrated Development and Learning Environment" in got.text
+    assert "<div" not in got.text and "<a " not in got.text
+    assert len(got.text) < 0.6 * IDLE_HELP.stat().st_size  # markup and navigation removed
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_warc_reader_keeps_html_responses(tmp_path, gz):
+    html = IDLE_HELP.read_bytes()
+    path = write_warc(tmp_path / ("crawl.warc.gz" if gz else "crawl.warc"), [
+        ("https://docs.python.org/3/library/idle.html", html, "text/html; charset=utf-8"),
+        ("https://example.org/logo.png", b"\x89PNG\r\n\x1a\n", "image/png"),
+    ], gz)
+    items = list(readers.read_warc(str(path)))
+    assert isinstance(items[0], Record) and items[0].uri.endswith("/idle.html")
+    assert "Integrated Development and Learning Environment" in items[0].text
+    assert isinstance(items[1], Rejected) and items[1].reason == "not_html"
+
+
+def test_source_tree_reader_reads_every_python_file(tmp_path):
+    tree = tmp_path / "pkg"
+    shutil.copytree(STDLIB / "json", tree)
+    got = records(readers.read_source_tree(str(tree)))
+    assert sorted(r.position for r in got) == sorted(
+        p.relative_to(tree).as_posix() for p in tree.rglob("*.py"))
+    assert all(r.meta["language"] == "python" for r in got)
+    assert readers.detect_format("pkg", is_dir=True) == "pytree"
+
+
+def test_source_reader_honours_pep263_coding_cookie(tmp_path):
+    tree = tmp_path / "legacy"
+    tree.mkdir()
+    (tree / "latin.py").write_bytes("# -*- coding: latin-1 -*-\nname = 'Andr\xe9'\n".encode("latin-1"))
+    (got,) = records(readers.read_source_tree(str(tree)))
+    assert "André" in got.text
+
+
+def test_embedded_stdlib_shards_partition_the_files():
+    sizes = Sizes(num_code_shards=4, code_sample_every=8)
+    shards = [embedded.stdlib_files(i, sizes) for i in range(4)]
+    names = [rel for shard in shards for _, rel in shard]
+    assert len(names) == len(set(names)) > 100  # disjoint, and a real corpus
+    everything = embedded.stdlib_files(0, Sizes(num_code_shards=1, code_sample_every=8))
+    assert sorted(names) == sorted(rel for _, rel in everything)
+
+
+def test_embedded_web_corpus_is_real_package_documentation():
+    sizes = Sizes(num_web_shards=1)
+    docs = [r for r in embedded.package_doc_records(0, sizes) if r.text]
+    by_package = {r.meta["package"].lower(): r for r in docs}
+    assert "dagster" in by_package and "pypi.org/project/dagster/" in by_package["dagster"].uri
+    assert "phi-factory" not in by_package
+    topics = list(embedded.pydoc_topic_records())
+    assert any(r.meta["topic"] == "with" and "with" in r.text for r in topics)
+
+
+def test_missing_file_is_a_shard_error(tmp_path):
+    with pytest.raises(ShardError, match="nope.jsonl: file not found"):
+        list(readers.read_jsonl(str(tmp_path / "nope.jsonl")))
