@@ -22,6 +22,7 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m phi_assets.demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

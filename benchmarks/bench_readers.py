@@ -41,7 +41,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import IO  # noqa: E402
@@ -88,7 +88,7 @@ def time_group(cases: list[Case], repeats: int) -> None:
         except Exception as exc:  # a failing reader is a result to report, not a crash
             case.error = f"FAILED: {type(exc).__name__}: {exc}"
     live = [c for c in cases if c.error is None]
-    for r in range(repeats):
+    for r in range(repeats if live else 0):
         for case in live[r % len(live):] + live[: r % len(live)]:
             gc.collect()
             w0, c0 = time.perf_counter(), time.process_time()
@@ -97,8 +97,8 @@ def time_group(cases: list[Case], repeats: int) -> None:
             case.wall.append(time.perf_counter() - w0)
 
 
-def count(items: object) -> int:
-    return sum(1 for _ in items)  # type: ignore[attr-defined]
+def count(items: Iterable[object]) -> int:
+    return sum(1 for _ in items)
 
 
 def naive_source(files: list[tuple[str, str]]) -> int:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from phi_assets.ingest.assets import code_shards, raw_catalog, raw_code_shards, raw_web_shards, web_shards
+from phi_assets.ingest.assets import (
+    code_shards,
+    raw_catalog,
+    raw_code_shards,
+    raw_web_shards,
+    web_shards,
+)
 
 ingest_code_job = dg.define_asset_job(
     "ingest_code_job", selection=[raw_code_shards], partitions_def=code_shards,

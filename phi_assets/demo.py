@@ -22,7 +22,6 @@ from phi_assets.ingest.catalog import source_totals
 from resources import load_profile
 from sensors.landing import scan_landing
 
-
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 

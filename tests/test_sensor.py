@@ -1,0 +1,89 @@
+"""shard_sensor: a new file becomes a partition and a run; nothing is ever requested twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import dagster as dg
+
+from resources import ProfileResource
+from sensors.shard_sensor import shard_sensor
+from tests.conftest import landing
+
+ROW = json.dumps({"text": "import this\n"}) + "\n"
+
+
+def tick(instance, profile, cursor=None) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor,
+                                      resources={"profile": ProfileResource.from_profile(profile)})
+    result = shard_sensor(context)
+    for request in result.dynamic_partitions_requests:  # what the daemon does with the result
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def test_new_file_becomes_partition_and_run(instance, profile):
+    (landing(profile, "code") / "stack-000.jsonl").write_text(ROW)
+    result = tick(instance, profile)
+    (request,) = result.run_requests
+    assert request.partition_key == "stack-000.jsonl" and request.job_name == "ingest_code_job"
+    assert request.run_key.startswith("code:") and len(request.run_key) == len("code:") + 32
+    (added,) = result.dynamic_partitions_requests
+    assert added.partitions_def_name == "code_shards" and list(added.partition_keys) == ["stack-000.jsonl"]
+    assert instance.get_dynamic_partitions("code_shards") == ["stack-000.jsonl"]
+
+
+def test_same_file_seen_again_gives_nothing(instance, profile):
+    (landing(profile, "web") / "fineweb-000.jsonl").write_text(ROW)
+    first = tick(instance, profile)
+    second = tick(instance, profile, first.cursor)
+    assert len(first.run_requests) == 1
+    assert second.run_requests == [] and second.dynamic_partitions_requests == []
+
+
+def test_restart_with_persisted_cursor_gives_nothing(instance, profile):
+    (landing(profile, "web") / "a.jsonl").write_text(ROW)
+    cursor = tick(instance, profile).cursor
+    # a restarted sensor gets the cursor back from the instance; the file was touched meanwhile
+    path = landing(profile, "web") / "a.jsonl"
+    os.utime(path, (1, 1))
+    again = tick(instance, profile, cursor)
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+    assert instance.get_dynamic_partitions("web_shards") == ["a.jsonl"]
+
+
+def test_copy_under_another_name_is_not_a_new_shard(instance, profile):
+    src = landing(profile, "code") / "one.jsonl"
+    src.write_text(ROW)
+    cursor = tick(instance, profile).cursor
+    shutil.copy(src, landing(profile, "code") / "one-copy.jsonl")
+    assert tick(instance, profile, cursor).run_requests == []
+
+
+def test_changed_content_requests_a_new_run_for_the_same_partition(instance, profile):
+    path = landing(profile, "code") / "s.jsonl"
+    path.write_text(ROW)
+    first = tick(instance, profile)
+    path.write_text(ROW + json.dumps({"text": "x = 1\n"}) + "\n")
+    second = tick(instance, profile, first.cursor)
+    (request,) = second.run_requests
+    assert request.partition_key == "s.jsonl" and request.run_key != first.run_requests[0].run_key
+    assert second.dynamic_partitions_requests == []  # the partition already exists
+
+
+def test_in_progress_uploads_are_ignored(instance, profile):
+    for name in (".s.jsonl.swp", "_tmp.jsonl", "upload.jsonl.part", "x.jsonl.tmp"):
+        (landing(profile, "code") / name).write_text(ROW)
+    result = tick(instance, profile)
+    assert result.run_requests == [] and result.skip_reason is not None
+
+
+def test_lost_cursor_gives_no_duplicate_partition_and_the_same_run_key(instance, profile):
+    """Dagster drops run requests whose run_key it has seen; the key is the content hash."""
+    (landing(profile, "code") / "k.jsonl").write_text(ROW)
+    first = tick(instance, profile)
+    again = tick(instance, profile, cursor=None)
+    assert again.dynamic_partitions_requests == []
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
