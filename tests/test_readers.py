@@ -131,3 +131,13 @@ def test_embedded_web_corpus_is_real_package_documentation():
 def test_missing_file_is_a_shard_error(tmp_path):
     with pytest.raises(ShardError, match="nope.jsonl: file not found"):
         list(readers.read_jsonl(str(tmp_path / "nope.jsonl")))
+
+
+def test_jsonl_zst_written_by_a_streaming_writer(tmp_path):
+    """Frames without a content size (as zstd's CLI and streaming writers make them)."""
+    path = tmp_path / "stream.jsonl.zst"
+    with open(path, "wb") as raw, zstandard.ZstdCompressor().stream_writer(raw) as writer:
+        for row in real_rows() * 200:
+            writer.write((json.dumps(row) + "\n").encode())
+    got = records(readers.read_jsonl(str(path)))
+    assert len(got) == 600 and got[-1].text == real_rows()[-1]["content"]

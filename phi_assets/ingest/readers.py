@@ -9,7 +9,6 @@ all raises ``ShardError`` naming the file and the reason; a bad record becomes a
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -21,7 +20,6 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-import zstandard
 
 from phi_assets.ingest.schema import RAW_KEEP_BYTES
 
@@ -75,54 +73,13 @@ class ReaderOptions:
     batch_rows: int = 1024
 
 
-class _ZstdReader(io.RawIOBase):
-    """Streaming zstd decompression that, unlike zstandard's stream_reader, notices truncation."""
-
-    def __init__(self, raw: io.BufferedIOBase):
-        self.raw, self.pending = raw, b""
-        self.decoder = zstandard.ZstdDecompressor().decompressobj()
-        self.in_frame = False
-
-    def readable(self) -> bool:
-        return True
-
-    def _feed(self, data: bytes) -> None:
-        while data:
-            if self.decoder.eof:  # concatenated frames
-                self.decoder = zstandard.ZstdDecompressor().decompressobj()
-            self.pending += self.decoder.decompress(data)
-            self.in_frame = not self.decoder.eof
-            data = self.decoder.unused_data if self.decoder.eof else b""
-
-    def readinto(self, buffer) -> int:
-        while not self.pending:
-            chunk = self.raw.read(1 << 20)
-            if not chunk:
-                if self.in_frame:
-                    raise EOFError("zstd stream ended in the middle of a frame")
-                return 0
-            self._feed(chunk)
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
-
-
 def _open(uri: str) -> io.BufferedIOBase:
-    """Open a file or URI for binary reading, decompressing .gz and .zst by suffix."""
-    raw = fsspec.open(uri, "rb").open()
-    lower = uri.lower()
-    if lower.endswith(".gz"):
-        gz = gzip.GzipFile(fileobj=raw, mode="rb")
-        gz.myfileobj = raw  # so that closing the gzip reader closes the file too
-        return gz
-    if lower.endswith((".zst", ".zstd")):
-        return io.BufferedReader(_ZstdReader(raw), buffer_size=1 << 20)
-    return raw
+    """Open a file or URI for binary reading, decompressing .gz and .zst by suffix.
+
+    zstd goes through backports.zstd (the Python 3.14 ``compression.zstd`` API): it streams with
+    bounded memory and raises ``EOFError`` on a truncated stream, as gzip does.
+    """
+    return fsspec.open(uri, "rb", compression="infer").open()
 
 
 def _compression_error(uri: str, exc: Exception) -> ShardError:
@@ -310,12 +267,16 @@ def decode_python_source(raw: bytes) -> str:
     return raw.decode(encoding)
 
 
+def _open_plain(path: str) -> io.BufferedIOBase:
+    return open(path, "rb") if "://" not in path else fsspec.open(path, "rb").open()
+
+
 def read_source_files(
     files: Iterable[tuple[str, str]], license_: str | None, options: ReaderOptions
 ) -> Iterator[Item]:
     """Source files given as (path or URI, name), one document each."""
     for path, name in files:
-        with fsspec.open(path, "rb") as f:
+        with _open_plain(path) as f:
             raw = f.read(options.max_record_bytes + 1)
             if len(raw) > options.max_record_bytes:
                 yield _oversized(f, raw, path, name, "file exceeds max_record_bytes")

@@ -42,9 +42,10 @@ RAW_KEEP_BYTES = 1 << 20  # rejects keep the first MiB; the source file keeps th
 SOURCES = ("code", "web")
 
 
-def doc_id(text: str) -> str:
-    """Stable content hash of a document's text (128-bit, hex)."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+def doc_id(text: str | bytes) -> str:
+    """Stable content hash of a document's text (128-bit blake2b of its UTF-8, hex)."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def meta_json(meta: dict[str, Any] | None) -> str:

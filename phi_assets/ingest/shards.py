@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,9 @@ from phi_assets.ingest.schema import DOC_SCHEMA, REJECT_SCHEMA, doc_id, meta_jso
 from resources.profiles import Profile
 
 DOCS_FILE, REJECTS_FILE = "docs.parquet", "rejects.parquet"
-_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+# C0 controls other than tab, newlines, form feed, and DEL. In UTF-8 these bytes never occur inside
+# a multi-byte sequence, so counting them on the encoded bytes is exact.
+_CONTROL_BYTES = bytes([*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F])
 MAX_CONTROL_FRACTION = 0.01
 LENGTH_BINS = 24  # histogram of log2(characters): 1 .. 16M
 
@@ -124,8 +125,8 @@ class ShardStats:
         return out
 
 
-def check_text(text: Any, max_doc_bytes: int) -> tuple[str | None, str, str | None]:
-    """(reason or None, detail, text as str). Reasons are the reject taxonomy of docs/data-model.md."""
+def check_text(text: Any, max_doc_bytes: int) -> tuple[str | None, str, bytes | None]:
+    """(reason or None, detail, the text as UTF-8). Reasons: the taxonomy in docs/data-model.md."""
     if text is None:
         return "null_text", "text is null", None
     if isinstance(text, bytes):
@@ -136,18 +137,17 @@ def check_text(text: Any, max_doc_bytes: int) -> tuple[str | None, str, str | No
     if not isinstance(text, str):
         return "text_not_string", f"text is a {type(text).__name__}", None
     try:
-        size = len(text.encode("utf-8"))
+        encoded = text.encode("utf-8")
     except UnicodeEncodeError as exc:  # lone surrogates, e.g. from JSON "\ud800"
         return "invalid_utf8", str(exc), None
     if not text.strip():
-        return "empty_text", f"{len(text)} whitespace characters", text
-    if size > max_doc_bytes:
-        return "too_large", f"{size} bytes > max_doc_bytes={max_doc_bytes}", text
-    sample = text[:200_000]
-    controls = len(_CONTROL.findall(sample))
-    if "\x00" in sample or controls > MAX_CONTROL_FRACTION * len(sample):
-        return "binary", f"{controls} control characters in {len(sample)}", text
-    return None, "", text
+        return "empty_text", f"{len(text)} whitespace characters", encoded
+    if len(encoded) > max_doc_bytes:
+        return "too_large", f"{len(encoded)} bytes > max_doc_bytes={max_doc_bytes}", encoded
+    controls = len(encoded) - len(encoded.translate(None, _CONTROL_BYTES))
+    if b"\x00" in encoded or controls > MAX_CONTROL_FRACTION * len(text):
+        return "binary", f"{controls} control characters in {len(text)}", encoded
+    return None, "", encoded
 
 
 class _BatchWriter:
@@ -195,18 +195,19 @@ def ingest_items(
             if isinstance(item, Rejected):
                 reject = item
             else:
-                reason, detail, text = check_text(item.text, max_doc_bytes)
-                ident = doc_id(text) if reason is None else None
+                reason, detail, encoded = check_text(item.text, max_doc_bytes)
+                ident = doc_id(encoded) if reason is None else None
                 if ident is not None and ident in seen:
                     reason, detail = "duplicate_id", f"same text as an earlier document ({ident})"
                 if reason is not None:
-                    raw = text.encode("utf-8") if text is not None else _raw_of(item.text)
+                    raw = encoded if encoded is not None else _raw_of(item.text)
                     reject = Rejected.of(item.uri, item.position, reason, detail, raw)
                 else:
                     seen.add(ident)
+                    text = item.text if isinstance(item.text, str) else encoded.decode("utf-8")
                     row = {"id": ident, "text": text, "source": source, "uri": item.uri,
                            "license": item.license, "meta": meta_json(item.meta)}
-                    _count_doc(stats, row, preview_rows)
+                    _count_doc(stats, row, len(encoded), preview_rows)
                     version.update(f"{ident}|{item.uri}|{item.license}|{row['meta']}\n".encode())
                     docs.add(row, len(text))
                     continue
@@ -229,11 +230,11 @@ def _raw_of(value: Any) -> bytes | None:
     return repr(value).encode("utf-8", "backslashreplace")
 
 
-def _count_doc(stats: ShardStats, row: dict[str, Any], preview_rows: int) -> None:
+def _count_doc(stats: ShardStats, row: dict[str, Any], num_bytes: int, preview_rows: int) -> None:
     chars = len(row["text"])
     stats.num_written += 1
     stats.num_chars += chars
-    stats.num_bytes += len(row["text"].encode("utf-8"))
+    stats.num_bytes += num_bytes
     stats.length_hist[min(LENGTH_BINS - 1, int(math.log2(max(chars, 1))))] += 1
     if len(stats.preview) < preview_rows:
         snippet = " ".join(row["text"][:120].split())
