@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import dagster as dg
 from tqdm import tqdm
@@ -40,20 +41,32 @@ def register_shards(instance: dg.DagsterInstance, profile) -> dict[str, list[str
     return keys
 
 
-def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]]) -> list[str]:
-    failures = []
+@dataclass
+class DemoReport:
+    failures: list[str] = field(default_factory=list)
+    recomputed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+    def record(self, what: str, result: dg.ExecuteInProcessResult) -> None:
+        if not result.success:
+            self.failures.append(f"{what}: {_failure_message(result)}")
+        for event in result.get_asset_materialization_events():
+            skipped = event.materialization.metadata.get("skipped")
+            (self.reused if skipped and skipped.value else self.recomputed).append(what)
+
+
+def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]]) -> DemoReport:
+    report = DemoReport()
     for source, job in INGEST_JOBS.items():
         job_def = defs.resolve_job_def(job.name)
         for key in tqdm(keys[source], desc=f"ingest {source} shards", unit="shard"):
             result = job_def.execute_in_process(partition_key=key, instance=instance,
                                                 run_config=QUIET, raise_on_error=False)
-            if not result.success:
-                failures.append(f"{source} shard {key}: {_failure_message(result)}")
+            report.record(f"raw_{source}_shards[{key}]", result)
     result = defs.resolve_job_def(catalog_job.name).execute_in_process(
         instance=instance, run_config=QUIET, raise_on_error=False)
-    if not result.success:
-        failures.append(f"catalog: {_failure_message(result)}")
-    return failures
+    report.record("raw_catalog", result)
+    return report
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -72,16 +85,18 @@ def main() -> int:
     start = time.time()
     with dg.DagsterInstance.get() as instance:
         keys = register_shards(instance, profile)
-        failures = run_all(defs, instance, keys)
+        report = run_all(defs, instance, keys)
     print(f"\nphi-factory demo on profile '{profile.name}' ({time.time() - start:.0f} s)")
     print(f"{'source':8} {'shards':>6} {'read':>8} {'docs':>8} {'rejected':>8} {'MB':>8} {'est. tokens':>12}")
     for source, shards, read, docs, rejected, num_bytes, tokens in source_totals(profile.catalog_path):
         print(f"{source:8} {shards:>6} {read:>8} {docs:>8} {rejected:>8} {num_bytes / 1e6:>8.1f} {tokens:>12,}")
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
     print("Open the UI: make ui   (then http://127.0.0.1:3000)")
-    for failure in failures:
+    print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "
+          "(code and inputs as before: no work done, same data versions)")
+    for failure in report.failures:
         print(f"FAILED {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":

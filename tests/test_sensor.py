@@ -87,3 +87,17 @@ def test_lost_cursor_gives_no_duplicate_partition_and_the_same_run_key(instance,
     again = tick(instance, profile, cursor=None)
     assert again.dynamic_partitions_requests == []
     assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
+
+
+def test_landing_area_can_be_any_fsspec_uri():
+    """The k8s profile lands shards on object stores; fsspec's memory filesystem stands in."""
+    import fsspec
+
+    from sensors.landing import scan_landing
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/phi-landing/web/cc-000.jsonl", ROW.encode())
+    fs.pipe_file("/phi-landing/web/.cc-001.jsonl.part", ROW.encode())
+    new, state = scan_landing("memory://phi-landing/web", {})
+    assert [(s.name, s.uri) for s in new] == [("cc-000.jsonl", "memory:///phi-landing/web/cc-000.jsonl")]
+    assert scan_landing("memory://phi-landing/web", state)[0] == []
