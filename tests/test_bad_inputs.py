@@ -163,3 +163,15 @@ def test_shard_with_no_valid_document_is_blocked_by_the_expectations(profile, in
     assert meta["num_read"].value == 2 and meta["num_rejected"].value == 2
     assert meta["reject_reasons"].value == {"empty_text": 1, "null_text": 1}
     assert isinstance(result, dg.ExecuteInProcessResult)
+
+
+def test_long_shards_report_progress(profile, tmp_path):
+    from phi_assets.ingest.readers import read_jsonl
+    from phi_assets.ingest.shards import ingest_items
+
+    path = landing(profile, "web") / "many.jsonl"
+    path.write_bytes(jsonl_bytes([{"text": f"document number {i}"} for i in range(50)]))
+    seen = []
+    stats = ingest_items(read_jsonl(str(path)), "web", str(path), tmp_path, 1000,
+                         progress=lambda s: seen.append(s.num_read), progress_every_s=0.0)
+    assert seen == list(range(1, 51)) and stats.num_written == 50

@@ -23,8 +23,15 @@ class ShardConfig(dg.Config):
     max_record_bytes: int = 4_000_000
 
 
-def _build_shard(spec: shards.ShardSpec, profile, options: readers.ReaderOptions, out: Path) -> Built:
-    stats = shards.ingest_shard(spec, profile, out, options)
+def _build_shard(context: dg.AssetExecutionContext, spec: shards.ShardSpec, profile,
+                 options: readers.ReaderOptions, out: Path) -> Built:
+    def progress(stats: shards.ShardStats) -> None:
+        context.log.info(f"{spec.key}: read {stats.num_read:,}, written {stats.num_written:,}, "
+                         f"rejected {stats.num_rejected:,} ({stats.num_bytes / 1e6:,.0f} MB)")
+
+    stats = shards.ingest_shard(spec, profile, out, options, progress)
+    context.log.info(f"{spec.key}: {stats.num_read:,} read = {stats.num_written:,} written + "
+                     f"{stats.num_rejected:,} rejected {dict(stats.rejected)}")
     suite = expectations.validate_docs(out / shards.DOCS_FILE, profile.sizes.max_doc_bytes)
     checks = {"success": suite.success, "failures": suite.failures(),
               "outcomes": [asdict(o) for o in suite.outcomes]}
@@ -74,7 +81,7 @@ def raw_shards_asset(source: str) -> dg.AssetsDefinition:
             inputs = {"shard": shards.shard_fingerprint(spec, settings), "config": config.model_dump()}
             outcome = materialize_versioned(
                 context, store, code_version=INGEST_CODE_VERSION, inputs=inputs,
-                build=lambda out: _build_shard(spec, settings, options, out))
+                build=lambda out: _build_shard(context, spec, settings, options, out))
         except readers.ShardError as err:
             where = _quarantine(store, name, key, err)
             raise dg.Failure(description=f"shard {key!r} failed: {err}",
@@ -126,9 +133,8 @@ def raw_catalog(context: dg.AssetExecutionContext, store: ArtifactStore,
 
     outcome = materialize_versioned(context, store, code_version=CATALOG_CODE_VERSION,
                                     inputs=inputs, build=build)
-    published = Path(profile.get().catalog_path)
-    if not outcome.skipped or not published.exists():
-        catalog.build_catalog(outcome.metadata["rows"], published)
+    published = Path(profile.get().catalog_path)  # always the version just reported
+    catalog.build_catalog(outcome.metadata["rows"], published)
     totals = catalog.source_totals(published)
     table = "| source | shards | read | docs | rejected | MB | est. tokens |\n|---|---|---|---|---|---|---|\n"
     table += "\n".join(f"| {s} | {n} | {r} | {d} | {x} | {b / 1e6:.1f} | {t:,} |"

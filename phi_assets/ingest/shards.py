@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,19 +180,29 @@ def _reject_row(item: Rejected) -> dict[str, Any]:
     return asdict(item)
 
 
+Progress = Callable[[ShardStats], None]
+
+
 def ingest_items(
     items: Iterable[Item], source: str, uri: str, out_dir: Path, max_doc_bytes: int,
-    preview_rows: int = 5,
+    preview_rows: int = 5, progress: Progress | None = None, progress_every_s: float = 15.0,
 ) -> ShardStats:
-    """Validate and write one shard's items into ``out_dir``; return its counts and version."""
+    """Validate and write one shard's items into ``out_dir``; return its counts and version.
+
+    ``progress`` (if given) is called with the running counts every ``progress_every_s`` seconds.
+    """
     stats = ShardStats(source=source, uri=uri)
     seen: set[str] = set()
     version = hashlib.sha256(source.encode())
     docs = _BatchWriter(out_dir / DOCS_FILE, DOC_SCHEMA)
     rejects = _BatchWriter(out_dir / REJECTS_FILE, REJECT_SCHEMA, max_rows=256)
+    next_report = time.monotonic() + progress_every_s
     try:
         for item in items:
             stats.num_read += 1
+            if progress is not None and time.monotonic() >= next_report:
+                progress(stats)
+                next_report = time.monotonic() + progress_every_s
             if isinstance(item, Rejected):
                 reject = item
             else:
@@ -242,10 +253,11 @@ def _count_doc(stats: ShardStats, row: dict[str, Any], num_bytes: int, preview_r
                               "text": snippet})
 
 
-def ingest_shard(spec: ShardSpec, profile: Profile, out_dir: Path, options: ReaderOptions) -> ShardStats:
+def ingest_shard(spec: ShardSpec, profile: Profile, out_dir: Path, options: ReaderOptions,
+                 progress: Progress | None = None) -> ShardStats:
     """Read, validate and write one shard. Raises ``ShardError`` for an unreadable shard."""
     stats = ingest_items(open_items(spec, profile, options), spec.source, spec.uri, out_dir,
-                         profile.sizes.max_doc_bytes)
+                         profile.sizes.max_doc_bytes, progress=progress)
     if stats.num_read == 0:
         raise ShardError(spec.uri, "empty shard: no records")
     if stats.num_written == 0 and set(stats.rejected) == {"missing_text_field"}:
