@@ -1,4 +1,4 @@
-"""Resources, chosen in one place (``build_resources``) from the active profile."""
+"""Resources and the executor, chosen in one place from the active profile."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ class ProfileResource(dg.ConfigurableResource):
         return load_profile(env)
 
 
+def build_executor(profile: Profile) -> dg.ExecutorDefinition:
+    if profile.name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor  # one pod per step: per-shard fan-out on the cluster
+    return dg.multiprocess_executor
+
+
 def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
     return {
         "store": ArtifactStore(root=profile.artifact_root),
@@ -36,4 +44,5 @@ def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
     }
 
 
-__all__ = ["ArtifactStore", "Profile", "ProfileResource", "build_resources", "load_profile"]
+__all__ = ["ArtifactStore", "Profile", "ProfileResource", "build_executor", "build_resources",
+           "load_profile"]
