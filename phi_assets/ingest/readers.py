@@ -142,10 +142,14 @@ def _jsonl_record(uri: str, number: int, line: bytes, text_field: str | None) ->
     if name is None:
         detail = f"no field {' or '.join(map(repr, names))}; keys are {sorted(obj)[:20]}"
         return Rejected.of(uri, position, "missing_text_field", detail, line)
-    text = obj.pop(name)
-    record_uri = _first_field(obj, URI_FIELDS) or f"{uri}#L{number}"
-    license_ = _license(_first_field(obj, LICENSE_FIELDS))
-    return Record(text, str(record_uri), position, license_, obj)
+    return _record(obj, name, f"{uri}#L{number}", position)
+
+
+def _record(obj: dict[str, Any], text_key: str, fallback_uri: str, position: str) -> Record:
+    """A record from a JSON object or parquet row: the text, its URI and license; the rest is meta."""
+    text = obj.pop(text_key)
+    record_uri = _first_field(obj, URI_FIELDS) or fallback_uri
+    return Record(text, str(record_uri), position, _license(_first_field(obj, LICENSE_FIELDS)), obj)
 
 
 def read_jsonl(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[Item]:
@@ -169,8 +173,12 @@ def read_jsonl(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[I
 def read_parquet(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[Item]:
     try:
         f = _open(uri)
+    except FileNotFoundError as exc:
+        raise ShardError(uri, "file not found") from exc
+    try:
         parquet = pq.ParquetFile(f)
     except (pa.ArrowException, OSError, ValueError) as exc:
+        f.close()
         raise ShardError(uri, f"not a readable parquet file ({exc})") from exc
     with f:
         names = parquet.schema_arrow.names
@@ -187,10 +195,7 @@ def read_parquet(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator
             for batch in parquet.iter_batches(batch_size=options.batch_rows):
                 for obj in batch.to_pylist():
                     row += 1
-                    text = obj.pop(text_col)
-                    record_uri = _first_field(obj, URI_FIELDS) or f"{uri}#row={row}"
-                    license_ = _license(_first_field(obj, LICENSE_FIELDS))
-                    yield Record(text, str(record_uri), f"row {row}", license_, obj)
+                    yield _record(obj, text_col, f"{uri}#row={row}", f"row {row}")
         except (pa.ArrowException, OSError) as exc:
             raise ShardError(uri, f"corrupt parquet data after row {row} ({exc})") from exc
 
