@@ -25,6 +25,7 @@ from phi_assets.ingest.readers import (
     READERS,
     Item,
     ReaderOptions,
+    Record,
     Rejected,
     ShardError,
     detect_format,
@@ -176,11 +177,23 @@ class _BatchWriter:
         self.writer.close()
 
 
-def _reject_row(item: Rejected) -> dict[str, Any]:
-    return asdict(item)
-
-
 Progress = Callable[[ShardStats], None]
+
+
+def _to_row(item: Record, source: str, seen: set[str], max_doc_bytes: int) -> tuple[dict, int] | Rejected:
+    """A document row and its UTF-8 size, or the reject that says why not."""
+    reason, detail, encoded = check_text(item.text, max_doc_bytes)
+    ident = doc_id(encoded) if reason is None else None
+    if ident is not None and ident in seen:
+        reason, detail = "duplicate_id", f"same text as an earlier document ({ident})"
+    if reason is not None:
+        raw = encoded if encoded is not None else _raw_of(item.text)
+        return Rejected.of(item.uri, item.position, reason, detail, raw)
+    seen.add(ident)
+    text = item.text if isinstance(item.text, str) else encoded.decode("utf-8")
+    row = {"id": ident, "text": text, "source": source, "uri": item.uri, "license": item.license,
+           "meta": meta_json(item.meta)}
+    return row, len(encoded)
 
 
 def ingest_items(
@@ -203,28 +216,16 @@ def ingest_items(
             if progress is not None and time.monotonic() >= next_report:
                 progress(stats)
                 next_report = time.monotonic() + progress_every_s
-            if isinstance(item, Rejected):
-                reject = item
-            else:
-                reason, detail, encoded = check_text(item.text, max_doc_bytes)
-                ident = doc_id(encoded) if reason is None else None
-                if ident is not None and ident in seen:
-                    reason, detail = "duplicate_id", f"same text as an earlier document ({ident})"
-                if reason is not None:
-                    raw = encoded if encoded is not None else _raw_of(item.text)
-                    reject = Rejected.of(item.uri, item.position, reason, detail, raw)
-                else:
-                    seen.add(ident)
-                    text = item.text if isinstance(item.text, str) else encoded.decode("utf-8")
-                    row = {"id": ident, "text": text, "source": source, "uri": item.uri,
-                           "license": item.license, "meta": meta_json(item.meta)}
-                    _count_doc(stats, row, len(encoded), preview_rows)
-                    version.update(f"{ident}|{item.uri}|{item.license}|{row['meta']}\n".encode())
-                    docs.add(row, len(text))
-                    continue
-            stats.rejected[reject.reason] += 1
-            version.update(f"!{reject.position}|{reject.reason}|{reject.raw_sha256}\n".encode())
-            rejects.add(_reject_row(reject), reject.raw_len)
+            outcome = item if isinstance(item, Rejected) else _to_row(item, source, seen, max_doc_bytes)
+            if isinstance(outcome, Rejected):
+                stats.rejected[outcome.reason] += 1
+                version.update(f"!{outcome.position}|{outcome.reason}|{outcome.raw_sha256}\n".encode())
+                rejects.add(asdict(outcome), outcome.raw_len)
+                continue
+            row, num_bytes = outcome
+            _count_doc(stats, row, num_bytes, preview_rows)
+            version.update(f"{row['id']}|{row['uri']}|{row['license']}|{row['meta']}\n".encode())
+            docs.add(row, num_bytes)
     finally:
         docs.close()
         rejects.close()
