@@ -141,3 +141,36 @@ def test_jsonl_zst_written_by_a_streaming_writer(tmp_path):
             writer.write((json.dumps(row) + "\n").encode())
     got = records(readers.read_jsonl(str(path)))
     assert len(got) == 600 and got[-1].text == real_rows()[-1]["content"]
+
+
+def _peak_python_bytes(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".parquet"])
+def test_readers_stream_instead_of_loading_the_shard(tmp_path, suffix):
+    """The first record of a ~40 MB shard comes out holding a small fraction of it in memory."""
+    rows = [{"text": f"{i:08d} " + "lorem ipsum dolor sit amet " * 40} for i in range(36_000)]
+    path = tmp_path / f"big{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2_000)
+        reader = readers.read_parquet
+    else:
+        import gzip
+
+        with gzip.open(path, "wt") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        reader = readers.read_jsonl
+    total = sum(len(r["text"]) for r in rows)
+    assert total > 38_000_000
+    first: list = []
+    peak = _peak_python_bytes(lambda: first.append(next(reader(str(path)))))
+    assert first[0].text.startswith("00000000 ")
+    assert peak < total / 10, f"peak {peak} bytes for a {total}-byte shard"
