@@ -49,7 +49,6 @@ class Staging:
 
     def __init__(self, store: ArtifactStore, base: str, path: Path, remote: bool):
         self.store, self.base, self.path, self.remote = store, base, path, remote
-        self.committed: str | None = None
 
     def commit(self, data_version: str, manifest: dict[str, Any]) -> str:
         fs = self.store.fs
@@ -62,7 +61,6 @@ class Staging:
             "committed_at": time.time(),
         }
         if fs.exists(f"{final}/{MANIFEST}"):  # same content already committed: immutable
-            self.committed = final
             return final
         if self.remote:
             for p in files:
@@ -73,7 +71,6 @@ class Staging:
             if os.path.isdir(final):  # a version without manifest: debris of a killed writer
                 shutil.rmtree(final)
             os.rename(self.path, final)
-        self.committed = final
         return final
 
 

@@ -228,7 +228,7 @@ def read_warc(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[It
 
     count = 0
     try:
-        with _open_raw(uri) as f:
+        with _open_plain(uri) as f:  # fastwarc detects gzip per record itself
             records = ArchiveIterator(f, record_types=WarcRecordType.response, parse_http=True)
             for record in records:
                 count += 1
@@ -251,10 +251,6 @@ def read_warc(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[It
         raise ShardError(uri, f"corrupt or truncated WARC ({exc})") from exc
     if count == 0:
         raise ShardError(uri, "no WARC response records (empty or not a WARC file)")
-
-
-def _open_raw(uri: str) -> io.BufferedIOBase:
-    return fsspec.open(uri, "rb").open()  # fastwarc detects gzip per record itself
 
 
 def _oversized(f: io.BufferedIOBase, head: bytes, uri: str, position: str, detail: str) -> Rejected:

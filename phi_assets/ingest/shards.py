@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from phi_assets.ingest import embedded
 from phi_assets.ingest.readers import (
     READERS,
+    SUFFIXES,
     Item,
     ReaderOptions,
     Record,
@@ -59,14 +60,8 @@ def resolve_shard(source: str, key: str, profile: Profile) -> ShardSpec:
         raise ShardError(uri, "shard file not found in the landing area")
     fmt = detect_format(key, is_dir=fs.isdir(path))
     if fmt is None:
-        raise ShardError(uri, f"unknown format; supported suffixes: {sorted(_suffixes())}")
+        raise ShardError(uri, f"unknown format; supported suffixes: {sorted(SUFFIXES)}")
     return ShardSpec(source, key, uri, fmt)
-
-
-def _suffixes() -> set[str]:
-    from phi_assets.ingest.readers import SUFFIXES
-
-    return set(SUFFIXES)
 
 
 def content_hash(uri: str) -> str:
