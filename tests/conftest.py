@@ -13,6 +13,16 @@ from resources import ArtifactStore, build_resources, load_profile
 from resources.profiles import Profile
 
 
+@pytest.fixture(scope="session")
+def smol_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default generator model (SmolLM2-135M-Instruct GGUF) converted once per session."""
+    from phi_assets.synthetic import model
+
+    out = tmp_path_factory.mktemp("smollm2") / "model"
+    model.convert_gguf(model.default_gguf_path(), out)
+    return out
+
+
 @pytest.fixture
 def phi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "phi"

@@ -1,4 +1,4 @@
-"""Small real input files for reader tests."""
+"""Small real input files for reader tests; finding the engine's vLLM processes."""
 
 from __future__ import annotations
 
@@ -26,3 +26,32 @@ def write_warc(path: Path, records: list[tuple[str, bytes, str]], gz: bool) -> P
             rec = warc_record(uri, body, ctype)
             f.write(gzip.compress(rec) if gz else rec)  # one gzip member per record, as CC does
     return path
+
+
+def vllm_worker_pids() -> list[int]:
+    """Processes running the engine's vLLM child (``python -m resources.llm.vllm_backend``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"resources.llm.vllm_backend" in cmd:  # zombies have no cmdline
+            pids.append(int(proc.name))
+    return pids
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(proc.name))
+    return members

@@ -31,12 +31,15 @@ def test_demo_materializes_everything_then_recomputes_nothing(phi_home):
     first = run_demo(env)
     counts = dict(re.findall(r"^(code|web)\s+\d+\s+\d+\s+(\d+)", first, re.M))
     assert int(counts["code"]) > 50 and int(counts["web"]) > 50
-    assert re.search(r"Steps: 6 recomputed, 0 unchanged", first)  # 2 code + 3 web + catalog
+    # 2 code + 3 web shards, the catalog, and generator_model
+    assert re.search(r"Steps: 7 recomputed, 0 unchanged", first)
+    assert "generator_model sample" in first and "Fibonacci" in first  # real answers, printed
     store = ArtifactStore(root=str(phi_home / "artifacts"))
     before = current_versions(store)
-    assert len(before) == 6 and (phi_home / "dagster").is_dir()  # DAGSTER_HOME inside PHI_HOME
+    assert len(before) == 7 and (phi_home / "dagster").is_dir()  # DAGSTER_HOME inside PHI_HOME
 
     second = run_demo(env)
-    assert re.search(r"Steps: 0 recomputed, 6 unchanged", second)
-    assert second.count("inputs unchanged; skipping work") == 6
+    assert re.search(r"Steps: 0 recomputed, 7 unchanged", second)
+    assert second.count("inputs unchanged; skipping work") == 7
+    assert "generator_model sample: 3 requests, 3 from the cache, 0 to generate" in second
     assert current_versions(store) == before

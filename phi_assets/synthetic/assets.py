@@ -106,7 +106,10 @@ def sample_table(prompts: list[str], results: list) -> str:
                       "as a Hugging Face directory; data version = sha256 of the weights.")
 def generator_model(context: dg.AssetExecutionContext, config: GeneratorModelConfig, store: ArtifactStore,
                     llm: LLMEngine, profile: ProfileResource) -> dg.MaterializeResult:
-    source = _source(config)
+    try:
+        source = _source(config)
+    except (gm.ModelSourceError, ValueError) as e:
+        raise dg.Failure(description=f"generator_model: {e}") from e
     outcome = materialize_versioned(context, store, code_version=CODE_VERSION, inputs={"source": source},
                                     build=lambda out: _build(source, out))
     model = model_ref(outcome.manifest, store, llm, f"{profile.get().phi_home}/models")
@@ -116,7 +119,7 @@ def generator_model(context: dg.AssetExecutionContext, config: GeneratorModelCon
     return dg.MaterializeResult(
         data_version=dg.DataVersion(outcome.data_version),
         metadata={
-            "model_name": info["name"],
+            "model_name": source["name"],  # as configured now (same weights share a data version)
             "source": source["kind"],
             "model_path": model.path or f"endpoint model {model.served_name}",
             **{k: v for k, v in info.items() if k != "name"},

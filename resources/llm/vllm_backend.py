@@ -92,6 +92,7 @@ class VLLMBackend:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "resources.llm.vllm_backend", str(child_sock.fileno())],
             pass_fds=[child_sock.fileno()], start_new_session=True, env=self.settings.child_env(),
+            stdout=2,  # vLLM's logs go to stderr, never into the caller's output
         )
         child_sock.close()
         self._conn = Connection(parent_sock.detach())

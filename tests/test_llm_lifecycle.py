@@ -1,0 +1,95 @@
+"""The engine's vLLM child process never outlives its user: normal close, a failed Dagster run,
+a caller killed with SIGKILL, and an engine that dies mid-batch (a transient, uncached error)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from resources import ArtifactStore
+from resources.llm import Engine, LLMEngine, ModelRef, Request, TransientGenerationError
+from resources.llm.cache import RequestCache
+from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
+from tests.helpers import group_members, vllm_worker_pids
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = VLLMSettings(max_model_len=512, cpu_kvcache_gib=1, show_progress=False)
+
+
+def wait_until(condition, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+def test_a_failed_run_stops_the_engine(smol_dir, tmp_path):
+    before = set(vllm_worker_pids())
+    seen: list[int] = []
+
+    @dg.asset
+    def generates_then_fails(llm: LLMEngine) -> None:
+        model = ModelRef("smol", "test-smol", path=str(smol_dir))
+        llm.generate(model, [Request.chat("hi", max_tokens=2)])
+        seen.extend(set(vllm_worker_pids()) - before)
+        raise RuntimeError("the asset failed after generating")
+
+    engine = LLMEngine(store=ArtifactStore(root=str(tmp_path / "artifacts")), max_model_len=512,
+                       cpu_kvcache_gib=1)
+    result = dg.materialize([generates_then_fails], resources={"llm": engine}, raise_on_error=False)
+    assert not result.success and len(seen) == 1  # the engine ran while the asset did
+    assert wait_until(lambda: not group_members(seen[0]), 10)  # and its whole group is gone
+
+
+def test_a_caller_killed_with_sigkill_takes_the_engine_with_it(smol_dir):
+    script = (
+        "import sys, time\n"
+        "from resources.llm import ModelRef\n"
+        "from resources.llm.vllm_backend import VLLMBackend, VLLMSettings\n"
+        "b = VLLMBackend(VLLMSettings(max_model_len=512, cpu_kvcache_gib=1))\n"
+        f"b.start(ModelRef('smol', 'v', path={str(smol_dir)!r}))\n"
+        "print('ENGINE', b._proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    caller = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(caller.stdout.readline().split()[1])  # vLLM logs go to stderr
+        assert group_members(child)  # vLLM's engine processes share the child's group
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+        assert wait_until(lambda: not group_members(child), 15), "vLLM outlived its caller"
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+
+
+def test_an_engine_that_dies_mid_batch_is_a_transient_error_and_nothing_is_cached(smol_dir, tmp_path):
+    model = ModelRef("smol", "test-smol", path=str(smol_dir))
+    cache = RequestCache(ArtifactStore(root=str(tmp_path / "artifacts")))
+    backend = VLLMBackend(SETTINGS)
+    backend.start(model)
+    pgid = backend._proc.pid
+
+    def kill_soon() -> None:
+        time.sleep(2.0)
+        os.killpg(pgid, signal.SIGKILL)
+
+    requests = [Request.chat(f"Write a long story about dragon number {i}.", max_tokens=400) for i in range(8)]
+    with Engine(backend, cache) as engine:
+        threading.Thread(target=kill_soon, daemon=True).start()
+        with pytest.raises(TransientGenerationError,
+                           match=r"8 of 8 .*engine_error: 8.*vLLM process (exited|closed its pipe)"):
+            engine.generate(model, requests)
+    assert cache.count(model) == 0
+    assert wait_until(lambda: not group_members(pgid), 10), [
+        (pid, Path(f"/proc/{pid}/cmdline").read_bytes()[:200]) for pid in group_members(pgid)]
