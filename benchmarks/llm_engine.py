@@ -13,11 +13,12 @@ up to ``--max-tokens`` new tokens each (200), bf16 weights and ``--threads`` CPU
    2-new-token warm-up. Only ``generate`` is timed. Tokens per sequence = new tokens up to and
    including the first EOS (the padding after it is not counted).
 
-vLLM runs first and is closed before transformers starts, so the two never compete for cores.
+vLLM runs first (eager, then torch.compile, by default) and each engine is closed before the next starts,
+so no two compete for cores.
 Reported: generated tokens, seconds, tokens/s per side and the ratio vLLM / transformers (goal: >= 5x).
 
 Run from the repository root:  make bench,  or  .venv/bin/python benchmarks/llm_engine.py --markdown
-[--model-dir DIR] [--num-prompts N] [--max-tokens N] [--threads N] [--hf-batch-size N] [--compile]
+[--model-dir DIR] [--num-prompts N] [--max-tokens N] [--threads N] [--hf-batch-size N] [--vllm-modes M]
 [--json PATH]
 """
 
@@ -195,7 +196,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=200, help="new tokens per prompt (greedy)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads, both sides")
     ap.add_argument("--hf-batch-size", type=int, default=None, help="transformers batch (default: all)")
-    ap.add_argument("--compile", action="store_true", help="vLLM with torch.compile (default: eager)")
+    ap.add_argument("--vllm-modes", default="eager,compile",
+                    help="vLLM runs, in order: eager (the local/ci profiles' setting: fast start-up) and/or "
+                         "compile (torch.compile: slower start-up, faster generation)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = ap.parse_args()
@@ -208,11 +211,14 @@ def main() -> None:
     model = ModelRef(name=info.name, version=info.weights_sha256, path=str(model_dir))
     prompts, batch = TOPICS[: args.num_prompts], args.hf_batch_size or args.num_prompts
     LOG.info("%d prompts x %d new tokens, %d threads; vLLM first", len(prompts), args.max_tokens, args.threads)
-    vllm = run_vllm(model, prompts, args.max_tokens, args.threads, args.compile)
+    modes = [m.strip() for m in args.vllm_modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"eager", "compile"}:
+        ap.error("--vllm-modes is a comma-separated list of eager, compile")
+    runs = [run_vllm(model, prompts, args.max_tokens, args.threads, mode == "compile") for mode in modes]
     LOG.info("vLLM done and closed; now transformers")
     hf = run_transformers(model_dir, prompts, args.max_tokens, args.threads, batch)
-    ratio = vllm.tokens_per_s / hf.tokens_per_s if hf.tokens_per_s else float("nan")
-    same = sum(a.strip() == b.strip() for a, b in zip(vllm.texts, hf.texts, strict=True))
+    ratios = {v.engine: v.tokens_per_s / hf.tokens_per_s if hf.tokens_per_s else float("nan") for v in runs}
+    same = sum(a.strip() == b.strip() for a, b in zip(runs[0].texts, hf.texts, strict=True))
 
     import torch
 
@@ -220,14 +226,15 @@ def main() -> None:
           f"({len(os.sched_getaffinity(0))} CPUs allowed), {args.threads} threads per side")
     print(f"model: {info.name} ({info.architecture}, {info.num_parameters / 1e6:.0f}M parameters, bf16, "
           f"sha256 {info.weights_sha256[:12]}); {len(prompts)} chat prompts, greedy, max {args.max_tokens} "
-          f"new tokens; identical completions on both sides: {same}/{len(prompts)}\n")
-    print(render([vllm, hf], len(prompts), args.markdown))
-    print(f"\nratio vLLM / transformers: {ratio:.2f}x generated tokens/s (goal: >= 5x)")
+          f"new tokens; identical completions ({runs[0].engine} vs transformers): {same}/{len(prompts)}\n")
+    print(render([*runs, hf], len(prompts), args.markdown))
+    for engine, ratio in ratios.items():
+        print(f"ratio {engine} / transformers: {ratio:.2f}x generated tokens/s (goal: >= 5x)")
     if args.json:
         result = {"model": asdict(info), "num_prompts": len(prompts), "max_tokens": args.max_tokens,
-                  "threads": args.threads, "compile": args.compile, "ratio": ratio, "identical": same,
+                  "threads": args.threads, "modes": modes, "ratios": ratios, "identical": same,
                   "sides": [{**{k: v for k, v in asdict(s).items() if k != "texts"},
-                             "tokens_per_s": s.tokens_per_s} for s in (vllm, hf)]}
+                             "tokens_per_s": s.tokens_per_s} for s in (*runs, hf)]}
         args.json.write_text(json.dumps(result, indent=2))
 
 

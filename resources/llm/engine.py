@@ -55,12 +55,6 @@ class GenerationStats:
     def tokens_per_s(self) -> float:
         return self.num_new_generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
 
-    def add(self, other: GenerationStats) -> None:
-        for name in ("num_requests", "num_cache_hits", "num_prompt_tokens", "num_generated_tokens",
-                     "num_new_generated_tokens", "generate_seconds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.failures.update(other.failures)
-
     def metadata(self) -> dict[str, Any]:
         """Plain values for an asset's metadata (the same keys on every generating asset)."""
         return {

