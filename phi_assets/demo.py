@@ -9,6 +9,7 @@ nothing changed recomputes nothing: every step logs that it skipped and keeps it
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -75,6 +76,17 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
     return report
 
 
+def _plain(table: str) -> str:
+    """The sample's markdown table as Q/A text for the terminal."""
+    out = []
+    for line in table.splitlines()[2:]:
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 4:
+            answer = "\n   ".join(cells[1].split("<br>"))
+            out.append(f"Q: {cells[0]}\nA: {answer}\n   [{cells[2]} tokens, {cells[3]}]")
+    return "\n".join(out)
+
+
 def _metadata_text(result: dg.ExecuteInProcessResult, asset: str, key: str) -> str:
     for event in result.get_asset_materialization_events():
         if event.materialization.asset_key.to_user_string() == asset:
@@ -105,8 +117,8 @@ def main() -> int:
     for source, shards, read, docs, rejected, num_bytes, tokens in source_totals(profile.catalog_path):
         print(f"{source:8} {shards:>6} {read:>8} {docs:>8} {rejected:>8} {num_bytes / 1e6:>8.1f} {tokens:>12,}")
     if report.sample:
-        print("\ngenerator_model sample (greedy; the full table is in the asset's metadata):")
-        print(report.sample)
+        print("\ngenerator_model sample (greedy; the table is in the asset's metadata in the UI):")
+        print(_plain(report.sample))
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
     print("Open the UI: make ui   (then http://127.0.0.1:3000)")
     print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "
