@@ -56,6 +56,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import zstandard  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, without install
+from table import format_table  # noqa: E402  (benchmarks/, the script's own folder)
+
 from phi_assets.ingest.embedded import stdlib_files  # noqa: E402
 from phi_assets.ingest.readers import (  # noqa: E402
     ReaderOptions,
@@ -196,12 +198,7 @@ def rows(cases: list[Case], mbytes: float) -> list[list[str]]:
 
 def render(table: list[list[str]], markdown: bool) -> str:
     head = ["group", "case", "docs", "median s", "cpu s", "docs/s", "MB/s", "x base", "note"]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table])
-    widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [head, *table])
+    return format_table(head, table, markdown)
 
 
 def main() -> None:

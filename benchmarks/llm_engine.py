@@ -41,6 +41,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, without install; the vLLM child finds it through PYTHONPATH
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+from table import format_table  # noqa: E402  (benchmarks/, the script's own folder)
+
 from phi_assets.synthetic.model import convert_gguf, default_gguf_path, describe  # noqa: E402
 from resources.llm import Engine, ModelRef, Request  # noqa: E402
 from resources.llm.vllm_backend import VLLMBackend, VLLMSettings  # noqa: E402
@@ -181,12 +183,7 @@ def render(sides: list[Side], n: int, markdown: bool) -> str:
     head = ["engine", "generated tokens", "seconds", "tokens/s", "start-up s", "stopped at EOS"]
     table = [[s.engine, str(s.generated_tokens), f"{s.seconds:.2f}", f"{s.tokens_per_s:.1f}",
               f"{s.startup_s:.1f}", f"{s.hit_eos}/{n}"] for s in sides]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table])
-    widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [head, *table])
+    return format_table(head, table, markdown)
 
 
 def main() -> None:
