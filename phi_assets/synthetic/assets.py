@@ -45,8 +45,9 @@ def _source(config: GeneratorModelConfig) -> dict:
                 "version": config.endpoint_model_version or "unpinned"}
     if config.model_dir:
         path = Path(config.model_dir).expanduser().resolve()
-        info = gm.describe(path, config.model_name or None)  # fails early on a bad directory
-        return {"kind": "directory", "name": info.name, "path": str(path), "weights": info.weights_sha256}
+        gm.check_model_dir(path)  # fails early on a bad directory
+        return {"kind": "directory", "name": config.model_name or path.name, "path": str(path),
+                "weights": gm.weights_sha256(path)}
     gguf = gm.default_gguf_path()
     return {"kind": "gguf", "name": config.model_name or gm.DEFAULT_MODEL_NAME, "path": str(gguf),
             "gguf_sha256": gm.file_sha256(gguf)}
@@ -60,7 +61,7 @@ def _build(source: dict, out: Path) -> Built:
         gm.convert_gguf(Path(source["path"]), out / "model")
         info = gm.describe(out / "model", source["name"])
     else:
-        info = gm.describe(Path(source["path"]), source["name"])
+        info = gm.describe(Path(source["path"]), source["name"], weights_hash=source["weights"])
     model = {"name": info.name, "weights_sha256": info.weights_sha256, "num_parameters": info.num_parameters,
              "context_length": info.context_length, "architecture": info.architecture,
              "has_chat_template": info.has_chat_template}

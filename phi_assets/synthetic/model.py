@@ -95,13 +95,19 @@ def weights_sha256(model_dir: Path) -> str:
     return hashlib.sha256("".join(f"{p.name}:{file_sha256(p)}\n" for p in files).encode()).hexdigest()
 
 
-def describe(model_dir: Path, name: str | None = None) -> ModelInfo:
-    """Check that ``model_dir`` is a usable Hugging Face model directory and summarize it."""
+def check_model_dir(model_dir: Path) -> None:
+    """Raise ``ModelSourceError`` naming the directory unless it looks like a Hugging Face model."""
     if not model_dir.is_dir():
         raise ModelSourceError(f"{model_dir}: not a directory")
     for required in REQUIRED_FILES:
         if not (model_dir / required).is_file():
             raise ModelSourceError(f"{model_dir}: missing {required}; not a Hugging Face model directory")
+
+
+def describe(model_dir: Path, name: str | None = None, weights_hash: str | None = None) -> ModelInfo:
+    """Check that ``model_dir`` is a usable Hugging Face model directory and summarize it
+    (``weights_hash``: the weights' sha256 when the caller already computed it)."""
+    check_model_dir(model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     tokenizer_config = model_dir / "tokenizer_config.json"
     chat = (model_dir / "chat_template.jinja").is_file() or (
@@ -110,7 +116,7 @@ def describe(model_dir: Path, name: str | None = None) -> ModelInfo:
     return ModelInfo(
         name=name or model_dir.name,
         path=str(model_dir),
-        weights_sha256=weights_sha256(model_dir),
+        weights_sha256=weights_hash or weights_sha256(model_dir),
         num_parameters=_count_parameters(model_dir),
         context_length=int(config.get("max_position_embeddings", 0)),
         architecture=",".join(config.get("architectures") or [config.get("model_type", "?")]),
