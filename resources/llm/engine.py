@@ -29,6 +29,7 @@ BACKENDS = ("vllm", "openai")
 
 class Backend(Protocol):
     info: dict[str, Any]
+    log: Any
 
     def start(self, model: ModelRef) -> None: ...
 
@@ -167,7 +168,8 @@ class LLMEngine(dg.ConfigurableResource):
         if self._engine is None:
             self._engine = Engine(self._backend(log), RequestCache(self.store) if self.use_cache else None,
                                   chunk_size=self.chunk_size, log=log)
-        self._engine.log = log or self._engine.log
+        if log is not None:  # each step logs to its own context, the backend's messages too
+            self._engine.log = self._engine.backend.log = log
         return self._engine
 
     def _backend(self, log: Any) -> Backend:
