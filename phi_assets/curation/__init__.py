@@ -1,0 +1,1 @@
+"""Curation (group ``curation``): quality filters, dedup, the educational-value classifier, decontamination."""
