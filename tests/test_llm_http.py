@@ -96,13 +96,18 @@ def test_real_server_chat_and_completion(vllm_server, tmp_path):
 
 
 def test_real_server_matches_the_offline_engine_greedy(vllm_server, smol_dir):
-    request = [Request.chat("Write a haiku about Python.", max_tokens=24)]
+    """Also for a prefilled answer (a final assistant message the model continues)."""
+    prefilled = Request.chat([{"role": "user", "content": "Rate Python from 0 to 5."},
+                              {"role": "assistant", "content": "My rating:"}], max_tokens=8)
+    requests = [Request.chat("Write a haiku about Python.", max_tokens=24), prefilled]
     with Engine(HTTPBackend(HTTPSettings(base_url=vllm_server, api_key=API_KEY)), None) as http:
-        served = http.generate(endpoint_model(), request).results[0]
+        served = http.generate(endpoint_model(), requests).results
     offline_backend = VLLMBackend(VLLMSettings(max_model_len=512, cpu_kvcache_gib=1, show_progress=False))
     with Engine(offline_backend, None) as offline:
-        local = offline.generate(ModelRef("smol", "test-smol", path=str(smol_dir)), request).results[0]
-    assert served.text == local.text and served.num_generated_tokens == local.num_generated_tokens
+        local = offline.generate(ModelRef("smol", "test-smol", path=str(smol_dir)), requests).results
+    for s, loc in zip(served, local, strict=True):
+        assert s.ok and s.text == loc.text and s.num_generated_tokens == loc.num_generated_tokens
+    assert prefilled.prefilled and not served[1].text.lstrip().startswith("My rating")  # continued
 
 
 def test_real_server_rejects_a_wrong_key_with_a_clear_error_that_hides_it(vllm_server):

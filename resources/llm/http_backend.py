@@ -151,6 +151,8 @@ def _body(model: ModelRef, request: Request, sample: int) -> tuple[str, dict[str
     if s.stop:
         body["stop"] = list(s.stop)
     if request.messages is not None:
+        if request.prefilled:  # vLLM's server continues a final assistant message when asked to
+            body.update(continue_final_message=True, add_generation_prompt=False)
         return "chat/completions", {**body, "messages": request.message_dicts()}
     return "completions", {**body, "prompt": request.prompt}
 

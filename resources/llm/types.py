@@ -68,6 +68,11 @@ class Request:
         pairs = tuple((m["role"], m["content"]) for m in messages)
         return cls(messages=pairs, sampling=Sampling(**sampling))
 
+    @property
+    def prefilled(self) -> bool:
+        """A chat whose last message is the assistant's: the model continues that message."""
+        return bool(self.messages) and self.messages[-1][0] == "assistant"
+
     @classmethod
     def completion(cls, prompt: str, **sampling: Any) -> Request:
         return cls(prompt=prompt, sampling=Sampling(**sampling))

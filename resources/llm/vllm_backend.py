@@ -199,7 +199,9 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _prompt_ids(tokenizer: Any, request: dict[str, Any]) -> list[int]:
     if "messages" in request:
-        text = tokenizer.apply_chat_template(request["messages"], tokenize=False, add_generation_prompt=True)
+        prefill = request["messages"][-1]["role"] == "assistant"  # the answer's start is given
+        text = tokenizer.apply_chat_template(request["messages"], tokenize=False,
+                                             add_generation_prompt=not prefill, continue_final_message=prefill)
         return tokenizer.encode(text, add_special_tokens=False)
     return tokenizer.encode(request["prompt"])
 
