@@ -53,18 +53,19 @@ class Staging:
     def commit(self, data_version: str, manifest: dict[str, Any]) -> str:
         fs = self.store.fs
         final = f"{self.base}/{data_version}"
-        files = sorted(p for p in self.path.iterdir() if p.name != MANIFEST)
+        files = sorted(p for p in self.path.rglob("*") if p.is_file() and p.name != MANIFEST)
+        names = [p.relative_to(self.path).as_posix() for p in files]  # model directories nest
         manifest = {
             **manifest,
             "data_version": data_version,
-            "files": {p.name: p.stat().st_size for p in files},
+            "files": {n: p.stat().st_size for n, p in zip(names, files, strict=True)},
             "committed_at": time.time(),
         }
         if fs.exists(f"{final}/{MANIFEST}"):  # same content already committed: immutable
             return final
         if self.remote:
-            for p in files:
-                fs.put_file(str(p), f"{final}/{p.name}")
+            for name, p in zip(names, files, strict=True):
+                fs.put_file(str(p), f"{final}/{name}")
             fs.pipe_file(f"{final}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
         else:
             (self.path / MANIFEST).write_text(json.dumps(manifest, indent=1))
