@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
+from phi_assets.curation.assets import (
+    dedup_code,
+    dedup_web,
+    edu_annotations,
+    edu_classifier,
+    filtered_code_corpus,
+    filtered_web_corpus,
+    quality_filtered_code_shards,
+    quality_filtered_web_shards,
+)
 from phi_assets.ingest.assets import (
     code_shards,
     raw_catalog,
@@ -14,11 +24,11 @@ from phi_assets.ingest.assets import (
 from phi_assets.synthetic.assets import generator_model
 
 ingest_code_job = dg.define_asset_job(
-    "ingest_code_job", selection=[raw_code_shards], partitions_def=code_shards,
-    description="Ingest one raw code shard (one dynamic partition per shard file).")
+    "ingest_code_job", selection=[raw_code_shards, quality_filtered_code_shards], partitions_def=code_shards,
+    description="Ingest one raw code shard (one dynamic partition per shard file) and quality-filter it.")
 ingest_web_job = dg.define_asset_job(
-    "ingest_web_job", selection=[raw_web_shards], partitions_def=web_shards,
-    description="Ingest one raw web shard (one dynamic partition per shard file).")
+    "ingest_web_job", selection=[raw_web_shards, quality_filtered_web_shards], partitions_def=web_shards,
+    description="Ingest one raw web shard (one dynamic partition per shard file) and quality-filter it.")
 catalog_job = dg.define_asset_job(
     "catalog_job", selection=[raw_catalog], description="Rebuild the DuckDB catalog of raw shards.")
 
@@ -26,5 +36,20 @@ generator_model_job = dg.define_asset_job(
     "generator_model_job", selection=[generator_model],
     description="Prepare the generator LLM (convert, hash) and show a sample of its answers.")
 
+dedup_job = dg.define_asset_job(
+    "dedup_job", selection=[dedup_code, dedup_web],
+    description="Exact + MinHash dedup over all quality-filtered shards of each source.")
+edu_classifier_job = dg.define_asset_job(
+    "edu_classifier_job", selection=[edu_annotations, edu_classifier],
+    description="Annotate a sample with the generator LLM and train the educational-value classifiers.")
+filter_code_corpus_job = dg.define_asset_job(
+    "filter_code_corpus_job", selection=[filtered_code_corpus], partitions_def=code_shards,
+    description="Score, threshold and decontaminate one code shard.")
+filter_web_corpus_job = dg.define_asset_job(
+    "filter_web_corpus_job", selection=[filtered_web_corpus], partitions_def=web_shards,
+    description="Score, threshold and decontaminate one web shard.")
+
 INGEST_JOBS = {"code": ingest_code_job, "web": ingest_web_job}
-ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job]
+CORPUS_JOBS = {"code": filter_code_corpus_job, "web": filter_web_corpus_job}
+ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_job, edu_classifier_job,
+            filter_code_corpus_job, filter_web_corpus_job]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dagster as dg
 
 from jobs import ALL_JOBS
+from phi_assets.curation.assets import CURATION_ASSETS
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
 from phi_assets.synthetic.assets import generator_model
 from resources import build_executor, build_resources, load_profile
@@ -17,7 +18,7 @@ from sensors import ALL_SENSORS
 def build_definitions() -> dg.Definitions:
     profile = load_profile()
     return dg.Definitions(
-        assets=[raw_code_shards, raw_web_shards, raw_catalog, generator_model],
+        assets=[raw_code_shards, raw_web_shards, raw_catalog, generator_model, *CURATION_ASSETS],
         jobs=ALL_JOBS,
         sensors=ALL_SENSORS,
         resources=build_resources(profile),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 from tqdm import tqdm
 
-from jobs import INGEST_JOBS, catalog_job, generator_model_job
+from jobs import CORPUS_JOBS, INGEST_JOBS, catalog_job, dedup_job, edu_classifier_job, generator_model_job
 from phi_assets.ingest import embedded
 from phi_assets.ingest.assets import PARTITIONS
 from phi_assets.ingest.catalog import source_totals
@@ -48,13 +48,17 @@ class DemoReport:
     recomputed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     sample: str = ""  # the generator model's sample answers (markdown table)
+    classifier: str = ""  # the classifier's held-out report (markdown table)
+    corpora: dict = field(default_factory=dict)  # source -> [kept, scored]
 
     def record(self, what: str, result: dg.ExecuteInProcessResult) -> None:
         if not result.success:
             self.failures.append(f"{what}: {_failure_message(result)}")
         for event in result.get_asset_materialization_events():
             skipped = event.materialization.metadata.get("skipped")
-            (self.reused if skipped and skipped.value else self.recomputed).append(what)
+            name = event.materialization.asset_key.to_user_string()
+            name += f"[{event.partition}]" if event.partition else ""
+            (self.reused if skipped and skipped.value else self.recomputed).append(name)
 
 
 def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]]) -> DemoReport:
@@ -73,7 +77,29 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
     report.record("generator_model", result)
     if result.success:
         report.sample = _metadata_text(result, "generator_model", "sample")
+    for job in (dedup_job, edu_classifier_job):
+        result = defs.resolve_job_def(job.name).execute_in_process(
+            instance=instance, run_config=QUIET, raise_on_error=False)
+        report.record(job.name, result)
+        if job is edu_classifier_job and result.success:
+            report.classifier = _metadata_text(result, "edu_classifier", "report")
+    for source, job in CORPUS_JOBS.items():
+        job_def = defs.resolve_job_def(job.name)
+        for key in tqdm(keys[source], desc=f"filter {source} corpus", unit="shard"):
+            result = job_def.execute_in_process(partition_key=key, instance=instance,
+                                                run_config=QUIET, raise_on_error=False)
+            report.record(f"filtered_{source}_corpus[{key}]", result)
+            _count_corpus(report, source, result)
     return report
+
+
+def _count_corpus(report: DemoReport, source: str, result: dg.ExecuteInProcessResult) -> None:
+    for event in result.get_asset_materialization_events():
+        funnel = event.materialization.metadata.get("funnel")
+        if funnel is not None:
+            totals = report.corpora.setdefault(source, {})
+            for key, value in funnel.value.items():
+                totals[key] = totals.get(key, 0) + value
 
 
 def _plain(table: str) -> str:
@@ -85,6 +111,12 @@ def _plain(table: str) -> str:
             answer = "\n   ".join(cells[1].split("<br>"))
             out.append(f"Q: {cells[0]}\nA: {answer}\n   [{cells[2]} tokens, {cells[3]}]")
     return "\n".join(out)
+
+
+def _plain_table(table: str) -> str:
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if "---" not in line]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
 def _metadata_text(result: dg.ExecuteInProcessResult, asset: str, key: str) -> str:
@@ -119,6 +151,12 @@ def main() -> int:
     if report.sample:
         print("\ngenerator_model sample (greedy; the table is in the asset's metadata in the UI):")
         print(_plain(report.sample))
+    if report.classifier:
+        print("\nedu_classifier, held-out split (confusion matrices are in the asset's metadata):")
+        print(_plain_table(report.classifier))
+    for source, f in sorted(report.corpora.items()):
+        print(f"filtered_{source}_corpus: {f['in']} quality-filtered = {f['dedup_removed']} duplicates + "
+              f"{f['contaminated']} contaminated + {f['below_threshold']} below threshold + {f['kept']} kept")
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
     print("Open the UI: make ui   (then http://127.0.0.1:3000)")
     print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "

@@ -40,3 +40,21 @@ def log2_histogram(counts: Sequence[int], title: str, unit: str) -> dg.MarkdownM
     first = min((i for i, c in enumerate(counts) if c), default=0)
     labels = [f"{2**i:,}" for i in range(first, last + 1)]
     return bar_plot(labels, counts[first : last + 1], title, f"{unit} (lower bin edge)", "documents")
+
+
+def score_histogram(counts: Sequence[int], low: float, high: float, threshold: float,
+                    title: str) -> dg.MarkdownMetadataValue:
+    """Equal-width bins over [low, high] with the keep threshold drawn as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = (high - low) / max(len(counts), 1)
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.bar([low + i * width for i in range(len(counts))], counts, width=width, align="edge",
+           color="#3b6ea8", edgecolor="white")
+    ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"keep >= {threshold:g}")
+    ax.set(title=title, xlabel="educational score", ylabel="documents", xlim=(low, high))
+    ax.legend(fontsize=8)
+    return _markdown_png(fig)

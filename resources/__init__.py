@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import dagster as dg
 
 from resources.artifact_store import ArtifactStore
+from resources.curation import DecontaminationResource, EncoderResource
 from resources.llm import LLMEngine
 from resources.profiles import Profile, load_profile
 
@@ -69,8 +70,10 @@ def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
         "store": store,
         "profile": ProfileResource.from_profile(profile),
         "llm": build_llm(profile, store),
+        "encoder": EncoderResource(model=os.environ.get("PHI_ENCODER_MODEL", "")),
+        "decontamination": DecontaminationResource(mbpp_path=os.environ.get("PHI_MBPP_PATH", "")),
     }
 
 
-__all__ = ["ArtifactStore", "LLMEngine", "Profile", "ProfileResource", "build_executor", "build_llm",
-           "build_resources", "load_profile"]
+__all__ = ["ArtifactStore", "DecontaminationResource", "EncoderResource", "LLMEngine", "Profile",
+           "ProfileResource", "build_executor", "build_llm", "build_resources", "load_profile"]

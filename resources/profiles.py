@@ -25,6 +25,7 @@ class Sizes:
     num_web_shards: int = 4
     web_sample_every: int = 1
     max_doc_bytes: int = 1_000_000  # The Stack and phi-1 drop files above ~1 MB
+    edu_annotations_per_source: int = 200  # documents the LLM annotates per source
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -48,7 +49,8 @@ class Profile:
 
 def _sizes_for(name: str) -> Sizes:
     if name == "ci":
-        return Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample_every=2)
+        return Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample_every=1,
+                     edu_annotations_per_source=64)
     return Sizes()
 
 

@@ -23,6 +23,17 @@ def smol_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mbpp_path() -> Path:
+    """The MBPP benchmark (974 tasks) beside the repository, or wherever ``PHI_MBPP_PATH`` says."""
+    import os
+
+    default = Path(__file__).resolve().parents[2] / "shared/data/mbpp/mbpp.jsonl"
+    path = Path(os.environ.get("PHI_MBPP_PATH") or default)
+    assert path.is_file(), f"MBPP file not found at {path}; set PHI_MBPP_PATH to mbpp.jsonl"
+    return path
+
+
 @pytest.fixture
 def phi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "phi"
@@ -70,3 +81,28 @@ def materialize_shard(asset, key: str, instance, resources, run_config=None):
     instance.add_dynamic_partitions(asset.partitions_def.name, [key])
     return dg.materialize([asset], partition_key=key, instance=instance, resources=resources,
                           run_config=run_config, raise_on_error=False)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, mbpp_path: Path) -> dict:
+    """``make demo``'s program run twice on a fresh ci home, with planted landing shards (see
+    tests/test_curation_assets.py). The demo tests and the curation tests read what it produced."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_curation_assets import plant
+
+    home = tmp_path_factory.mktemp("demo") / "phi"
+    task_id = plant(home)
+    env = {**os.environ, "PHI_PROFILE": "ci", "PHI_HOME": str(home), "PHI_MBPP_PATH": str(mbpp_path)}
+    for var in ("DAGSTER_HOME", "PHI_ARTIFACT_ROOT", "PHI_LANDING_ROOT", "PHI_CATALOG"):
+        env.pop(var, None)
+    outputs = []
+    root = Path(__file__).resolve().parents[1]
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "phi_assets.demo"], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=1200)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        outputs.append(done.stdout + done.stderr)
+    return {"home": home, "task_id": task_id, "first": outputs[0], "second": outputs[1]}

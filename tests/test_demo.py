@@ -1,45 +1,49 @@
-"""`make demo`'s program on the ci profile: everything materializes, and a rerun does no work."""
+"""`make demo`'s program on the ci profile: everything materializes, and a rerun does no work.
+
+The run itself is the session fixture ``demo_run`` (tests/conftest.py), which the curation tests
+share; its landing area holds 1 planted code shard and 2 planted web shards.
+"""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from resources import ArtifactStore
 
-ROOT = Path(__file__).resolve().parents[1]
+# 3 code + 5 web shards x (raw, quality-filtered, filtered corpus), the catalog, generator_model,
+# 2 dedups, the annotations and the classifier
+NUM_STEPS = 8 * 3 + 1 + 1 + 2 + 2
 
 
-def run_demo(env: dict) -> str:
-    done = subprocess.run([sys.executable, "-m", "phi_assets.demo"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
-
-
-def current_versions(store: ArtifactStore) -> dict[str, str]:
-    root = Path(store.root)
+def current_versions(home: Path) -> dict[str, str]:
+    root = Path(ArtifactStore(root=str(home / "artifacts")).root)
     return {str(p.parent.relative_to(root)): p.read_text() for p in root.glob("*/*/CURRENT")}
 
 
-def test_demo_materializes_everything_then_recomputes_nothing(phi_home):
-    env = {**os.environ, "PHI_PROFILE": "ci", "PHI_HOME": str(phi_home)}
-    env.pop("DAGSTER_HOME", None)
-    first = run_demo(env)
+def test_demo_materializes_everything(demo_run):
+    first = demo_run["first"]
     counts = dict(re.findall(r"^(code|web)\s+\d+\s+\d+\s+(\d+)", first, re.M))
     assert int(counts["code"]) > 50 and int(counts["web"]) > 50
-    # 2 code + 3 web shards, the catalog, and generator_model
-    assert re.search(r"Steps: 7 recomputed, 0 unchanged", first)
+    assert re.search(rf"Steps: {NUM_STEPS} recomputed, 0 unchanged", first)
     assert "generator_model sample" in first and "Fibonacci" in first  # real answers, printed
-    store = ArtifactStore(root=str(phi_home / "artifacts"))
-    before = current_versions(store)
-    assert len(before) == 7 and (phi_home / "dagster").is_dir()  # DAGSTER_HOME inside PHI_HOME
+    assert len(current_versions(demo_run["home"])) == NUM_STEPS
+    assert (demo_run["home"] / "dagster").is_dir()  # DAGSTER_HOME inside PHI_HOME
 
-    second = run_demo(env)
-    assert re.search(r"Steps: 0 recomputed, 7 unchanged", second)
-    assert second.count("inputs unchanged; skipping work") == 7
+
+def test_demo_prints_the_classifier_report_and_reconciled_corpus_funnels(demo_run):
+    first = demo_run["first"]
+    assert re.search(r"^code\s+forest\s+\d+\s+\d+\s+[01]\.\d{3}\s+[01]\.\d{3}", first, re.M)  # F1@3, macro-F1
+    assert re.search(r"^web\s+linear\s+\d+\s+\d+\s+[01]\.\d{3}", first, re.M)
+    for source in ("code", "web"):
+        line = re.search(rf"^filtered_{source}_corpus: (\d+) quality-filtered = (\d+) duplicates \+ (\d+) "
+                         r"contaminated \+ (\d+) below threshold \+ (\d+) kept", first, re.M)
+        total, *parts = map(int, line.groups())
+        assert total == sum(parts) and total > 20
+
+
+def test_demo_rerun_recomputes_nothing(demo_run):
+    second = demo_run["second"]
+    assert re.search(rf"Steps: 0 recomputed, {NUM_STEPS} unchanged", second)
+    assert second.count("inputs unchanged; skipping work") == NUM_STEPS
     assert "generator_model sample: 3 requests, 3 from the cache, 0 to generate" in second
-    assert current_versions(store) == before

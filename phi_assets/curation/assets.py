@@ -1,0 +1,490 @@
+"""Curation assets (group ``curation``): keep only textbook-quality data.
+
+Per shard (one dynamic partition per raw shard, one pod per shard on Kubernetes):
+``quality_filtered_{code,web}_shards`` (heuristic filters + MinHash signatures) and
+``filtered_{code,web}_corpus`` (classifier scores, threshold, decontamination with a blocking
+check). Fanning in over all shards of a source: ``dedup_{code,web}``. Over both sources:
+``edu_annotations`` (LLM rubric scores on a sample) and ``edu_classifier``. The work itself lives in
+``phi_assets.curation.stages`` and the modules it calls.
+"""
+
+from dataclasses import asdict
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+from phi_assets.curation import classifier as clf
+from phi_assets.curation import (
+    code_syntax,
+    decontaminate,
+    dedup,
+    edu,
+    embeddings,
+    eval_tasks,
+    filter_config,
+    heuristics,
+    minhash,
+    stages,
+)
+from phi_assets.curation.checks import decontamination_check_result, decontamination_check_spec
+from phi_assets.curation.metadata import (
+    annotation_metadata,
+    classifier_metadata,
+    corpus_metadata,
+    dedup_metadata,
+    filter_metadata,
+)
+from phi_assets.ingest.assets import PARTITIONS, raw_code_shards, raw_web_shards
+from phi_assets.ingest.schema import SOURCES
+from phi_assets.synthetic.assets import generator_model, model_ref
+from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
+from resources import ArtifactStore, ProfileResource
+from resources.curation import DecontaminationResource, EncoderResource
+from resources.llm import LLMEngine
+
+RAW = {"code": raw_code_shards, "web": raw_web_shards}
+FILTER_CODE_VERSION = code_version_of(heuristics, filter_config, minhash, stages)
+DEDUP_CODE_VERSION = code_version_of(dedup, minhash, stages)
+ANNOTATE_CODE_VERSION = code_version_of(edu, stages, salt="".join(edu.load_prompt(s).sha256 for s in SOURCES))
+CLASSIFIER_CODE_VERSION = code_version_of(clf, edu)
+CORPUS_CODE_VERSION = code_version_of(clf, stages, decontaminate, code_syntax, embeddings, eval_tasks)
+
+
+def _current(store: ArtifactStore, asset: str, partition: str | None = None) -> dict:
+    manifest = store.current_manifest(asset, partition)
+    if manifest is None:
+        where = f"{asset}[{partition}]" if partition else asset
+        raise dg.Failure(description=f"{where} has no materialized version; materialize it first")
+    return manifest
+
+
+def _file(store: ArtifactStore, manifest: dict, name: str) -> str:
+    where = store.version_path(manifest["asset"], manifest["partition"], manifest["data_version"])
+    return store.uri(f"{where}/{name}")
+
+
+def _user_error(what: str, build):
+    try:
+        return build()
+    except ValueError as e:
+        raise dg.Failure(description=f"{what}: {e}") from e
+
+
+class QualityFilterConfig(dg.Config):
+    rules: dict[str, Any] = {}  # overrides of WebFilterConfig / CodeFilterConfig fields
+    shingle_words: int = 5  # MinHash (FineWeb): 5-word shingles, 14 bands x 8 rows
+    num_bands: int = 14
+    rows_per_band: int = 8
+    minhash_seed: int = 1
+
+
+def _filters(source: str, rules: dict[str, Any]):
+    config = heuristics.CodeFilterConfig if source == "code" else heuristics.WebFilterConfig
+    unknown = sorted(set(rules) - set(config.__dataclass_fields__))
+    if unknown:
+        raise ValueError(
+            f"unknown {source} filter setting(s) {unknown}; known: {sorted(config.__dataclass_fields__)}"
+        )
+    return config(**rules)
+
+
+def quality_filtered_asset(source: str) -> dg.AssetsDefinition:
+    name = f"quality_filtered_{source}_shards"
+
+    @dg.asset(
+        name=name,
+        partitions_def=PARTITIONS[source],
+        deps=[RAW[source]],
+        group_name="curation",
+        code_version=FILTER_CODE_VERSION,
+        kinds={"parquet", "polars"},
+        description=f"Raw {source} documents that pass the heuristic quality filters (every drop "
+        "has a reason), with the MinHash signatures dedup reads.",
+    )
+    def _asset(
+        context: dg.AssetExecutionContext, config: QualityFilterConfig, store: ArtifactStore
+    ) -> dg.MaterializeResult:
+        raw = _current(store, f"raw_{source}_shards", context.partition_key)
+        filters = _user_error(name, lambda: _filters(source, config.rules))
+        signature = _user_error(
+            name,
+            lambda: minhash.MinHashConfig(
+                config.shingle_words, config.num_bands, config.rows_per_band, config.minhash_seed
+            ),
+        )
+        inputs = {"raw": raw["data_version"], "filters": asdict(filters), "minhash": asdict(signature)}
+        outcome = materialize_versioned(
+            context,
+            store,
+            code_version=FILTER_CODE_VERSION,
+            inputs=inputs,
+            build=lambda out: Built(
+                stable_hash([FILTER_CODE_VERSION, inputs]),
+                stages.filter_shard(_file(store, raw, "docs.parquet"), source, filters, signature, out),
+            ),
+        )
+        context.log.info(f"{name}[{context.partition_key}]: {outcome.metadata['funnel']}")
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(outcome.data_version),
+            metadata={
+                **filter_metadata(outcome.metadata, store.uri(_file(store, outcome.manifest, stages.DOCS))),
+                "skipped": outcome.skipped,
+            },
+        )
+
+    return _asset
+
+
+def _shard_files(
+    context: dg.AssetExecutionContext, store: ArtifactStore, source: str
+) -> list[stages.ShardFiles]:
+    asset, shards = f"quality_filtered_{source}_shards", []
+    for key in sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name)):
+        manifest = store.current_manifest(asset, key)
+        if manifest is None:
+            context.log.warning(f"{asset}[{key}] has no materialized version; dedup leaves it out")
+            continue
+        shards.append(
+            stages.ShardFiles(
+                key,
+                manifest["data_version"],
+                _file(store, manifest, stages.DOCS),
+                _file(store, manifest, stages.MINHASH),
+            )
+        )
+    return shards
+
+
+def _signature_config(
+    store: ArtifactStore, source: str, shards: list[stages.ShardFiles]
+) -> minhash.MinHashConfig:
+    seen = {
+        stable_hash(
+            store.current_manifest(f"quality_filtered_{source}_shards", s.shard)["inputs"]["minhash"]
+        ): s.shard
+        for s in shards
+    }
+    if len(seen) > 1:
+        raise ValueError(
+            f"shards {sorted(seen.values())} were signed with different MinHash settings; "
+            "materialize all quality-filtered shards with the same settings"
+        )
+    first = store.current_manifest(f"quality_filtered_{source}_shards", shards[0].shard)
+    return minhash.MinHashConfig(**first["inputs"]["minhash"])
+
+
+def dedup_asset(source: str) -> dg.AssetsDefinition:
+    name, upstream = f"dedup_{source}", f"quality_filtered_{source}_shards"
+
+    @dg.asset(
+        name=name,
+        deps=[upstream],
+        group_name="curation",
+        code_version=DEDUP_CODE_VERSION,
+        kinds={"duckdb"},
+        description=f"Exact and MinHash-LSH near-duplicate clusters over all {source} "
+        "shards; one deterministic survivor each; clusters in DuckDB.",
+    )
+    def _asset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        shards = _shard_files(context, store, source)
+        if not shards:
+            raise dg.Failure(description=f"{name}: no {upstream} partition is materialized yet")
+        signature = _user_error(name, lambda: _signature_config(store, source, shards))
+        inputs = {"shards": [(s.shard, s.data_version) for s in shards], "minhash": asdict(signature)}
+        outcome = materialize_versioned(
+            context,
+            store,
+            code_version=DEDUP_CODE_VERSION,
+            inputs=inputs,
+            build=lambda out: Built(
+                stable_hash([DEDUP_CODE_VERSION, inputs]),
+                {**stages.dedup_source(shards, signature, out), "shards": [asdict(s) for s in shards]},
+            ),
+        )
+        db = _file(store, outcome.manifest, stages.CLUSTER_DB)
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(outcome.data_version),
+            metadata={**dedup_metadata(outcome.metadata, db), "skipped": outcome.skipped},
+        )
+
+    return _asset
+
+
+quality_filtered_code_shards = quality_filtered_asset("code")
+quality_filtered_web_shards = quality_filtered_asset("web")
+dedup_code = dedup_asset("code")
+dedup_web = dedup_asset("web")
+
+
+class AnnotationConfig(dg.Config):
+    docs_per_source: int = 0  # 0: the profile's size (ci 48, local 200)
+    max_doc_chars: int = 1500  # the start of each document the annotator reads
+    max_tokens: int = 16  # the score comes first (the answer is prefilled with "Educational score:")
+    seed: int = 0
+
+
+def _annotate(
+    context, llm: LLMEngine, model, dedups: dict, store: ArtifactStore, n: int, config: AnnotationConfig, out
+) -> dict:
+    frames, llm_stats = [], {}
+    for source in SOURCES:
+        prompt, manifest = edu.load_prompt(source), dedups[source]
+        docs_paths = {s["shard"]: s["docs"] for s in manifest["metadata"]["shards"]}
+        sample = stages.annotation_sample(
+            pl.read_parquet(_file(store, manifest, stages.DECISIONS)), docs_paths, n, config.seed
+        )
+        requests = [
+            edu.build_request(prompt, t, max_chars=config.max_doc_chars, max_tokens=config.max_tokens)
+            for t in sample["text"]
+        ]
+        gen = llm.generate(model, requests, log=context.log, desc=f"annotate {source}")
+        frames.append(
+            stages.annotations_frame(
+                source,
+                sample,
+                [r.text for r in gen.results],
+                [r.error for r in gen.results],
+                prompt,
+                config.max_doc_chars,
+            )
+        )
+        llm_stats[source] = gen.stats.metadata()
+    annotations = pl.concat(frames)
+    annotations.write_parquet(out / "annotations.parquet", compression="zstd")
+    summary = {
+        s: {
+            "status": stages.status_counts(annotations.filter(pl.col("source") == s)),
+            "labels": [
+                annotations.filter((pl.col("source") == s) & (pl.col("score") == k)).height for k in range(6)
+            ],
+        }
+        for s in SOURCES
+    }
+    return {
+        "summary": summary,
+        "llm": llm_stats,
+        "max_doc_chars": config.max_doc_chars,
+        "examples": annotations.head(6).select("source", "uri", "answer", "score", "status").rows(named=True),
+    }
+
+
+@dg.asset(
+    deps=[dedup_code, dedup_web, generator_model],
+    group_name="curation",
+    kinds={"parquet"},
+    code_version=ANNOTATE_CODE_VERSION,
+    description="A sample of deduplicated documents scored 0-5 for educational value by the generator "
+    "LLM with the rubric prompts in phi_assets/curation/prompts/.",
+)
+def edu_annotations(
+    context: dg.AssetExecutionContext,
+    config: AnnotationConfig,
+    store: ArtifactStore,
+    llm: LLMEngine,
+    profile: ProfileResource,
+) -> dg.MaterializeResult:
+    generator = _current(store, "generator_model")
+    dedups = {s: _current(store, f"dedup_{s}") for s in SOURCES}
+    n = config.docs_per_source or profile.get().sizes.edu_annotations_per_source
+    inputs = {
+        "model": generator["data_version"],
+        "dedup": {s: m["data_version"] for s, m in dedups.items()},
+        "prompts": {s: edu.load_prompt(s).sha256 for s in SOURCES},
+        "config": {**config.model_dump(), "n": n},
+    }
+
+    def build(out):
+        model = model_ref(generator, store, llm, f"{profile.get().phi_home}/models")
+        return Built(
+            stable_hash([ANNOTATE_CODE_VERSION, inputs]),
+            _annotate(context, llm, model, dedups, store, n, config, out),
+        )
+
+    outcome = materialize_versioned(
+        context, store, code_version=ANNOTATE_CODE_VERSION, inputs=inputs, build=build
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(outcome.data_version),
+        metadata={
+            **annotation_metadata(outcome.metadata, _file(store, outcome.manifest, "annotations.parquet")),
+            "skipped": outcome.skipped,
+        },
+    )
+
+
+class ClassifierTrainConfig(dg.Config):
+    threshold: float = 3.0  # F1 is reported for "score >= threshold" (FineWeb-Edu: 3)
+    test_fraction: float = 0.25
+    num_trees: int = 200
+    ridge_alpha: float = 1.0
+    seed: int = 0
+
+
+def _train(store: ArtifactStore, annotations: dict, encoder, config: clf.ClassifierConfig, out) -> dict:
+    frame = pl.read_parquet(_file(store, annotations, "annotations.parquet")).filter(
+        pl.col("score").is_not_null()
+    )
+    reports = {}
+    for source in SOURCES:
+        part = frame.filter(pl.col("source") == source)
+        embeddings = encoder.encode(part["excerpt"].to_list(), desc=f"embed {source} annotations")
+        try:
+            model = clf.train(embeddings, part["score"].to_numpy(), config, encoder.version)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
+        model.save(out / source)
+        reports[source] = model.report
+    return {
+        "reports": reports,
+        "max_doc_chars": annotations["metadata"]["max_doc_chars"],
+        "encoder_version": encoder.version,
+        "threshold": config.threshold,
+    }
+
+
+@dg.asset(
+    deps=[edu_annotations],
+    group_name="curation",
+    code_version=CLASSIFIER_CODE_VERSION,
+    kinds={"scikitlearn"},
+    description="Educational-value classifiers (random forest as phi-1, linear head "
+    "as FineWeb-Edu) on all-MiniLM-L6-v2 embeddings, one per source.",
+)
+def edu_classifier(
+    context: dg.AssetExecutionContext,
+    config: ClassifierTrainConfig,
+    store: ArtifactStore,
+    encoder: EncoderResource,
+) -> dg.MaterializeResult:
+    annotations = _current(store, "edu_annotations")
+    settings = _user_error("edu_classifier", lambda: clf.ClassifierConfig(**config.model_dump()))
+    enc = encoder.get()
+    inputs = {"annotations": annotations["data_version"], "encoder": enc.version, "config": asdict(settings)}
+    outcome = materialize_versioned(
+        context,
+        store,
+        code_version=CLASSIFIER_CODE_VERSION,
+        inputs=inputs,
+        build=lambda out: Built(
+            stable_hash([CLASSIFIER_CODE_VERSION, inputs]),
+            _user_error("edu_classifier", lambda: _train(store, annotations, enc, settings, out)),
+        ),
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(outcome.data_version),
+        metadata={**classifier_metadata(outcome.metadata), "skipped": outcome.skipped},
+    )
+
+
+class FilteredCorpusConfig(dg.Config):
+    threshold: float = 3.0  # keep documents whose educational score is at least this
+    head: str = "forest"  # "forest" (phi-1) or "linear" (FineWeb-Edu)
+
+
+def _dedup_rows(store: ArtifactStore, source: str, key: str, shard_version: str):
+    dedup_manifest = _current(store, f"dedup_{source}")
+    used = {s["shard"]: s["data_version"] for s in dedup_manifest["metadata"]["shards"]}
+    if used.get(key) != shard_version:
+        raise dg.Failure(
+            description=f"dedup_{source} has not seen quality_filtered_{source}_shards[{key}] "
+            f"version {shard_version}; materialize dedup_{source} first"
+        )
+    return stages.survivors(pl.read_parquet(_file(store, dedup_manifest, stages.DECISIONS)), key)
+
+
+def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
+    name, upstream = f"filtered_{source}_corpus", f"quality_filtered_{source}_shards"
+
+    @dg.asset(
+        name=name,
+        partitions_def=PARTITIONS[source],
+        group_name="curation",
+        kinds={"parquet"},
+        deps=[upstream, f"dedup_{source}", edu_classifier],
+        code_version=CORPUS_CODE_VERSION,
+        check_specs=[decontamination_check_spec(name)],
+        description=f"Deduplicated {source} documents the classifier scores at or above the threshold, "
+        "with HumanEval/MBPP-contaminated documents removed and listed.",
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        config: FilteredCorpusConfig,
+        store: ArtifactStore,
+        encoder: EncoderResource,
+        decontamination: DecontaminationResource,
+    ) -> dg.MaterializeResult:
+        key = context.partition_key
+        shard, classifier = _current(store, upstream, key), _current(store, "edu_classifier")
+        keep_rows = _dedup_rows(store, source, key, shard["data_version"])
+        scanner = _user_error(name, lambda: decontamination.get(encoder))
+        if config.head not in clf.HEADS:
+            raise dg.Failure(description=f"{name}: head={config.head!r}; choose one of {clf.HEADS}")
+        inputs = {
+            "shard": shard["data_version"],
+            "survivors": stable_hash(keep_rows["id"].to_list()),
+            "classifier": classifier["data_version"],
+            "decontamination": scanner.version,
+            "config": config.model_dump(),
+        }
+
+        def build(out):
+            model = clf.EduClassifier.load(_local(store, classifier, source))
+            return Built(
+                stable_hash([CORPUS_CODE_VERSION, inputs]),
+                stages.score_shard(
+                    _file(store, shard, stages.DOCS),
+                    keep_rows,
+                    shard["metadata"]["funnel"]["kept"],
+                    source,
+                    model,
+                    config.head,
+                    config.threshold,
+                    encoder.get(),
+                    scanner,
+                    classifier["metadata"]["max_doc_chars"],
+                    out,
+                ),
+            )
+
+        outcome = materialize_versioned(
+            context, store, code_version=CORPUS_CODE_VERSION, inputs=inputs, build=build
+        )
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(outcome.data_version),
+            metadata={
+                **corpus_metadata(outcome.metadata, _file(store, outcome.manifest, stages.DOCS)),
+                "skipped": outcome.skipped,
+            },
+            check_results=[decontamination_check_result(name, outcome.metadata, scanner.version)],
+        )
+
+    return _asset
+
+
+def _local(store: ArtifactStore, manifest: dict, sub: str):
+    """A local copy of a stored directory (the store itself when it is local)."""
+    import tempfile
+    from pathlib import Path
+
+    where = f"{store.version_path(manifest['asset'], manifest['partition'], manifest['data_version'])}/{sub}"
+    if store.is_local:
+        return Path(where)
+    dest = Path(tempfile.mkdtemp(prefix="phi-classifier-")) / sub
+    store.fs.get(where, str(dest), recursive=True)
+    return dest
+
+
+filtered_code_corpus = filtered_corpus_asset("code")
+filtered_web_corpus = filtered_corpus_asset("web")
+
+CURATION_ASSETS = [
+    quality_filtered_code_shards,
+    quality_filtered_web_shards,
+    dedup_code,
+    dedup_web,
+    edu_annotations,
+    edu_classifier,
+    filtered_code_corpus,
+    filtered_web_corpus,
+]
