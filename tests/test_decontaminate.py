@@ -298,11 +298,12 @@ def test_cli_jsonl_humaneval_only(tmp_path: Path, by_id) -> None:
 def test_cli_user_errors(tmp_path: Path) -> None:
     docs = tmp_path / "docs.jsonl"
     docs.write_text('{"body": "x"}\n')
-    result = cli("--input", str(docs), "--out", str(tmp_path / "f.jsonl"), "--no-embeddings")
+    no_mbpp = {"PHI_MBPP_PATH": ""}  # whatever the caller's environment says: HumanEval only
+    result = cli("--input", str(docs), "--out", str(tmp_path / "f.jsonl"), "--no-embeddings", env=no_mbpp)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert str(docs) in result.stderr and "no column 'text'" in result.stderr
     (tmp_path / "junk.parquet").write_text("not parquet")
-    result = cli("--input", str(tmp_path / "junk.parquet"), "--out", str(tmp_path / "f.jsonl"))
+    result = cli("--input", str(tmp_path / "junk.parquet"), "--out", str(tmp_path / "f.jsonl"), env=no_mbpp)
     assert result.returncode == 2 and "junk.parquet: unreadable" in result.stderr
     result = cli("--input", str(docs), "--out", str(tmp_path / "f.jsonl"), "--mbpp", str(tmp_path / "no.jsonl"))
     assert result.returncode == 2 and "MBPP file not found" in result.stderr
