@@ -49,6 +49,7 @@ class DemoReport:
     reused: list[str] = field(default_factory=list)
     sample: str = ""  # the generator model's sample answers (markdown table)
     classifier: str = ""  # the classifier's held-out report (markdown table)
+    classifier_warnings: str = ""
     corpora: dict = field(default_factory=dict)  # source -> [kept, scored]
 
     def record(self, what: str, result: dg.ExecuteInProcessResult) -> None:
@@ -83,6 +84,7 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
         report.record(job.name, result)
         if job is edu_classifier_job and result.success:
             report.classifier = _metadata_text(result, "edu_classifier", "report")
+            report.classifier_warnings = _metadata_text(result, "edu_classifier", "warnings")
     for source, job in CORPUS_JOBS.items():
         job_def = defs.resolve_job_def(job.name)
         for key in tqdm(keys[source], desc=f"filter {source} corpus", unit="shard"):
@@ -154,6 +156,8 @@ def main() -> int:
     if report.classifier:
         print("\nedu_classifier, held-out split (confusion matrices are in the asset's metadata):")
         print(_plain_table(report.classifier))
+        if report.classifier_warnings not in ("", "none"):
+            print(report.classifier_warnings)
     for source, f in sorted(report.corpora.items()):
         print(f"filtered_{source}_corpus: {f['in']} quality-filtered = {f['dedup_removed']} duplicates + "
               f"{f['contaminated']} contaminated + {f['below_threshold']} below threshold + {f['kept']} kept")

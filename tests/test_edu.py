@@ -90,6 +90,7 @@ def test_classifier_learns_and_reports_held_out_metrics(tmp_path):
     model = clf.train(x, y, clf.ClassifierConfig(num_trees=50), "enc-v1")
     report = model.report
     assert report["num_train"] + report["num_test"] == 240 and report["num_test"] == 60
+    assert report["warning"] == ""
     assert sum(report["test_labels"]) == 60
     forest = report["heads"]["forest"]
     assert forest["macro_f1"] > 0.8 and forest["f1_at_threshold"] > 0.8
@@ -115,8 +116,8 @@ def test_evaluate_counts_exactly():
 
 
 def test_classifier_refuses_too_few_labels_and_bad_config():
-    x, y = _separable(5)
-    with pytest.raises(ValueError, match="at least 8 annotated"):
+    x, y = _separable(3)
+    with pytest.raises(ValueError, match="at least 4 annotated"):
         clf.train(x, y, clf.ClassifierConfig(), "v")
     with pytest.raises(ValueError, match="head"):
         clf.ClassifierConfig(head="svm")
@@ -132,3 +133,4 @@ def test_single_label_still_trains():
     model = clf.train(x, np.full(40, 2), clf.ClassifierConfig(num_trees=10), "v")
     assert np.allclose(model.score(x), 2.0)
     assert model.report["heads"]["forest"]["accuracy"] == 1.0
+    assert "only 40 annotated documents" in model.report["warning"]  # and the report says how few

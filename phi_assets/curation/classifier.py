@@ -24,7 +24,8 @@ import numpy as np
 
 HEADS = ("forest", "linear")
 LABELS = list(range(6))
-MIN_LABELLED = 8  # below this a held-out split says nothing
+MIN_LABELLED = 4  # three to train on and one to test: anything less cannot be split
+FEW_LABELLED = 50  # below this the report carries a warning: metrics on a handful of test documents
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,8 @@ def train(
         forest, ridge.coef_.astype(np.float32), float(ridge.intercept_), config, encoder_version
     )
     model.report = {
+        "warning": (f"only {len(labels)} annotated documents with a parseable score: the held-out metrics "
+                    f"rest on {len(test_rows)} documents" if len(labels) < FEW_LABELLED else ""),
         "num_train": len(train_rows),
         "num_test": len(test_rows),
         "train_labels": np.bincount(labels[train_rows], minlength=6).tolist(),

@@ -127,6 +127,8 @@ def classifier_metadata(build: dict[str, Any]) -> dict[str, Any]:
         ["source", "head", "train", "test", f"F1@{build['threshold']:g}", "macro-F1", "accuracy"], rows
     )
     out["confusion_matrices"] = dg.MetadataValue.md("\n\n".join(confusions))
+    warnings = [f"{source}: {r['warning']}" for source, r in build["reports"].items() if r.get("warning")]
+    out["warnings"] = dg.MetadataValue.md("\n".join(f"- {w}" for w in warnings) or "none")
     return out
 
 
