@@ -134,3 +134,23 @@ def test_single_label_still_trains():
     assert np.allclose(model.score(x), 2.0)
     assert model.report["heads"]["forest"]["accuracy"] == 1.0
     assert "only 40 annotated documents" in model.report["warning"]  # and the report says how few
+
+
+def test_classifier_directory_is_copied_once_from_an_object_store(tmp_path, monkeypatch):
+    """The k8s profile keeps artifacts on an object store (here fsspec's in-memory one)."""
+    import tempfile
+    import uuid
+
+    from phi_assets.curation.assets import _local
+    from resources import ArtifactStore
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    store = ArtifactStore(root=f"memory://phi-{uuid.uuid4().hex}/artifacts")
+    manifest = {"asset": "edu_classifier", "partition": None, "data_version": "v1"}
+    where = store.version_path("edu_classifier", None, "v1")
+    store.fs.pipe_file(f"{where}/code/classifier.json", b"{}")
+    store.fs.pipe_file(f"{where}/code/linear.json", b"[]")
+    first = _local(store, manifest, "code")
+    assert sorted(p.name for p in first.iterdir()) == ["classifier.json", "linear.json"]
+    assert str(first).startswith(str(tmp_path)) and _local(store, manifest, "code") == first
+    assert not [p for p in first.parent.iterdir() if p.name.endswith(".partial")]

@@ -138,8 +138,9 @@ def quality_filtered_asset(source: str) -> dg.AssetsDefinition:
 
 def _shard_files(
     context: dg.AssetExecutionContext, store: ArtifactStore, source: str
-) -> list[stages.ShardFiles]:
-    asset, shards = f"quality_filtered_{source}_shards", []
+) -> tuple[list[stages.ShardFiles], list[dict]]:
+    """The current quality-filtered shards of ``source`` and the MinHash settings each was signed with."""
+    asset, shards, settings = f"quality_filtered_{source}_shards", [], []
     for key in sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name)):
         manifest = store.current_manifest(asset, key)
         if manifest is None:
@@ -153,25 +154,18 @@ def _shard_files(
                 _file(store, manifest, stages.MINHASH),
             )
         )
-    return shards
+        settings.append(manifest["inputs"]["minhash"])
+    return shards, settings
 
 
-def _signature_config(
-    store: ArtifactStore, source: str, shards: list[stages.ShardFiles]
-) -> minhash.MinHashConfig:
-    seen = {
-        stable_hash(
-            store.current_manifest(f"quality_filtered_{source}_shards", s.shard)["inputs"]["minhash"]
-        ): s.shard
-        for s in shards
-    }
+def _signature_config(shards: list[stages.ShardFiles], settings: list[dict]) -> minhash.MinHashConfig:
+    seen = {stable_hash(setting): shard.shard for shard, setting in zip(shards, settings, strict=True)}
     if len(seen) > 1:
         raise ValueError(
             f"shards {sorted(seen.values())} were signed with different MinHash settings; "
             "materialize all quality-filtered shards with the same settings"
         )
-    first = store.current_manifest(f"quality_filtered_{source}_shards", shards[0].shard)
-    return minhash.MinHashConfig(**first["inputs"]["minhash"])
+    return minhash.MinHashConfig(**settings[0])
 
 
 def dedup_asset(source: str) -> dg.AssetsDefinition:
@@ -187,10 +181,10 @@ def dedup_asset(source: str) -> dg.AssetsDefinition:
         "shards; one deterministic survivor each; clusters in DuckDB.",
     )
     def _asset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        shards = _shard_files(context, store, source)
+        shards, settings = _shard_files(context, store, source)
         if not shards:
             raise dg.Failure(description=f"{name}: no {upstream} partition is materialized yet")
-        signature = _user_error(name, lambda: _signature_config(store, source, shards))
+        signature = _user_error(name, lambda: _signature_config(shards, settings))
         inputs = {"shards": [(s.shard, s.data_version) for s in shards], "minhash": asdict(signature)}
         outcome = materialize_versioned(
             context,
@@ -464,14 +458,24 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
 
 def _local(store: ArtifactStore, manifest: dict, sub: str):
     """A local copy of a stored directory (the store itself when it is local)."""
+    import os
+    import shutil
     import tempfile
     from pathlib import Path
 
     where = f"{store.version_path(manifest['asset'], manifest['partition'], manifest['data_version'])}/{sub}"
     if store.is_local:
         return Path(where)
-    dest = Path(tempfile.mkdtemp(prefix="phi-classifier-")) / sub
-    store.fs.get(where, str(dest), recursive=True)
+    # versions are immutable: one copy per version, shared by every step on this machine
+    dest = Path(tempfile.gettempdir()) / "phi-artifacts" / manifest["asset"] / manifest["data_version"] / sub
+    if not dest.is_dir():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        partial = dest.with_name(f".{sub}.{os.getpid()}.partial")
+        store.fs.get(where.rstrip("/") + "/", str(partial), recursive=True)
+        try:
+            os.rename(partial, dest)
+        except OSError:  # another step on this machine got there first
+            shutil.rmtree(partial, ignore_errors=True)
     return dest
 
 
