@@ -62,35 +62,32 @@ class DemoReport:
             (self.reused if skipped and skipped.value else self.recomputed).append(name)
 
 
+def _run(defs: dg.Definitions, instance: dg.DagsterInstance, report: DemoReport,
+         job_name: str, what: str, partition: str | None = None) -> dg.ExecuteInProcessResult:
+    """One job (one partition of it) in this process; its outcome goes into the report."""
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        partition_key=partition, instance=instance, run_config=QUIET, raise_on_error=False)
+    report.record(what, result)
+    return result
+
+
 def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]]) -> DemoReport:
     report = DemoReport()
     for source, job in INGEST_JOBS.items():
-        job_def = defs.resolve_job_def(job.name)
         for key in tqdm(keys[source], desc=f"ingest {source} shards", unit="shard"):
-            result = job_def.execute_in_process(partition_key=key, instance=instance,
-                                                run_config=QUIET, raise_on_error=False)
-            report.record(f"raw_{source}_shards[{key}]", result)
-    result = defs.resolve_job_def(catalog_job.name).execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=False)
-    report.record("raw_catalog", result)
-    result = defs.resolve_job_def(generator_model_job.name).execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=False)
-    report.record("generator_model", result)
+            _run(defs, instance, report, job.name, f"raw_{source}_shards[{key}]", key)
+    _run(defs, instance, report, catalog_job.name, "raw_catalog")
+    result = _run(defs, instance, report, generator_model_job.name, "generator_model")
     if result.success:
         report.sample = _metadata_text(result, "generator_model", "sample")
-    for job in (dedup_job, edu_classifier_job):
-        result = defs.resolve_job_def(job.name).execute_in_process(
-            instance=instance, run_config=QUIET, raise_on_error=False)
-        report.record(job.name, result)
-        if job is edu_classifier_job and result.success:
-            report.classifier = _metadata_text(result, "edu_classifier", "report")
-            report.classifier_warnings = _metadata_text(result, "edu_classifier", "warnings")
+    _run(defs, instance, report, dedup_job.name, dedup_job.name)
+    result = _run(defs, instance, report, edu_classifier_job.name, edu_classifier_job.name)
+    if result.success:
+        report.classifier = _metadata_text(result, "edu_classifier", "report")
+        report.classifier_warnings = _metadata_text(result, "edu_classifier", "warnings")
     for source, job in CORPUS_JOBS.items():
-        job_def = defs.resolve_job_def(job.name)
         for key in tqdm(keys[source], desc=f"filter {source} corpus", unit="shard"):
-            result = job_def.execute_in_process(partition_key=key, instance=instance,
-                                                run_config=QUIET, raise_on_error=False)
-            report.record(f"filtered_{source}_corpus[{key}]", result)
+            result = _run(defs, instance, report, job.name, f"filtered_{source}_corpus[{key}]", key)
             _count_corpus(report, source, result)
     return report
 
