@@ -26,6 +26,12 @@ class Sizes:
     web_sample_every: int = 1
     max_doc_bytes: int = 1_000_000  # The Stack and phi-1 drop files above ~1 MB
     edu_annotations_per_source: int = 200  # documents the LLM annotates per source
+    synthetic_batches: int = 4  # partitions of each synthetic set (one vLLM server each on k8s)
+    textbooks_per_batch: int = 12  # (topic, audience, format) draws per batch
+    exercises_per_batch: int = 16  # exercise draws per batch (each sampled exercise_samples times)
+    rewrites_per_batch: int = 16  # at most this many web documents rewritten per batch
+    topic_clusters: int = 12  # topics mined from clusters of each filtered corpus
+    synthetic_max_tokens: int = 384  # tokens per generated textbook section or rewrite
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -50,7 +56,9 @@ class Profile:
 def _sizes_for(name: str) -> Sizes:
     if name == "ci":
         return Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample_every=1,
-                     edu_annotations_per_source=64)
+                     edu_annotations_per_source=64, synthetic_batches=2, textbooks_per_batch=3,
+                     exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
+                     synthetic_max_tokens=160)
     return Sizes()
 
 
