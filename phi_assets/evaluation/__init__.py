@@ -1,0 +1,1 @@
+"""Evaluation: the code-execution sandbox, and later HumanEval/MBPP scoring."""
