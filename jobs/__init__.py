@@ -22,6 +22,14 @@ from phi_assets.ingest.assets import (
     web_shards,
 )
 from phi_assets.synthetic.assets import generator_model
+from phi_assets.synthetic.generated import (
+    BATCHES,
+    rewritten_web,
+    synthetic_corpus,
+    synthetic_exercises,
+    synthetic_textbooks,
+    topics,
+)
 
 ingest_code_job = dg.define_asset_job(
     "ingest_code_job", selection=[raw_code_shards, quality_filtered_code_shards], partitions_def=code_shards,
@@ -49,7 +57,20 @@ filter_web_corpus_job = dg.define_asset_job(
     "filter_web_corpus_job", selection=[filtered_web_corpus], partitions_def=web_shards,
     description="Score, threshold and decontaminate one web shard.")
 
+topics_job = dg.define_asset_job(
+    "topics_job", selection=[topics],
+    description="Curated topics plus topics mined from clusters of the filtered corpora.")
+synthetic_batch_job = dg.define_asset_job(
+    "synthetic_batch_job", selection=[synthetic_textbooks, synthetic_exercises, rewritten_web],
+    partitions_def=BATCHES,
+    description="Generate one batch of textbooks, verified exercises and web rewrites (one vLLM server per "
+                "batch on Kubernetes).")
+synthetic_corpus_job = dg.define_asset_job(
+    "synthetic_corpus_job", selection=[synthetic_corpus],
+    description="Deduplicate every synthetic set and measure its diversity and coverage.")
+
 INGEST_JOBS = {"code": ingest_code_job, "web": ingest_web_job}
 CORPUS_JOBS = {"code": filter_code_corpus_job, "web": filter_web_corpus_job}
 ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_job, edu_classifier_job,
-            filter_code_corpus_job, filter_web_corpus_job]
+            filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
+            synthetic_corpus_job]

@@ -11,6 +11,7 @@ from jobs import ALL_JOBS
 from phi_assets.curation.assets import CURATION_ASSETS
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
 from phi_assets.synthetic.assets import generator_model
+from phi_assets.synthetic.generated import SYNTHETIC_ASSETS
 from resources import build_executor, build_resources, load_profile
 from sensors import ALL_SENSORS
 
@@ -18,7 +19,8 @@ from sensors import ALL_SENSORS
 def build_definitions() -> dg.Definitions:
     profile = load_profile()
     return dg.Definitions(
-        assets=[raw_code_shards, raw_web_shards, raw_catalog, generator_model, *CURATION_ASSETS],
+        assets=[raw_code_shards, raw_web_shards, raw_catalog, generator_model, *CURATION_ASSETS,
+                *SYNTHETIC_ASSETS],
         jobs=ALL_JOBS,
         sensors=ALL_SENSORS,
         resources=build_resources(profile),

@@ -17,10 +17,21 @@ from dataclasses import dataclass, field
 import dagster as dg
 from tqdm import tqdm
 
-from jobs import CORPUS_JOBS, INGEST_JOBS, catalog_job, dedup_job, edu_classifier_job, generator_model_job
+from jobs import (
+    CORPUS_JOBS,
+    INGEST_JOBS,
+    catalog_job,
+    dedup_job,
+    edu_classifier_job,
+    generator_model_job,
+    synthetic_batch_job,
+    synthetic_corpus_job,
+    topics_job,
+)
 from phi_assets.ingest import embedded
 from phi_assets.ingest.assets import PARTITIONS
 from phi_assets.ingest.catalog import source_totals
+from phi_assets.synthetic.generated import BATCHES
 from resources import load_profile
 from sensors.landing import scan_landing
 
@@ -51,6 +62,8 @@ class DemoReport:
     classifier: str = ""  # the classifier's held-out report (markdown table)
     classifier_warnings: str = ""
     corpora: dict = field(default_factory=dict)  # source -> [kept, scored]
+    synthetic: str = ""  # the synthetic corpus's per-set table (markdown)
+    generation: dict = field(default_factory=dict)  # set -> tokens generated, tokens/s, cache hits
 
     def record(self, what: str, result: dg.ExecuteInProcessResult) -> None:
         if not result.success:
@@ -89,7 +102,25 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
         for key in tqdm(keys[source], desc=f"filter {source} corpus", unit="shard"):
             result = _run(defs, instance, report, job.name, f"filtered_{source}_corpus[{key}]", key)
             _count_corpus(report, source, result)
+    _run(defs, instance, report, topics_job.name, "topics")
+    for key in tqdm(BATCHES.get_partition_keys(), desc="synthetic batches", unit="batch"):
+        result = _run(defs, instance, report, synthetic_batch_job.name, f"synthetic batch {key}", key)
+        _count_generation(report, result)
+    result = _run(defs, instance, report, synthetic_corpus_job.name, "synthetic_corpus")
+    if result.success:
+        report.synthetic = _metadata_text(result, "synthetic_corpus", "sets")
     return report
+
+
+def _count_generation(report: DemoReport, result: dg.ExecuteInProcessResult) -> None:
+    for event in result.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        if "llm_requests" not in meta:
+            continue
+        totals = report.generation.setdefault(event.materialization.asset_key.to_user_string(), {})
+        for key in ("llm_requests", "llm_cache_hits", "llm_generated_tokens"):
+            totals[key] = totals.get(key, 0) + meta[key].value
+        totals["llm_tokens_per_s"] = max(totals.get("llm_tokens_per_s", 0.0), meta["llm_tokens_per_s"].value)
 
 
 def _count_corpus(report: DemoReport, source: str, result: dg.ExecuteInProcessResult) -> None:
@@ -129,7 +160,10 @@ def _metadata_text(result: dg.ExecuteInProcessResult, asset: str, key: str) -> s
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
-            return event.step_failure_data.error.message.strip().splitlines()[0]
+            error = event.step_failure_data.error
+            while error.cause is not None:  # the user code's own error, not Dagster's wrapper
+                error = error.cause
+            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
     return "failed (see the run in the UI)"
 
 
@@ -158,6 +192,12 @@ def main() -> int:
     for source, f in sorted(report.corpora.items()):
         print(f"filtered_{source}_corpus: {f['in']} quality-filtered = {f['dedup_removed']} duplicates + "
               f"{f['contaminated']} contaminated + {f['below_threshold']} below threshold + {f['kept']} kept")
+    if report.synthetic:
+        print("\nsynthetic_corpus (diversity and coverage are in the asset's metadata):")
+        print(_plain_table(report.synthetic))
+    for asset, g in sorted(report.generation.items()):
+        print(f"{asset}: {g['llm_requests']} requests, {g['llm_cache_hits']} from the request cache, "
+              f"{g['llm_generated_tokens']:,} tokens generated (up to {g['llm_tokens_per_s']:.0f} tokens/s)")
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
     print("Open the UI: make ui   (then http://127.0.0.1:3000)")
     print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "

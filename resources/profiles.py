@@ -26,12 +26,12 @@ class Sizes:
     web_sample_every: int = 1
     max_doc_bytes: int = 1_000_000  # The Stack and phi-1 drop files above ~1 MB
     edu_annotations_per_source: int = 200  # documents the LLM annotates per source
-    synthetic_batches: int = 4  # partitions of each synthetic set (one vLLM server each on k8s)
-    textbooks_per_batch: int = 12  # (topic, audience, format) draws per batch
-    exercises_per_batch: int = 16  # exercise draws per batch (each sampled exercise_samples times)
-    rewrites_per_batch: int = 16  # at most this many web documents rewritten per batch
+    synthetic_batches: int = 2  # partitions of each synthetic set (one step, one engine start each)
+    textbooks_per_batch: int = 16  # (topic, audience, format) draws per batch
+    exercises_per_batch: int = 24  # exercise draws per batch (each sampled `samples` times)
+    rewrites_per_batch: int = 12  # at most this many web documents rewritten per batch
     topic_clusters: int = 12  # topics mined from clusters of each filtered corpus
-    synthetic_max_tokens: int = 384  # tokens per generated textbook section or rewrite
+    synthetic_max_tokens: int = 320  # tokens per generated textbook section or rewrite
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

@@ -12,8 +12,8 @@ from pathlib import Path
 from resources import ArtifactStore
 
 # 3 code + 5 web shards x (raw, quality-filtered, filtered corpus), the catalog, generator_model,
-# 2 dedups, the annotations and the classifier
-NUM_STEPS = 8 * 3 + 1 + 1 + 2 + 2
+# 2 dedups, the annotations and the classifier, topics, 2 batches x 3 synthetic sets, synthetic_corpus
+NUM_STEPS = 8 * 3 + 1 + 1 + 2 + 2 + 1 + 2 * 3 + 1
 
 
 def current_versions(home: Path) -> dict[str, str]:

@@ -107,6 +107,10 @@ def test_text_rules_name_the_failure():
             'assert count_vowels("a") == 1',
             "copies_example",
         ),
+        (
+            'def count_vowels(s):\n    """Count."""\n    return 0\n\nassert count_vowels("") == 0',
+            "copies_example",
+        ),
     ],
 )
 def test_parse_exercise_rejects_with_reason(code, reason):

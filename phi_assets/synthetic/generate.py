@@ -15,7 +15,8 @@ Every candidate ends as exactly one row: kept, or a failure with a ``reason`` an
   off mid-statement by ``max_tokens`` is read up to its last whole top-level statement); the program
   (definitions + tests) then runs in the evaluation sandbox, and only ``passed`` ones are kept.
   Failures: parse reasons (``no_code``, ``syntax_error``, ``no_function``, ``no_docstring``,
-  ``no_tests``, ``copies_example``) and sandbox verdicts (``failed``, ``error``, ``timeout``,
+  ``no_tests``, ``copies_example``: the example's function name, or difflib ratio >= 0.8 to it)
+  and sandbox verdicts (``failed``, ``error``, ``timeout``,
   ``killed``) with the sandbox's detail.
 - Web rewrites (phi-4, Nemotron-CC): the prompt depends on the document's quality bucket (its
   educational score): high-quality documents become question-answer pairs, the rest are rewritten
@@ -309,6 +310,10 @@ def _support(tree: ast.Module) -> list[ast.stmt]:
     return [n for n in tree.body if isinstance(n, kinds)]
 
 
+def _name(function_source: str) -> str:
+    return function_source.split("(", 1)[0].removeprefix("def ").strip()
+
+
 def parse_function(code: str, example_function: str = "", copy_ratio: float = 0.8) -> tuple[str, str]:
     """Stage one: the first documented function and the definitions it may need, as source."""
     tree = _tree(code)
@@ -324,6 +329,8 @@ def parse_function(code: str, example_function: str = "", copy_ratio: float = 0.
 
 
 def _check_copy(solution: str, example_function: str, copy_ratio: float) -> None:
+    if example_function and _name(solution) == _name(example_function):
+        raise NotAnExercise("copies_example", f"{_name(solution)} is the prompt's example function")
     if example_function:
         ratio = difflib.SequenceMatcher(None, solution, example_function, autojunk=False).ratio()
         if ratio >= copy_ratio:

@@ -13,6 +13,8 @@ The work itself is in ``generate.py`` (requests, parsing, validation), ``topics.
 ``gates.py``; prompts are files in ``prompts/``, part of the code versions.
 """
 
+import random
+import sys
 from typing import Any
 
 import dagster as dg
@@ -24,6 +26,7 @@ from phi_assets.curation.assets import _current, _file, _user_error, filtered_co
 from phi_assets.curation.checks import decontamination_check_result, decontamination_check_spec
 from phi_assets.curation.edu import excerpt
 from phi_assets.curation.metadata import md_table
+from phi_assets.evaluation import sandbox
 from phi_assets.ingest.assets import PARTITIONS
 from phi_assets.ingest.schema import SOURCES
 from phi_assets.synthetic import gates, generate, templates
@@ -37,9 +40,14 @@ from resources.llm.engine import GenerationStats
 
 SIZES = load_profile().sizes
 BATCHES = dg.StaticPartitionsDefinition([f"batch-{i:03d}" for i in range(SIZES.synthetic_batches)])
-TOPICS_CODE_VERSION = code_version_of(topic_space, templates, salt=templates.prompts_salt())
-GENERATE_CODE_VERSION = code_version_of(generate, topic_space, templates, salt=templates.prompts_salt())
-CORPUS_CODE_VERSION = code_version_of(gates, generate, minhash)
+# This module holds real logic too (decontamination, batch selection), so its source is in every code
+# version, with the prompt files and the sandbox that decides which exercises are kept.
+_HERE = sys.modules[__name__]
+TOPICS_CODE_VERSION = code_version_of(_HERE, topic_space, templates, salt=templates.prompts_salt())
+GENERATE_CODE_VERSION = code_version_of(
+    _HERE, generate, topic_space, templates, sandbox, salt=templates.prompts_salt()
+)
+CORPUS_CODE_VERSION = code_version_of(_HERE, gates, generate, minhash)
 KEPT, FAILED = "docs.parquet", "failures.parquet"
 SETS = {"textbooks": "synthetic_textbooks", "exercises": "synthetic_exercises", "rewrites": "rewritten_web"}
 PREVIEW_CHARS = 400
@@ -71,12 +79,12 @@ def _preview(text: str) -> str:
 
 class TopicsConfig(dg.Config):
     clusters_per_source: int = 0  # 0: the profile's size (ci 4, local 12)
-    max_docs_per_source: int = 2000  # documents embedded per corpus for clustering
+    max_docs_per_source: int = 500  # documents embedded per corpus for clustering (a seeded sample)
     max_doc_chars: int = 1500
     seed: int = 0
 
 
-def _corpus_docs(context, store: ArtifactStore, source: str, limit: int) -> tuple[list[str], list]:
+def _corpus_docs(context, store: ArtifactStore, source: str, limit: int, seed: int) -> tuple[list[str], list]:
     asset, texts, versions = f"filtered_{source}_corpus", [], []
     for key in sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name)):
         manifest = store.current_manifest(asset, key)
@@ -85,7 +93,10 @@ def _corpus_docs(context, store: ArtifactStore, source: str, limit: int) -> tupl
             continue
         versions.append((key, manifest["data_version"]))
         texts += pl.read_parquet(_file(store, manifest, stages.DOCS), columns=["text"])["text"].to_list()
-    return texts[:limit], versions
+    if len(texts) > limit:  # a seeded sample, in corpus order
+        keep = sorted(random.Random(seed).sample(range(len(texts)), limit))
+        texts = [texts[i] for i in keep]
+    return texts, versions
 
 
 @dg.asset(
@@ -105,7 +116,7 @@ def topics(
 ) -> dg.MaterializeResult:
     k = config.clusters_per_source or profile.get().sizes.topic_clusters
     curated = _user_error("topics", topic_space.curated_topics)
-    corpora = {s: _corpus_docs(context, store, s, config.max_docs_per_source) for s in SOURCES}
+    corpora = {s: _corpus_docs(context, store, s, config.max_docs_per_source, config.seed) for s in SOURCES}
     enc = encoder.get()
     inputs = {
         "corpora": {s: v for s, (_, v) in corpora.items()},
@@ -191,8 +202,18 @@ def _decontaminate(kept: pl.DataFrame, scanner, *, is_code: bool, set_name: str,
 
 
 def _finish(
-    out, code_version: str, kept: pl.DataFrame, failed: pl.DataFrame, candidates: int, extra: dict[str, Any]
+    out,
+    code_version: str,
+    kept: pl.DataFrame,
+    failed: pl.DataFrame,
+    candidates: int,
+    extra: dict[str, Any],
+    ran: dict[str, Any],
 ) -> Built:
+    """Write a batch, check it reconciles, and describe it. ``ran`` gets what this run generated:
+    a recomputed batch can reproduce a stored version (same rows, same data version), whose
+    manifest then still describes the run that first made it."""
+    ran["llm"] = extra["llm"]
     _write(kept, out / KEPT)
     _write(failed, out / FAILED)
     funnel = generate.reconcile(candidates, kept, failed)
@@ -253,11 +274,20 @@ def _batch_metadata(store: ArtifactStore, outcome, name: str) -> dict[str, Any]:
 
 
 def _generation_result(
-    store, outcome, name: str, scanner_version: str, llm: LLMEngine, extra: dict[str, Any] | None = None
+    store,
+    outcome,
+    name: str,
+    scanner_version: str,
+    llm: LLMEngine,
+    ran: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dg.MaterializeResult:
+    this_run = {
+        k: (dg.MetadataValue.json(v) if isinstance(v, dict) else v) for k, v in ran.get("llm", {}).items()
+    }
     return dg.MaterializeResult(
         data_version=dg.DataVersion(outcome.data_version),
-        metadata={**_batch_metadata(store, outcome, name), **(extra or {}), **llm.describe()},
+        metadata={**_batch_metadata(store, outcome, name), **this_run, **(extra or {}), **llm.describe()},
         check_results=[decontamination_check_result(name, outcome.metadata, scanner_version)],
     )
 
@@ -266,8 +296,8 @@ def _generation_result(
 
 
 class TextbookConfig(dg.Config):
-    draws_per_batch: int = 0  # 0: the profile's size (ci 3, local 12)
-    max_tokens: int = 0  # 0: the profile's size (ci 160, local 384)
+    draws_per_batch: int = 0  # 0: the profile's size (ci 3, local 16)
+    max_tokens: int = 0  # 0: the profile's size (ci 160, local 320)
     temperature: float = 0.8  # each draw has its own seed: sampled, and reproducible
     seed: int = 0
     min_words: int = 60
@@ -316,6 +346,8 @@ def synthetic_textbooks(
         "config": {**config.model_dump(), "n": n, "max_tokens": max_tokens},
     }
 
+    ran: dict[str, Any] = {}  # what this run generated (see _finish)
+
     def build(out):
         draws = topic_space.draw(topic_list, n, config.seed, _batch_index(context.partition_key), "tb")
         requests = generate.textbook_requests(
@@ -329,20 +361,20 @@ def synthetic_textbooks(
         )
         failed = pl.concat([failed, generate.failures_frame(removed)])
         return _finish(
-            out, GENERATE_CODE_VERSION, clean, failed, draws.height, {"llm": gen.stats.metadata(), **decon}
+            out, GENERATE_CODE_VERSION, clean, failed, draws.height, {"llm": gen.stats.metadata(), **decon}, ran
         )
 
     outcome = materialize_versioned(
         context, store, code_version=GENERATE_CODE_VERSION, inputs=inputs, build=build
     )
-    return _generation_result(store, outcome, "synthetic_textbooks", scanner.version, llm)
+    return _generation_result(store, outcome, "synthetic_textbooks", scanner.version, llm, ran)
 
 
 # --- exercises ----------------------------------------------------------------------------------
 
 
 class ExerciseConfig(dg.Config):
-    draws_per_batch: int = 0  # 0: the profile's size (ci 4, local 16)
+    draws_per_batch: int = 0  # 0: the profile's size (ci 4, local 24)
     samples: int = 4  # sampled exercises per draw; every verified one is kept (rejection sampling)
     max_tokens: int = 256  # stage one: the function
     test_max_tokens: int = 96  # stage two: its tests
@@ -388,8 +420,6 @@ def synthetic_exercises(
     encoder: EncoderResource,
     decontamination: DecontaminationResource,
 ) -> dg.MaterializeResult:
-    from phi_assets.evaluation import sandbox
-
     n = config.draws_per_batch or profile.get().sizes.exercises_per_batch
     generator = _current(store, "generator_model")
     topic_list, topics_version = _topic_list(store)
@@ -404,6 +434,8 @@ def synthetic_exercises(
         "decontamination": scanner.version,
         "config": {**config.model_dump(exclude={"workers"}), "n": n},
     }
+
+    ran: dict[str, Any] = {}  # what this run generated (see _finish)
 
     def build(out):
         draws = topic_space.draw(topic_list, n, config.seed, _batch_index(context.partition_key), "ex")
@@ -454,6 +486,7 @@ def synthetic_exercises(
                 "sandbox_seconds_total": round(sum(seconds), 2),
                 "isolation": sandbox.isolation(),
             },
+            ran,
         )
 
     outcome = materialize_versioned(
@@ -466,6 +499,7 @@ def synthetic_exercises(
         "synthetic_exercises",
         scanner.version,
         llm,
+        ran,
         {
             "sandbox_verdicts": dg.MetadataValue.json(meta["verdicts"]),
             **{f"num_{k}": v for k, v in meta["verdicts"].items()},
@@ -479,11 +513,11 @@ def synthetic_exercises(
 
 
 class RewriteConfig(dg.Config):
-    docs_per_batch: int = 0  # 0: the profile's size (ci 3, local 16)
+    docs_per_batch: int = 0  # 0: the profile's size (ci 3, local 12)
     high_threshold: float = 3.0  # educational score of the "high" bucket (question-answer pairs)
     medium_threshold: float = 2.0  # "medium" from here; below is "low" (both rewritten as textbook)
     max_doc_chars: int = 3000  # the start of each document the model reads
-    max_tokens: int = 0  # 0: the profile's size (ci 160, local 384)
+    max_tokens: int = 0  # 0: the profile's size (ci 160, local 320)
     temperature: float = 0.7
     seed: int = 0
     min_words: int = 40
@@ -567,6 +601,8 @@ def rewritten_web(
         "config": {**config.model_dump(), "n": n, "max_tokens": max_tokens},
     }
 
+    ran: dict[str, Any] = {}  # what this run generated (see _finish)
+
     def build(out):
         docs = available.head(n) if available.height else available
         if not docs.height:
@@ -579,6 +615,7 @@ def rewritten_web(
                 generate.failures_frame([]),
                 0,
                 {"llm": {}, "contaminated": [], "recheck_flagged": 0, "available": 0, "buckets": {}},
+                ran,
             )
         requests = generate.rewrite_requests(
             docs,
@@ -609,6 +646,7 @@ def rewritten_web(
                 "available": available.height,
                 "buckets": dict(sorted(docs.group_by("bucket").len().iter_rows())),
             },
+            ran,
         )
 
     outcome = materialize_versioned(
@@ -620,6 +658,7 @@ def rewritten_web(
         "rewritten_web",
         scanner.version,
         llm,
+        ran,
         {
             "documents_in_batch": outcome.metadata["available"],
             "by_bucket": dg.MetadataValue.json(outcome.metadata["buckets"]),
@@ -731,14 +770,17 @@ def synthetic_corpus(
         "batches": {n: [(k, m["data_version"]) for k, m in b] for n, b in batches.items()},
         "config": config.model_dump(),
     }
+
+    def build(out):
+        meta = _build_corpus(context, store, batches, config, out)
+        return Built(stable_hash([CORPUS_CODE_VERSION, meta["content"]]), meta)
+
     outcome = materialize_versioned(
         context,
         store,
         code_version=CORPUS_CODE_VERSION,
         inputs=inputs,
-        build=lambda out: (lambda meta: Built(stable_hash([CORPUS_CODE_VERSION, meta["content"]]), meta))(
-            _build_corpus(context, store, batches, config, out)
-        ),
+        build=build,
     )
     meta = outcome.metadata
     summary, diversity, coverage = meta["summary"], meta["diversity"], meta["coverage"]
