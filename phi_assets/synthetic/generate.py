@@ -127,11 +127,14 @@ def check_text(text: str | None, finish_reason: str, rules: TextRules) -> tuple[
     return None
 
 
-def _completion(result: Result) -> tuple[str | None, int, str]:
-    if not result.ok or not result.completions:
-        return None, 0, "error"
+def _checked(result: Result, rules: TextRules) -> tuple[str | None, int, str, tuple[str, str] | None]:
+    """A one-sample result as (text, tokens, finish reason, the first problem or None)."""
+    if not result.ok:
+        return None, 0, "error", ("llm_error", f"{result.error_kind}: {result.error}")
+    if not result.completions:
+        return None, 0, "error", check_text(None, "error", rules)
     c = result.completions[0]
-    return c.text, c.num_tokens, c.finish_reason
+    return c.text, c.num_tokens, c.finish_reason, check_text(c.text, c.finish_reason, rules)
 
 
 # --- textbooks --------------------------------------------------------------------------------
@@ -156,8 +159,7 @@ def textbook_rows(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     kept, failed = [], []
     for d, r in zip(draws.iter_rows(named=True), results, strict=True):
-        text, tokens, finish = _completion(r)
-        problem = ("llm_error", f"{r.error_kind}: {r.error}") if not r.ok else check_text(text, finish, rules)
+        text, tokens, finish, problem = _checked(r, rules)
         if problem:
             failed.append(failure("textbooks", d["draw_id"], *problem, text))
             continue
@@ -573,8 +575,7 @@ def rewrite_rows(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     kept, failed = [], []
     for d, r in zip(docs.iter_rows(named=True), results, strict=True):
-        text, tokens, finish = _completion(r)
-        problem = ("llm_error", f"{r.error_kind}: {r.error}") if not r.ok else check_text(text, finish, rules)
+        text, tokens, finish, problem = _checked(r, rules)
         pairs = count_qa_pairs(text or "")
         if not problem and d["style"] == "qa" and pairs == 0:
             problem = ("no_qa_pairs", "no 'Question: ... Answer: ...' pair")

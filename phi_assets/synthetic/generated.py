@@ -74,6 +74,23 @@ def _preview(text: str) -> str:
     return excerpt(text, PREVIEW_CHARS).replace("\n", " ")
 
 
+def _materialized(context, store: ArtifactStore, asset: str, keys, reader: str) -> list[tuple[str, dict]]:
+    """(partition, current manifest) for each of ``keys`` that has one; the others are logged."""
+    found = []
+    for key in keys:
+        manifest = store.current_manifest(asset, key)
+        if manifest is None:
+            context.log.warning(f"{asset}[{key}] has no materialized version; {reader} leaves it out")
+            continue
+        found.append((key, manifest))
+    return found
+
+
+def _shards(context, store: ArtifactStore, source: str, reader: str) -> list[tuple[str, dict]]:
+    keys = sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name))
+    return _materialized(context, store, f"filtered_{source}_corpus", keys, reader)
+
+
 # --- topics -------------------------------------------------------------------------------------
 
 
@@ -84,19 +101,14 @@ class TopicsConfig(dg.Config):
     seed: int = 0
 
 
-def _corpus_docs(context, store: ArtifactStore, source: str, limit: int, seed: int) -> tuple[list[str], list]:
-    asset, texts, versions = f"filtered_{source}_corpus", [], []
-    for key in sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name)):
-        manifest = store.current_manifest(asset, key)
-        if manifest is None:
-            context.log.warning(f"{asset}[{key}] has no materialized version; topics leave it out")
-            continue
-        versions.append((key, manifest["data_version"]))
+def _corpus_texts(store: ArtifactStore, shards: list[tuple[str, dict]], limit: int, seed: int) -> list[str]:
+    texts = []
+    for _, manifest in shards:
         texts += pl.read_parquet(_file(store, manifest, stages.DOCS), columns=["text"])["text"].to_list()
     if len(texts) > limit:  # a seeded sample, in corpus order
         keep = sorted(random.Random(seed).sample(range(len(texts)), limit))
         texts = [texts[i] for i in keep]
-    return texts, versions
+    return texts
 
 
 @dg.asset(
@@ -116,10 +128,10 @@ def topics(
 ) -> dg.MaterializeResult:
     k = config.clusters_per_source or profile.get().sizes.topic_clusters
     curated = _user_error("topics", topic_space.curated_topics)
-    corpora = {s: _corpus_docs(context, store, s, config.max_docs_per_source, config.seed) for s in SOURCES}
+    corpora = {s: _shards(context, store, s, "topics") for s in SOURCES}
     enc = encoder.get()
     inputs = {
-        "corpora": {s: v for s, (_, v) in corpora.items()},
+        "corpora": {s: [(k, m["data_version"]) for k, m in shards] for s, shards in corpora.items()},
         "encoder": enc.version,
         "k": k,
         "config": config.model_dump(),
@@ -127,7 +139,8 @@ def topics(
 
     def build(out):
         mined = []
-        for source, (texts, _) in corpora.items():
+        for source, shards in corpora.items():
+            texts = _corpus_texts(store, shards, config.max_docs_per_source, config.seed)
             excerpts = [excerpt(t, config.max_doc_chars) for t in texts]
             if len(excerpts) >= 2:
                 embeddings = enc.encode(excerpts, desc=f"embed filtered_{source}_corpus")
@@ -179,23 +192,17 @@ def _topic_list(store: ArtifactStore) -> tuple[list[str], str]:
 
 def _decontaminate(kept: pl.DataFrame, scanner, *, is_code: bool, set_name: str, desc: str):
     """Remove benchmark matches (as failure rows), then scan what is left again for the check."""
-    flagged = scanner.scan(kept["text"].to_list(), is_code=is_code, desc=desc) if kept.height else None
-    rows = set(flagged["row"].to_list()) if flagged is not None else set()
+    if not kept.height:
+        return kept, [], {"contaminated": [], "recheck_flagged": 0}
+    flagged = scanner.scan(kept["text"].to_list(), is_code=is_code, desc=desc)
+    rows = set(flagged["row"].to_list())
     removed, listed = [], []
-    for r in flagged.iter_rows(named=True) if flagged is not None else []:
+    for r in flagged.iter_rows(named=True):
         doc = kept.row(r["row"], named=True)
         cid = doc.get("candidate_id") or doc.get("draw_id") or doc["source_id"]
         detail = f"{r['benchmark']}/{r['task_id']} by {r['method']} ({r['score']:.2f})"
         removed.append(generate.failure(set_name, cid, "contaminated", detail, doc["text"]))
-        listed.append(
-            {
-                "id": doc["id"],
-                "task_id": r["task_id"],
-                "benchmark": r["benchmark"],
-                "method": r["method"],
-                "score": r["score"],
-            }
-        )
+        listed.append({"id": doc["id"], **{k: r[k] for k in ("task_id", "benchmark", "method", "score")}})
     clean = kept.filter(~pl.Series([i in rows for i in range(kept.height)], dtype=pl.Boolean))
     recheck = scanner.scan(clean["text"].to_list(), is_code=is_code) if clean.height else []
     return clean, removed, {"contaminated": listed, "recheck_flagged": len(recheck)}
@@ -241,7 +248,7 @@ def _finish(
     return Built(_content_version(code_version, kept, failed), meta)
 
 
-def _batch_metadata(store: ArtifactStore, outcome, name: str) -> dict[str, Any]:
+def _batch_metadata(store: ArtifactStore, outcome, name: str, llm_stats: dict[str, Any]) -> dict[str, Any]:
     meta = outcome.metadata
     funnel, diversity = meta["funnel"], meta["diversity"]
     reasons = funnel["by_reason"]
@@ -266,7 +273,7 @@ def _batch_metadata(store: ArtifactStore, outcome, name: str) -> dict[str, Any]:
         "failure_examples": md_table(
             ["reason", "detail", "text"], [list(f.values()) for f in meta["failure_examples"]]
         ),
-        **{k: (dg.MetadataValue.json(v) if isinstance(v, dict) else v) for k, v in meta["llm"].items()},
+        **{k: (dg.MetadataValue.json(v) if isinstance(v, dict) else v) for k, v in llm_stats.items()},
         "artifact": store.uri(_file(store, outcome.manifest, KEPT)),
         "failures": store.uri(_file(store, outcome.manifest, FAILED)),
         "skipped": outcome.skipped,
@@ -282,12 +289,10 @@ def _generation_result(
     ran: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> dg.MaterializeResult:
-    this_run = {
-        k: (dg.MetadataValue.json(v) if isinstance(v, dict) else v) for k, v in ran.get("llm", {}).items()
-    }
+    llm_stats = ran.get("llm", outcome.metadata["llm"])  # this run's, or the stored version's when skipped
     return dg.MaterializeResult(
         data_version=dg.DataVersion(outcome.data_version),
-        metadata={**_batch_metadata(store, outcome, name), **this_run, **(extra or {}), **llm.describe()},
+        metadata={**_batch_metadata(store, outcome, name, llm_stats), **(extra or {}), **llm.describe()},
         check_results=[decontamination_check_result(name, outcome.metadata, scanner_version)],
     )
 
@@ -524,14 +529,16 @@ class RewriteConfig(dg.Config):
     max_copied: float = 0.5  # a rewrite sharing more of its word 8-grams with the source is a copy
 
 
-def _rewrite_sources(context, store: ArtifactStore, buckets: generate.Buckets, batch: int, num_batches: int):
+def _rewrite_sources(
+    store: ArtifactStore,
+    corpora: list[tuple[str, dict]],
+    buckets: generate.Buckets,
+    batch: int,
+    num_batches: int,
+) -> pl.DataFrame:
     """This batch's share of the decontaminated, deduplicated web documents, with their buckets."""
-    frames, versions = [], []
-    for key in sorted(context.instance.get_dynamic_partitions(PARTITIONS["web"].name)):
-        corpus = store.current_manifest("filtered_web_corpus", key)
-        if corpus is None:
-            context.log.warning(f"filtered_web_corpus[{key}] has no materialized version; left out")
-            continue
+    frames = []
+    for key, corpus in corpora:
         shard = store.read_manifest("quality_filtered_web_shards", key, corpus["inputs"]["shard"])
         scores = pl.read_parquet(_file(store, corpus, stages.SCORES)).filter(
             pl.col("decision") != "contaminated"
@@ -544,9 +551,8 @@ def _rewrite_sources(context, store: ArtifactStore, buckets: generate.Buckets, b
             frames.append(
                 mine.join(docs.select("row", "text"), on="row").with_columns(source_shard=pl.lit(key))
             )
-        versions.append((key, corpus["data_version"]))
     if not frames:
-        return pl.DataFrame(), versions
+        return pl.DataFrame()
     docs = pl.concat(frames).sort("id").unique("id", keep="first", maintain_order=True)
     bucket = [buckets.of(s) for s in docs["edu_score"].to_list()]
     return docs.select(
@@ -557,7 +563,7 @@ def _rewrite_sources(context, store: ArtifactStore, buckets: generate.Buckets, b
         source_text="text",
         bucket=pl.Series(bucket, dtype=pl.String),
         style=pl.Series([generate.STYLE_OF_BUCKET[b] for b in bucket], dtype=pl.String),
-    ), versions
+    )
 
 
 @dg.asset(
@@ -592,11 +598,10 @@ def rewritten_web(
     scanner = _user_error("rewritten_web", lambda: decontamination.get(encoder))
     prompts = templates.load_all()
     styles = {"qa": prompts["rewrite_qa"], "textbook": prompts["rewrite_textbook"]}
-    batch = _batch_index(context.partition_key)
-    available, versions = _rewrite_sources(context, store, buckets, batch, len(BATCHES.get_partition_keys()))
+    corpora = _shards(context, store, "web", "rewritten_web")
     inputs = {
         "model": generator["data_version"],
-        "corpus": versions,
+        "corpus": [(k, m["data_version"]) for k, m in corpora],
         "decontamination": scanner.version,
         "config": {**config.model_dump(), "n": n, "max_tokens": max_tokens},
     }
@@ -604,6 +609,8 @@ def rewritten_web(
     ran: dict[str, Any] = {}  # what this run generated (see _finish)
 
     def build(out):
+        batch, num_batches = _batch_index(context.partition_key), len(BATCHES.get_partition_keys())
+        available = _rewrite_sources(store, corpora, buckets, batch, num_batches)
         docs = available.head(n) if available.height else available
         if not docs.height:
             context.log.warning(f"rewritten_web[{context.partition_key}]: no web documents in this batch")
@@ -675,17 +682,6 @@ class SyntheticCorpusConfig(dg.Config):
     min_distinct_3grams: float = 0.3  # diversity check: distinct / total word trigrams
 
 
-def _set_batches(context, store: ArtifactStore, asset: str) -> list[tuple[str, dict]]:
-    found = []
-    for key in BATCHES.get_partition_keys():
-        manifest = store.current_manifest(asset, key)
-        if manifest is None:
-            context.log.warning(f"{asset}[{key}] has no materialized version; synthetic_corpus leaves it out")
-            continue
-        found.append((key, manifest))
-    return found
-
-
 def _dedup_set(name: str, frame: pl.DataFrame, min_similarity: float) -> tuple[pl.DataFrame, list[dict]]:
     if not frame.height:
         return frame, []
@@ -702,7 +698,7 @@ def _dedup_set(name: str, frame: pl.DataFrame, min_similarity: float) -> tuple[p
 
 
 def _build_corpus(context, store: ArtifactStore, batches: dict, config: SyntheticCorpusConfig, out) -> dict:
-    summary, removed_all, diversity, coverage = {}, [], {}, {}
+    summary, removed_all, diversity, coverage, content = {}, [], {}, {}, []
     for name, found in batches.items():
         frames = [pl.read_parquet(_file(store, m, KEPT)) for _, m in found]
         frame = (
@@ -713,6 +709,7 @@ def _build_corpus(context, store: ArtifactStore, batches: dict, config: Syntheti
         candidates = sum(m["metadata"]["funnel"]["candidates"] for _, m in found)
         kept, removed = _dedup_set(name, frame.sort("id"), config.min_similarity)
         _write(kept, out / f"{name}.parquet")
+        content.append(kept.rows())
         removed_all += removed
         diversity[name] = gates.diversity(kept["text"].to_list())
         summary[name] = {
@@ -738,7 +735,6 @@ def _build_corpus(context, store: ArtifactStore, batches: dict, config: Syntheti
         if name == "rewrites":
             coverage["rewrites"] = {"bucket": gates.coverage(kept, "bucket", generate.BUCKETS)}
     _write(generate.failures_frame(removed_all), out / "duplicates.parquet")
-    content = [pl.read_parquet(out / f"{name}.parquet").rows() for name in batches]
     return {"summary": summary, "diversity": diversity, "coverage": coverage, "content": stable_hash(content)}
 
 
@@ -765,7 +761,10 @@ def _build_corpus(context, store: ArtifactStore, batches: dict, config: Syntheti
 def synthetic_corpus(
     context: dg.AssetExecutionContext, config: SyntheticCorpusConfig, store: ArtifactStore
 ) -> dg.MaterializeResult:
-    batches = {name: _set_batches(context, store, asset) for name, asset in SETS.items()}
+    batches = {
+        name: _materialized(context, store, asset, BATCHES.get_partition_keys(), "synthetic_corpus")
+        for name, asset in SETS.items()
+    }
     inputs = {
         "batches": {n: [(k, m["data_version"]) for k, m in b] for n, b in batches.items()},
         "config": config.model_dump(),
