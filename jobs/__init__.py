@@ -21,6 +21,8 @@ from phi_assets.ingest.assets import (
     raw_web_shards,
     web_shards,
 )
+from phi_assets.mixture.assets import TOKENIZED_ASSETS, mixture_weights, tokenizer
+from phi_assets.mixture.search_assets import PROXIES, mixture_proxies, mixture_search
 from phi_assets.synthetic.assets import generator_model
 from phi_assets.synthetic.generated import (
     BATCHES,
@@ -69,8 +71,31 @@ synthetic_corpus_job = dg.define_asset_job(
     "synthetic_corpus_job", selection=[synthetic_corpus],
     description="Deduplicate every synthetic set and measure its diversity and coverage.")
 
+tokenizer_job = dg.define_asset_job(
+    "tokenizer_job", selection=[tokenizer],
+    description="Train the byte-level BPE tokenizer on the filtered corpora (or copy a pretrained one).")
+tokenize_code_job = dg.define_asset_job(
+    "tokenize_code_job", selection=[TOKENIZED_ASSETS["filtered_code"]], partitions_def=code_shards,
+    description="Tokenize one shard of the filtered code corpus into a packed token shard.")
+tokenize_web_job = dg.define_asset_job(
+    "tokenize_web_job", selection=[TOKENIZED_ASSETS["filtered_web"]], partitions_def=web_shards,
+    description="Tokenize one shard of the filtered web corpus into a packed token shard.")
+tokenize_synthetic_job = dg.define_asset_job(
+    "tokenize_synthetic_job",
+    selection=[TOKENIZED_ASSETS[s] for s in ("synthetic_textbooks", "synthetic_exercises", "rewritten_web")],
+    partitions_def=BATCHES,
+    description="Tokenize one hash batch of each synthetic set (textbooks, exercises, rewrites).")
+mixture_proxy_job = dg.define_asset_job(
+    "mixture_proxy_job", selection=[mixture_proxies], partitions_def=PROXIES,
+    description="Train one RegMix proxy model on its sampled mixture and record its validation losses.")
+mixture_job = dg.define_asset_job(
+    "mixture_job", selection=[mixture_search, mixture_weights],
+    description="Fit the mixture search over the proxies, then compute the mixture weights and epochs table.")
+
 INGEST_JOBS = {"code": ingest_code_job, "web": ingest_web_job}
 CORPUS_JOBS = {"code": filter_code_corpus_job, "web": filter_web_corpus_job}
 ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_job, edu_classifier_job,
             filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
-            synthetic_corpus_job]
+            synthetic_corpus_job, tokenizer_job, tokenize_code_job, tokenize_web_job, tokenize_synthetic_job,
+            mixture_proxy_job, mixture_job]
+TOKENIZE_JOBS = {"code": tokenize_code_job, "web": tokenize_web_job}

@@ -10,6 +10,8 @@ import dagster as dg
 from jobs import ALL_JOBS
 from phi_assets.curation.assets import CURATION_ASSETS
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
+from phi_assets.mixture.assets import MIXTURE_ASSETS
+from phi_assets.mixture.search_assets import SEARCH_ASSETS
 from phi_assets.synthetic.assets import generator_model
 from phi_assets.synthetic.generated import SYNTHETIC_ASSETS
 from resources import build_executor, build_resources, load_profile
@@ -20,7 +22,7 @@ def build_definitions() -> dg.Definitions:
     profile = load_profile()
     return dg.Definitions(
         assets=[raw_code_shards, raw_web_shards, raw_catalog, generator_model, *CURATION_ASSETS,
-                *SYNTHETIC_ASSETS],
+                *SYNTHETIC_ASSETS, *MIXTURE_ASSETS, *SEARCH_ASSETS],
         jobs=ALL_JOBS,
         sensors=ALL_SENSORS,
         resources=build_resources(profile),

@@ -58,3 +58,56 @@ def score_histogram(counts: Sequence[int], low: float, high: float, threshold: f
     ax.set(title=title, xlabel="educational score", ylabel="documents", xlim=(low, high))
     ax.legend(fontsize=8)
     return _markdown_png(fig)
+
+
+def line_plot(series: dict[str, Sequence[float]], title: str, xlabel: str,
+              ylabel: str) -> dg.MarkdownMetadataValue:
+    """One line per named series (loss curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    for name, values in series.items():
+        ax.plot(range(len(values)), values, label=name, linewidth=1.2)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    return _markdown_png(fig)
+
+
+def scatter_plot(x: Sequence[float], y: Sequence[float], title: str, xlabel: str, ylabel: str,
+                 diagonal: bool = False) -> dg.MarkdownMetadataValue:
+    """Points, optionally with the y = x line (predicted against observed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3.2))
+    ax.scatter(x, y, color="#3b6ea8", s=18)
+    if diagonal and len(x):
+        lo, hi = min(min(x), min(y)), max(max(x), max(y))
+        ax.plot([lo, hi], [lo, hi], color="#c0392b", linestyle="--", linewidth=1)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return _markdown_png(fig)
+
+
+def grouped_bar_plot(labels: Sequence[str], groups: dict[str, Sequence[float]], title: str,
+                     ylabel: str) -> dg.MarkdownMetadataValue:
+    """Bars side by side per label, one color per group (requested against capped weights)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    width = 0.8 / max(len(groups), 1)
+    for g, (name, values) in enumerate(groups.items()):
+        ax.bar([i + g * width for i in range(len(labels))], values, width=width, label=name)
+    ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(labels))], labels, rotation=30,
+                  ha="right", fontsize=7)
+    ax.set(title=title, ylabel=ylabel)
+    ax.legend(fontsize=7)
+    return _markdown_png(fig)

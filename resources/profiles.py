@@ -32,6 +32,11 @@ class Sizes:
     rewrites_per_batch: int = 12  # at most this many web documents rewritten per batch
     topic_clusters: int = 12  # topics mined from clusters of each filtered corpus
     synthetic_max_tokens: int = 320  # tokens per generated textbook section or rewrite
+    vocab_size: int = 8192  # the trained BPE tokenizer's vocabulary (phi-1's has 50,257)
+    token_budget: int = 2_000_000  # tokens the pretraining run reads (mixture epochs are counted for it)
+    mixture_proxies: int = 16  # proxy models of the mixture search (RegMix trains 512)
+    proxy_steps: int = 100  # training steps per proxy
+    proxy_seq_len: int = 128
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -58,7 +63,8 @@ def _sizes_for(name: str) -> Sizes:
         return Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample_every=1,
                      edu_annotations_per_source=64, synthetic_batches=2, textbooks_per_batch=3,
                      exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
-                     synthetic_max_tokens=160)
+                     synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=8,
+                     proxy_steps=20, proxy_seq_len=64)
     return Sizes()
 
 

@@ -1,0 +1,1 @@
+"""Tokenizer, packed token shards, mixture weights and search, and the training data loader."""
