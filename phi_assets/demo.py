@@ -20,17 +20,23 @@ from tqdm import tqdm
 from jobs import (
     CORPUS_JOBS,
     INGEST_JOBS,
+    TOKENIZE_JOBS,
     catalog_job,
     dedup_job,
     edu_classifier_job,
     generator_model_job,
+    mixture_job,
+    mixture_proxy_job,
     synthetic_batch_job,
     synthetic_corpus_job,
+    tokenize_synthetic_job,
+    tokenizer_job,
     topics_job,
 )
 from phi_assets.ingest import embedded
 from phi_assets.ingest.assets import PARTITIONS
 from phi_assets.ingest.catalog import source_totals
+from phi_assets.mixture.search_assets import PROXIES
 from phi_assets.synthetic.generated import BATCHES
 from resources import load_profile
 from sensors.landing import scan_landing
@@ -64,6 +70,8 @@ class DemoReport:
     corpora: dict = field(default_factory=dict)  # source -> [kept, scored]
     synthetic: str = ""  # the synthetic corpus's per-set table (markdown)
     generation: dict = field(default_factory=dict)  # set -> tokens generated, tokens/s, cache hits
+    mixture: str = ""  # mixture_weights' table (markdown)
+    search: dict = field(default_factory=dict)  # mixture_search's proposal and fit
 
     def record(self, what: str, result: dg.ExecuteInProcessResult) -> None:
         if not result.success:
@@ -109,7 +117,29 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
     result = _run(defs, instance, report, synthetic_corpus_job.name, "synthetic_corpus")
     if result.success:
         report.synthetic = _metadata_text(result, "synthetic_corpus", "sets")
+    run_mixture(defs, instance, keys, report)
     return report
+
+
+def run_mixture(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]],
+                report: DemoReport) -> None:
+    """Tokenizer, every tokenized shard, the search's proxies, the search, the weights."""
+    _run(defs, instance, report, tokenizer_job.name, "tokenizer")
+    for source, job in TOKENIZE_JOBS.items():
+        for key in tqdm(keys[source], desc=f"tokenize {source} shards", unit="shard"):
+            _run(defs, instance, report, job.name, f"tokenized_filtered_{source}[{key}]", key)
+    for key in BATCHES.get_partition_keys():
+        _run(defs, instance, report, tokenize_synthetic_job.name, f"tokenize synthetic {key}", key)
+    for key in tqdm(PROXIES.get_partition_keys(), desc="mixture search proxies", unit="proxy"):
+        _run(defs, instance, report, mixture_proxy_job.name, f"mixture_proxies[{key}]", key)
+    result = _run(defs, instance, report, mixture_job.name, mixture_job.name)
+    if result.success:
+        report.mixture = _metadata_text(result, "mixture_weights", "mixture")
+        for event in result.get_asset_materialization_events():
+            if event.materialization.asset_key.to_user_string() == "mixture_search":
+                meta = event.materialization.metadata
+                report.search = {k: meta[k].value for k in ("proposal", "loo_spearman", "predicted_loss",
+                                                             "phi4_predicted_loss", "num_proxies")}
 
 
 def _count_generation(report: DemoReport, result: dg.ExecuteInProcessResult) -> None:
@@ -198,6 +228,15 @@ def main() -> int:
     for asset, g in sorted(report.generation.items()):
         print(f"{asset}: {g['llm_requests']} requests, {g['llm_cache_hits']} from the request cache, "
               f"{g['llm_generated_tokens']:,} tokens generated (up to {g['llm_tokens_per_s']:.0f} tokens/s)")
+    if report.mixture:
+        print("\nmixture_weights (phi-4's table mapped onto the sources, epochs capped; plots in the UI):")
+        print(_plain_table(report.mixture))
+    if report.search:
+        m = report.search
+        proposal = ", ".join(f"{s} {w:.3f}" for s, w in m["proposal"].items())
+        print(f"mixture_search over {m['num_proxies']} proxies (leave-one-out Spearman "
+              f"{m['loo_spearman']:.2f}): {proposal}; predicted loss {m['predicted_loss']:.3f} "
+              f"vs phi-4 table {m['phi4_predicted_loss']:.3f}")
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
     print("Open the UI: make ui   (then http://127.0.0.1:3000)")
     print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -106,3 +108,15 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, mbpp_path: Path) -> dict:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         outputs.append(done.stdout + done.stderr)
     return {"home": home, "task_id": task_id, "first": outputs[0], "second": outputs[1]}
+
+
+@pytest.fixture
+def home_copy(demo_run, tmp_path, monkeypatch) -> Path:
+    """The demo's artifacts, hard-linked (versions are immutable; pointers are replaced, not edited)."""
+    home = tmp_path / "phi"
+    shutil.copytree(demo_run["home"] / "artifacts", home / "artifacts", copy_function=os.link)
+    monkeypatch.setenv("PHI_PROFILE", "ci")
+    monkeypatch.setenv("PHI_HOME", str(home))
+    for var in ("DAGSTER_HOME", "PHI_ARTIFACT_ROOT", "PHI_LANDING_ROOT", "PHI_CATALOG"):
+        monkeypatch.delenv(var, raising=False)
+    return home

@@ -13,7 +13,7 @@ from resources import ArtifactStore
 
 # 3 code + 5 web shards x (raw, quality-filtered, filtered corpus), the catalog, generator_model,
 # 2 dedups, the annotations and the classifier, topics, 2 batches x 3 synthetic sets, synthetic_corpus
-NUM_STEPS = 8 * 3 + 1 + 1 + 2 + 2 + 1 + 2 * 3 + 1
+NUM_STEPS = 8 * 3 + 1 + 1 + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3 + 8 + 2  # ... tokenizer, tokenized, proxies
 
 
 def current_versions(home: Path) -> dict[str, str]:

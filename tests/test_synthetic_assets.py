@@ -4,7 +4,6 @@ reruns on a copy of its home."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -125,18 +124,6 @@ def test_synthetic_corpus_dedups_each_set_and_reports_diversity(store, demo_run)
     coverage = manifest["metadata"]["coverage"]["textbooks"]
     assert coverage["audience"]["of"] == 4 and coverage["format"]["of"] == 4
     assert "synthetic_corpus (diversity and coverage" in demo_run["first"]
-
-
-@pytest.fixture
-def home_copy(demo_run, tmp_path, monkeypatch) -> Path:
-    """The demo's artifacts, hard-linked (versions are immutable; pointers are replaced, not edited)."""
-    home = tmp_path / "phi"
-    shutil.copytree(demo_run["home"] / "artifacts", home / "artifacts", copy_function=os.link)
-    monkeypatch.setenv("PHI_PROFILE", "ci")
-    monkeypatch.setenv("PHI_HOME", str(home))
-    for var in ("DAGSTER_HOME", "PHI_ARTIFACT_ROOT", "PHI_LANDING_ROOT", "PHI_CATALOG"):
-        monkeypatch.delenv(var, raising=False)
-    return home
 
 
 def _materialize_textbooks(run_config: dict | None = None) -> dict:

@@ -141,7 +141,7 @@ def train_proxy(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress:
             progress(step, losses[-1])
     return ProxyResult(

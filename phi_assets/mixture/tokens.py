@@ -86,7 +86,7 @@ def write_shard(
     """Encode ``batches`` of (ids, texts) into a shard directory ``out``; returns its counts."""
     out.mkdir(parents=True, exist_ok=True)
     num_docs = num_tokens = num_bytes = longest = 0
-    digest = hashlib.sha256(f"{loaded.dtype.name}:{loaded.eot_id}".encode())
+    token_digest, id_digest = hashlib.sha256(), hashlib.sha256()  # two streams: batching cannot matter
     with (
         open(out / TOKENS, "wb") as tokens,
         open(out / OFFSETS, "wb") as offsets,
@@ -96,8 +96,8 @@ def write_shard(
         for ids, texts in batches:
             flat, lengths = encode_documents(loaded, texts)
             tokens.write(flat.tobytes())
-            digest.update(flat.tobytes())
-            digest.update("\0".join(ids).encode())
+            token_digest.update(flat.tobytes())
+            id_digest.update("".join(f"{i}\0" for i in ids).encode())
             offsets.write((num_tokens + np.cumsum(lengths)).tobytes())
             documents.write_table(pa.table({"id": ids, "num_tokens": lengths}, schema=DOC_SCHEMA))
             num_docs += len(ids)
@@ -115,7 +115,9 @@ def write_shard(
         loaded.eot_id,
         tokenizer_version,
         longest,
-        digest.hexdigest(),
+        hashlib.sha256(
+            f"{loaded.dtype.name}:{loaded.eot_id}:{token_digest.hexdigest()}:{id_digest.hexdigest()}".encode()
+        ).hexdigest(),
     )
     (out / META).write_text(json.dumps(asdict(stats), indent=1))
     return stats

@@ -1,0 +1,181 @@
+"""The mixture assets on the ci profile: what ``make demo``'s program produced (``demo_run``), plus
+re-materializations of ``mixture_weights`` with other configurations on a copy of its home."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+from phi_assets.mixture import tokenizer as tk
+from phi_assets.mixture import weights as mix
+from phi_assets.mixture.assets import SUBDIR, TOKEN_SOURCES, TOKENIZER_SUBDIR
+from phi_assets.mixture.search_assets import PROXIES
+from phi_assets.mixture.tokens import TokenShard
+from resources import ArtifactStore
+
+CODE = "def add(a, b):\n\treturn a  +  b  # sum, naïve 😀\r\n"
+
+
+@pytest.fixture(scope="module")
+def store(demo_run) -> ArtifactStore:
+    return ArtifactStore(root=str(demo_run["home"] / "artifacts"))
+
+
+@pytest.fixture(scope="module")
+def shard_keys(demo_run) -> dict[str, list[str]]:
+    with dg.DagsterInstance.from_config(str(demo_run["home"] / "dagster")) as instance:
+        return {name: s.keys(instance) for name, s in TOKEN_SOURCES.items()}
+
+
+def _version(store: ArtifactStore, asset: str, key: str | None = None) -> Path:
+    return Path(store.version_path(asset, key, store.current_version(asset, key)))
+
+
+def test_tokenizer_is_a_standard_directory_that_transformers_and_vllm_load(store):
+    from transformers import AutoTokenizer
+    from vllm.tokenizers import get_tokenizer
+
+    directory = _version(store, "tokenizer") / TOKENIZER_SUBDIR
+    ours = tk.load(directory)
+    hf = AutoTokenizer.from_pretrained(str(directory))
+    served = get_tokenizer(str(directory))
+    assert ours.vocab_size == hf.vocab_size == 1024  # the ci profile's size
+    assert hf.eos_token_id == ours.eot_id == served.eos_token_id == hf.convert_tokens_to_ids(tk.EOT)
+    ids = hf.encode(CODE, add_special_tokens=False)
+    assert ids == served.encode(CODE, add_special_tokens=False) == ours.tokenizer.encode(CODE).ids
+    assert hf.decode(ids) == served.decode(ids) == CODE
+
+
+@pytest.mark.parametrize("name", ["filtered_code", "filtered_web"])
+def test_tokenized_shards_reconcile_with_their_corpus_shards(store, shard_keys, name):
+    """Per shard: the same documents in the same order, every token accounted for, and each
+    document decodes back to its corpus text followed by the separator."""
+    loaded = tk.load(_version(store, "tokenizer") / TOKENIZER_SUBDIR)
+    source = TOKEN_SOURCES[name]
+    assert len(shard_keys[name]) >= 2
+    for key in shard_keys[name]:
+        corpus = pl.read_parquet(_version(store, source.upstream.key.to_user_string(), key) / "docs.parquet")
+        shard = TokenShard.open(_version(store, source.asset, key) / SUBDIR)
+        assert shard.ids() == corpus["id"].to_list()
+        assert (
+            shard.num_docs == corpus.height and shard.offsets[-1] == len(shard.tokens) == shard.stats.num_tokens
+        )
+        assert shard.tokens.dtype == np.uint16
+        manifest = store.current_manifest(source.asset, key)
+        assert manifest["metadata"]["num_tokens"] == shard.stats.num_tokens
+        for i in range(min(corpus.height, 3)):
+            doc = shard.document(i)
+            assert doc[-1] == loaded.eot_id and loaded.eot_id not in doc[:-1]
+            assert loaded.tokenizer.decode(doc[:-1].tolist()) == corpus["text"][i]
+
+
+@pytest.mark.parametrize("name", ["synthetic_textbooks", "synthetic_exercises", "rewritten_web"])
+def test_synthetic_batches_split_the_deduplicated_set(store, name):
+    """The hash batches of a synthetic set are disjoint and together hold exactly its documents."""
+    source = TOKEN_SOURCES[name]
+    corpus = pl.read_parquet(_version(store, "synthetic_corpus") / f"{source.corpus_set}.parquet")
+    ids: list[str] = []
+    for key in source.partitions.get_partition_keys():
+        ids += TokenShard.open(_version(store, source.asset, key) / SUBDIR).ids()
+    assert sorted(ids) == sorted(corpus["id"].to_list())
+
+
+def _latest(instance: dg.DagsterInstance, asset: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def test_mixture_weights_table_accounts_for_every_source_and_its_checks_passed(store, demo_run):
+    manifest = store.current_manifest("mixture_weights", None)
+    mixture = json.loads((_version(store, "mixture_weights") / "mixture.json").read_text())
+    tokens, weights, budget = mixture["tokens"], mixture["weights"], mixture["token_budget"]
+    assert set(weights) == set(mix.SOURCES) and budget == 200_000 and mixture["origin"] == "phi4"
+    assert sum(weights.values()) == pytest.approx(1) and min(weights.values()) >= 0
+    for name, shards in mixture["shards"].items():  # the tokens counted are the shards listed
+        counted = sum(
+            store.read_manifest(s["asset"], s["partition"], s["data_version"])["metadata"]["num_tokens"]
+            for s in shards
+        )
+        assert counted == tokens[name]
+    table = pl.read_parquet(_version(store, "mixture_weights") / "table.parquet")
+    for row in table.iter_rows(named=True):
+        assert row["epochs"] == pytest.approx(weights[row["source"]] * budget / tokens[row["source"]])
+        assert row["epochs"] <= mixture["max_epochs"] + 1e-9
+    assert manifest["metadata"]["requested"] == mix.default_weights(tokens)
+    with dg.DagsterInstance.from_config(str(demo_run["home"] / "dagster")) as instance:
+        meta = _latest(instance, "mixture_weights")
+        for check in ("weights_sum_to_one", "epochs_within_cap"):
+            key = dg.AssetCheckKey(dg.AssetKey("mixture_weights"), check)
+            [record] = instance.event_log_storage.get_asset_check_execution_history(key, limit=1)
+            assert record.event.dagster_event.event_specific_data.passed, check
+    assert all(f"| {s} |" in meta["mixture"] for s in mix.SOURCES)  # the table the UI shows
+    assert "mixture_weights (phi-4's table" in demo_run["first"]
+
+
+def test_mixture_search_trained_eight_proxies_and_proposes_a_valid_mixture(store, demo_run):
+    assert len(PROXIES.get_partition_keys()) >= 8
+    proxies = [store.current_manifest("mixture_proxies", k)["metadata"] for k in PROXIES.get_partition_keys()]
+    assert len({json.dumps(p["mixture"], sort_keys=True) for p in proxies}) == len(proxies)
+    assert all(p["train_loss"][-1] < p["train_loss"][0] for p in proxies)
+    search = store.current_manifest("mixture_search", None)["metadata"]
+    assert len(search["rows"]) == len(proxies)
+    proposal, tokens = search["proposal"], proxies[0]["tokens"]
+    assert sum(proposal.values()) == pytest.approx(1) and min(proposal.values()) >= 0
+    assert all(w * search["token_budget"] / tokens[s] <= 16 + 1e-6 for s, w in proposal.items())
+    assert np.isfinite(search["predicted_loss"]) and -1 <= search["spearman"] <= 1
+    assert "mixture_search over 8 proxies" in demo_run["first"]
+
+
+def _weights(run_config: dict, demo_home: Path) -> tuple[dg.ExecuteInProcessResult, dict]:
+    """Materialize mixture_weights alone on the copied home (dynamic partitions as in the demo)."""
+    from phi_assets.ingest.assets import PARTITIONS
+    from phi_assets.mixture.assets import mixture_weights
+    from resources import build_resources, load_profile
+
+    instance = dg.DagsterInstance.ephemeral()
+    with dg.DagsterInstance.from_config(str(demo_home / "dagster")) as demo:
+        for pdef in PARTITIONS.values():
+            instance.add_dynamic_partitions(pdef.name, demo.get_dynamic_partitions(pdef.name))
+    result = dg.materialize(
+        [mixture_weights],
+        run_config={"ops": {"mixture_weights": {"config": run_config}}},
+        resources=build_resources(load_profile()),
+        instance=instance,
+        raise_on_error=False,
+    )
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    return result, checks
+
+
+def test_weights_from_the_search_take_its_proposal(home_copy, demo_run):
+    store = ArtifactStore(root=str(home_copy / "artifacts"))
+    result, checks = _weights({"weights_from": "search"}, demo_run["home"])
+    assert result.success and checks == {"weights_sum_to_one": True, "epochs_within_cap": True}
+    manifest = store.current_manifest("mixture_weights", None)
+    search = store.current_manifest("mixture_search", None)
+    assert manifest["metadata"]["origin"] == f"search:{search['data_version']}"
+    for source, weight in search["metadata"]["proposal"].items():
+        assert manifest["metadata"]["weights"][source] == pytest.approx(weight)
+
+
+def test_explicit_weights_and_an_uncapped_mixture_fail_the_check(home_copy, demo_run):
+    store = ArtifactStore(root=str(home_copy / "artifacts"))
+    result, checks = _weights({"weights_from": "explicit", "weights": {"filtered_code": 1.0}}, demo_run["home"])
+    assert result.success and all(checks.values())
+    meta = store.current_manifest("mixture_weights", None)["metadata"]
+    assert meta["weights"]["filtered_code"] == 1.0 and sum(meta["weights"].values()) == 1.0
+    [code] = [r for r in meta["table"] if r["source"] == "filtered_code"]
+    assert code["epochs"] == pytest.approx(200_000 / meta["tokens"]["filtered_code"])
+
+    result, checks = _weights({"enforce_cap": False}, demo_run["home"])  # phi-4 table as is: tiny sources
+    assert checks["weights_sum_to_one"] and checks["epochs_within_cap"] is False
+
+    result, _ = _weights({"weights_from": "explicit", "weights": {"books": 1.0}}, demo_run["home"])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert "unknown sources ['books']" in str(failure.message) + str(failure.cause and failure.cause.message)
