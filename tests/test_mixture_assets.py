@@ -14,10 +14,11 @@ import pytest
 from phi_assets.mixture import tokenizer as tk
 from phi_assets.mixture import weights as mix
 from phi_assets.mixture.assets import SUBDIR, TOKEN_SOURCES, TOKENIZER_SUBDIR
-from phi_assets.mixture.search_assets import PROXIES
 from phi_assets.mixture.tokens import TokenShard
-from resources import ArtifactStore
+from resources import ArtifactStore, load_profile
 
+# The demo ran on ci; this process may have another profile (partition sets are read at import).
+PROXY_KEYS = [f"proxy-{i:03d}" for i in range(load_profile({"PHI_PROFILE": "ci"}).sizes.mixture_proxies)]
 CODE = "def add(a, b):\n\treturn a  +  b  # sum, naïve 😀\r\n"
 
 
@@ -118,8 +119,8 @@ def test_mixture_weights_table_accounts_for_every_source_and_its_checks_passed(s
 
 
 def test_mixture_search_trained_eight_proxies_and_proposes_a_valid_mixture(store, demo_run):
-    assert len(PROXIES.get_partition_keys()) >= 8
-    proxies = [store.current_manifest("mixture_proxies", k)["metadata"] for k in PROXIES.get_partition_keys()]
+    assert len(PROXY_KEYS) >= 8
+    proxies = [store.current_manifest("mixture_proxies", k)["metadata"] for k in PROXY_KEYS]
     assert len({json.dumps(p["mixture"], sort_keys=True) for p in proxies}) == len(proxies)
     assert all(p["train_loss"][-1] < p["train_loss"][0] for p in proxies)
     search = store.current_manifest("mixture_search", None)["metadata"]
@@ -176,6 +177,44 @@ def test_explicit_weights_and_an_uncapped_mixture_fail_the_check(home_copy, demo
     assert checks["weights_sum_to_one"] and checks["epochs_within_cap"] is False
 
     result, _ = _weights({"weights_from": "explicit", "weights": {"books": 1.0}}, demo_run["home"])
-    assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
-    assert "unknown sources ['books']" in str(failure.message) + str(failure.cause and failure.cause.message)
+    assert not result.success and "unknown sources ['books']" in _step_error(result)
+
+
+def _step_error(result: dg.ExecuteInProcessResult) -> str:
+    """The failed step's error messages, its causes' included."""
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)
+
+
+def test_a_pretrained_tokenizer_directory_can_replace_training(home_copy, smol_dir):
+    """``pretrained`` copies an existing Hugging Face tokenizer (SmolLM2's here); its
+    ``<|endoftext|>`` separates documents and its 49,152 ids still fit uint16."""
+    from phi_assets.mixture.assets import tokenizer
+    from resources import build_resources, load_profile
+
+    result = dg.materialize(
+        [tokenizer],
+        run_config={"ops": {"tokenizer": {"config": {"pretrained": str(smol_dir)}}}},
+        resources=build_resources(load_profile()),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    [event] = result.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert meta["origin"] == str(smol_dir) and meta["vocab_size"] == 49152 and meta["dtype"] == "uint16"
+    store = ArtifactStore(root=str(home_copy / "artifacts"))
+    loaded = tk.load(_version(store, "tokenizer") / TOKENIZER_SUBDIR)
+    assert loaded.tokenizer.id_to_token(loaded.eot_id) == tk.EOT
+    assert loaded.tokenizer.decode(loaded.tokenizer.encode(CODE).ids) == CODE
+
+    result = dg.materialize(
+        [tokenizer],
+        run_config={"ops": {"tokenizer": {"config": {"pretrained": str(home_copy)}}}},
+        resources=build_resources(load_profile()),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success and f"pretrained tokenizer {home_copy}: no tokenizer.json" in _step_error(result)

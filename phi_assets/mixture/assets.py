@@ -10,6 +10,7 @@
 The mixture search (proxies and regression) is in ``search_assets.py``.
 """
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -123,6 +124,7 @@ class TokenizerConfig(dg.Config):
 def _corpus_docs(
     store: ArtifactStore, corpora: dict[str, list[tuple[str, dict]]], fraction: float, counts: dict[str, int]
 ) -> Iterator[str]:
+    # a fraction f reads the documents of one hash partition of round(1/f)
     keep = None if fraction >= 1 else tokfiles.hash_partition(0, round(1 / fraction))
     for _source, found in corpora.items():
         for _, manifest in found:
@@ -131,6 +133,16 @@ def _corpus_docs(
                     counts["docs"] += len(texts)
                     counts["bytes"] += sum(len(t.encode()) for t in texts)
                     yield from texts
+
+
+def _files_hash(directory: Path) -> str:
+    """sha256 over the names and bytes of a directory's files ("" when it does not exist)."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+        if path.is_file():
+            digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:32] if directory.is_dir() else ""
 
 
 def _bytes_per_token(store: ArtifactStore, loaded: tk.Loaded, corpora, limit: int = 200) -> dict[str, float]:
@@ -176,7 +188,9 @@ def tokenizer(
         for s in ("code", "web")
     }
     inputs = {"config": {**config.model_dump(), "vocab_size": vocab_size}}
-    if not config.pretrained:
+    if config.pretrained:  # its files, so an edited directory is taken again
+        inputs["pretrained"] = _files_hash(Path(config.pretrained))
+    else:
         inputs["corpora"] = shard_versions(corpora)
 
     def build(staging: Path) -> Built:
@@ -191,9 +205,8 @@ def tokenizer(
             tk.save(trained, out, model_max_length=config.model_max_length)
             context.log.info(f"tokenizer: trained on {counts['docs']} documents ({counts['bytes']:,} bytes)")
         loaded = _user_error("tokenizer", lambda: tk.load(out))
-        files = sorted(p.name for p in out.iterdir())
         return Built(
-            stable_hash([(f, (out / f).read_bytes().hex()) for f in files]),
+            _files_hash(out),
             {
                 "vocab_size": loaded.vocab_size,
                 "eot_id": loaded.eot_id,
