@@ -69,11 +69,25 @@ def _stable_int(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
 
 
+def split_scores(ids: list[str]) -> np.ndarray:
+    """A stable number in [0, 1) per document id: the validation split is those below val_fraction."""
+    return np.array([_stable_int("split", i) / 2**64 for i in ids], dtype=np.float64)
+
+
+def _shard_scores(shard: TokenShard) -> np.ndarray:
+    """``split_scores`` of a shard's ids, computed once per opened shard (every split and loader
+    over it needs them)."""
+    if shard.split_scores is None:
+        shard.split_scores = split_scores(shard.ids())
+    return shard.split_scores
+
+
 def split_documents(ids_per_shard: list[list[str]], val_fraction: float) -> list[np.ndarray]:
     """Per shard, a boolean mask of the validation documents (stable under re-sharding)."""
-    scores = [
-        np.array([_stable_int("split", i) / 2**64 for i in ids], dtype=np.float64) for ids in ids_per_shard
-    ]
+    return _split_masks([split_scores(ids) for ids in ids_per_shard], val_fraction)
+
+
+def _split_masks(scores: list[np.ndarray], val_fraction: float) -> list[np.ndarray]:
     masks = [s < val_fraction for s in scores]
     total = sum(len(s) for s in scores)
     if val_fraction > 0 and total >= 2 and not any(m.any() for m in masks):
@@ -90,7 +104,7 @@ class Source:
         if split == "all":
             self.docs = [np.arange(s.num_docs) for s in shards]
         else:
-            masks = split_documents([s.ids() for s in shards], val_fraction)
+            masks = _split_masks([_shard_scores(s) for s in shards], val_fraction)
             self.docs = [np.flatnonzero(m if split == "val" else ~m) for m in masks]
         self.num_tokens = sum(int(np.diff(s.offsets)[d].sum()) for s, d in zip(shards, self.docs, strict=True))
         self._key = _stable_int(name) % 2**32  # orders depend on the source's name, not its position

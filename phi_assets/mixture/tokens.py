@@ -131,6 +131,7 @@ class TokenShard:
     stats: ShardStats
     tokens: np.ndarray  # (num_tokens,) uint16 | uint32
     offsets: np.ndarray  # (num_docs + 1,) int64
+    split_scores: np.ndarray | None = None  # the loader's per-document split hashes, once computed
 
     @classmethod
     def open(cls, path: Path) -> TokenShard:
