@@ -218,3 +218,33 @@ def test_a_pretrained_tokenizer_directory_can_replace_training(home_copy, smol_d
         raise_on_error=False,
     )
     assert not result.success and f"pretrained tokenizer {home_copy}: no tokenizer.json" in _step_error(result)
+
+
+def test_token_shards_on_an_object_store_open_from_one_local_copy(tmp_path, monkeypatch):
+    """The k8s profile keeps versions on an object store (here fsspec's in-memory one): a shard
+    committed there is copied to local disk once and memory-mapped with the same tokens."""
+    import tempfile
+    import uuid
+
+    from phi_assets.mixture import tokens
+    from phi_assets.mixture.assets import open_shards
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    texts = ["def f():\n    return 1\n", "plain words here", "x = [1, 2, 3]"]
+    loaded = tk.load(_tiny_tokenizer(tmp_path / "tok", texts))
+    store = ArtifactStore(root=f"memory://phi-{uuid.uuid4().hex}/artifacts")
+    with store.stage("tokenized_filtered_code", "shard-0") as staging:
+        stats = tokens.write_shard(iter([(["a", "b", "c"], texts)]), loaded, staging.path / SUBDIR, "t")
+        staging.commit("v1", {"asset": "tokenized_filtered_code", "partition": "shard-0"})
+    manifest = store.read_manifest("tokenized_filtered_code", "shard-0", "v1")
+    [shard] = open_shards(store, {"filtered_code": [("shard-0", manifest)]})["filtered_code"]
+    assert str(shard.path).startswith(str(tmp_path / "tmp")) and shard.ids() == ["a", "b", "c"]
+    assert shard.stats == stats and loaded.tokenizer.decode(shard.document(1)[:-1].tolist()) == texts[1]
+    [again] = open_shards(store, {"filtered_code": [("shard-0", manifest)]})["filtered_code"]
+    assert again.path == shard.path
+
+
+def _tiny_tokenizer(out: Path, texts: list[str]) -> Path:
+    tk.save(tk.train_bpe(iter(texts * 5), 300), out)
+    return out
