@@ -38,7 +38,7 @@ from phi_assets.mixture import tokenizer as tk
 from phi_assets.mixture import tokens as tokfiles
 from phi_assets.mixture import weights as mix
 from phi_assets.mixture.tokens import TokenShard
-from phi_assets.synthetic.generated import BATCHES, _materialized, synthetic_corpus
+from phi_assets.synthetic.generated import BATCHES, _materialized, _shards, synthetic_corpus
 from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
 from resources import ArtifactStore, ProfileResource
 
@@ -156,7 +156,7 @@ def _bytes_per_token(store: ArtifactStore, loaded: tk.Loaded, corpora, limit: in
                     texts += batch[: limit - len(texts)]
                     break
         if texts:
-            ids, lengths = tk.encode_documents(loaded, texts)
+            ids, _ = tk.encode_documents(loaded, texts)
             out[source] = round(sum(len(t.encode()) for t in texts) / (len(ids) - len(texts)), 3)
     return out
 
@@ -177,16 +177,7 @@ def tokenizer(
         raise dg.Failure(
             description=f"tokenizer: sample_fraction must be in (0, 1], got {config.sample_fraction}"
         )
-    corpora = {
-        s: _materialized(
-            context,
-            store,
-            f"filtered_{s}_corpus",
-            TOKEN_SOURCES[f"filtered_{s}"].keys(context.instance),
-            "tokenizer",
-        )
-        for s in ("code", "web")
-    }
+    corpora = {s: _shards(context, store, s, "tokenizer") for s in ("code", "web")}
     inputs = {"config": {**config.model_dump(), "vocab_size": vocab_size}}
     if config.pretrained:  # its files, so an edited directory is taken again
         inputs["pretrained"] = _files_hash(Path(config.pretrained))
