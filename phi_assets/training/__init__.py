@@ -1,0 +1,1 @@
+"""The Phi model and its trainer: pretraining, midtraining, SFT and DPO stages."""

@@ -1,0 +1,241 @@
+"""The phi-1 / phi-1.5 / phi-2 architecture, with Hugging Face ``PhiForCausalLM``'s weight names.
+
+Each block computes attention and MLP in parallel from one LayerNorm (GPT-J style):
+``x + dropout(attn(ln(x))) + dropout(mlp(ln(x)))``. Attention has biased q/k/v/dense projections
+and rotary embeddings on the first ``rotary_dim`` dimensions of each head (32 of 64 in phi-1,
+rotate-half layout); the MLP is fc1 -> gelu_new (tanh) -> fc2; the LM head is untied and biased.
+Module and parameter names equal transformers' ``PhiForCausalLM``, so ``state_dict()`` saved as
+``model.safetensors`` next to ``hf_config()`` as ``config.json`` loads there and in vLLM.
+
+Named configs are functions deriving from each other: ``phi1()`` (1.3B), ``phi1_small()`` (350M),
+``phi1_5()``, ``phi2()`` (2.7B) and ``debug_tiny()`` for CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from phi_assets.training.attention import attend
+
+
+@dataclass(frozen=True)
+class PhiConfig:
+    vocab_size: int = 51200
+    hidden_size: int = 2048
+    intermediate_size: int = 8192
+    num_layers: int = 24
+    num_heads: int = 32
+    max_position_embeddings: int = 2048
+    rotary_dim: int = 32
+    rope_theta: float = 10000.0
+    layer_norm_eps: float = 1e-5
+    embd_pdrop: float = 0.0
+    resid_pdrop: float = 0.1
+    attention_dropout: float = 0.1
+    initializer_range: float = 0.02
+    eos_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
+        if not 0 < self.rotary_dim <= self.head_dim or self.rotary_dim % 2:
+            raise ValueError(
+                f"rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}"
+            )
+        for name in ("embd_pdrop", "resid_pdrop", "attention_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def hf_config(self) -> dict:
+        """``config.json`` for transformers' PhiForCausalLM (and vLLM)."""
+        return {
+            "architectures": ["PhiForCausalLM"],
+            "model_type": "phi",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "partial_rotary_factor": self.rotary_dim / self.head_dim,
+            "rope_theta": self.rope_theta,
+            "hidden_act": "gelu_new",
+            "layer_norm_eps": self.layer_norm_eps,
+            "resid_pdrop": self.resid_pdrop,
+            "embd_pdrop": self.embd_pdrop,
+            "attention_dropout": self.attention_dropout,
+            "qk_layernorm": False,
+            "initializer_range": self.initializer_range,
+            "tie_word_embeddings": False,
+            "bos_token_id": self.eos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "torch_dtype": "float32",
+        }
+
+
+def phi1() -> PhiConfig:
+    """phi-1 (1.3B): 24 layers, 2048 hidden, 8192 MLP, 32 heads of 64, rotary 32; dropout 0.1."""
+    return PhiConfig()
+
+
+def phi1_small() -> PhiConfig:
+    """phi-1-small (350M): 20 layers, 1024 hidden, 4096 MLP, 16 heads."""
+    return replace(phi1(), hidden_size=1024, intermediate_size=4096, num_layers=20, num_heads=16)
+
+
+def phi1_5() -> PhiConfig:
+    """phi-1.5: phi-1's architecture."""
+    return phi1()
+
+
+def phi2() -> PhiConfig:
+    """phi-2 (2.7B): 32 layers, 2560 hidden, 10240 MLP, 32 heads of 80, rotary 32."""
+    return replace(phi1(), hidden_size=2560, intermediate_size=10240, num_layers=32)
+
+
+def debug_tiny(vocab_size: int = 1024) -> PhiConfig:
+    """A few hundred thousand parameters: trains on CPU in seconds."""
+    return replace(
+        phi1(),
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=256,
+        num_layers=2,
+        num_heads=4,
+        rotary_dim=8,
+        max_position_embeddings=256,
+    )
+
+
+RECIPES = {"phi1": phi1, "phi1_small": phi1_small, "phi1_5": phi1_5, "phi2": phi2, "debug_tiny": debug_tiny}
+
+
+def rotary_tables(cfg: PhiConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, (batch, seq, rotary_dim), in float32."""
+    inv_freq = 1.0 / (
+        cfg.rope_theta ** (torch.arange(0, cfg.rotary_dim, 2, dtype=torch.float32) / cfg.rotary_dim)
+    )
+    freqs = positions[..., None].float() * inv_freq.to(positions.device)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """x: (batch, heads, seq, head_dim); only the first ``rotary_dim`` dimensions rotate."""
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    return torch.cat((rot * cos + _rotate_half(rot) * sin, rest), dim=-1)
+
+
+class PhiAttention(nn.Module):
+    def __init__(self, cfg: PhiConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(cfg.hidden_size, cfg.hidden_size) for _ in range(3))
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        heads, dim = self.cfg.num_heads, self.cfg.head_dim
+        q, k, v = (
+            p(x).view(batch, seq, heads, dim).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
+        q, k = (apply_rotary(t, cos, sin, self.cfg.rotary_dim) for t in (q, k))
+        dropout = self.cfg.attention_dropout if self.training else 0.0
+        out = attend(q, k, v, dropout=dropout, cu_seqlens=cu_seqlens)  # (batch, heads, seq, dim)
+        return self.dense(out.transpose(1, 2).reshape(batch, seq, heads * dim))
+
+
+class PhiMLP(nn.Module):
+    def __init__(self, cfg: PhiConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))  # gelu_new
+
+
+class PhiDecoderLayer(nn.Module):
+    def __init__(self, cfg: PhiConfig):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.self_attn = PhiAttention(cfg)
+        self.mlp = PhiMLP(cfg)
+        self.resid_dropout = nn.Dropout(cfg.resid_pdrop)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seqlens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        return x + self.resid_dropout(self.self_attn(h, cos, sin, cu_seqlens)) + self.resid_dropout(self.mlp(h))
+
+
+class PhiModel(nn.Module):
+    def __init__(self, cfg: PhiConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_dropout = nn.Dropout(cfg.embd_pdrop)
+        self.layers = nn.ModuleList(PhiDecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+
+class PhiForCausalLM(nn.Module):
+    """``forward(input_ids, position_ids=None, cu_seqlens=None) -> logits (batch, seq, vocab)``."""
+
+    def __init__(self, cfg: PhiConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = PhiModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        self.gradient_checkpointing = False
+        self.apply(self._init)
+
+    def _init(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.cfg.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch, seq = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        cos, sin = rotary_tables(self.cfg, position_ids)
+        x = self.model.embed_dropout(self.model.embed_tokens(input_ids))
+        for layer in self.model.layers:
+            if self.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, cu_seqlens, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cu_seqlens)
+        return self.lm_head(self.model.final_layernorm(x))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6N for the weights plus 12 * layers * hidden * seq for attention
+        (PaLM appendix B; the MFU formula in docs/training.md)."""
+        n = self.num_params() - self.model.embed_tokens.weight.numel()
+        return 6 * n + 12 * self.cfg.num_layers * self.cfg.hidden_size * seq_len
