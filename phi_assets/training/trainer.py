@@ -1,0 +1,300 @@
+"""The training loop: AdamW, warmup then decay, autocast, clipping, accumulation, exact resume.
+
+``train(cfg, sources, weights, out_dir)`` trains a ``PhiForCausalLM`` on a ``MixtureLoader`` and
+writes a checkpoint every ``checkpoint_every`` steps. A checkpoint holds the model, the optimizer,
+the step, every RNG state (python, numpy, torch, cuda) and the loader's state, written into a
+hidden directory and renamed into place, so a run killed at any moment (SIGKILL included) resumes
+from its last checkpoint and, on CPU, ends with bit-identical weights.
+
+Recipes are named functions deriving from each other: ``phi1_pretrain()`` (the phi-1 paper: lr 1e-3,
+750 warmup steps, weight decay 0.1, batch 1024 x 2048), ``phi1_finetune()`` (lr 1e-4, 50 warmup
+steps, weight decay 0.01, batch 256), ``phi1_5_pretrain()`` (lr 2e-4, no warmup, batch 2048), and
+``debug()`` for CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from phi_assets.mixture.loader import LoaderConfig, MixtureLoader
+from phi_assets.mixture.tokens import TokenShard
+from phi_assets.training import model as phi
+
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "debug_tiny"  # a recipe of model.RECIPES
+    seq_len: int = 128
+    micro_batch_size: int = 8  # sequences per forward pass
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 100
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
+    warmup_steps: int = 10
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-7
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    activation_checkpointing: bool = False
+    dropout: bool = True  # the recipe's dropout (off: deterministic forward passes)
+    seed: int = 0
+    checkpoint_every: int = 50
+    document_boundaries: bool = False
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    overrides: dict = field(default_factory=dict)  # model config fields, e.g. {"rope_theta": 250000}
+
+    def __post_init__(self) -> None:
+        if self.model not in phi.RECIPES:
+            raise ValueError(f"model must be one of {sorted(phi.RECIPES)}, got {self.model!r}")
+        if self.schedule not in SCHEDULES or self.precision not in PRECISIONS:
+            raise ValueError(
+                f"schedule in {SCHEDULES} and precision in {PRECISIONS}, got "
+                f"{self.schedule!r}, {self.precision!r}"
+            )
+        for name in ("seq_len", "micro_batch_size", "grad_accum", "max_steps", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(
+                f"lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {self.lr}, "
+                f"{self.warmup_steps}, {self.min_lr_ratio}"
+            )
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.micro_batch_size * self.grad_accum
+
+    def model_config(self, vocab_size: int) -> phi.PhiConfig:
+        cfg = phi.RECIPES[self.model]()
+        cfg = replace(
+            cfg,
+            vocab_size=vocab_size,
+            max_position_embeddings=max(cfg.max_position_embeddings, self.seq_len),
+            **self.overrides,
+        )
+        if not self.dropout:
+            cfg = replace(cfg, embd_pdrop=0.0, resid_pdrop=0.0, attention_dropout=0.0)
+        return cfg
+
+
+def debug() -> TrainConfig:
+    return TrainConfig()
+
+
+def phi1_pretrain() -> TrainConfig:
+    """phi-1: AdamW, lr 1e-3 after 750 warmup steps, weight decay 0.1, 1024 x 2048 tokens, 36k steps."""
+    return TrainConfig(
+        model="phi1",
+        seq_len=2048,
+        micro_batch_size=8,
+        grad_accum=128,
+        max_steps=36_000,
+        lr=1e-3,
+        warmup_steps=750,
+        weight_decay=0.1,
+        precision="bf16",
+        checkpoint_every=1000,
+    )
+
+
+def phi1_finetune() -> TrainConfig:
+    """phi-1 on CodeExercises: lr 1e-4, 50 warmup steps, weight decay 0.01, batch 256, 6k steps."""
+    return replace(phi1_pretrain(), grad_accum=32, max_steps=6000, lr=1e-4, warmup_steps=50, weight_decay=0.01)
+
+
+def phi1_5_pretrain() -> TrainConfig:
+    """phi-1.5: lr 2e-4, no warmup, weight decay 0.1, batch 2048 x 2048."""
+    return replace(phi1_pretrain(), model="phi1_5", grad_accum=256, lr=2e-4, warmup_steps=0, max_steps=72_000)
+
+
+TRAIN_RECIPES = {
+    "debug": debug,
+    "phi1_pretrain": phi1_pretrain,
+    "phi1_finetune": phi1_finetune,
+    "phi1_5_pretrain": phi1_5_pretrain,
+}
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine or linear decay to ``lr * min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """No weight decay on biases, LayerNorms and embeddings (GPT-3 practice)."""
+    decay, plain = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embed" not in name else plain).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+@dataclass
+class StepLog:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    tokens_per_s: float
+    mfu: float
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(out: Path, model, opt, step: int, loader: MixtureLoader, cfg: TrainConfig) -> Path:
+    """Atomically: written beside, fsynced, then renamed over the previous checkpoint."""
+    final, tmp = out / CHECKPOINT, out / f".{CHECKPOINT}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": _rng_state()},
+        tmp / "state.pt",
+    )
+    (tmp / "loader.json").write_text(json.dumps(loader.state_dict()))
+    (tmp / "config.json").write_text(json.dumps(asdict(cfg)))
+    for f in tmp.iterdir():
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
+    old = out / f".{CHECKPOINT}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(out: Path, model, opt, loader: MixtureLoader, cfg: TrainConfig) -> int:
+    path = out / CHECKPOINT
+    if not path.is_dir() and (out / f".{CHECKPOINT}.old").is_dir():  # killed between the two renames
+        os.rename(out / f".{CHECKPOINT}.old", path)
+    if not path.is_dir():
+        return 0
+    saved = json.loads((path / "config.json").read_text())
+    if saved != json.loads(json.dumps(asdict(cfg))):
+        raise ValueError(f"{path} was written with another training config; resume needs the same one")
+    state = torch.load(path / "state.pt", weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    loader.load_state_dict(json.loads((path / "loader.json").read_text()))
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def train(
+    cfg: TrainConfig,
+    sources: Mapping[str, list[TokenShard]],
+    weights: Mapping[str, float],
+    out: Path,
+    log: Callable[[StepLog], None] | None = None,
+    peak_flops: float = 0.0,
+) -> phi.PhiForCausalLM:
+    """Train (or resume) into ``out``; returns the model after ``max_steps``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    vocab = next(iter(next(iter(sources.values())))).stats.vocab_size
+    model = phi.PhiForCausalLM(cfg.model_config(vocab))
+    model.gradient_checkpointing = cfg.activation_checkpointing
+    opt = _optimizer(model, cfg)
+    loader = MixtureLoader(
+        sources,
+        weights,
+        LoaderConfig(
+            seq_len=cfg.seq_len,
+            batch_size=cfg.micro_batch_size,
+            seed=cfg.seed,
+            split="train",
+            document_boundaries=cfg.document_boundaries,
+        ),
+    )
+    step = _load_checkpoint(out, model, opt, loader, cfg)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
+    flops = model.flops_per_token(cfg.seq_len)
+    model.train()
+    while step < cfg.max_steps:
+        start = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = loader.next_batch()
+            ids, labels = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.labels)
+            kwargs = {}
+            if batch.position_ids is not None:
+                kwargs = {
+                    "position_ids": torch.from_numpy(batch.position_ids),
+                    "cu_seqlens": torch.from_numpy(batch.cu_seqlens),
+                }
+            with torch.autocast(
+                "cpu" if not torch.cuda.is_available() else "cuda", dtype=dtype, enabled=dtype is not None
+            ):
+                logits = model(ids, **kwargs)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten()) / cfg.grad_accum
+            scaler.scale(loss).backward()
+            total += loss.item()
+        scaler.unscale_(opt)
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        seconds = time.perf_counter() - start
+        tps = cfg.tokens_per_step / seconds
+        if log:
+            log(
+                StepLog(
+                    step,
+                    total,
+                    lr_at(step - 1, cfg),
+                    norm,
+                    step * cfg.tokens_per_step,
+                    tps,
+                    flops * tps / peak_flops if peak_flops else 0.0,
+                )
+            )
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            save_checkpoint(out, model, opt, step, loader, cfg)
+    return model

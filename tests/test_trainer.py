@@ -1,0 +1,113 @@
+"""The trainer on CPU: learning, schedules, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from phi_assets.mixture import tokenizer as tk
+from phi_assets.mixture import tokens
+from phi_assets.mixture.tokens import TokenShard
+from phi_assets.training import trainer
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, list[TokenShard]]:
+    root = tmp_path_factory.mktemp("train")
+    texts = [Path(os.__file__).parent.joinpath(n).read_text() for n in ("textwrap.py", "string.py", "shlex.py")]
+    tk.save(tk.train_bpe(iter(texts), 512), root / "tok")
+    loaded = tk.load(root / "tok")
+    docs = [p for t in texts for p in t.split("\n\n") if p.strip()]
+    out = {}
+    for name, part in (("code", docs[::2]), ("web", docs[1::2])):
+        ids = [f"{name}-{i}" for i in range(len(part))]
+        tokens.write_shard(iter([(ids, part)]), loaded, root / name, "t")
+        out[name] = [TokenShard.open(root / name)]
+    return out
+
+
+WEIGHTS = {"code": 0.7, "web": 0.3}
+
+
+def _cfg(**kw) -> trainer.TrainConfig:
+    base = {
+        "seq_len": 32,
+        "micro_batch_size": 4,
+        "grad_accum": 2,
+        "max_steps": 12,
+        "warmup_steps": 2,
+        "checkpoint_every": 4,
+        "threads": 1,
+        "lr": 3e-3,
+    }
+    return trainer.TrainConfig(**{**base, **kw})
+
+
+def _sha(model) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_loss_goes_down_and_every_step_is_logged(shards, tmp_path):
+    logs = []
+    trainer.train(_cfg(max_steps=30), shards, WEIGHTS, tmp_path, log=logs.append)
+    assert [entry.step for entry in logs] == list(range(1, 31))
+    assert sum(e.loss for e in logs[-5:]) < sum(e.loss for e in logs[:5])
+    assert logs[-1].tokens == 30 * 32 * 4 * 2 and all(e.tokens_per_s > 0 for e in logs)
+    assert (tmp_path / trainer.CHECKPOINT / "state.pt").is_file()
+
+
+def test_a_crashed_run_resumes_to_bit_identical_weights(shards, tmp_path):
+    whole = trainer.train(_cfg(), shards, WEIGHTS, tmp_path / "whole")
+
+    def crash(entry):
+        if entry.step == 7:  # after the checkpoint at step 4, before the one at 8
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(_cfg(), shards, WEIGHTS, tmp_path / "crashed", log=crash)
+    resumed_logs = []
+    resumed = trainer.train(_cfg(), shards, WEIGHTS, tmp_path / "crashed", log=resumed_logs.append)
+    assert resumed_logs[0].step == 5  # resumed from the step-4 checkpoint
+    assert _sha(resumed) == _sha(whole)
+
+
+def test_resume_refuses_another_config(shards, tmp_path):
+    trainer.train(_cfg(max_steps=4), shards, WEIGHTS, tmp_path)
+    with pytest.raises(ValueError, match="another training config"):
+        trainer.train(_cfg(max_steps=4, lr=1e-2), shards, WEIGHTS, tmp_path)
+
+
+@pytest.mark.parametrize("schedule", trainer.SCHEDULES)
+def test_schedule_warms_up_then_decays_to_the_floor(schedule):
+    cfg = trainer.TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule=schedule)
+    assert trainer.lr_at(0, cfg) == pytest.approx(0.1) and trainer.lr_at(9, cfg) == pytest.approx(1.0)
+    end = 1.0 if schedule == "constant" else 0.1
+    assert trainer.lr_at(100, cfg) == pytest.approx(end)
+
+
+def test_recipes_follow_the_papers():
+    p = trainer.phi1_pretrain()
+    assert (p.lr, p.warmup_steps, p.weight_decay, p.micro_batch_size * p.grad_accum) == (1e-3, 750, 0.1, 1024)
+    f = trainer.phi1_finetune()
+    assert (f.lr, f.warmup_steps, f.weight_decay, f.micro_batch_size * f.grad_accum) == (1e-4, 50, 0.01, 256)
+    assert trainer.phi1_5_pretrain().lr == 2e-4 and trainer.phi1_5_pretrain().warmup_steps == 0
+
+
+def test_bf16_autocast_and_activation_checkpointing_train(shards, tmp_path):
+    logs = []
+    trainer.train(
+        _cfg(max_steps=3, precision="bf16", activation_checkpointing=True),
+        shards,
+        WEIGHTS,
+        tmp_path,
+        log=logs.append,
+    )
+    assert len(logs) == 3 and all(torch.isfinite(torch.tensor(e.loss)) for e in logs)
