@@ -111,3 +111,91 @@ def test_bf16_autocast_and_activation_checkpointing_train(shards, tmp_path):
         log=logs.append,
     )
     assert len(logs) == 3 and all(torch.isfinite(torch.tensor(e.loss)) for e in logs)
+
+
+def _entry_config(shards, tok_dir: Path, out: Path) -> Path:
+    import json
+
+    config = {
+        "recipe": "debug",
+        "train": {
+            "seq_len": 64,
+            "micro_batch_size": 8,
+            "grad_accum": 2,
+            "max_steps": 40,
+            "checkpoint_every": 10,
+            "warmup_steps": 4,
+            "threads": 1,
+        },
+        "sources": {n: [str(s.path) for s in found] for n, found in shards.items()},
+        "weights": WEIGHTS,
+        "tokenizer": str(tok_dir),
+        "out": str(out),
+    }
+    path = out.parent / f"{out.name}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _entry(config: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "phi_assets.training.entrypoint", "--config", str(config)]
+
+
+def test_sigkilled_run_resumes_to_the_same_exported_weights(shards, tmp_path):
+    """A run SIGKILLed mid-way (after its step-10 checkpoint) and started again exports weights
+    bit-identical (sha256 of model.safetensors) to an uninterrupted run's; the export loads in
+    transformers with the same logits."""
+    import signal
+    import subprocess
+    import time
+
+    import transformers
+
+    root = Path(__file__).resolve().parents[1]
+    tok_dir = shards["code"][0].path.parent / "tok"
+    whole = subprocess.run(
+        _entry(_entry_config(shards, tok_dir, tmp_path / "whole")),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _entry(_entry_config(shards, tok_dir, out)),
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        lines = (out / "metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").exists() else 0
+        if lines >= 14:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not (out / "hf").exists()
+    again = subprocess.run(
+        _entry(out.parent / "killed.json"), cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    digest = [
+        hashlib.sha256((d / "hf" / "model.safetensors").read_bytes()).hexdigest()
+        for d in (tmp_path / "whole", out)
+    ]
+    assert digest[0] == digest[1]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out / "hf")
+    ids = torch.tensor([tok.encode("def f(x):\n    return x")])
+    from safetensors.torch import load_file
+
+    from phi_assets.training import model as phi
+
+    ours = phi.PhiForCausalLM(trainer.debug().model_config(tok.vocab_size)).eval()
+    ours.load_state_dict(load_file(out / "hf" / "model.safetensors"))
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-5
