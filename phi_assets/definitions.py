@@ -14,6 +14,7 @@ from phi_assets.mixture.assets import MIXTURE_ASSETS
 from phi_assets.mixture.search_assets import SEARCH_ASSETS
 from phi_assets.synthetic.assets import generator_model
 from phi_assets.synthetic.generated import SYNTHETIC_ASSETS
+from phi_assets.training.assets import TRAINING_ASSETS
 from resources import build_executor, build_resources, load_profile
 from sensors import ALL_SENSORS
 
@@ -22,7 +23,8 @@ def build_definitions() -> dg.Definitions:
     profile = load_profile()
     return dg.Definitions(
         assets=[raw_code_shards, raw_web_shards, raw_catalog, generator_model, *CURATION_ASSETS,
-                *SYNTHETIC_ASSETS, *MIXTURE_ASSETS, *SEARCH_ASSETS],
+                *SYNTHETIC_ASSETS, *MIXTURE_ASSETS, *SEARCH_ASSETS,
+                *TRAINING_ASSETS],
         jobs=ALL_JOBS,
         sensors=ALL_SENSORS,
         resources=build_resources(profile),

@@ -72,6 +72,7 @@ def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
         "llm": build_llm(profile, store),
         "encoder": EncoderResource(model=os.environ.get("PHI_ENCODER_MODEL", "")),
         "decontamination": DecontaminationResource(mbpp_path=os.environ.get("PHI_MBPP_PATH", "")),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 
 

@@ -37,6 +37,7 @@ class Sizes:
     mixture_proxies: int = 16  # proxy models of the mixture search (RegMix trains 512)
     proxy_steps: int = 100  # training steps per proxy
     proxy_seq_len: int = 128
+    train_seq_len: int = 128  # the pretraining run's sequence length (its steps follow the token budget)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -64,7 +65,7 @@ def _sizes_for(name: str) -> Sizes:
                      edu_annotations_per_source=64, synthetic_batches=2, textbooks_per_batch=3,
                      exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
                      synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=8,
-                     proxy_steps=20, proxy_seq_len=64)
+                     proxy_steps=20, proxy_seq_len=64, train_seq_len=64)
     return Sizes()
 
 

@@ -1,7 +1,7 @@
 """The training process: ``python -m phi_assets.training.entrypoint --config FILE``.
 
 Runs standalone, under torchrun, or launched by a Dagster asset through Pipes (then every step's
-metrics stream back as Pipes messages and the final numbers become the asset's metadata). The
+metrics stream back as Pipes messages, and a last message carries the summary). The
 config file (JSON) names everything the run reads and writes:
 
     {"train": {TrainConfig fields} | "recipe": "debug",  "overrides": {...},
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with open_dagster_pipes() as pipes:
             summary = run(config, pipes)
-            pipes.report_asset_materialization(metadata={k: v for k, v in summary.items() if k != "hf"})
+            pipes.report_custom_message({"kind": "summary", **summary})
     else:
         summary = run(config)
     print(json.dumps(summary))
