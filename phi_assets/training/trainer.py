@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 from phi_assets.mixture.loader import LoaderConfig, MixtureLoader
 from phi_assets.mixture.tokens import TokenShard
+from phi_assets.training import distributed
 from phi_assets.training import model as phi
 
 SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16")  # fp16 needs a loss scaler: not built yet
 CHECKPOINT = "checkpoint"
 
 
@@ -59,11 +60,18 @@ class TrainConfig:
     checkpoint_every: int = 50
     document_boundaries: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
+    backend: str = "torch"  # torch (DDP under torchrun) or deepspeed (ZeRO zero_stage)
+    zero_stage: int = 2
     overrides: dict = field(default_factory=dict)  # model config fields, e.g. {"rope_theta": 250000}
 
     def __post_init__(self) -> None:
         if self.model not in phi.RECIPES:
             raise ValueError(f"model must be one of {sorted(phi.RECIPES)}, got {self.model!r}")
+        if self.backend not in distributed.BACKENDS or self.zero_stage not in (0, 1, 2):
+            raise ValueError(
+                f"backend in {distributed.BACKENDS} and zero_stage in 0-2, got {self.backend!r}, "
+                f"{self.zero_stage}"
+            )
         if self.schedule not in SCHEDULES or self.precision not in PRECISIONS:
             raise ValueError(
                 f"schedule in {SCHEDULES} and precision in {PRECISIONS}, got "
@@ -227,13 +235,15 @@ def train(
     log: Callable[[StepLog], None] | None = None,
     peak_flops: float = 0.0,
 ) -> phi.PhiForCausalLM:
-    """Train (or resume) into ``out``; returns the model after ``max_steps``."""
+    """Train (or resume) into ``out``; returns the model after ``max_steps``. Under torchrun or the
+    deepspeed launcher every rank reads its rows of each global batch; rank 0 logs and checkpoints."""
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    world = distributed.World.from_env()
     vocab = next(iter(next(iter(sources.values())))).stats.vocab_size
     model = phi.PhiForCausalLM(cfg.model_config(vocab))
     model.gradient_checkpointing = cfg.activation_checkpointing
@@ -243,20 +253,35 @@ def train(
         weights,
         LoaderConfig(
             seq_len=cfg.seq_len,
-            batch_size=cfg.micro_batch_size,
+            batch_size=cfg.micro_batch_size * world.world_size,
             seed=cfg.seed,
             split="train",
             document_boundaries=cfg.document_boundaries,
+            rank=world.rank,
+            world_size=world.world_size,
         ),
     )
+    if cfg.backend == "deepspeed" and (out / CHECKPOINT).exists():
+        raise ValueError(f"{out}: resuming a DeepSpeed run is not built yet; start in a new directory")
     step = _load_checkpoint(out, model, opt, loader, cfg)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
+    runner = distributed.setup(
+        model,
+        opt,
+        backend=cfg.backend,
+        zero_stage=cfg.zero_stage,
+        grad_clip=cfg.grad_clip,
+        accum=cfg.grad_accum,
+        micro_batch=cfg.micro_batch_size,
+        precision=cfg.precision,
+    )
+    deepspeed = cfg.backend == "deepspeed"
+    dtype = {"bf16": torch.bfloat16}.get(cfg.precision)
+    autocast_dtype = None if deepspeed else dtype  # DeepSpeed keeps bf16 weights itself
     flops = model.flops_per_token(cfg.seq_len)
     model.train()
     while step < cfg.max_steps:
         start = time.perf_counter()
-        for group in opt.param_groups:
+        for group in runner.optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         total = 0.0
         for _ in range(cfg.grad_accum):
@@ -269,32 +294,36 @@ def train(
                     "cu_seqlens": torch.from_numpy(batch.cu_seqlens),
                 }
             with torch.autocast(
-                "cpu" if not torch.cuda.is_available() else "cuda", dtype=dtype, enabled=dtype is not None
+                "cuda" if torch.cuda.is_available() else "cpu",
+                dtype=autocast_dtype,
+                enabled=autocast_dtype is not None,
             ):
-                logits = model(ids, **kwargs)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten()) / cfg.grad_accum
-            scaler.scale(loss).backward()
-            total += loss.item()
-        scaler.unscale_(opt)
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
+                logits = runner.forward(ids, **kwargs)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+            runner.backward(loss if deepspeed else loss / cfg.grad_accum)  # DeepSpeed divides by itself
+            total += loss.item() / cfg.grad_accum
+            if deepspeed:
+                norm = runner.step()  # steps the optimizer at the accumulation boundary only
+        if not deepspeed:
+            norm = runner.step()
         step += 1
         seconds = time.perf_counter() - start
-        tps = cfg.tokens_per_step / seconds
-        if log:
+        tps = cfg.tokens_per_step * world.world_size / seconds
+        if log and world.rank == 0:
             log(
                 StepLog(
                     step,
                     total,
                     lr_at(step - 1, cfg),
                     norm,
-                    step * cfg.tokens_per_step,
+                    step * cfg.tokens_per_step * world.world_size,
                     tps,
                     flops * tps / peak_flops if peak_flops else 0.0,
                 )
             )
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            save_checkpoint(out, model, opt, step, loader, cfg)
+            if deepspeed:
+                runner.save(out / "deepspeed")
+            elif world.rank == 0:
+                save_checkpoint(out, model, opt, step, loader, cfg)
     return model

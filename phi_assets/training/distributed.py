@@ -1,0 +1,123 @@
+"""Data parallelism in one place: plain torch, DDP under torchrun, or DeepSpeed ZeRO-1/2.
+
+``setup(model, optimizer, cfg)`` reads the launcher's environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, set by torchrun and the deepspeed launcher), initialises the process group (gloo on
+CPU, nccl on CUDA) and returns a ``Runner`` with one interface for the training loop: ``forward``,
+``backward``, ``step`` (clipping included) and ``save``. DeepSpeed is imported here only, when
+``cfg.backend == "deepspeed"``; on CPU it needs ``DS_ACCELERATOR=cpu``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+BACKENDS = ("torch", "deepspeed")
+
+
+@dataclass
+class World:
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @classmethod
+    def from_env(cls) -> World:
+        return cls(
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
+
+
+class Runner:
+    """The plain torch loop (DDP-wrapped when there are several processes)."""
+
+    def __init__(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, world: World
+    ):
+        self.module, self.optimizer, self.grad_clip, self.world = model, optimizer, grad_clip, world
+        self.model = model
+        if world.world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(model)
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.model(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> float:
+        norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+
+class DeepSpeedRunner(Runner):
+    """DeepSpeed's engine: it accumulates, clips and steps (ZeRO stage ``zero_stage``)."""
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        grad_clip: float,
+        world: World,
+        zero_stage: int,
+        accum: int,
+        micro_batch: int,
+        precision: str,
+    ):
+        import deepspeed
+
+        config = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": accum,
+            "gradient_clipping": grad_clip,
+            "zero_optimization": {"stage": zero_stage},
+            "bf16": {"enabled": precision == "bf16"},
+            "steps_per_print": 10**9,
+        }
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=config
+        )
+        self.module, self.model, self.grad_clip, self.world = model, self.engine, grad_clip, world
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> float:
+        self.engine.step()  # at the accumulation boundary it clips and steps the optimizer
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory))
+
+
+def setup(
+    model,
+    optimizer,
+    *,
+    backend: str,
+    zero_stage: int,
+    grad_clip: float,
+    accum: int,
+    micro_batch: int,
+    precision: str,
+) -> Runner:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    world = World.from_env()
+    if backend == "deepspeed":
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        return DeepSpeedRunner(model, optimizer, grad_clip, world, zero_stage, accum, micro_batch, precision)
+    if world.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Runner(model, optimizer, grad_clip, world)
