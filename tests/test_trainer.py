@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -242,3 +243,13 @@ def test_deepspeed_zero2_trains_on_two_cpu_ranks(shards, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 9))  # rank 0 only
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["tokens"] == 8 * 64 * 4 * 2 * 2
     assert {p.name for p in (out / "deepspeed").iterdir()} >= {"global_step4", "global_step8", "latest"}
+
+
+def test_midtraining_raises_the_rope_base_and_reports_both_lengths(shards, tmp_path):
+    base = _cfg(max_steps=6)
+    model = trainer.train(base, shards, WEIGHTS, tmp_path / "pre")
+    mid = trainer.midtrain(base)
+    assert mid.seq_len == 64 and mid.lr == pytest.approx(3e-4) and mid.model_config(512).rope_theta == 250_000
+    short = trainer.validation_loss(model, shards, WEIGHTS, base.seq_len)
+    long = trainer.validation_loss(model, shards, WEIGHTS, mid.seq_len)
+    assert all(map(math.isfinite, (short, long))) and short != long

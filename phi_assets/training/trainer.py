@@ -327,3 +327,42 @@ def train(
             elif world.rank == 0:
                 save_checkpoint(out, model, opt, step, loader, cfg)
     return model
+
+
+def validation_loss(
+    model: phi.PhiForCausalLM,
+    sources: Mapping[str, list[TokenShard]],
+    weights: Mapping[str, float],
+    seq_len: int,
+    batches: int = 4,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> float:
+    """Mean loss on fixed batches of the held-out documents at ``seq_len`` (midtraining reports it at
+    the old and the new context length)."""
+    loader = MixtureLoader(
+        sources, weights, LoaderConfig(seq_len=seq_len, batch_size=batch_size, seed=seed, split="val")
+    )
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for _ in range(batches):
+            b = loader.next_batch()
+            logits = model(torch.from_numpy(b.input_ids))
+            losses.append(
+                float(F.cross_entropy(logits.float().flatten(0, 1), torch.from_numpy(b.labels).flatten()))
+            )
+    model.train()
+    return float(np.mean(losses))
+
+
+def midtrain(
+    base: TrainConfig, rope_theta: float = 250_000.0, seq_len_factor: int = 2, lr_factor: float = 0.1
+) -> TrainConfig:
+    """phi-4's context extension: a higher RoPE base, longer sequences, a lower peak learning rate."""
+    return replace(
+        base,
+        seq_len=base.seq_len * seq_len_factor,
+        lr=base.lr * lr_factor,
+        overrides={**base.overrides, "rope_theta": rope_theta},
+    )
