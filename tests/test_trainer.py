@@ -253,3 +253,49 @@ def test_midtraining_raises_the_rope_base_and_reports_both_lengths(shards, tmp_p
     short = trainer.validation_loss(model, shards, WEIGHTS, base.seq_len)
     long = trainer.validation_loss(model, shards, WEIGHTS, mid.seq_len)
     assert all(map(math.isfinite, (short, long))) and short != long
+
+
+def _pairs(n: int = 60) -> list[tuple[str, str]]:
+    return [(f'def add_{i}(x):\n    """Return x plus {i}."""\n', f"    return x + {i}\n") for i in range(n)]
+
+
+def test_sft_batches_put_the_loss_on_completions_only(shards):
+    from phi_assets.training import sft
+
+    loaded = tk.load(shards["code"][0].path.parent / "tok")
+    examples = sft.encode_pairs(loaded, _pairs(8))
+    batch = sft.SFTLoader(examples, seq_len=48, batch_size=8, pad_id=loaded.eot_id).next_batch()
+    for row_ids, row_labels in zip(batch.input_ids, batch.labels, strict=True):
+        text_ids = [int(t) for t in row_ids]
+        prompt_end = next(
+            e.num_prompt for e in examples if list(e.ids[: e.num_prompt]) == text_ids[: e.num_prompt]
+        )
+        assert (row_labels[: prompt_end - 1] == sft.IGNORE).all()  # label t predicts token t+1
+        kept = row_labels[row_labels != sft.IGNORE]
+        assert len(kept) and loaded.tokenizer.decode(kept.tolist()).startswith("    return x + ")
+
+
+def test_sft_from_a_parent_checkpoint_learns_the_completions(shards, tmp_path):
+    from safetensors.torch import save_file
+
+    from phi_assets.training import sft
+
+    loaded = tk.load(shards["code"][0].path.parent / "tok")
+    parent = trainer.train(_cfg(max_steps=4), shards, WEIGHTS, tmp_path / "pre")
+    (tmp_path / "export").mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in parent.state_dict().items()}, tmp_path / "export" / "model.safetensors"
+    )
+    examples = sft.encode_pairs(loaded, _pairs())
+    cfg = _cfg(max_steps=40, lr=3e-3, grad_accum=1, micro_batch_size=8)
+    logs = []
+    model = trainer.train_on(
+        cfg,
+        lambda: sft.SFTLoader(examples, cfg.seq_len, 8, loaded.eot_id, seed=1),
+        loaded.vocab_size,
+        tmp_path / "sft",
+        log=logs.append,
+        init=tmp_path / "export",
+    )
+    assert sum(e.loss for e in logs[-5:]) < 0.5 * sum(e.loss for e in logs[:5])
+    assert not torch.equal(model.lm_head.weight, parent.lm_head.weight)

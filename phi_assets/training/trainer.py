@@ -227,28 +227,12 @@ def _load_checkpoint(out: Path, model, opt, loader: MixtureLoader, cfg: TrainCon
     return int(state["step"])
 
 
-def train(
-    cfg: TrainConfig,
-    sources: Mapping[str, list[TokenShard]],
-    weights: Mapping[str, float],
-    out: Path,
-    log: Callable[[StepLog], None] | None = None,
-    peak_flops: float = 0.0,
-) -> phi.PhiForCausalLM:
-    """Train (or resume) into ``out``; returns the model after ``max_steps``. Under torchrun or the
-    deepspeed launcher every rank reads its rows of each global batch; rank 0 logs and checkpoints."""
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+def mixture_loader(
+    cfg: TrainConfig, sources: Mapping[str, list[TokenShard]], weights: Mapping[str, float]
+) -> MixtureLoader:
+    """The pretraining loader: this rank's rows of each global batch of the mixture."""
     world = distributed.World.from_env()
-    vocab = next(iter(next(iter(sources.values())))).stats.vocab_size
-    model = phi.PhiForCausalLM(cfg.model_config(vocab))
-    model.gradient_checkpointing = cfg.activation_checkpointing
-    opt = _optimizer(model, cfg)
-    loader = MixtureLoader(
+    return MixtureLoader(
         sources,
         weights,
         LoaderConfig(
@@ -261,6 +245,48 @@ def train(
             world_size=world.world_size,
         ),
     )
+
+
+def train(
+    cfg: TrainConfig,
+    sources: Mapping[str, list[TokenShard]],
+    weights: Mapping[str, float],
+    out: Path,
+    log: Callable[[StepLog], None] | None = None,
+    peak_flops: float = 0.0,
+) -> phi.PhiForCausalLM:
+    """Pretrain on the mixture (see ``train_on``)."""
+    vocab = next(iter(next(iter(sources.values())))).stats.vocab_size
+    return train_on(cfg, lambda: mixture_loader(cfg, sources, weights), vocab, out, log, peak_flops)
+
+
+def train_on(
+    cfg: TrainConfig,
+    make_loader: Callable[[], object],
+    vocab: int,
+    out: Path,
+    log: Callable[[StepLog], None] | None = None,
+    peak_flops: float = 0.0,
+    init: Path | None = None,
+) -> phi.PhiForCausalLM:
+    """Train (or resume) into ``out`` on the batches of ``make_loader()`` (a MixtureLoader or an
+    SFTLoader); ``init`` starts from an exported model (a parent checkpoint). Under torchrun or the
+    deepspeed launcher every rank reads its rows of each global batch; rank 0 logs and checkpoints."""
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    world = distributed.World.from_env()
+    model = phi.PhiForCausalLM(cfg.model_config(vocab))
+    if init is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(init / "model.safetensors"))
+    model.gradient_checkpointing = cfg.activation_checkpointing
+    opt = _optimizer(model, cfg)
+    loader = make_loader()
     if cfg.backend == "deepspeed" and (out / CHECKPOINT).exists():
         raise ValueError(f"{out}: resuming a DeepSpeed run is not built yet; start in a new directory")
     step = _load_checkpoint(out, model, opt, loader, cfg)
