@@ -299,3 +299,44 @@ def test_sft_from_a_parent_checkpoint_learns_the_completions(shards, tmp_path):
     )
     assert sum(e.loss for e in logs[-5:]) < 0.5 * sum(e.loss for e in logs[:5])
     assert not torch.equal(model.lm_head.weight, parent.lm_head.weight)
+
+
+def test_dpo_prefers_the_chosen_answers_and_leaves_the_reference_frozen(shards, tmp_path):
+    import copy
+
+    from safetensors.torch import save_file
+
+    from phi_assets.training import dpo
+
+    loaded = tk.load(shards["code"][0].path.parent / "tok")
+    parent = trainer.train(_cfg(max_steps=4), shards, WEIGHTS, tmp_path / "pre")
+    (tmp_path / "export").mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in parent.state_dict().items()}, tmp_path / "export" / "model.safetensors"
+    )
+    reference = copy.deepcopy(parent)
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    triples = [(f"def add_{i}(x):\n", f"    return x + {i}\n", f"    return x - {i}\n") for i in range(40)]
+    pairs = dpo.encode_preferences(loaded, triples)
+    cfg = _cfg(max_steps=30, lr=1e-3, grad_accum=1, micro_batch_size=4, dropout=False)
+    make = lambda: dpo.DPOLoader(pairs, cfg.seq_len, 4, loaded.eot_id, seed=2)  # noqa: E731
+    logs = []
+    policy = trainer.train_on(
+        cfg,
+        make,
+        loaded.vocab_size,
+        tmp_path / "dpo",
+        log=logs.append,
+        init=tmp_path / "export",
+        loss_fn=dpo.dpo_loss(reference, beta=0.5),
+    )
+    assert logs[0].loss == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at the start
+    assert logs[-1].loss < logs[0].loss
+    assert all(torch.equal(v, before[k]) for k, v in reference.state_dict().items())
+    batch = make().next_batch()
+    with torch.no_grad():
+        ids, labels = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.labels)
+        margin = lambda m: dpo.sequence_logprobs(m(ids), labels).view(2, -1)  # noqa: E731
+        assert (
+            (margin(policy.eval())[0] - margin(policy)[1]) > (margin(reference)[0] - margin(reference)[1])
+        ).all()

@@ -268,10 +268,12 @@ def train_on(
     log: Callable[[StepLog], None] | None = None,
     peak_flops: float = 0.0,
     init: Path | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> phi.PhiForCausalLM:
     """Train (or resume) into ``out`` on the batches of ``make_loader()`` (a MixtureLoader or an
     SFTLoader); ``init`` starts from an exported model (a parent checkpoint). Under torchrun or the
-    deepspeed launcher every rank reads its rows of each global batch; rank 0 logs and checkpoints."""
+    deepspeed launcher every rank reads its rows of each global batch; rank 0 logs and checkpoints.
+    ``loss_fn(logits, input_ids, labels)`` replaces the next-token loss (DPO)."""
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -325,7 +327,10 @@ def train_on(
                 enabled=autocast_dtype is not None,
             ):
                 logits = runner.forward(ids, **kwargs)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+                if loss_fn is None:  # next-token loss; labels of -100 (prompts, padding) are ignored
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+                else:
+                    loss = loss_fn(logits, ids, labels)
             runner.backward(loss if deepspeed else loss / cfg.grad_accum)  # DeepSpeed divides by itself
             total += loss.item() / cfg.grad_accum
             if deepspeed:

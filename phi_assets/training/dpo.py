@@ -1,0 +1,85 @@
+"""Direct preference optimisation (Rafailov et al., 2023) against a frozen reference model.
+
+A preference is (prompt, chosen, rejected). ``DPOLoader`` yields batches whose first half holds the
+chosen completions and second half the rejected ones, in the same order, with the loss masked to
+the completions (as SFT). ``dpo_loss(reference, beta)`` returns the trainer's ``loss_fn``:
+``-log sigmoid(beta * ((log pi(c) - log ref(c)) - (log pi(r) - log ref(r))))``, averaged over pairs;
+the reference runs without gradients and never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from phi_assets.mixture.loader import Batch
+from phi_assets.mixture.tokenizer import Loaded
+from phi_assets.training.sft import IGNORE, Example, SFTLoader, encode_pairs
+
+
+def encode_preferences(
+    loaded: Loaded, triples: Sequence[tuple[str, str, str]]
+) -> list[tuple[Example, Example]]:
+    chosen = encode_pairs(loaded, [(p, c) for p, c, _ in triples])
+    rejected = encode_pairs(loaded, [(p, r) for p, _, r in triples])
+    return list(zip(chosen, rejected, strict=True))
+
+
+class DPOLoader:
+    """``batch_size`` pairs per batch: rows [chosen..., rejected...]; deterministic and resumable."""
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Example, Example]],
+        seq_len: int,
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+    ):
+        self.chosen = SFTLoader([c for c, _ in pairs], seq_len, batch_size, pad_id, seed)
+        self.rejected = SFTLoader([r for _, r in pairs], seq_len, batch_size, pad_id, seed)
+        if len(self.chosen.examples) != len(self.rejected.examples):
+            raise ValueError("a pair's prompt fills the window on one side only; raise seq_len")
+
+    def next_batch(self) -> Batch:
+        c, r = self.chosen.next_batch(), self.rejected.next_batch()  # same seed: the same pairs, in order
+        return Batch(
+            torch.cat([torch.from_numpy(c.input_ids), torch.from_numpy(r.input_ids)]).numpy(),
+            torch.cat([torch.from_numpy(c.labels), torch.from_numpy(r.labels)]).numpy(),
+            c.sources + r.sources,
+        )
+
+    def epochs(self) -> dict[str, float]:
+        return self.chosen.epochs()
+
+    def state_dict(self) -> dict:
+        return self.chosen.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.chosen.load_state_dict(state)
+        self.rejected.load_state_dict(state)
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(rows,): the summed log-probability of each row's unmasked labels."""
+    mask = labels != IGNORE
+    logp = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, labels.clamp(min=0)[..., None])[..., 0]
+    return (logp * mask).sum(dim=1)
+
+
+def dpo_loss(reference: torch.nn.Module, beta: float = 0.1):
+    reference.eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+
+    def loss_fn(logits: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            ref = sequence_logprobs(reference(input_ids), labels)
+        pol = sequence_logprobs(logits, labels)
+        half = len(pol) // 2
+        margin = (pol[:half] - ref[:half]) - (pol[half:] - ref[half:])
+        return -F.logsigmoid(beta * margin).mean()
+
+    return loss_fn
