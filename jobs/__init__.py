@@ -32,6 +32,13 @@ from phi_assets.synthetic.generated import (
     synthetic_textbooks,
     topics,
 )
+from phi_assets.training.assets import (
+    dpo_checkpoint,
+    midtrained_checkpoint,
+    preference_pairs,
+    pretrained_checkpoint,
+    sft_checkpoint,
+)
 
 ingest_code_job = dg.define_asset_job(
     "ingest_code_job", selection=[raw_code_shards, quality_filtered_code_shards], partitions_def=code_shards,
@@ -94,8 +101,17 @@ mixture_job = dg.define_asset_job(
 
 INGEST_JOBS = {"code": ingest_code_job, "web": ingest_web_job}
 CORPUS_JOBS = {"code": filter_code_corpus_job, "web": filter_web_corpus_job}
+training_job = dg.define_asset_job(
+    "training_job", selection=[pretrained_checkpoint, midtrained_checkpoint, sft_checkpoint, preference_pairs,
+                               dpo_checkpoint],
+    description="The training chain: pretrain on the mixture, midtrain (long context), SFT, preference "
+                "pairs from the SFT policy, DPO. Each stage resumes from its last checkpoint when retried.")
+posttraining_job = dg.define_asset_job(
+    "posttraining_job", selection=[sft_checkpoint, preference_pairs, dpo_checkpoint],
+    description="SFT, preference pairs and DPO from the current midtrained checkpoint.")
+
 ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_job, edu_classifier_job,
             filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
             synthetic_corpus_job, tokenizer_job, tokenize_code_job, tokenize_web_job, tokenize_synthetic_job,
-            mixture_proxy_job, mixture_job]
+            mixture_proxy_job, mixture_job, training_job, posttraining_job]
 TOKENIZE_JOBS = {"code": tokenize_code_job, "web": tokenize_web_job}

@@ -11,6 +11,7 @@ from resources.artifact_store import ArtifactStore
 from resources.curation import DecontaminationResource, EncoderResource
 from resources.llm import LLMEngine
 from resources.profiles import Profile, load_profile
+from resources.training import SubprocessLauncher, TrainingLauncher
 
 
 class ProfileResource(dg.ConfigurableResource):
@@ -64,6 +65,16 @@ def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | N
     )
 
 
+def build_training_launcher(profile: Profile) -> TrainingLauncher:
+    """Training runs as child processes on local/ci; as Kubernetes Jobs (PyTorchJobs across nodes) on
+    the A100 pool for k8s (``phi_assets.training.launch``)."""
+    if profile.name == "k8s":
+        from phi_assets.training.launch import K8sTrainingLauncher
+
+        return K8sTrainingLauncher()
+    return SubprocessLauncher(root=f"{profile.phi_home}/runs")
+
+
 def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
     store = ArtifactStore(root=profile.artifact_root)
     return {
@@ -72,7 +83,7 @@ def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
         "llm": build_llm(profile, store),
         "encoder": EncoderResource(model=os.environ.get("PHI_ENCODER_MODEL", "")),
         "decontamination": DecontaminationResource(mbpp_path=os.environ.get("PHI_MBPP_PATH", "")),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "training_launcher": build_training_launcher(profile),
     }
 
 

@@ -38,6 +38,7 @@ class Sizes:
     proxy_steps: int = 100  # training steps per proxy
     proxy_seq_len: int = 128
     train_seq_len: int = 128  # the pretraining run's sequence length (its steps follow the token budget)
+    preference_problems: int = 24  # problems the DPO policy is sampled on (MBPP train + verified exercises)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -65,7 +66,8 @@ def _sizes_for(name: str) -> Sizes:
                      edu_annotations_per_source=64, synthetic_batches=2, textbooks_per_batch=3,
                      exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
                      synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=8,
-                     proxy_steps=20, proxy_seq_len=64, train_seq_len=64)
+                     proxy_steps=20, proxy_seq_len=64, train_seq_len=64,
+                     preference_problems=8)
     return Sizes()
 
 

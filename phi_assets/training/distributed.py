@@ -34,6 +34,14 @@ class World:
         )
 
 
+def device(world: World) -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` where CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
+
+
 class Runner:
     """The plain torch loop (DDP-wrapped when there are several processes)."""
 
@@ -43,7 +51,10 @@ class Runner:
         self.module, self.optimizer, self.grad_clip, self.world = model, optimizer, grad_clip, world
         self.model = model
         if world.world_size > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(model)
+            on_cuda = next(model.parameters()).is_cuda
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[world.local_rank] if on_cuda else None
+            )
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         return self.model(*args, **kwargs)
@@ -95,8 +106,22 @@ class DeepSpeedRunner(Runner):
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    def save(self, directory: Path) -> None:
-        self.engine.save_checkpoint(str(directory))
+    def save(self, directory: Path, client_state: dict) -> None:
+        """Collective: each rank writes its ZeRO partition under ``global_stepN``; DeepSpeed then
+        points ``latest`` at it, so a reader never takes a half-written tag."""
+        self.engine.save_checkpoint(
+            str(directory), tag=f"global_step{client_state['step']}", client_state=client_state
+        )
+
+    def load(self, directory: Path) -> dict | None:
+        """The ``client_state`` of the latest checkpoint (engine, optimizer and ZeRO shards restored),
+        or None where there is none."""
+        if not (directory / "latest").is_file():
+            return None
+        path, client_state = self.engine.load_checkpoint(str(directory))
+        if path is None:
+            raise ValueError(f"{directory}: DeepSpeed could not load its latest checkpoint")
+        return client_state
 
 
 def setup(

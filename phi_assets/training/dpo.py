@@ -37,9 +37,11 @@ class DPOLoader:
         batch_size: int,
         pad_id: int,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        self.chosen = SFTLoader([c for c, _ in pairs], seq_len, batch_size, pad_id, seed)
-        self.rejected = SFTLoader([r for _, r in pairs], seq_len, batch_size, pad_id, seed)
+        self.chosen = SFTLoader([c for c, _ in pairs], seq_len, batch_size, pad_id, seed, rank, world_size)
+        self.rejected = SFTLoader([r for _, r in pairs], seq_len, batch_size, pad_id, seed, rank, world_size)
         if len(self.chosen.examples) != len(self.rejected.examples):
             raise ValueError("a pair's prompt fills the window on one side only; raise seq_len")
 
@@ -83,3 +85,23 @@ def dpo_loss(reference: torch.nn.Module, beta: float = 0.1):
         return -F.logsigmoid(beta * margin).mean()
 
     return loss_fn
+
+
+def preference_accuracy(
+    model: torch.nn.Module, reference: torch.nn.Module, loader: DPOLoader, pairs: int
+) -> float:
+    """Share of (up to ``pairs``) pairs whose implicit reward prefers the chosen answer: the policy's
+    log-ratio to the reference is higher on the chosen completion than on the rejected one."""
+    device = next(model.parameters()).device
+    model.eval()
+    wins, seen = 0, 0
+    with torch.no_grad():
+        while seen < pairs:
+            b = loader.next_batch()
+            ids, labels = torch.from_numpy(b.input_ids).to(device), torch.from_numpy(b.labels).to(device)
+            ratio = sequence_logprobs(model(ids), labels) - sequence_logprobs(reference(ids), labels)
+            half = len(ratio) // 2
+            take = min(half, pairs - seen)
+            wins += int((ratio[:half] > ratio[half:])[:take].sum())
+            seen += take
+    return wins / max(pairs, 1)

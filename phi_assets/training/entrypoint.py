@@ -1,21 +1,32 @@
 """The training process: ``python -m phi_assets.training.entrypoint --config FILE``.
 
-Runs standalone, under torchrun, or launched by a Dagster asset through Pipes (then every step's
-metrics stream back as Pipes messages, and a last message carries the summary). The
-config file (JSON) names everything the run reads and writes:
+Runs standalone, under torchrun or the deepspeed launcher, or launched by a Dagster asset through
+Pipes (then rank 0 streams every step's metrics back as Pipes messages, and a last message carries
+the summary). The config file (JSON; a local path or an fsspec URI) names everything the run reads
+and writes:
 
-    {"train": {TrainConfig fields} | "recipe": "debug",  "overrides": {...},
-     "sources": {"filtered_code": ["path/to/tokens", ...], ...}, "weights": {"filtered_code": 0.7, ...},
-     "tokenizer": "path/to/tokenizer", "out": "path/to/run"}
+    {"stage": "pretrain" | "midtrain" | "sft" | "dpo",
+     "train": {TrainConfig fields}  (or "recipe": "debug" with "train" as overrides),
+     "tokenizer": "path/to/tokenizer", "out": "path/to/run",
+     "init": "path/to/parent/hf"                       (midtrain, sft, dpo: the parent checkpoint)
+     "sources": {"filtered_code": ["path/to/tokens", ...]}, "weights": {"filtered_code": 0.7, ...}
+                                                       (pretrain, midtrain: the mixture)
+     "eval_seq_lens": [2048, 4096]                     (validation loss at these lengths, at the end)
+     "examples": "path/to/sft.parquet"                 (sft: columns prompt, completion)
+     "pairs": "path/to/pairs.parquet", "beta": 0.1     (dpo: prompt, chosen, rejected; the frozen
+                                                        reference is "reference", default "init")
+     "publish": "s3://.../run"                         (optional: hf/ and metrics.jsonl copied there)}
 
-It writes ``out/metrics.jsonl`` (one line per step), ``out/checkpoint/`` (atomic, for resume) and,
-at the end, ``out/hf/``: config.json, model.safetensors and the tokenizer files, which transformers
-and vLLM load. Running the same config again resumes from the checkpoint.
+Inputs given as URIs are copied once into ``out/inputs/``. It writes ``out/metrics.jsonl`` (one
+line per step), ``out/checkpoint/`` (atomic, for resume) and, at the end, ``out/hf/`` (config.json,
+model.safetensors and the tokenizer files, which transformers and vLLM load) and
+``out/summary.json``. Running the same config again resumes from the checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -27,30 +38,86 @@ from phi_assets.mixture.tokens import TokenShard
 from phi_assets.training import trainer
 
 PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
+STAGES = ("pretrain", "midtrain", "sft", "dpo")
+NEEDS = {
+    "pretrain": ("sources", "weights"),
+    "midtrain": ("sources", "weights", "init"),
+    "sft": ("examples", "init"),
+    "dpo": ("pairs", "init"),
+}
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def read_text(path: str) -> str:
+    if _is_uri(path):
+        import fsspec
+
+        with fsspec.open(path, "r") as f:
+            return f.read()
+    return Path(path).read_text()
 
 
 def load_config(path: str | Path) -> dict:
-    raw = json.loads(Path(path).read_text())
-    missing = [k for k in ("sources", "weights", "tokenizer", "out") if k not in raw]
+    raw = json.loads(read_text(str(path)))
+    stage = raw.get("stage", "pretrain")
+    if stage not in STAGES:
+        raise ValueError(f"{path}: stage must be one of {STAGES}, got {stage!r}")
+    missing = [k for k in ("tokenizer", "out", *NEEDS[stage]) if k not in raw]
     if missing:
-        raise ValueError(f"{path}: missing {', '.join(missing)}")
+        raise ValueError(f"{path}: stage {stage} needs {', '.join(missing)}")
     if "recipe" in raw:
         if raw["recipe"] not in trainer.TRAIN_RECIPES:
             raise ValueError(f"{path}: recipe must be one of {sorted(trainer.TRAIN_RECIPES)}")
         cfg = replace(trainer.TRAIN_RECIPES[raw["recipe"]](), **raw.get("train", {}))
     else:
-        cfg = trainer.TrainConfig(**raw.get("train", {}))
-    return {**raw, "train": cfg}
+        train = dict(raw.get("train", {}))
+        if "betas" in train:
+            train["betas"] = tuple(train["betas"])
+        cfg = trainer.TrainConfig(**train)
+    return {**raw, "stage": stage, "train": cfg}
+
+
+def localize(path: str, out: Path) -> Path:
+    """A local path for an input: itself, or a copy of a URI (file or directory) under ``out/inputs``
+    made once and renamed into place."""
+    if not _is_uri(path):
+        return Path(str(path).removeprefix("file://"))
+    import fsspec
+
+    dest = out / "inputs" / hashlib.sha256(path.encode()).hexdigest()[:16]
+    if not dest.exists():
+        fs, root = fsspec.core.url_to_fs(path)
+        partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        fs.get(root.rstrip("/") + ("/" if fs.isdir(root) else ""), str(partial), recursive=fs.isdir(root))
+        os.rename(partial, dest)
+    return dest
+
+
+def publish(out: Path, uri: str) -> None:
+    """Copy the export and the metrics to ``uri`` (the asset reads them there on a cluster)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(uri)
+    fs.put(str(out / "hf"), f"{root.rstrip('/')}/hf", recursive=True)
+    for name in ("metrics.jsonl", "summary.json"):
+        fs.put_file(str(out / name), f"{root.rstrip('/')}/{name}")
 
 
 def export_hf(model, tokenizer_dir: Path, out: Path) -> Path:
     """A Hugging Face directory, written beside and renamed into place."""
+    import torch
     from safetensors.torch import save_file
 
     final, tmp = out / "hf", out / f".hf.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, tmp / "model.safetensors")  # float32, as config.json says, from any device
     (tmp / "config.json").write_text(json.dumps(model.cfg.hf_config(), indent=1))
     for f in tokenizer_dir.iterdir():
         if f.is_file():
@@ -60,13 +127,94 @@ def export_hf(model, tokenizer_dir: Path, out: Path) -> Path:
     return final
 
 
+def _world():
+    from phi_assets.training import distributed
+
+    return distributed.World.from_env()
+
+
+def _load_model(hf: Path, cfg: trainer.TrainConfig, vocab: int):
+    from safetensors.torch import load_file
+
+    from phi_assets.training import distributed
+    from phi_assets.training import model as phi
+
+    model = phi.PhiForCausalLM(cfg.model_config(vocab))
+    model.load_state_dict(load_file(hf / "model.safetensors"))
+    return model.to(distributed.device(_world()))
+
+
+def _frame_rows(path: Path, columns: list[str]) -> list[tuple[str, ...]]:
+    import polars as pl
+
+    frame = pl.read_parquet(path)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    return list(frame.select(columns).iter_rows())
+
+
 def run(config: dict, pipes=None) -> dict:
+    from phi_assets.mixture import tokenizer as tk
+    from phi_assets.training.dpo import DPOLoader, dpo_loss, encode_preferences, preference_accuracy
+    from phi_assets.training.sft import SFTLoader, encode_pairs
+
     cfg: trainer.TrainConfig = config["train"]
+    stage = config["stage"]
     out = Path(config["out"])
     out.mkdir(parents=True, exist_ok=True)
-    sources = {name: [TokenShard.open(Path(p)) for p in paths] for name, paths in config["sources"].items()}
-    rank = int(os.environ.get("RANK", "0"))
-    metrics = (out / "metrics.jsonl").open("a") if rank == 0 else None
+    world = _world()
+    loaded = tk.load(localize(config["tokenizer"], out))
+    init = localize(config["init"], out) if config.get("init") else None
+    summary: dict = {"stage": stage}
+    loss_fn, sources = None, {}
+    if stage in ("pretrain", "midtrain"):
+        sources = {
+            name: [TokenShard.open(localize(p, out)) for p in paths]
+            for name, paths in config["sources"].items()
+        }
+        weights = config["weights"]
+
+        def make_loader():
+            return trainer.mixture_loader(cfg, sources, weights)
+
+        if init is not None:  # the parent's validation losses, to compare with the result's
+            parent = _load_model(init, cfg, loaded.vocab_size)
+            summary["parent_val_loss"] = _val_losses(config, cfg, parent, sources, weights)
+            del parent
+    elif stage == "sft":
+        examples = encode_pairs(
+            loaded, _frame_rows(localize(config["examples"], out), ["prompt", "completion"])
+        )
+
+        def make_loader():
+            return SFTLoader(
+                examples,
+                cfg.seq_len,
+                cfg.micro_batch_size,
+                loaded.eot_id,
+                cfg.seed,
+                world.rank,
+                world.world_size,
+            )
+
+        summary["examples"] = len(examples)
+    else:
+        pairs = encode_preferences(
+            loaded, _frame_rows(localize(config["pairs"], out), ["prompt", "chosen", "rejected"])
+        )
+        reference = _load_model(
+            localize(config.get("reference") or config["init"], out), cfg, loaded.vocab_size
+        )
+        loss_fn = dpo_loss(reference, float(config.get("beta", 0.1)))
+
+        def make_loader():
+            return DPOLoader(
+                pairs, cfg.seq_len, cfg.micro_batch_size, loaded.eot_id, cfg.seed, world.rank, world.world_size
+            )
+
+        summary["pairs"] = len(pairs)
+    metrics = (out / "metrics.jsonl").open("a") if world.rank == 0 else None
 
     def log(entry: trainer.StepLog) -> None:
         if metrics is None:
@@ -78,20 +226,47 @@ def run(config: dict, pipes=None) -> dict:
             pipes.report_custom_message({"kind": "step", **row})
 
     try:
-        model = trainer.train(
-            cfg, sources, config["weights"], out, log=log, peak_flops=float(config.get("peak_flops", 0.0))
+        model = trainer.train_on(
+            cfg,
+            make_loader,
+            loaded.vocab_size,
+            out,
+            log=log,
+            peak_flops=float(config.get("peak_flops", 0.0)) or trainer.peak_flops(cfg.precision),
+            init=init,
+            loss_fn=loss_fn,
         )
     finally:
         if metrics is not None:
             metrics.close()
-    summary = {
-        "steps": cfg.max_steps,
-        "tokens": cfg.max_steps * cfg.tokens_per_step,
-        "num_params": model.num_params(),
-    }
-    if rank == 0:
-        summary["hf"] = str(export_hf(model, Path(config["tokenizer"]), out))
+    summary.update(
+        steps=cfg.max_steps,
+        tokens=cfg.max_steps * cfg.tokens_per_step * world.world_size,
+        num_params=model.num_params(),
+    )
+    if world.rank != 0:
+        return summary
+    if sources:
+        summary["val_loss"] = _val_losses(config, cfg, model, sources, weights)
+    if stage == "dpo":
+        summary["preference_accuracy"] = preference_accuracy(model, reference, make_loader(), len(pairs))
+    summary["hf"] = str(export_hf(model, localize(config["tokenizer"], out), out))
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    if config.get("publish"):
+        publish(out, config["publish"])
     return summary
+
+
+def _val_losses(config: dict, cfg: trainer.TrainConfig, model, sources, weights) -> dict[str, float]:
+    """Validation loss at each of ``eval_seq_lens`` (default: the training length), keyed by length."""
+    lengths = config.get("eval_seq_lens") or [cfg.seq_len]
+    return {str(n): trainer.validation_loss(model, sources, weights, int(n), seed=cfg.seed) for n in lengths}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if PIPES_ENV in os.environ:
+    if PIPES_ENV in os.environ and os.environ.get("RANK", "0") == "0":  # only rank 0 reports
         from dagster_pipes import open_dagster_pipes
 
         with open_dagster_pipes() as pipes:

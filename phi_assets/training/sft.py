@@ -37,7 +37,21 @@ def encode_pairs(loaded: Loaded, pairs: Sequence[tuple[str, str]]) -> list[Examp
 
 
 class SFTLoader:
-    def __init__(self, examples: Sequence[Example], seq_len: int, batch_size: int, pad_id: int, seed: int = 0):
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        seq_len: int,
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        """``batch_size`` rows per rank; every rank walks the same global order (``batch_size *
+        world_size`` rows per step) and keeps its own slice of it."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
         if not examples:
             raise ValueError("no finetuning examples")
         trainable = [e for e in examples if e.num_prompt < min(len(e.ids), seq_len + 1) - 1]
@@ -59,14 +73,17 @@ class SFTLoader:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
 
     def next_batch(self) -> Batch:
-        width = self.seq_len + 1
+        width, mine = self.seq_len + 1, range(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         rows = np.full((self.batch_size, width), self.pad_id, dtype=np.int64)
         labels = np.full((self.batch_size, width), IGNORE, dtype=np.int64)
-        for r in range(self.batch_size):
+        for g in range(self.batch_size * self.world_size):
             if self.position >= len(self.examples):
                 self.epoch, self.position = self.epoch + 1, 0
-            e = self.examples[int(self._order(self.epoch)[self.position])]
+            index = int(self._order(self.epoch)[self.position])
             self.position += 1
+            if g not in mine:
+                continue
+            r, e = g - mine.start, self.examples[index]
             n = min(len(e.ids), width)
             rows[r, :n] = e.ids[:n]
             labels[r, e.num_prompt : n] = e.ids[e.num_prompt : n]

@@ -36,6 +36,7 @@ from phi_assets.training import model as phi
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16")  # fp16 needs a loss scaler: not built yet
 CHECKPOINT = "checkpoint"
+DEEPSPEED = "deepspeed"  # the DeepSpeed engine's checkpoint directory
 
 
 @dataclass(frozen=True)
@@ -133,8 +134,27 @@ def phi1_5_pretrain() -> TrainConfig:
     return replace(phi1_pretrain(), model="phi1_5", grad_accum=256, lr=2e-4, warmup_steps=0, max_steps=72_000)
 
 
+def debug_finetune() -> TrainConfig:
+    """Finetuning on CPU: phi-1's finetuning shape (lower lr, short warmup, light decay) at debug scale."""
+    return replace(debug(), lr=5e-4, warmup_steps=5, weight_decay=0.01)
+
+
+def debug_dpo() -> TrainConfig:
+    """DPO on CPU: a small constant lr after a short warmup, no dropout (policy and reference see the
+    same forward pass)."""
+    return replace(debug(), lr=1e-4, warmup_steps=2, weight_decay=0.0, schedule="constant", dropout=False)
+
+
+def phi_dpo() -> TrainConfig:
+    """DPO at scale: phi-1's finetuning shape with a much lower lr and no dropout."""
+    return replace(phi1_finetune(), lr=5e-7, warmup_steps=10, schedule="linear", dropout=False, max_steps=1000)
+
+
 TRAIN_RECIPES = {
     "debug": debug,
+    "debug_finetune": debug_finetune,
+    "debug_dpo": debug_dpo,
+    "phi_dpo": phi_dpo,
     "phi1_pretrain": phi1_pretrain,
     "phi1_finetune": phi1_finetune,
     "phi1_5_pretrain": phi1_5_pretrain,
@@ -210,15 +230,18 @@ def save_checkpoint(out: Path, model, opt, step: int, loader: MixtureLoader, cfg
     return final
 
 
+def _check_config(path: Path, saved: dict, cfg: TrainConfig) -> None:
+    if json.loads(json.dumps(saved)) != json.loads(json.dumps(asdict(cfg))):
+        raise ValueError(f"{path} was written with another training config; resume needs the same one")
+
+
 def _load_checkpoint(out: Path, model, opt, loader: MixtureLoader, cfg: TrainConfig) -> int:
     path = out / CHECKPOINT
     if not path.is_dir() and (out / f".{CHECKPOINT}.old").is_dir():  # killed between the two renames
         os.rename(out / f".{CHECKPOINT}.old", path)
     if not path.is_dir():
         return 0
-    saved = json.loads((path / "config.json").read_text())
-    if saved != json.loads(json.dumps(asdict(cfg))):
-        raise ValueError(f"{path} was written with another training config; resume needs the same one")
+    _check_config(path, json.loads((path / "config.json").read_text()), cfg)
     state = torch.load(path / "state.pt", weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -281,17 +304,18 @@ def train_on(
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     world = distributed.World.from_env()
+    device = distributed.device(world)
     model = phi.PhiForCausalLM(cfg.model_config(vocab))
     if init is not None:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(init / "model.safetensors"))
+    model.to(device)
     model.gradient_checkpointing = cfg.activation_checkpointing
     opt = _optimizer(model, cfg)
     loader = make_loader()
-    if cfg.backend == "deepspeed" and (out / CHECKPOINT).exists():
-        raise ValueError(f"{out}: resuming a DeepSpeed run is not built yet; start in a new directory")
-    step = _load_checkpoint(out, model, opt, loader, cfg)
+    deepspeed = cfg.backend == "deepspeed"
+    step = 0 if deepspeed else _load_checkpoint(out, model, opt, loader, cfg)
     runner = distributed.setup(
         model,
         opt,
@@ -302,7 +326,13 @@ def train_on(
         micro_batch=cfg.micro_batch_size,
         precision=cfg.precision,
     )
-    deepspeed = cfg.backend == "deepspeed"
+    if deepspeed:
+        state = runner.load(out / DEEPSPEED)  # the engine's own checkpoint: ZeRO shards, optimizer, step
+        if state is not None:
+            _check_config(out / DEEPSPEED, state["config"], cfg)
+            loader.load_state_dict(state["loader"])
+            _set_rng_state(state["rng"])
+            step = int(state["step"])
     dtype = {"bf16": torch.bfloat16}.get(cfg.precision)
     autocast_dtype = None if deepspeed else dtype  # DeepSpeed keeps bf16 weights itself
     flops = model.flops_per_token(cfg.seq_len)
@@ -314,18 +344,15 @@ def train_on(
         total = 0.0
         for _ in range(cfg.grad_accum):
             batch = loader.next_batch()
-            ids, labels = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.labels)
+            ids = torch.from_numpy(batch.input_ids).to(device, non_blocking=True)
+            labels = torch.from_numpy(batch.labels).to(device, non_blocking=True)
             kwargs = {}
             if batch.position_ids is not None:
                 kwargs = {
-                    "position_ids": torch.from_numpy(batch.position_ids),
-                    "cu_seqlens": torch.from_numpy(batch.cu_seqlens),
+                    "position_ids": torch.from_numpy(batch.position_ids).to(device),
+                    "cu_seqlens": torch.from_numpy(batch.cu_seqlens).to(device),
                 }
-            with torch.autocast(
-                "cuda" if torch.cuda.is_available() else "cpu",
-                dtype=autocast_dtype,
-                enabled=autocast_dtype is not None,
-            ):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = runner.forward(ids, **kwargs)
                 if loss_fn is None:  # next-token loss; labels of -100 (prompts, padding) are ignored
                     loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
@@ -349,15 +376,37 @@ def train_on(
                     norm,
                     step * cfg.tokens_per_step * world.world_size,
                     tps,
-                    flops * tps / peak_flops if peak_flops else 0.0,
+                    mfu(flops, tps, peak_flops, world.world_size),
                 )
             )
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            if deepspeed:
-                runner.save(out / "deepspeed")
+            if deepspeed:  # collective: every rank writes its ZeRO shard
+                runner.save(
+                    out / DEEPSPEED,
+                    {"step": step, "loader": loader.state_dict(), "rng": _rng_state(), "config": asdict(cfg)},
+                )
             elif world.rank == 0:
                 save_checkpoint(out, model, opt, step, loader, cfg)
     return model
+
+
+# Dense peak FLOP/s per device for bf16 matmuls (vendor data sheets; fp32 uses TF32 peaks off).
+PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10G": 125e12, "L4": 121e12}
+
+
+def peak_flops(precision: str) -> float:
+    """This rank's device peak for ``precision`` (0 where unknown: the CPU, an unlisted GPU)."""
+    if not torch.cuda.is_available() or precision != "bf16":
+        return 0.0
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16.items() if k in name), 0.0)
+
+
+def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float, devices: int) -> float:
+    """Model FLOPs utilisation: achieved training FLOP/s over the devices' peak (0 when unknown)."""
+    if not peak_flops:
+        return 0.0
+    return flops_per_token * tokens_per_s / (peak_flops * devices)
 
 
 def validation_loss(
@@ -370,19 +419,32 @@ def validation_loss(
     seed: int = 0,
 ) -> float:
     """Mean loss on fixed batches of the held-out documents at ``seq_len`` (midtraining reports it at
-    the old and the new context length)."""
+    the old and the new context length). Sources without held-out tokens are left out."""
+    from phi_assets.mixture.loader import Source
+
+    config = LoaderConfig(seq_len=seq_len, batch_size=batch_size, seed=seed, split="val")
+    held_out = {
+        name: w
+        for name, w in weights.items()
+        if w > 0
+        and name in sources
+        and Source(name, list(sources[name]), "val", config.val_fraction, seed).num_tokens > 0
+    }
+    if not held_out:
+        raise ValueError("no source has held-out documents to compute a validation loss on")
+    total = sum(held_out.values())
     loader = MixtureLoader(
-        sources, weights, LoaderConfig(seq_len=seq_len, batch_size=batch_size, seed=seed, split="val")
+        {n: sources[n] for n in held_out}, {n: w / total for n, w in held_out.items()}, config
     )
+    device = next(model.parameters()).device
     model.eval()
     losses = []
     with torch.no_grad():
         for _ in range(batches):
             b = loader.next_batch()
-            logits = model(torch.from_numpy(b.input_ids))
-            losses.append(
-                float(F.cross_entropy(logits.float().flatten(0, 1), torch.from_numpy(b.labels).flatten()))
-            )
+            logits = model(torch.from_numpy(b.input_ids).to(device))
+            labels = torch.from_numpy(b.labels).to(device)
+            losses.append(float(F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())))
     model.train()
     return float(np.mean(losses))
 
@@ -397,3 +459,27 @@ def midtrain(
         lr=base.lr * lr_factor,
         overrides={**base.overrides, "rope_theta": rope_theta},
     )
+
+
+def long_context_weights(
+    lengths: Mapping[str, np.ndarray], weights: Mapping[str, float], min_tokens: int, long_mix: float = 0.3
+) -> tuple[dict[str, float], dict[str, float]]:
+    """phi-4's midtraining mix: ``1 - long_mix`` of the pretraining weights (recall) plus ``long_mix``
+    spread over the sources in proportion to their weight times their share of tokens in documents of
+    at least ``min_tokens`` (phi-4 upsampled documents over 8K tokens into 30% of its midtraining
+    tokens). ``lengths`` holds each source's document lengths in tokens. Returns (weights, each
+    source's long-token share). With no long document anywhere the pretraining weights are kept."""
+    if not 0 <= long_mix <= 1:
+        raise ValueError(f"long_mix must be in [0, 1], got {long_mix}")
+    share = {}
+    for name, doc_lengths in lengths.items():
+        doc_lengths = np.asarray(doc_lengths)
+        total = float(doc_lengths.sum())
+        share[name] = float(doc_lengths[doc_lengths >= min_tokens].sum()) / total if total else 0.0
+    base = sum(weights.get(n, 0.0) for n in lengths) or 1.0
+    longs = {n: weights.get(n, 0.0) * share[n] for n in lengths}
+    norm = sum(longs.values())
+    if norm == 0:
+        return {n: weights.get(n, 0.0) / base for n in lengths}, share
+    mixed = {n: (1 - long_mix) * weights.get(n, 0.0) / base + long_mix * longs[n] / norm for n in lengths}
+    return mixed, share
