@@ -27,6 +27,12 @@ def encode_preferences(
     return list(zip(chosen, rejected, strict=True))
 
 
+def _trainable(e: Example, seq_len: int) -> bool:
+    """The same rule as SFTLoader's: at least one completion token to predict inside the window (an
+    empty answer has none)."""
+    return e.num_prompt < min(len(e.ids), seq_len + 1) - 1
+
+
 class DPOLoader:
     """``batch_size`` pairs per batch: rows [chosen..., rejected...]; deterministic and resumable."""
 
@@ -40,10 +46,14 @@ class DPOLoader:
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.chosen = SFTLoader([c for c, _ in pairs], seq_len, batch_size, pad_id, seed, rank, world_size)
-        self.rejected = SFTLoader([r for _, r in pairs], seq_len, batch_size, pad_id, seed, rank, world_size)
-        if len(self.chosen.examples) != len(self.rejected.examples):
-            raise ValueError("a pair's prompt fills the window on one side only; raise seq_len")
+        # a pair is trained only when both answers have a token inside the window, so the two halves
+        # stay aligned (row i of the chosen half and row i of the rejected half are one pair)
+        kept = [(c, r) for c, r in pairs if _trainable(c, seq_len) and _trainable(r, seq_len)]
+        if not kept:
+            raise ValueError(f"no preference pair has both answers inside the {seq_len}-token window")
+        self.dropped = len(pairs) - len(kept)
+        self.chosen = SFTLoader([c for c, _ in kept], seq_len, batch_size, pad_id, seed, rank, world_size)
+        self.rejected = SFTLoader([r for _, r in kept], seq_len, batch_size, pad_id, seed, rank, world_size)
 
     def next_batch(self) -> Batch:
         c, r = self.chosen.next_batch(), self.rejected.next_batch()  # same seed: the same pairs, in order

@@ -71,11 +71,12 @@ def load_config(path: str | Path) -> dict:
     if "recipe" in raw:
         if raw["recipe"] not in trainer.TRAIN_RECIPES:
             raise ValueError(f"{path}: recipe must be one of {sorted(trainer.TRAIN_RECIPES)}")
-        cfg = replace(trainer.TRAIN_RECIPES[raw["recipe"]](), **raw.get("train", {}))
+    train = dict(raw.get("train", {}))
+    if "betas" in train:
+        train["betas"] = tuple(train["betas"])
+    if "recipe" in raw:
+        cfg = replace(trainer.TRAIN_RECIPES[raw["recipe"]](), **train)
     else:
-        train = dict(raw.get("train", {}))
-        if "betas" in train:
-            train["betas"] = tuple(train["betas"])
         cfg = trainer.TrainConfig(**train)
     return {**raw, "stage": stage, "train": cfg}
 
@@ -103,7 +104,10 @@ def publish(out: Path, uri: str) -> None:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(uri)
-    fs.put(str(out / "hf"), f"{root.rstrip('/')}/hf", recursive=True)
+    dest = f"{root.rstrip('/')}/hf"
+    if fs.exists(dest):  # a resumed run publishes again: replace, never nest
+        fs.rm(dest, recursive=True)
+    fs.put(str(out / "hf") + "/", dest + "/", recursive=True)
     for name in ("metrics.jsonl", "summary.json"):
         fs.put_file(str(out / name), f"{root.rstrip('/')}/{name}")
 

@@ -54,13 +54,13 @@ def mbpp_problems(path: Path, limit: int, ids: range = MBPP_TRAIN) -> list[Probl
         if not line.strip():
             continue
         task = json.loads(line)
+        if len(out) >= limit:
+            break
         if task["task_id"] not in ids:
             continue
         tests = "\n".join([task.get("test_setup_code", "") or "", *task["test_list"]]).strip()
         prompt = f'"""\n{task["text"].strip()}\n{task["test_list"][0]}\n"""\n'
         out.append(Problem(f"mbpp/{task['task_id']}", prompt, tests, task["code"].replace("\r\n", "\n")))
-        if len(out) >= limit:
-            break
     return out
 
 
@@ -69,14 +69,14 @@ def exercise_problems(rows: Sequence[dict], limit: int) -> list[Problem]:
     docstring; the reference is the rest of the verified solution."""
     out = []
     for row in rows:
+        if len(out) >= limit:
+            break
         solution, head = row["solution"], ""
         program = row["text"].removesuffix(f"\n\n\n{row['tests']}\n")  # the row's text is program + tests
         if solution in program:
             head = program[: program.index(solution)]
         reference = solution[len(row["prompt"]) :] if solution.startswith(row["prompt"]) else None
         out.append(Problem(f"exercise/{row['id']}", head + row["prompt"], row["tests"], reference))
-        if len(out) >= limit:
-            break
     return out
 
 
@@ -173,13 +173,13 @@ def build_pairs(
     solutions: list[tuple[Problem, str]] = []
     for i, (problem, completions) in enumerate(zip(problems, drawn, strict=True)):
         passed = verdicts[i * samples : (i + 1) * samples]
-        good = [c for c, ok in zip(completions, passed, strict=True) if ok]
+        good = [c for c, ok in zip(completions, passed, strict=True) if ok and c.strip()]
         if ref_ok.get(problem.id):
             good.append(problem.reference)
         if not good:
             continue
         solutions.append((problem, good[0]))
-        bad = [c for c, ok in zip(completions, passed, strict=True) if not ok]
+        bad = [c for c, ok in zip(completions, passed, strict=True) if not ok and c.strip()]
         for j, rejected in enumerate(dict.fromkeys(bad)):  # distinct failures, in sample order
             rows.append(_row(problem.id, "rejection", problem.prompt, good[j % len(good)], rejected))
     stats.pairs["rejection"] = len(rows)

@@ -1,0 +1,647 @@
+"""Post-training without a GPU: preference pairs (rejection sampling, Pivotal Token Search) judged by the
+real sandbox, the SFT and DPO loaders across ranks, midtraining weights, MFU and the entrypoint's config,
+inputs and publishing."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+
+from phi_assets.evaluation import sandbox
+from phi_assets.training import dpo, entrypoint, preferences, sft, trainer
+from phi_assets.training.preferences import Problem
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def judge(programs) -> list[bool]:
+    """The judge the preference asset uses: the real sandbox, only ``passed`` counts."""
+    return [v.passed for v in sandbox.run_programs(programs, sandbox.Limits(timeout_s=5.0, cpu_s=5))]
+
+
+def tokenize(text: str) -> list[str]:
+    """Whitespace-preserving pieces: runs of whitespace, words, single punctuation characters."""
+    return re.findall(r"\s+|\w+|[^\w\s]", text)
+
+
+class ScriptedPolicy:
+    """A stand-in for the policy with predetermined completions: ``script(prompt, n)`` gives the ``n``
+    completions of one prompt. The real policy (vLLM on a trained checkpoint) is exercised by the
+    integration tests of the training assets; here the completions must be known in advance so that the
+    pairs built from them can be predicted."""
+
+    def __init__(self, script):
+        self.script = script
+        self.calls: list[tuple[list[str], int, int]] = []
+
+    def sample(self, prompts, n, seed):
+        self.calls.append((list(prompts), n, seed))
+        out = [self.script(p, n) for p in prompts]
+        assert all(len(c) == n for c in out)
+        return out
+
+
+ADD = Problem("t/add", "def add(a, b):\n", "assert add(2, 3) == 5\nassert add(-1, 1) == 0")
+
+
+def _pts_kwargs(**kw) -> dict:
+    base = {"samples": 4, "pts_samples": 4, "gap": 0.4, "pts_problems": 1, "max_solution_tokens": 64}
+    return {**base, **kw}
+
+
+# --- pivotal_tokens ---------------------------------------------------------------------------------------
+
+
+class Counted:
+    """An estimator from a known success-probability function, recording every index it is asked for."""
+
+    def __init__(self, p):
+        self.p, self.calls = p, []
+
+    def __call__(self, i: int) -> float:
+        self.calls.append(i)
+        return self.p(i)
+
+
+def test_pivotal_tokens_finds_each_jump_of_a_step_function():
+    est = Counted(lambda i: 0.0 if i < 3 else 0.5 if i < 7 else 1.0)
+    pivots = preferences.pivotal_tokens(list("abcdefghij"), est, gap=0.3)
+    assert [(v.index, v.p_before, v.p_after) for v in pivots] == [(2, 0.0, 0.5), (6, 0.5, 1.0)]
+    assert len(est.calls) == len(set(est.calls))  # memoised: no index estimated twice
+    assert all(0 <= i <= 10 for i in est.calls)
+
+
+def test_pivotal_tokens_ignores_jumps_smaller_than_the_gap():
+    p = lambda i: 0.0 if i < 3 else 0.2 if i < 7 else 0.6  # noqa: E731  jumps of 0.2 and 0.4
+    pivots = preferences.pivotal_tokens(list("abcdefghij"), Counted(p), gap=0.3)
+    assert [(v.index, v.p_before, v.p_after) for v in pivots] == [(6, 0.2, 0.6)]
+
+
+def test_pivotal_tokens_a_jump_of_exactly_the_gap_counts():
+    p = lambda i: 0.0 if i < 4 else 0.5  # noqa: E731
+    assert [v.index for v in preferences.pivotal_tokens(list("abcdef"), Counted(p), gap=0.5)] == [3]
+    assert preferences.pivotal_tokens(list("abcdef"), Counted(p), gap=0.51) == []
+
+
+def test_pivotal_tokens_finds_a_falling_probability():
+    est = Counted(lambda i: 1.0 if i <= 4 else 0.2)
+    pivots = preferences.pivotal_tokens(list("abcdefghij"), est, gap=0.5)
+    assert [(v.index, v.p_before, v.p_after) for v in pivots] == [(4, 1.0, 0.2)]
+    assert pivots[0].p_after < pivots[0].p_before
+
+
+def test_pivotal_tokens_stops_when_the_ends_agree():
+    """Only the two ends are estimated when they are within ``gap`` of each other (the search does not look
+    inside such a span, even at an excursion in the middle)."""
+    est = Counted(lambda i: 1.0 if 3 <= i < 6 else 0.1)
+    assert preferences.pivotal_tokens(list("abcdefghij"), est, gap=0.3) == []
+    assert sorted(est.calls) == [0, 10]
+    none = Counted(lambda i: 0.5)
+    assert preferences.pivotal_tokens([], none, gap=0.3) == [] and none.calls == []
+
+
+def test_pivotal_tokens_needs_few_estimates_on_a_long_solution():
+    est = Counted(lambda i: 0.0 if i < 100 else 1.0)
+    pivots = preferences.pivotal_tokens([f"t{i}" for i in range(256)], est, gap=0.5)
+    assert [(v.index, v.p_before, v.p_after) for v in pivots] == [(99, 0.0, 1.0)]
+    assert len(est.calls) <= 2 * math.log2(256) + 4
+    assert len(est.calls) == len(set(est.calls))
+
+
+# --- build_pairs: rejection sampling ------------------------------------------------------------------------
+
+
+def test_the_tokenize_helper_reassembles_its_text():
+    for text in ("    return a + b\n", "    return (a + b)\n", "+ b + 1\n", "def f(x):\n\treturn x\n"):
+        pieces = tokenize(text)
+        assert "".join(pieces) == text and len(pieces) > 1
+
+
+def test_rejection_pairs_pair_each_distinct_failure_with_a_verified_answer():
+    """Completions are scripted (see ``ScriptedPolicy``); the judge is the real sandbox."""
+    good_ref = Problem("t/1", "def add(a, b):\n", "assert add(2, 3) == 5", reference="    return a + b\n")
+    bad_ref = Problem("t/2", "def mul(a, b):\n", "assert mul(2, 3) == 6", reference="    return a + b\n")
+    ref_only = Problem("t/3", "def sub(a, b):\n", "assert sub(5, 3) == 2", reference="    return a - b\n")
+    completions = {
+        good_ref.prompt: [
+            "    return a + b\n",  # passes
+            "    return a - b\n",  # fails
+            "    return b + a\n",  # passes
+            "    return a - b\n",  # fails again: the same rejected answer is paired once
+            "    return a * b\n",  # fails
+        ],
+        bad_ref.prompt: ["    return a - b\n"] * 5,  # all fail, and so does the reference
+        ref_only.prompt: [
+            "    return b - a\n",
+            "    return a + b\n",
+            "    pass\n",
+            "    return 0\n",
+            "    x\n",
+        ],
+    }
+    policy = ScriptedPolicy(lambda prompt, n: completions[prompt][:n])
+    problems = [good_ref, bad_ref, ref_only]
+    rows, stats = preferences.build_pairs(
+        problems, policy, judge, tokenize, **_pts_kwargs(samples=5, pts_problems=0), seed=7
+    )
+    assert policy.calls == [([p.prompt for p in problems], 5, 7)]  # no search: one draw
+    assert (stats.problems, stats.samples, stats.passed_samples) == (3, 15, 2)
+    assert (stats.references_passed, stats.references_failed) == (2, 1)
+    assert all(r["kind"] == "rejection" for r in rows) and stats.pairs == {"rejection": len(rows), "pivotal": 0}
+
+    by_problem = {p.id: [r for r in rows if r["problem_id"] == p.id] for p in problems}
+    assert [r["rejected"] for r in by_problem["t/1"]] == ["    return a - b\n", "    return a * b\n"]
+    assert by_problem["t/2"] == []  # no passing answer at all: the failing reference is never chosen
+    assert [r["rejected"] for r in by_problem["t/3"]] == completions[ref_only.prompt]
+    assert {r["chosen"] for r in by_problem["t/3"]} == {ref_only.reference}  # the verified reference
+    assert all(r["p_before"] is None and r["p_after"] is None for r in rows)
+
+    problem = {p.id: p for p in problems}
+    for r in rows:
+        assert r["prompt"] == problem[r["problem_id"]].prompt
+    verdicts = judge(
+        [problem[r["problem_id"]].program(r[side]) for r in rows for side in ("chosen", "rejected")]
+    )
+    assert verdicts == [True, False] * len(rows)
+
+
+# --- build_pairs: Pivotal Token Search ----------------------------------------------------------------------
+
+
+def _prefix(problem: Problem, prompt: str) -> str:
+    assert prompt.startswith(problem.prompt)
+    return prompt[len(problem.prompt) :]
+
+
+def test_pts_makes_a_pair_at_the_token_that_raises_success():
+    """Scripted policy (see ``ScriptedPolicy``), real sandbox. From any prefix of ``return a + b`` that
+    already holds the ``+`` every continuation finishes the line correctly; before it, half the
+    continuations write ``-`` instead. So p jumps from 0.5 to 1 at the ``+`` token (index 5)."""
+    solution = "    return a + b\n"
+    tokens = tokenize(solution)
+    assert tokens[5] == "+"
+
+    def script(prompt, n):
+        prefix = _prefix(ADD, prompt)
+        rest = solution[len(prefix) :]
+        if "+" in prefix:
+            return [rest] * n
+        return [rest if i % 2 == 0 else rest.replace("+", "-") for i in range(n)]
+
+    policy = ScriptedPolicy(script)
+    rows, stats = preferences.build_pairs([ADD], policy, judge, tokenize, **_pts_kwargs())
+    pivotal = [r for r in rows if r["kind"] == "pivotal"]
+    assert len(pivotal) == 1 and stats.pairs["pivotal"] == 1 and stats.pivots == 1
+    row = pivotal[0]
+    assert row["prompt"] == ADD.prompt + "".join(tokens[:5]) == ADD.prompt + "    return a "
+    assert (row["chosen"], row["rejected"]) == ("+", "-")
+    assert (row["p_before"], row["p_after"]) == (0.5, 1.0)
+    assert stats.passed_samples == 2 and stats.pairs["rejection"] == 1  # the initial draw: 2 of 4 pass
+    searched = policy.calls[1:]
+    assert stats.estimates == len(searched) < len(tokens) + 1
+    assert all(n == 4 and len(prompts) == 1 for prompts, n, _ in searched)
+    assert len({seed for _, _, seed in searched}) == len(searched)  # each prefix sampled with its own seed
+    assert judge([ADD.program(_prefix(ADD, row["prompt"]) + row["chosen"] + " b\n")]) == [True]
+
+
+def test_pts_makes_a_pair_at_the_token_that_lowers_success():
+    """Scripted policy (see ``ScriptedPolicy``), real sandbox. The passing solution is ``return (a + b)``;
+    after its ``(`` (index 3) half the continuations forget the ``)`` (a SyntaxError), before it they all
+    pass. The search is cut at ``max_solution_tokens`` = 9, before the ``)``, so p falls from 1 to 0.5 at
+    the ``(``, which becomes the rejected token; the chosen one is the first token of a passing
+    continuation from the same prefix that differs from it."""
+    paren, plain = "    return (a + b)\n", "    return a + b\n"
+    tokens = tokenize(paren)
+    assert tokens[3] == "(" and tokens[9] == ")"
+
+    def script(prompt, n):
+        prefix = _prefix(ADD, prompt)
+        if "(" in prefix:
+            rest = paren[len(prefix) :]
+            return [rest if i % 2 == 0 else rest.replace(")", "") for i in range(n)]
+        return [paren[len(prefix) :]] + [plain[len(prefix) :]] * (n - 1)
+
+    rows, stats = preferences.build_pairs(
+        [ADD], ScriptedPolicy(script), judge, tokenize, **_pts_kwargs(max_solution_tokens=9)
+    )
+    assert stats.passed_samples == 4 and stats.pairs["rejection"] == 0
+    pivotal = [r for r in rows if r["kind"] == "pivotal"]
+    assert len(pivotal) == 1
+    row = pivotal[0]
+    assert row["prompt"] == ADD.prompt + "    return "
+    assert (row["chosen"], row["rejected"]) == ("a", "(")
+    assert (row["p_before"], row["p_after"]) == (1.0, 0.5)
+
+
+def test_pts_counts_a_pivot_without_an_alternative_token():
+    """Scripted policy (see ``ScriptedPolicy``), real sandbox. The failing continuations from before the
+    ``+`` also start with ``+`` (``+ b + 1``), so no single-token alternative exists: the pivot is counted,
+    no pivotal pair is made."""
+    solution = "    return a + b\n"
+
+    def script(prompt, n):
+        prefix = _prefix(ADD, prompt)
+        rest = solution[len(prefix) :]
+        if "+" in prefix:
+            return [rest] * n
+        return [rest if i % 2 == 0 else rest.replace("b\n", "b + 1\n") for i in range(n)]
+
+    rows, stats = preferences.build_pairs([ADD], ScriptedPolicy(script), judge, tokenize, **_pts_kwargs())
+    assert (stats.pivots, stats.pivots_without_alternative, stats.pairs["pivotal"]) == (1, 1, 0)
+    assert [r["kind"] for r in rows] == ["rejection"]
+
+
+# --- problems -----------------------------------------------------------------------------------------------
+
+
+def test_mbpp_problems_come_from_the_training_split_only(mbpp_path):
+    tasks = [json.loads(line) for line in mbpp_path.read_text().splitlines() if line.strip()]
+    problems = preferences.mbpp_problems(mbpp_path, 10_000)
+    ids = [int(p.id.removeprefix("mbpp/")) for p in problems]
+    assert set(ids) == {t["task_id"] for t in tasks if 601 <= t["task_id"] <= 974}
+    assert not set(ids) & set(range(11, 511))
+    by_id = {t["task_id"]: t for t in tasks}
+    for p, i in zip(problems, ids, strict=True):
+        task = by_id[i]
+        assert task["text"].strip() in p.prompt and task["test_list"][0] in p.prompt
+        assert p.prompt.startswith('"""') and p.prompt.endswith('"""\n')
+        assert all(t.strip() in p.tests for t in task["test_list"])
+        assert "\r\n" not in p.reference
+    assert len(preferences.mbpp_problems(mbpp_path, 5)) == 5
+    evaluation = preferences.mbpp_problems(mbpp_path, 3, ids=range(11, 511))
+    assert [p.id for p in evaluation] == ["mbpp/11", "mbpp/12", "mbpp/13"]
+
+
+def test_mbpp_references_pass_in_the_sandbox(mbpp_path):
+    problems = preferences.mbpp_problems(mbpp_path, 20)
+    verdicts = sandbox.run_programs([p.program(p.reference) for p in problems])
+    failed = [(p.id, v.kind, v.detail) for p, v in zip(problems, verdicts, strict=True) if not v.passed]
+    assert len(problems) == 20 and failed == [], f"{20 - len(failed)}/20 passed; failures: {failed}"
+
+
+def test_a_limit_of_zero_gives_no_problems(mbpp_path):
+    assert preferences.mbpp_problems(mbpp_path, 0) == []
+    assert preferences.exercise_problems([_exercise_row()], 0) == []
+
+
+def _exercise_row() -> dict:
+    """Shaped like a synthetic_exercises row: text = program + tests, program = helpers + solution."""
+    helpers = "import math\n\n\ndef _square(x):\n    return x * x\n\n\n"
+    prompt = 'def circle_area(r):\n    """The area of a circle of radius r."""\n'
+    solution = prompt + "    return math.pi * _square(r)\n"
+    tests = "assert abs(circle_area(1) - math.pi) < 1e-9\nassert circle_area(0) == 0"
+    program = helpers + solution
+    return {
+        "id": "ex-1",
+        "prompt": prompt,
+        "solution": solution,
+        "tests": tests,
+        "text": f"{program}\n\n\n{tests}\n",
+    }
+
+
+def test_exercise_problems_keep_the_helpers_in_the_prompt():
+    row = _exercise_row()
+    other = {**row, "id": "ex-2", "prompt": "def other():\n"}  # a solution that does not extend its prompt
+    problems = preferences.exercise_problems([row, other], 10)
+    p = problems[0]
+    assert p.id == "exercise/ex-1" and p.tests == row["tests"]
+    assert p.prompt.startswith("import math\n") and "def _square(x):" in p.prompt
+    assert p.prompt.endswith(row["prompt"])
+    assert p.program(p.reference) == row["text"]
+    bare = Problem("bare", row["prompt"], row["tests"])  # the same exercise without its helpers fails
+    assert judge([p.program(p.reference), bare.program(p.reference)]) == [True, False]
+    assert problems[1].reference is None
+    assert len(preferences.exercise_problems([row, other], 1)) == 1
+
+
+# --- SFT and DPO loaders ------------------------------------------------------------------------------------
+
+PAD = 0
+
+
+def _examples(count: int = 7) -> list[sft.Example]:
+    """Example k: a prompt of (k % 3) + 2 tokens 100k+1.., a completion of (k % 4) + 2 tokens 100k+50..
+    (some longer than the window)."""
+    out = []
+    for k in range(count):
+        prompt = [100 * k + 1 + j for j in range(k % 3 + 2)]
+        completion = [100 * k + 50 + j for j in range(k % 4 + 2)]
+        out.append(sft.Example(np.array(prompt + completion, dtype=np.int64), len(prompt)))
+    return out
+
+
+def _owner(row: np.ndarray) -> int:
+    return int(row[0]) // 100
+
+
+def test_sft_ranks_split_the_single_process_batches(tmp_path):
+    examples, seq_len = _examples(7), 6
+    whole = sft.SFTLoader(examples, seq_len, batch_size=4, pad_id=PAD, seed=3)
+    ranks = [sft.SFTLoader(examples, seq_len, 2, PAD, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    seen = []
+    for _ in range(5):  # 20 rows over 7 examples: two epoch boundaries
+        expected = whole.next_batch()
+        parts = [loader.next_batch() for loader in ranks]
+        assert np.array_equal(np.concatenate([b.input_ids for b in parts]), expected.input_ids)
+        assert np.array_equal(np.concatenate([b.labels for b in parts]), expected.labels)
+        assert all(b.input_ids.shape == (2, seq_len) and b.sources == ["sft", "sft"] for b in parts)
+        seen += [_owner(r) for r in expected.input_ids]
+    assert sorted(seen[:7]) == list(range(7)) and sorted(seen[7:14]) == list(range(7))  # each epoch: all once
+    assert ranks[0].state_dict() == whole.state_dict() == {"epoch": 2, "position": 6, "num_examples": 7}
+    with pytest.raises(ValueError, match="rank"):
+        sft.SFTLoader(examples, seq_len, 2, PAD, rank=2, world_size=2)
+
+
+def test_sft_labels_are_ignored_on_prompts_and_padding():
+    examples, seq_len = _examples(7), 6
+    by_owner = {_owner(e.ids): e for e in examples}
+    batch = sft.SFTLoader(examples, seq_len, 7, PAD, seed=1).next_batch()
+    for ids, labels in zip(batch.input_ids, batch.labels, strict=True):
+        e = by_owner[_owner(ids)]
+        full = list(e.ids[: seq_len + 1]) + [PAD] * (seq_len + 1 - len(e.ids))
+        assert list(ids) == full[:seq_len]
+        n = min(len(e.ids), seq_len + 1)
+        want = [int(e.ids[t + 1]) if e.num_prompt <= t + 1 < n else sft.IGNORE for t in range(seq_len)]
+        assert list(labels) == want
+        assert (labels[: e.num_prompt - 1] == sft.IGNORE).all() and (labels != sft.IGNORE).any()
+
+
+def test_sft_drops_examples_whose_prompt_fills_the_window_and_resumes_exactly():
+    examples = _examples(6) + [sft.Example(np.arange(900, 912, dtype=np.int64), 8)]  # prompt of 8 > seq_len
+    loader = sft.SFTLoader(examples, 6, 3, PAD, seed=5)
+    assert len(loader.examples) == 6
+    for _ in range(3):
+        assert 9 not in {_owner(r) for r in loader.next_batch().input_ids}
+    state = loader.state_dict()
+    resumed = sft.SFTLoader(examples, 6, 3, PAD, seed=5)
+    resumed.load_state_dict(state)
+    for _ in range(3):
+        assert np.array_equal(resumed.next_batch().input_ids, loader.next_batch().input_ids)
+    with pytest.raises(ValueError, match="other examples"):
+        sft.SFTLoader(examples[:5], 6, 3, PAD, seed=5).load_state_dict(state)
+    with pytest.raises(ValueError, match="raise seq_len"):
+        sft.SFTLoader(examples[-1:], 6, 3, PAD)
+
+
+EOT = 99
+
+
+def _pair(k: int, chosen: int = 2, rejected: int = 3) -> tuple[sft.Example, sft.Example]:
+    """Pair k as ``encode_preferences`` makes it: the prompt 100k+1.. (3 tokens), then chosen tokens
+    100k+50.. or rejected tokens 100k+70.., then the end-of-text token."""
+    prompt = [100 * k + 1 + j for j in range(3)]
+    c = prompt + [100 * k + 50 + j for j in range(chosen)] + [EOT]
+    r = prompt + [100 * k + 70 + j for j in range(rejected)] + [EOT]
+    return sft.Example(np.array(c, dtype=np.int64), 3), sft.Example(np.array(r, dtype=np.int64), 3)
+
+
+def _assert_aligned(batch, rows: int) -> list[int]:
+    chosen, rejected = batch.input_ids[:rows], batch.input_ids[rows:]
+    assert len(rejected) == rows
+    for c, r in zip(chosen, rejected, strict=True):
+        assert np.array_equal(c[:3], r[:3])  # the same prompt
+        k = _owner(c)
+        assert 100 * k + 50 in c and 100 * k + 70 in r
+    return [_owner(c) for c in chosen]
+
+
+def test_dpo_ranks_keep_pairs_aligned():
+    pairs = [_pair(k) for k in range(5)]
+    whole = dpo.DPOLoader(pairs, 6, 4, PAD, seed=2)
+    ranks = [dpo.DPOLoader(pairs, 6, 2, PAD, seed=2, rank=r, world_size=2) for r in (0, 1)]
+    for _ in range(4):
+        expected = _assert_aligned(whole.next_batch(), 4)
+        got = [k for loader in ranks for k in _assert_aligned(loader.next_batch(), 2)]
+        assert got == expected
+    assert ranks[1].state_dict() == whole.state_dict()
+
+
+def test_dpo_pairs_stay_aligned_when_one_side_has_an_empty_completion():
+    pairs = [_pair(0, chosen=0), _pair(1, rejected=0)] + [_pair(k) for k in range(2, 6)]
+    loader = dpo.DPOLoader(pairs, 6, 4, PAD, seed=0)
+    for _ in range(2):
+        _assert_aligned(loader.next_batch(), 4)
+
+
+class _Prefers(torch.nn.Module):
+    """A real (tiny) causal LM: the same logits at every position, a bonus on the ``liked`` tokens."""
+
+    def __init__(self, vocab: int, liked: list[int]):
+        super().__init__()
+        bias = torch.zeros(vocab)
+        bias[liked] = 4.0
+        self.bias = torch.nn.Parameter(bias)
+
+    def forward(self, ids):
+        return self.bias.expand(*ids.shape, -1)
+
+
+def test_preference_accuracy_counts_pairs_whose_reward_prefers_the_chosen_answer():
+    """The model likes the chosen tokens of pairs 0-2 and the rejected tokens of pairs 3-5."""
+    pairs = [_pair(k, chosen=2, rejected=2) for k in range(6)]
+    liked = [100 * k + 50 + j for k in range(3) for j in range(2)] + [
+        100 * k + 70 + j for k in range(3, 6) for j in range(2)
+    ]
+    model, reference = _Prefers(600, liked), _Prefers(600, [])
+    loader = dpo.DPOLoader(pairs, 6, 2, PAD, seed=4)
+    assert dpo.preference_accuracy(model, reference, loader, 6) == pytest.approx(0.5)
+    against = _Prefers(600, [100 * k + 70 + j for k in range(6) for j in range(2)])
+    assert dpo.preference_accuracy(against, reference, dpo.DPOLoader(pairs, 6, 2, PAD, seed=4), 6) == 0.0
+    everyone = _Prefers(600, [100 * k + 50 + j for k in range(6) for j in range(2)])
+    assert dpo.preference_accuracy(everyone, reference, dpo.DPOLoader(pairs, 6, 4, PAD, seed=4), 3) == 1.0
+
+
+# --- trainer helpers ----------------------------------------------------------------------------------------
+
+
+def test_long_context_weights_move_long_mix_onto_long_documents():
+    lengths = {"a": np.array([10, 500, 600]), "b": np.array([10, 20])}
+    mixed, share = trainer.long_context_weights(lengths, {"a": 0.5, "b": 0.5}, min_tokens=100, long_mix=0.3)
+    assert share == pytest.approx({"a": 1100 / 1110, "b": 0.0})
+    assert sum(mixed.values()) == pytest.approx(1.0)
+    assert mixed["b"] == pytest.approx(0.7 * 0.5)
+    assert mixed["a"] == pytest.approx(0.7 * 0.5 + 0.3)
+
+
+def test_long_context_weights_keep_normalised_weights_without_long_documents():
+    lengths = {"a": [10, 20], "b": [30]}
+    mixed, share = trainer.long_context_weights(lengths, {"a": 2.0, "b": 6.0}, min_tokens=100)
+    assert mixed == pytest.approx({"a": 0.25, "b": 0.75}) and share == {"a": 0.0, "b": 0.0}
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="long_mix"):
+            trainer.long_context_weights(lengths, {"a": 1.0, "b": 1.0}, 100, long_mix=bad)
+
+
+def test_mfu_and_peak_flops():
+    assert trainer.mfu(6e9, 2000.0, 1e14, 4) == pytest.approx(6e9 * 2000.0 / (1e14 * 4))
+    assert trainer.mfu(6e9, 2000.0, 1e14, 1) == pytest.approx(4 * trainer.mfu(6e9, 2000.0, 1e14, 4))
+    assert trainer.mfu(6e9, 2000.0, 0.0, 1) == 0.0
+    assert trainer.peak_flops("fp32") == 0.0
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        want = next((v for k, v in trainer.PEAK_BF16.items() if k in name), 0.0)
+        assert trainer.peak_flops("bf16") == want
+    else:
+        assert trainer.peak_flops("bf16") == 0.0
+
+
+def test_validation_loss_needs_a_source_with_held_out_documents():
+    model = torch.nn.Linear(1, 1)
+    with pytest.raises(ValueError, match="held-out"):
+        trainer.validation_loss(model, {"code": []}, {"code": 0.0, "web": 1.0}, seq_len=16)
+
+
+# --- entrypoint ---------------------------------------------------------------------------------------------
+
+# What each stage needs beyond tokenizer and out (the entrypoint's documented config format).
+STAGE_KEYS = {
+    "pretrain": ("sources", "weights"),
+    "midtrain": ("sources", "weights", "init"),
+    "sft": ("examples", "init"),
+    "dpo": ("pairs", "init"),
+}
+
+
+def _write_config(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / f"config-{uuid.uuid4().hex[:8]}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _full(stage: str) -> dict:
+    return {"stage": stage, "tokenizer": "tok", "out": "run", **{k: "x" for k in STAGE_KEYS[stage]}}
+
+
+@pytest.mark.parametrize(("stage", "key"), [(s, k) for s, keys in STAGE_KEYS.items() for k in keys])
+def test_load_config_names_the_missing_key_of_a_stage(tmp_path, stage, key):
+    config = _full(stage)
+    del config[key]
+    with pytest.raises(ValueError, match=rf"stage {stage} needs {key}\b"):
+        entrypoint.load_config(_write_config(tmp_path, config))
+
+
+@pytest.mark.parametrize("stage", list(STAGE_KEYS))
+def test_load_config_accepts_a_complete_stage_config(tmp_path, stage):
+    loaded = entrypoint.load_config(_write_config(tmp_path, _full(stage)))
+    assert loaded["stage"] == stage and isinstance(loaded["train"], trainer.TrainConfig)
+    for key in ("tokenizer", "out"):
+        config = _full(stage)
+        del config[key]
+        with pytest.raises(ValueError, match=key):
+            entrypoint.load_config(_write_config(tmp_path, config))
+
+
+def test_load_config_defaults_to_pretraining_and_rejects_unknown_stages(tmp_path):
+    config = _full("pretrain")
+    del config["stage"]
+    assert entrypoint.load_config(_write_config(tmp_path, config))["stage"] == "pretrain"
+    with pytest.raises(ValueError, match="stage must be one of") as err:
+        entrypoint.load_config(_write_config(tmp_path, {**config, "stage": "rlhf"}))
+    assert all(s in str(err.value) for s in STAGE_KEYS) and "rlhf" in str(err.value)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        entrypoint.load_config(_write_config(tmp_path, {**config, "recipe": "nope"}))
+
+
+def test_load_config_turns_betas_into_a_tuple(tmp_path):
+    config = {**_full("sft"), "train": {"betas": [0.8, 0.95], "max_steps": 3}}
+    cfg = entrypoint.load_config(_write_config(tmp_path, config))["train"]
+    assert cfg.betas == (0.8, 0.95) and cfg.max_steps == 3
+
+
+def test_load_config_turns_betas_into_a_tuple_with_a_recipe(tmp_path):
+    config = {**_full("sft"), "recipe": "debug_finetune", "train": {"betas": [0.8, 0.95]}}
+    cfg = entrypoint.load_config(_write_config(tmp_path, config))["train"]
+    assert cfg.betas == (0.8, 0.95) and cfg.lr == trainer.debug_finetune().lr
+
+
+def test_load_config_reads_a_uri():
+    fs = fsspec.filesystem("memory")
+    root = f"/cfg-{uuid.uuid4().hex}"
+    fs.pipe(f"{root}/run.json", json.dumps({**_full("dpo"), "recipe": "debug_dpo"}).encode())
+    try:
+        loaded = entrypoint.load_config(f"memory://{root}/run.json")
+        assert loaded["stage"] == "dpo" and loaded["train"] == trainer.debug_dpo()
+    finally:
+        fs.rm(root, recursive=True)
+
+
+def test_is_uri():
+    assert entrypoint._is_uri("s3://bucket/run") and entrypoint._is_uri("memory://x/y")
+    assert not entrypoint._is_uri("file:///tmp/run") and not entrypoint._is_uri("/tmp/run")
+    assert not entrypoint._is_uri("relative/path")
+
+
+@pytest.fixture
+def memory_root():
+    fs = fsspec.filesystem("memory")
+    root = f"/phi-test-{uuid.uuid4().hex}"
+    yield fs, root
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def test_localize_copies_a_uri_once(tmp_path, memory_root):
+    fs, root = memory_root
+    fs.pipe(
+        {f"{root}/tok/vocab.json": b'{"a": 1}', f"{root}/tok/sub/merges.txt": b"a b", f"{root}/f.bin": b"F"}
+    )
+    out = tmp_path / "run"
+    local = entrypoint.localize(f"memory://{root}/tok", out)
+    assert local.parent == out / "inputs"
+    assert (local / "vocab.json").read_bytes() == b'{"a": 1}' and (
+        local / "sub/merges.txt"
+    ).read_bytes() == b"a b"
+    single = entrypoint.localize(f"memory://{root}/f.bin", out)
+    assert single.is_file() and single.read_bytes() == b"F" and single != local
+    assert sorted(p.name for p in (out / "inputs").iterdir()) == sorted(
+        [local.name, single.name]
+    )  # no partials
+
+    fs.rm(root, recursive=True)  # a second call must not copy again
+    assert entrypoint.localize(f"memory://{root}/tok", out) == local
+    assert (local / "vocab.json").read_bytes() == b'{"a": 1}'
+
+
+def test_localize_returns_local_paths_unchanged(tmp_path):
+    assert entrypoint.localize(str(tmp_path / "tok"), tmp_path / "run") == tmp_path / "tok"
+    assert entrypoint.localize(f"file://{tmp_path}/tok", tmp_path / "run") == tmp_path / "tok"
+    assert not (tmp_path / "run").exists()
+
+
+def _run_dir(tmp_path: Path, version: str) -> Path:
+    out = tmp_path / "run"
+    (out / "hf").mkdir(parents=True, exist_ok=True)
+    (out / "hf" / "config.json").write_text(json.dumps({"version": version}))
+    (out / "hf" / "model.safetensors").write_bytes(version.encode() * 8)
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "version": version}) + "\n")
+    (out / "summary.json").write_text(json.dumps({"version": version}))
+    return out
+
+
+def test_publish_copies_the_export_and_the_metrics(tmp_path, memory_root):
+    fs, root = memory_root
+    out = _run_dir(tmp_path, "one")
+    entrypoint.publish(out, f"memory://{root}/run")
+    published = sorted(p.removeprefix(f"{root}/run/") for p in fs.find(f"{root}/run"))
+    assert published == ["hf/config.json", "hf/model.safetensors", "metrics.jsonl", "summary.json"]
+    for name in published:
+        assert fs.cat_file(f"{root}/run/{name}") == (out / name).read_bytes()
+
+
+def test_publishing_again_replaces_the_export(tmp_path, memory_root):
+    fs, root = memory_root
+    entrypoint.publish(_run_dir(tmp_path, "one"), f"memory://{root}/run")
+    out = _run_dir(tmp_path, "two")
+    entrypoint.publish(out, f"memory://{root}/run")
+    assert not fs.exists(f"{root}/run/hf/hf")
+    for name in ("hf/config.json", "hf/model.safetensors", "metrics.jsonl", "summary.json"):
+        assert fs.cat_file(f"{root}/run/{name}") == (out / name).read_bytes()
