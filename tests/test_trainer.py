@@ -202,10 +202,13 @@ def test_sigkilled_run_resumes_to_the_same_exported_weights(shards, tmp_path):
         assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-5
 
 
-def test_deepspeed_zero2_trains_on_two_cpu_ranks(shards, tmp_path):
+def test_deepspeed_zero2_trains_on_two_cpu_ranks_and_resumes(shards, tmp_path):
     """DeepSpeed for real, on CPU (DS_ACCELERATOR=cpu, gloo): two ranks under torchrun, ZeRO stage 2;
-    rank 0 logs every step, the loss goes down, and DeepSpeed writes its checkpoints."""
+    rank 0 logs every step, the loss goes down, and DeepSpeed writes its checkpoints. Rolled back to
+    its step-4 checkpoint (as after a lost pod), the run resumes there (engine, ZeRO optimizer shards,
+    loader position, RNG) and repeats steps 5-8 with the same losses."""
     import json
+    import shutil
     import subprocess
     import sys
 
@@ -218,31 +221,33 @@ def test_deepspeed_zero2_trains_on_two_cpu_ranks(shards, tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(config))
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            "-m",
-            "phi_assets.training.entrypoint",
-            "--config",
-            str(path),
-        ],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "phi_assets.training.entrypoint",
+        "--config",
+        str(path),
+    ]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))  # rank 0 only
     assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["tokens"] == 8 * 64 * 4 * 2 * 2
     assert {p.name for p in (out / "deepspeed").iterdir()} >= {"global_step4", "global_step8", "latest"}
+
+    shutil.rmtree(out / "deepspeed" / "global_step8")
+    (out / "deepspeed" / "latest").write_text("global_step4")
+    again = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][8:]
+    assert [r["step"] for r in resumed] == [5, 6, 7, 8]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in rows[4:]], rel=1e-6)
 
 
 def test_midtraining_raises_the_rope_base_and_reports_both_lengths(shards, tmp_path):

@@ -107,11 +107,19 @@ class DeepSpeedRunner(Runner):
         return float(norm) if norm is not None else float("nan")
 
     def save(self, directory: Path, client_state: dict) -> None:
-        """Collective: each rank writes its ZeRO partition under ``global_stepN``; DeepSpeed then
-        points ``latest`` at it, so a reader never takes a half-written tag."""
-        self.engine.save_checkpoint(
-            str(directory), tag=f"global_step{client_state['step']}", client_state=client_state
-        )
+        """Collective: each rank writes its ZeRO partition under ``global_stepN``; once every rank is
+        done (a barrier), rank 0 points ``latest`` at it with an atomic rename, so a resumed run
+        never reads a tag some rank had not finished writing."""
+        tag = f"global_step{client_state['step']}"
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        if dist.is_initialized():
+            dist.barrier()
+        if self.world.rank == 0:
+            tmp = directory / f".latest.{os.getpid()}.tmp"
+            tmp.write_text(tag)
+            os.replace(tmp, directory / "latest")
+        if dist.is_initialized():
+            dist.barrier()
 
     def load(self, directory: Path) -> dict | None:
         """The ``client_state`` of the latest checkpoint (engine, optimizer and ZeRO shards restored),
