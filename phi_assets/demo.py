@@ -32,6 +32,7 @@ from jobs import (
     tokenize_synthetic_job,
     tokenizer_job,
     topics_job,
+    training_job,
 )
 from phi_assets.ingest import embedded
 from phi_assets.ingest.assets import PARTITIONS
@@ -72,6 +73,7 @@ class DemoReport:
     generation: dict = field(default_factory=dict)  # set -> tokens generated, tokens/s, cache hits
     mixture: str = ""  # mixture_weights' table (markdown)
     search: dict = field(default_factory=dict)  # mixture_search's proposal and fit
+    training: dict = field(default_factory=dict)  # asset -> its float/int/str metadata
 
     def record(self, what: str, result: dg.ExecuteInProcessResult) -> None:
         if not result.success:
@@ -118,7 +120,21 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
     if result.success:
         report.synthetic = _metadata_text(result, "synthetic_corpus", "sets")
     run_mixture(defs, instance, keys, report)
+    run_training(defs, instance, report)
     return report
+
+
+TRAINING_STAGES = ("pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint")
+
+
+def run_training(defs: dg.Definitions, instance: dg.DagsterInstance, report: DemoReport) -> None:
+    """The tiny training chain: pretrain -> midtrain -> SFT -> preference pairs -> DPO."""
+    result = _run(defs, instance, report, training_job.name, training_job.name)
+    for event in result.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        name = event.materialization.asset_key.to_user_string()
+        report.training[name] = {k: v.value for k, v in meta.items() if not isinstance(v.value, (dict, list))
+                                 and k not in ("loss_curve", "examples")}
 
 
 def run_mixture(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]],
@@ -197,6 +213,28 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     return "failed (see the run in the UI)"
 
 
+def _print_training(training: dict[str, dict]) -> None:
+    if not training:
+        return
+    print("\ntraining chain (loss curves are in each checkpoint's metadata in the UI):")
+    print(f"{'stage':24} {'steps':>6} {'tokens':>9} {'first loss':>10} {'final loss':>10} {'val loss':>18} "
+          f"{'tokens/s':>9} {'wall s':>7}")
+    for name in TRAINING_STAGES:
+        m = training.get(name)
+        if not m:
+            continue
+        val = " ".join(f"{k.removeprefix('val_loss_')}:{v:.3f}" for k, v in m.items()
+                       if k.startswith("val_loss_"))
+        print(f"{name:24} {m['steps']:>6} {m['tokens_seen']:>9,} {m['first_loss']:>10.3f} "
+              f"{m['final_loss']:>10.3f} {val:>18} {m['tokens_per_s']:>9,.0f} {m['wall_time_s']:>7.1f}")
+    pairs = training.get("preference_pairs")
+    if pairs:
+        accuracy = training.get("dpo_checkpoint", {}).get("preference_accuracy", float("nan"))
+        print(f"preference_pairs: {pairs['rejection_pairs']} rejection-sampling + {pairs['pivotal_pairs']} "
+              f"pivotal-token pairs from {pairs['problems']} problems (policy pass rate "
+              f"{pairs['policy_pass_rate']:.2f}); DPO preference accuracy on them {accuracy:.2f}")
+
+
 def main() -> int:
     profile = load_profile()
     os.environ.setdefault("DAGSTER_HOME", profile.dagster_home)
@@ -237,6 +275,7 @@ def main() -> int:
         print(f"mixture_search over {m['num_proxies']} proxies (leave-one-out Spearman "
               f"{m['loo_spearman']:.2f}): {proposal}; predicted loss {m['predicted_loss']:.3f} "
               f"vs phi-4 table {m['phi4_predicted_loss']:.3f}")
+    _print_training(report.training)
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
     print("Open the UI: make ui   (then http://127.0.0.1:3000)")
     print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "

@@ -57,6 +57,23 @@ def test_document_masking_equals_running_each_document_alone():
         assert not torch.allclose(m(packed)[:, 20:], m(b), atol=1e-3)  # unmasked, b sees a
 
 
+def test_document_masking_holds_in_every_row_of_a_batch():
+    """Two packed rows (three documents over 2 x 16 tokens, one crossing the row boundary as the loader
+    packs them): every row's documents get the logits they get alone. With heads == batch a mask
+    broadcast over heads instead of rows would pass a one-row test and fail here."""
+    torch.manual_seed(3)
+    cfg = phi.debug_tiny()  # 2 heads
+    m = phi.PhiForCausalLM(cfg).eval()
+    docs = [torch.randint(0, cfg.vocab_size, (1, n)) for n in (10, 6, 16)]
+    packed = torch.cat(docs, dim=1).view(2, 16)
+    positions = torch.cat([torch.arange(10), torch.arange(6), torch.arange(16)]).view(2, 16)
+    with torch.no_grad():
+        joint = m(packed, position_ids=positions, cu_seqlens=torch.tensor([0, 10, 16, 32]))
+        assert torch.allclose(joint[0, :10], m(docs[0])[0], atol=1e-5)
+        assert torch.allclose(joint[0, 10:], m(docs[1])[0], atol=1e-5)
+        assert torch.allclose(joint[1], m(docs[2])[0], atol=1e-5)
+
+
 @pytest.mark.parametrize(("recipe", "millions"), [(phi.phi1, 1418), (phi.phi1_small, 357), (phi.phi2, 2780)])
 def test_named_configs_have_the_published_sizes(recipe, millions):
     with torch.device("meta"):

@@ -84,7 +84,7 @@ def _train(
     """Launch the entrypoint for ``spec`` (unless this exact run is already stored) and record it."""
     asset = context.asset_key.to_user_string()
     key = stable_hash([TRAIN_CODE_VERSION, inputs], 16)
-    runs = f"{store.base_path}/runs/{asset}/{key}"  # the config and, on a cluster, the published result
+    runs = f"{store.base_path}/_runs/{asset}/{key}"  # the config and, on a cluster, the published result
     work = launcher.work_dir(asset, key)  # checkpoints: local disk, or the cluster's checkpoint volume
 
     def build(out: Path) -> Built:

@@ -43,7 +43,7 @@ def document_mask(cu_seqlens: torch.Tensor, batch: int, seq: int, device: torch.
     flat = torch.arange(batch * seq, device=device)
     doc = torch.bucketize(flat, cu_seqlens[1:].to(device), right=True).view(batch, seq)
     causal = torch.ones(seq, seq, dtype=torch.bool, device=device).tril()
-    return (doc[:, :, None] == doc[:, None, :]) & causal
+    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
 
 
 def attend(

@@ -288,9 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         with open_dagster_pipes() as pipes:
             summary = run(config, pipes)
             pipes.report_custom_message({"kind": "summary", **summary})
-    else:
-        summary = run(config)
-    print(json.dumps(summary))
+        return 0
+    print(json.dumps(run(config)))  # standalone: the summary on stdout (under Pipes it is a message)
     return 0
 
 

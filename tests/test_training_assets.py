@@ -1,0 +1,216 @@
+"""The training chain on the ci profile: what ``make demo``'s program trained (``demo_run``:
+pretrain -> midtrain -> SFT -> preference pairs -> DPO on the tiny config), plus a re-launch of a
+stored run on a copy of its home."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+import torch
+
+from phi_assets.evaluation import sandbox
+from phi_assets.training import model as phi
+from phi_assets.training import preferences
+from resources import ArtifactStore
+
+STAGES = ["pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint"]
+PARENT = {
+    "midtrained_checkpoint": "pretrained_checkpoint",
+    "sft_checkpoint": "midtrained_checkpoint",
+    "dpo_checkpoint": "sft_checkpoint",
+}
+
+
+@pytest.fixture(scope="module")
+def store(demo_run) -> ArtifactStore:
+    return ArtifactStore(root=str(demo_run["home"] / "artifacts"))
+
+
+def _manifest(store: ArtifactStore, asset: str) -> dict:
+    manifest = store.current_manifest(asset, None)
+    assert manifest is not None, f"{asset} was not materialized by the demo"
+    return manifest
+
+
+def _dir(store: ArtifactStore, asset: str) -> Path:
+    return Path(store.version_path(asset, None, store.current_version(asset, None)))
+
+
+@pytest.mark.parametrize("asset", STAGES)
+def test_every_stage_lowers_its_loss_and_records_lineage(store, asset):
+    """Each stage trained (the loss fell), every step came back through Pipes, the data version is
+    the weights' sha256, and the lineage names the parent's current version."""
+    manifest = _manifest(store, asset)
+    meta = manifest["metadata"]
+    loss = meta["loss"]
+    assert len(loss) == meta["steps"] == meta["step_messages"] > 0
+    head, tail = loss[: max(1, len(loss) // 5)], loss[-max(1, len(loss) // 5) :]
+    assert sum(tail) / len(tail) < sum(head) / len(head)
+    weights = (_dir(store, asset) / "hf" / "model.safetensors").read_bytes()
+    assert hashlib.sha256(weights).hexdigest()[:32] == manifest["data_version"]
+    if asset in PARENT:
+        assert meta["lineage"][PARENT[asset]] == store.current_version(PARENT[asset], None)
+    assert meta["lineage"]["tokenizer"] == store.current_version("tokenizer", None)
+
+
+def test_the_demo_printed_the_chain(demo_run):
+    for asset in STAGES:
+        assert asset in demo_run["first"]
+    assert "preference_pairs:" in demo_run["first"]
+
+
+def test_midtraining_extends_the_context(store):
+    """A higher RoPE base and twice the sequence length; validation loss reported at both lengths,
+    for the parent and the result."""
+    pre = _manifest(store, "pretrained_checkpoint")["inputs"]["train"]
+    mid = _manifest(store, "midtrained_checkpoint")
+    config = json.loads((_dir(store, "midtrained_checkpoint") / "hf" / "config.json").read_text())
+    assert config["rope_theta"] == 250_000 and mid["inputs"]["train"]["seq_len"] == 2 * pre["seq_len"]
+    assert mid["inputs"]["train"]["lr"] == pytest.approx(0.1 * pre["lr"])
+    summary = mid["metadata"]["summary"]
+    lengths = {str(pre["seq_len"]), str(2 * pre["seq_len"])}
+    assert set(summary["val_loss"]) == set(summary["parent_val_loss"]) == lengths
+    assert sum(mid["inputs"]["weights"].values()) == pytest.approx(1.0)
+
+
+def test_exports_load_in_transformers_and_vllm_with_our_logits(store):
+    """The DPO export loads in transformers with logits within 1e-5 of ours; the SFT export was
+    sampled by vLLM for the preference pairs, and its greedy answer there equals transformers'."""
+    import transformers
+    from safetensors.torch import load_file
+
+    hf_dir = _dir(store, "dpo_checkpoint") / "hf"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    train = _manifest(store, "dpo_checkpoint")["inputs"]["train"]
+    ours = phi.PhiForCausalLM(
+        phi.PhiConfig(
+            **{
+                **phi.RECIPES[train["model"]]().__dict__,
+                **train["overrides"],
+                "vocab_size": tok.vocab_size,
+                "max_position_embeddings": hf.config.max_position_embeddings,
+                "embd_pdrop": 0.0,
+                "resid_pdrop": 0.0,
+                "attention_dropout": 0.0,
+            }
+        )
+    ).eval()
+    ours.load_state_dict(load_file(hf_dir / "model.safetensors"))
+    ids = torch.tensor([tok.encode("def add(a, b):\n    return a + b\n")])
+    with torch.no_grad():
+        assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-5
+
+    probe = _manifest(store, "preference_pairs")["metadata"]["greedy_probe"]
+    sft = _dir(store, "sft_checkpoint") / "hf"
+    model = transformers.AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(sft)
+    prompt = torch.tensor([tok.encode(probe["prompt"])])
+    out = model.generate(prompt, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id)
+    assert tok.decode(out[0, prompt.shape[1] :], skip_special_tokens=True) == probe["text"]
+
+
+def test_sft_examples_hold_out_the_mbpp_test_split(store, mbpp_path):
+    """The finetuning examples include MBPP's training split and none of its test split (11-510)."""
+    examples = _examples(store)
+    tasks = [json.loads(line) for line in Path(mbpp_path).read_text().splitlines() if line.strip()]
+    test_texts = {t["task_id"]: t["text"].strip() for t in tasks if 11 <= t["task_id"] <= 510}
+    train_texts = {t["text"].strip() for t in tasks if t["task_id"] in preferences.MBPP_TRAIN}
+    prompts = examples.filter(pl.col("source") == "mbpp_train")["prompt"].to_list()
+    assert len(prompts) == len(preferences.MBPP_TRAIN)
+    assert all(any(t in p for t in train_texts) for p in prompts[:20])
+    joined = "\n".join(examples["prompt"].to_list())
+    assert not [i for i, text in test_texts.items() if text in joined and text not in train_texts]
+
+
+def _examples(store: ArtifactStore) -> pl.DataFrame:
+    """The examples the current SFT run read (stored beside its config)."""
+    runs = Path(store.base_path) / "_runs" / "sft_checkpoint"
+    for config in runs.glob("*/config.json"):
+        if json.loads(config.read_text())["init"].startswith(str(_dir(store, "midtrained_checkpoint"))):
+            return pl.read_parquet(json.loads(config.read_text())["examples"])
+    raise AssertionError(f"no run config under {runs} starts from the current midtrained checkpoint")
+
+
+def test_preference_pairs_are_verified_by_execution(store, mbpp_path):
+    """Re-executed in the sandbox, every rejection pair's chosen answer passes its problem's tests and
+    its rejected answer fails; pivotal pairs are single tokens after a prefix of the problem."""
+    pairs = pl.read_parquet(_dir(store, "preference_pairs") / "pairs.parquet")
+    meta = _manifest(store, "preference_pairs")["metadata"]
+    assert pairs.height == sum(meta["pairs"].values()) > 0
+    assert (
+        meta["samples"]
+        == meta["problems"] * _manifest(store, "preference_pairs")["inputs"]["config"]["samples"]
+    )
+    rejection = pairs.filter(pl.col("kind") == "rejection").head(12)
+    tests = _problem_tests(store, mbpp_path)
+    programs = [
+        f"{r['prompt']}{answer}\n\n\n{tests[r['problem_id']]}\n"
+        for r in rejection.iter_rows(named=True)
+        for answer in (r["chosen"], r["rejected"])
+    ]
+    verdicts = [v.passed for v in sandbox.run_programs(programs)]
+    assert verdicts[0::2] == [True] * rejection.height and not any(verdicts[1::2])
+    for r in pairs.filter(pl.col("kind") == "pivotal").iter_rows(named=True):
+        assert r["chosen"] != r["rejected"] and abs(r["p_after"] - r["p_before"]) >= 0.25
+
+
+def _problem_tests(store: ArtifactStore, mbpp_path: Path) -> dict[str, str]:
+    from phi_assets.training.assets import _exercises
+
+    exercises, _, _ = _exercises(store)
+    problems = preferences.exercise_problems(exercises, len(exercises))
+    problems += preferences.mbpp_problems(Path(mbpp_path), len(preferences.MBPP_TRAIN))
+    return {p.id: p.tests for p in problems}
+
+
+def test_dpo_prefers_the_chosen_answers_and_keeps_the_reference(store):
+    """After DPO the policy's implicit reward prefers the chosen answer on most pairs; the SFT
+    checkpoint it was measured against is unchanged (same data version before and after)."""
+    meta = _manifest(store, "dpo_checkpoint")["metadata"]
+    assert meta["summary"]["preference_accuracy"] > 0.5
+    assert meta["lineage"]["sft_checkpoint"] == store.current_version("sft_checkpoint", None)
+    sft = (_dir(store, "sft_checkpoint") / "hf" / "model.safetensors").read_bytes()
+    assert hashlib.sha256(sft).hexdigest()[:32] == store.current_version("sft_checkpoint", None)
+
+
+def test_a_relaunched_run_resumes_from_its_checkpoint(demo_run, home_copy):
+    """With the stored version's provenance gone, materializing pretrained_checkpoint again launches
+    the entrypoint in the same run directory (keyed by code and inputs): it resumes from the run's
+    final checkpoint, trains no step, and exports the same weights (the same data version)."""
+    import shutil
+
+    from phi_assets.definitions import build_definitions
+
+    shutil.copytree(demo_run["home"] / "runs", home_copy / "runs")  # copies: metrics.jsonl is appended to
+    store = ArtifactStore(root=str(home_copy / "artifacts"))
+    before = store.current_version("pretrained_checkpoint", None)
+    provenance = Path(store.partition_path("pretrained_checkpoint", None)) / "_provenance"
+    for f in provenance.iterdir():
+        f.unlink()
+    (run,) = [  # the run directory of the current version (keyed by code and inputs)
+        d
+        for d in (home_copy / "runs" / "pretrained_checkpoint").iterdir()
+        if hashlib.sha256((d / "run" / "hf" / "model.safetensors").read_bytes()).hexdigest()[:32] == before
+    ]
+    metrics = run / "run" / "metrics.jsonl"
+    steps = metrics.read_text().count("\n")
+    result = (
+        build_definitions()
+        .resolve_job_def("training_job")
+        .execute_in_process(
+            instance=dg.DagsterInstance.ephemeral(), asset_selection=[dg.AssetKey("pretrained_checkpoint")]
+        )
+    )
+    assert result.success
+    assert [e.asset_key for e in result.get_asset_materialization_events()] == [
+        dg.AssetKey("pretrained_checkpoint")
+    ]
+    assert metrics.read_text().count("\n") == steps  # no step trained again
+    assert store.current_version("pretrained_checkpoint", None) == before
+    assert any(provenance.iterdir())
