@@ -59,6 +59,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/heuristic_filters.py --peer-python $(BENCH_VENV)/bin/python
 	$(BIN)/python benchmarks/minhash.py --peer-python $(BENCH_VENV)/bin/python
 	$(BIN)/python benchmarks/tokenize_throughput.py --peer-python $(BENCH_VENV)/bin/python
+	$(BIN)/python benchmarks/train_step.py
 
 clean:
 	rm -rf $(PHI_HOME)
