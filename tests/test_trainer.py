@@ -114,6 +114,17 @@ def test_bf16_autocast_and_activation_checkpointing_train(shards, tmp_path):
     assert len(logs) == 3 and all(torch.isfinite(torch.tensor(e.loss)) for e in logs)
 
 
+def test_fp16_autocast_trains_with_a_loss_scaler_that_is_checkpointed(shards, tmp_path):
+    """fp16 autocast with a dynamic loss scaler: the loss stays finite and falls, and the scaler's
+    state (its scale) is saved with the checkpoint and restored on resume."""
+    logs = []
+    cfg = _cfg(max_steps=8, precision="fp16", checkpoint_every=4)
+    trainer.train(cfg, shards, WEIGHTS, tmp_path, log=logs.append)
+    assert len(logs) == 8 and all(math.isfinite(e.loss) for e in logs) and logs[-1].loss < logs[0].loss
+    state = torch.load(tmp_path / trainer.CHECKPOINT / "state.pt", weights_only=False)
+    assert state["scaler"]["scale"] > 0 and state["step"] == 8
+
+
 def _entry_config(shards, tok_dir: Path, out: Path) -> Path:
     import json
 

@@ -14,9 +14,9 @@ tokens seen, wall time, tokens/s, MFU and lineage (mixture, tokenizer and parent
 """
 
 import hashlib
+import io
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -58,17 +58,6 @@ def _parent(store: ArtifactStore, asset: str) -> tuple[dict, str]:
     return manifest, _input(store, manifest, HF)
 
 
-def _write_json(store: ArtifactStore, where: str, obj: dict) -> None:
-    if store.is_local:
-        path = Path(where)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(obj, indent=1, default=list))
-        os.replace(tmp, path)
-    else:
-        store.write_json(where, obj)
-
-
 def _train(
     context: dg.AssetExecutionContext,
     store: ArtifactStore,
@@ -93,7 +82,7 @@ def _train(
             config.update(write_inputs(runs))
         if not store.is_local:
             config["publish"] = store.uri(f"{runs}/result")
-        _write_json(store, f"{runs}/config.json", config)
+        store.write_json(f"{runs}/config.json", config)  # atomic
         started = time.perf_counter()
         messages = launcher.run(context, store.uri(f"{runs}/config.json"), f"{asset}-{key}")
         wall = time.perf_counter() - started
@@ -198,7 +187,7 @@ def _mixture(store: ArtifactStore) -> tuple[dict, dict]:
 
 def _sources(store: ArtifactStore, mixture: dict) -> dict[str, list[str]]:
     return {
-        name: [_input(store, {**s, "partition": s["partition"]}, SUBDIR) for s in shards]
+        name: [_input(store, s, SUBDIR) for s in shards]
         for name, shards in mixture["shards"].items()
         if mixture["weights"].get(name, 0) > 0
     }
@@ -388,19 +377,13 @@ def sft_examples(
 
 
 def _parquet_writer(store: ArtifactStore, frame: pl.DataFrame, name: str):
-    """``write_inputs`` for ``_train``: the frame stored beside the run's config."""
+    """``write_inputs`` for ``_train``: the frame stored (atomically) beside the run's config."""
 
     def write(runs: str) -> dict:
-        where = f"{runs}/{name}"
-        if store.is_local:
-            Path(where).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(where).with_name(f".{name}.{os.getpid()}.tmp")
-            frame.write_parquet(tmp)
-            os.replace(tmp, where)
-        else:
-            with store.fs.open(where, "wb") as f:
-                frame.write_parquet(f)
-        return {name.split(".")[0]: store.uri(where)}
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        store.write_bytes(f"{runs}/{name}", buffer.getvalue())
+        return {name.split(".")[0]: store.uri(f"{runs}/{name}")}
 
     return write
 

@@ -46,9 +46,15 @@ class Runner:
     """The plain torch loop (DDP-wrapped when there are several processes)."""
 
     def __init__(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, world: World
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        grad_clip: float,
+        world: World,
+        scaler: torch.amp.GradScaler | None = None,
     ):
         self.module, self.optimizer, self.grad_clip, self.world = model, optimizer, grad_clip, world
+        self.scaler = scaler  # fp16: losses scaled, gradients unscaled before clipping
         self.model = model
         if world.world_size > 1:
             on_cuda = next(model.parameters()).is_cuda
@@ -60,11 +66,17 @@ class Runner:
         return self.model(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
     def step(self) -> float:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip))
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when a gradient overflowed, and adjusts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
 
@@ -91,6 +103,7 @@ class DeepSpeedRunner(Runner):
             "gradient_clipping": grad_clip,
             "zero_optimization": {"stage": zero_stage},
             "bf16": {"enabled": precision == "bf16"},
+            "fp16": {"enabled": precision == "fp16"},  # DeepSpeed's own dynamic loss scaler
             "steps_per_print": 10**9,
         }
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -142,6 +155,7 @@ def setup(
     accum: int,
     micro_batch: int,
     precision: str,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Runner:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -153,4 +167,4 @@ def setup(
         return DeepSpeedRunner(model, optimizer, grad_clip, world, zero_stage, accum, micro_batch, precision)
     if world.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Runner(model, optimizer, grad_clip, world)
+    return Runner(model, optimizer, grad_clip, world, scaler)

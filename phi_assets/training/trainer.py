@@ -34,7 +34,7 @@ from phi_assets.training import distributed
 from phi_assets.training import model as phi
 
 SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("fp32", "bf16")  # fp16 needs a loss scaler: not built yet
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 with a dynamic loss scaler (torch.amp.GradScaler)
 CHECKPOINT = "checkpoint"
 DEEPSPEED = "deepspeed"  # the DeepSpeed engine's checkpoint directory
 
@@ -207,13 +207,21 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(out: Path, model, opt, step: int, loader: MixtureLoader, cfg: TrainConfig) -> Path:
+def save_checkpoint(
+    out: Path, model, opt, step: int, loader: MixtureLoader, cfg: TrainConfig, scaler=None
+) -> Path:
     """Atomically: written beside, fsynced, then renamed over the previous checkpoint."""
     final, tmp = out / CHECKPOINT, out / f".{CHECKPOINT}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(
-        {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "rng": _rng_state()},
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "rng": _rng_state(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        },
         tmp / "state.pt",
     )
     (tmp / "loader.json").write_text(json.dumps(loader.state_dict()))
@@ -235,7 +243,7 @@ def _check_config(path: Path, saved: dict, cfg: TrainConfig) -> None:
         raise ValueError(f"{path} was written with another training config; resume needs the same one")
 
 
-def _load_checkpoint(out: Path, model, opt, loader: MixtureLoader, cfg: TrainConfig) -> int:
+def _load_checkpoint(out: Path, model, opt, loader: MixtureLoader, cfg: TrainConfig, scaler=None) -> int:
     path = out / CHECKPOINT
     if not path.is_dir() and (out / f".{CHECKPOINT}.old").is_dir():  # killed between the two renames
         os.rename(out / f".{CHECKPOINT}.old", path)
@@ -245,6 +253,8 @@ def _load_checkpoint(out: Path, model, opt, loader: MixtureLoader, cfg: TrainCon
     state = torch.load(path / "state.pt", weights_only=False)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     loader.load_state_dict(json.loads((path / "loader.json").read_text()))
     _set_rng_state(state["rng"])
     return int(state["step"])
@@ -315,7 +325,9 @@ def train_on(
     opt = _optimizer(model, cfg)
     loader = make_loader()
     deepspeed = cfg.backend == "deepspeed"
-    step = 0 if deepspeed else _load_checkpoint(out, model, opt, loader, cfg)
+    # fp16 scales the loss so small gradients survive, skipping steps whose gradients overflowed
+    scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" and not deepspeed else None
+    step = 0 if deepspeed else _load_checkpoint(out, model, opt, loader, cfg, scaler)
     runner = distributed.setup(
         model,
         opt,
@@ -325,6 +337,7 @@ def train_on(
         accum=cfg.grad_accum,
         micro_batch=cfg.micro_batch_size,
         precision=cfg.precision,
+        scaler=scaler,
     )
     if deepspeed:
         state = runner.load(out / DEEPSPEED)  # the engine's own checkpoint: ZeRO shards, optimizer, step
@@ -333,7 +346,7 @@ def train_on(
             loader.load_state_dict(state["loader"])
             _set_rng_state(state["rng"])
             step = int(state["step"])
-    dtype = {"bf16": torch.bfloat16}.get(cfg.precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     autocast_dtype = None if deepspeed else dtype  # DeepSpeed keeps bf16 weights itself
     flops = model.flops_per_token(cfg.seq_len)
     model.train()
@@ -386,7 +399,7 @@ def train_on(
                     {"step": step, "loader": loader.state_dict(), "rng": _rng_state(), "config": asdict(cfg)},
                 )
             elif world.rank == 0:
-                save_checkpoint(out, model, opt, step, loader, cfg)
+                save_checkpoint(out, model, opt, step, loader, cfg, scaler)
     return model
 
 
@@ -396,7 +409,7 @@ PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10G": 125e12, "L4
 
 def peak_flops(precision: str) -> float:
     """This rank's device peak for ``precision`` (0 where unknown: the CPU, an unlisted GPU)."""
-    if not torch.cuda.is_available() or precision != "bf16":
+    if not torch.cuda.is_available() or precision not in ("bf16", "fp16"):
         return 0.0
     name = torch.cuda.get_device_name()
     return next((v for k, v in PEAK_BF16.items() if k in name), 0.0)
