@@ -1,4 +1,4 @@
-# ruff: noqa  -- a raw device check; becomes benchmarks/train_step.py in house style
+# ruff: noqa  -- the one-shot device check (parity, document mask, bf16 step vs transformers) on a GPU machine
 import json, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch, transformers

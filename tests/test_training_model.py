@@ -9,6 +9,7 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
+from phi_assets.training import attention
 from phi_assets.training import model as phi
 
 
@@ -87,3 +88,33 @@ def test_config_errors_name_the_field():
         phi.PhiConfig(hidden_size=100, num_heads=3)
     with pytest.raises(ValueError, match="rotary_dim"):
         phi.PhiConfig(rotary_dim=65)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or attention._flash_attn() is None,
+    reason="flash-attn runs only on CUDA with the flash-attn package (install .[gpu] on a GPU machine)",
+)
+def test_flash_attn_and_sdpa_agree_on_cuda(monkeypatch):
+    """The two attention backends give the same logits in bf16, packed documents included."""
+    torch.manual_seed(4)
+    cfg = phi.PhiConfig(
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_layers=2,
+        num_heads=4,
+        rotary_dim=16,
+        resid_pdrop=0.0,
+        attention_dropout=0.0,
+    )
+    m = phi.PhiForCausalLM(cfg).cuda().eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 128), device="cuda")
+    positions = torch.cat([torch.arange(100), torch.arange(156)]).view(2, 128).cuda()
+    cu = torch.tensor([0, 100, 256], device="cuda", dtype=torch.int32)
+    out = {}
+    for name in ("flash", "sdpa"):
+        monkeypatch.setenv("PHI_ATTENTION", name)
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
+            out[name] = (m(ids).float(), m(ids, position_ids=positions, cu_seqlens=cu).float())
+    for flash, sdpa in zip(out["flash"], out["sdpa"], strict=True):
+        assert (flash - sdpa).abs().max().item() < 0.05
