@@ -121,6 +121,7 @@ def _train(
     meta = outcome.metadata
     summary = meta["summary"]
     series = {"train": meta["loss"]}
+    tenth = max(1, len(meta["loss"]) // 10)
     extra: dict = {}
     for label in ("val_loss", "parent_val_loss"):
         for length, value in summary.get(label, {}).items():
@@ -130,8 +131,8 @@ def _train(
     return dg.MaterializeResult(
         data_version=dg.DataVersion(outcome.data_version),
         metadata={
-            "first_loss": meta["loss"][0],
-            "final_loss": meta["loss"][-1],
+            "first_loss": _mean_loss(meta["loss"][:tenth]),  # single steps are noisy: means of a tenth
+            "final_loss": _mean_loss(meta["loss"][-tenth:]),
             **extra,
             "tokens_seen": meta["tokens"],
             "steps": meta["steps"],
@@ -148,6 +149,10 @@ def _train(
             "skipped": outcome.skipped,
         },
     )
+
+
+def _mean_loss(values: list[float]) -> float:
+    return float(sum(values) / len(values))
 
 
 def _steps(tokens: float, cfg: trainer.TrainConfig) -> int:
