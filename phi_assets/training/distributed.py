@@ -168,3 +168,12 @@ def setup(
     if world.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return Runner(model, optimizer, grad_clip, world, scaler)
+
+
+def teardown() -> None:
+    """Leave the process group cleanly (all ranks meet first): a process that exits with gloo's
+    threads still running is aborted by the C++ runtime ("terminate called without an active
+    exception")."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -282,14 +282,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from phi_assets.training import distributed
+
     if PIPES_ENV in os.environ and os.environ.get("RANK", "0") == "0":  # only rank 0 reports
         from dagster_pipes import open_dagster_pipes
 
         with open_dagster_pipes() as pipes:
             summary = run(config, pipes)
             pipes.report_custom_message({"kind": "summary", **summary})
-        return 0
-    print(json.dumps(run(config)))  # standalone: the summary on stdout (under Pipes it is a message)
+    else:
+        summary = run(config)
+        print(json.dumps(summary))  # standalone: the summary on stdout (under Pipes it is a message)
+    distributed.teardown()  # on success only: after an error a barrier could wait for a dead rank
     return 0
 
 
