@@ -14,6 +14,7 @@ from phi_assets.curation.assets import (
     quality_filtered_code_shards,
     quality_filtered_web_shards,
 )
+from phi_assets.evaluation.assets import eval_scores, eval_stages
 from phi_assets.ingest.assets import (
     code_shards,
     raw_catalog,
@@ -110,8 +111,13 @@ posttraining_job = dg.define_asset_job(
     "posttraining_job", selection=[sft_checkpoint, preference_pairs, dpo_checkpoint],
     description="SFT, preference pairs and DPO from the current midtrained checkpoint.")
 
+eval_job = dg.define_asset_job(
+    "eval_job", selection=[eval_scores], partitions_def=eval_stages,
+    description="Evaluate one stage (pretrained, midtrained, sft, dpo, or the reference engine model) on "
+                "HumanEval and MBPP in the sandbox.")
+
 ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_job, edu_classifier_job,
             filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
             synthetic_corpus_job, tokenizer_job, tokenize_code_job, tokenize_web_job, tokenize_synthetic_job,
-            mixture_proxy_job, mixture_job, training_job, posttraining_job]
+            mixture_proxy_job, mixture_job, training_job, posttraining_job, eval_job]
 TOKENIZE_JOBS = {"code": tokenize_code_job, "web": tokenize_web_job}

@@ -24,6 +24,7 @@ from jobs import (
     catalog_job,
     dedup_job,
     edu_classifier_job,
+    eval_job,
     generator_model_job,
     mixture_job,
     mixture_proxy_job,
@@ -34,6 +35,7 @@ from jobs import (
     topics_job,
     training_job,
 )
+from phi_assets.evaluation.assets import STAGES
 from phi_assets.ingest import embedded
 from phi_assets.ingest.assets import PARTITIONS
 from phi_assets.ingest.catalog import source_totals
@@ -74,6 +76,8 @@ class DemoReport:
     mixture: str = ""  # mixture_weights' table (markdown)
     search: dict = field(default_factory=dict)  # mixture_search's proposal and fit
     training: dict = field(default_factory=dict)  # asset -> its float/int/str metadata
+    evaluation: dict = field(default_factory=dict)  # stage -> eval_scores' scores and counts
+    eval_table: str = ""  # eval_scores' table beside phi-1's Table 1 (markdown), after the last stage
 
     def record(self, what: str, result: dg.ExecuteInProcessResult) -> None:
         if not result.success:
@@ -121,6 +125,7 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
         report.synthetic = _metadata_text(result, "synthetic_corpus", "sets")
     run_mixture(defs, instance, keys, report)
     run_training(defs, instance, report)
+    run_evaluation(defs, instance, report)
     return report
 
 
@@ -135,6 +140,17 @@ def run_training(defs: dg.Definitions, instance: dg.DagsterInstance, report: Dem
         name = event.materialization.asset_key.to_user_string()
         report.training[name] = {k: v.value for k, v in meta.items() if not isinstance(v.value, (dict, list))
                                  and k not in ("loss_curve", "examples")}
+
+
+def run_evaluation(defs: dg.Definitions, instance: dg.DagsterInstance, report: DemoReport) -> None:
+    """eval_scores for every stage: the trained checkpoints and the default engine model."""
+    for stage in tqdm(list(STAGES), desc="evaluate", unit="stage"):
+        result = _run(defs, instance, report, eval_job.name, f"eval_scores[{stage}]", stage)
+        for event in result.get_asset_materialization_events():
+            meta = {k: v.value for k, v in event.materialization.metadata.items()}
+            report.evaluation[stage] = {k: meta[k] for k in ("problems", "verdicts", "engine_errors")}
+            report.evaluation[stage].update({k: v for k, v in meta.items() if isinstance(v, float)})
+            report.eval_table = meta["phi1_table1"]
 
 
 def run_mixture(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]],
@@ -235,6 +251,19 @@ def _print_training(training: dict[str, dict]) -> None:
               f"{pairs['policy_pass_rate']:.2f}); DPO preference accuracy on them {accuracy:.2f}")
 
 
+def _print_evaluation(report: DemoReport) -> None:
+    if not report.evaluation:
+        return
+    print("\neval_scores (greedy pass@1, every sample run in the sandbox; per-sample results in DuckDB):")
+    for stage, m in report.evaluation.items():
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
+        counts = ", ".join(f"{b} {n}" for b, n in m["problems"].items())
+        errors = f"; engine errors {m['engine_errors']}" if m["engine_errors"] else ""
+        print(f"  {stage:10} {scores}  (problems: {counts}{errors})")
+    print("beside phi-1's Table 1:")
+    print(_plain_table(report.eval_table))
+
+
 def main() -> int:
     profile = load_profile()
     os.environ.setdefault("DAGSTER_HOME", profile.dagster_home)
@@ -276,6 +305,7 @@ def main() -> int:
               f"{m['loo_spearman']:.2f}): {proposal}; predicted loss {m['predicted_loss']:.3f} "
               f"vs phi-4 table {m['phi4_predicted_loss']:.3f}")
     _print_training(report.training)
+    _print_evaluation(report)
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
     print("Open the UI: make ui   (then http://127.0.0.1:3000)")
     print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "

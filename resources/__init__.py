@@ -11,6 +11,7 @@ from resources.artifact_store import ArtifactStore
 from resources.curation import DecontaminationResource, EncoderResource
 from resources.llm import LLMEngine
 from resources.profiles import Profile, load_profile
+from resources.retraining import RetrainingPolicy
 from resources.training import SubprocessLauncher, TrainingLauncher
 
 
@@ -84,8 +85,10 @@ def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
         "encoder": EncoderResource(model=os.environ.get("PHI_ENCODER_MODEL", "")),
         "decontamination": DecontaminationResource(mbpp_path=os.environ.get("PHI_MBPP_PATH", "")),
         "training_launcher": build_training_launcher(profile),
+        "retraining": RetrainingPolicy(margin=float(os.environ.get("PHI_EVAL_REGRESSION_MARGIN", "0.02"))),
     }
 
 
 __all__ = ["ArtifactStore", "DecontaminationResource", "EncoderResource", "LLMEngine", "Profile",
-           "ProfileResource", "build_executor", "build_llm", "build_resources", "load_profile"]
+           "ProfileResource", "RetrainingPolicy", "build_executor", "build_llm", "build_resources",
+           "load_profile"]

@@ -39,6 +39,7 @@ class Sizes:
     proxy_seq_len: int = 128
     train_seq_len: int = 128  # the pretraining run's sequence length (its steps follow the token budget)
     preference_problems: int = 24  # problems the DPO policy is sampled on (MBPP train + verified exercises)
+    eval_problems: int = 1000  # HumanEval / MBPP problems evaluated per benchmark (1000: all 164 / 500)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -67,7 +68,7 @@ def _sizes_for(name: str) -> Sizes:
                      exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
                      synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=8,
                      proxy_steps=20, proxy_seq_len=64, train_seq_len=64,
-                     preference_problems=8)
+                     preference_problems=8, eval_problems=10)
     return Sizes()
 
 

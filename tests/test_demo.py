@@ -14,8 +14,8 @@ from resources import ArtifactStore
 # 3 code + 5 web shards x (raw, quality-filtered, filtered corpus), the catalog, generator_model,
 # 2 dedups, the annotations and the classifier, topics, 2 batches x 3 synthetic sets, synthetic_corpus,
 # the tokenizer, 8 tokenized shards, 2 batches x 3 tokenized synthetic sets, 8 proxies, the search and the
-# weights, then the training chain (4 checkpoints and the preference pairs)
-NUM_STEPS = 8 * 3 + 1 + 1 + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3 + 8 + 2 + 5
+# weights, the training chain (4 checkpoints and the preference pairs), then eval_scores for 5 stages
+NUM_STEPS = 8 * 3 + 1 + 1 + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3 + 8 + 2 + 5 + 5
 
 
 def current_versions(home: Path) -> dict[str, str]:

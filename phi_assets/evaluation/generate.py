@@ -5,8 +5,10 @@
   code fence and answers in one (the assistant turn prefilled with the fence); its whole function
   becomes the completion after a newline, redefining the prompt's (SmolLM2 asked to continue the
   docstring ends the function at once: 0/164; asked for the function: 10/164).
-- MBPP: the phi-1 prompt (task statement and its first test) as the user turn, the assistant turn
-  prefilled with a code fence; generation stops at the closing fence.
+- MBPP: the phi-1 prompt (task statement and its first test, in a docstring). A chat model gets it
+  as the user turn, the assistant turn prefilled with a code fence, and stops at the closing fence;
+  a base model continues the docstring with code and stops where a test, a print or a new
+  docstring would start (the stops the SFT and DPO stages sample with).
 
 Greedy by default (pass@1); ``n`` samples at ``temperature`` for pass@k.
 """
@@ -16,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from phi_assets.evaluation.harness import Problem
+from phi_assets.training.preferences import STOPS
 from resources.llm import Request
 
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\n```", "\n#")
 MBPP_STOP = ("```",)
+MBPP_COMPLETION_STOP = STOPS  # what the SFT and DPO stages sample MBPP-style prompts with
 MBPP_INSTRUCTION = "Write a Python function for this task. Answer with the code only.\n"
 
 
@@ -44,12 +48,14 @@ def requests(
                 out.append(Request.chat(messages, stop=MBPP_STOP, **sampling))
             else:
                 out.append(Request.completion(p.prompt, stop=HUMANEVAL_STOP, **sampling))
-        else:
+        elif chat:
             messages = [
                 {"role": "user", "content": MBPP_INSTRUCTION + p.prompt},
                 {"role": "assistant", "content": "```python\n"},
             ]
             out.append(Request.chat(messages, stop=MBPP_STOP, **sampling))
+        else:
+            out.append(Request.completion(p.prompt, stop=MBPP_COMPLETION_STOP, **sampling))
     return out
 
 

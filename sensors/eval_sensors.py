@@ -1,0 +1,230 @@
+"""The retraining loop: new checkpoints are evaluated, falling scores request retraining, failed runs
+are recorded.
+
+- ``checkpoint_eval_sensor``: a checkpoint stage (or the default engine model) with a new data version
+  gets an ``eval_job`` run for its ``eval_scores`` partition; the run key is the stage and the data
+  version, so one version is evaluated once, whatever happens to the cursor.
+- ``eval_regression_sensor``: an ``eval_scores`` materialization of a new model whose score on one of the
+  policy's metrics falls below the best earlier comparable one (same stage, same ``eval_set``) by more
+  than the margin requests one ``training_job`` run. Its run key is the triggering event (the
+  materialization's storage id): a repeat of the event, or a restart without the cursor, requests
+  nothing new. A re-evaluation of the same model is not a new event about the model, and a stage
+  gets at most ``max_consecutive`` requests in a row (``RetrainingPolicy``).
+- ``run_failure_sensor``: every failed run becomes one JSON line (run, job, partition, trigger, the
+  failing steps and the error) in the policy's ``failures_log``.
+
+With ``shard_sensor`` (new data lands, is ingested) this closes the loop: data -> training -> eval ->
+retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+from jobs import eval_job, training_job
+from phi_assets.evaluation.assets import EVAL_ASSET, STAGES
+from resources import ProfileResource, RetrainingPolicy
+
+EVAL_KEY = dg.AssetKey(EVAL_ASSET)
+
+
+def _value(metadata: dict, key: str):
+    entry = metadata.get(key)
+    return getattr(entry, "value", entry)
+
+
+def _materializations(
+    instance: dg.DagsterInstance,
+    key: dg.AssetKey,
+    *,
+    after: int | None = None,
+    before: int | None = None,
+    partition: str | None = None,
+    limit: int = 100,
+):
+    records_filter = dg.AssetRecordsFilter(
+        asset_key=key,
+        after_storage_id=after,
+        before_storage_id=before,
+        asset_partitions=[partition] if partition else None,
+    )
+    return instance.fetch_materializations(records_filter, limit=limit, ascending=before is None).records
+
+
+@dataclass(frozen=True)
+class Regression:
+    stage: str
+    metric: str
+    score: float
+    best: float
+    model_version: str
+
+
+def find_regression(instance: dg.DagsterInstance, record, policy: RetrainingPolicy) -> Regression | None | str:
+    """Whether this eval_scores materialization is a regression. "same model" when it re-evaluates
+    the model of the stage's previous comparable materialization (not a new event about a model)."""
+    meta = record.asset_materialization.metadata
+    stage, eval_set = record.partition_key, _value(meta, "eval_set")
+    earlier = [
+        r
+        for r in _materializations(instance, EVAL_KEY, before=record.storage_id, partition=stage, limit=1000)
+        if _value(r.asset_materialization.metadata, "eval_set") == eval_set
+    ]
+    if not earlier:
+        return None
+    model = _value(meta, "model_version")
+    if _value(earlier[0].asset_materialization.metadata, "model_version") == model:
+        return "same model"
+    worst = None
+    for metric in policy.metrics:
+        score = _value(meta, metric)
+        previous = [_value(r.asset_materialization.metadata, metric) for r in earlier]
+        previous = [float(p) for p in previous if isinstance(p, (int, float))]
+        if not isinstance(score, (int, float)) or not previous:
+            continue
+        best = max(previous)
+        if score < best - policy.margin and (worst is None or best - score > worst.best - worst.score):
+            worst = Regression(stage, metric, float(score), best, str(model))
+    return worst
+
+
+@dg.sensor(
+    name="eval_regression_sensor",
+    job=training_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests a retraining run when a new model's eval score falls below the best earlier one.",
+)
+def eval_regression_sensor(
+    context: dg.SensorEvaluationContext, retraining: RetrainingPolicy
+) -> dg.SensorResult:
+    state = json.loads(context.cursor) if context.cursor else {"after": 0, "streak": {}}
+    requests = []
+    for record in _materializations(context.instance, EVAL_KEY, after=state["after"] or None):
+        state["after"] = record.storage_id
+        found = find_regression(context.instance, record, retraining)
+        stage = record.partition_key
+        if found == "same model":
+            continue
+        if found is None:
+            state["streak"][stage] = 0
+            continue
+        streak = state["streak"].get(stage, 0)
+        what = (
+            f"eval_scores[{stage}]: {found.metric} {found.score:.3f} < best {found.best:.3f} - margin "
+            f"{retraining.margin} (model {found.model_version[:12]})"
+        )
+        if streak >= retraining.max_consecutive:
+            context.log.warning(f"{what}; not retraining: {streak} retraining runs in a row already")
+            continue
+        state["streak"][stage] = streak + 1
+        context.log.info(f"{what}; requesting a retraining run")
+        run_config = {}
+        if retraining.reseed:
+            run_config = {"ops": {"pretrained_checkpoint": {"config": {"train": {"seed": record.storage_id}}}}}
+        requests.append(
+            dg.RunRequest(
+                run_key=f"eval-regression:{record.storage_id}",
+                job_name=training_job.name,
+                run_config=run_config,
+                tags={
+                    "phi/trigger": "eval_regression",
+                    "phi/stage": stage,
+                    "phi/metric": found.metric,
+                    "phi/score": f"{found.score:.4f}",
+                    "phi/best": f"{found.best:.4f}",
+                    "phi/model": found.model_version,
+                },
+            )
+        )
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=json.dumps(state, sort_keys=True),
+        skip_reason=None if requests else "no regressing eval score",
+    )
+
+
+@dg.sensor(
+    name="checkpoint_eval_sensor",
+    job=eval_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Evaluates every new checkpoint version (and a new default engine model) on HumanEval, MBPP.",
+)
+def checkpoint_eval_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    state = json.loads(context.cursor) if context.cursor else {}
+    requests = []
+    for stage, asset in STAGES.items():
+        seen = state.get(asset, {"after": 0, "version": None})
+        records = _materializations(context.instance, dg.AssetKey(asset), after=seen["after"] or None)
+        if not records:
+            continue
+        latest = records[-1]
+        version = latest.asset_materialization.tags.get("dagster/data_version")
+        state[asset] = {"after": latest.storage_id, "version": version}
+        if version and version != seen["version"]:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"eval:{stage}:{version}",
+                    job_name=eval_job.name,
+                    partition_key=stage,
+                    tags={"phi/trigger": f"new {asset}"},
+                )
+            )
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=json.dumps(state, sort_keys=True),
+        skip_reason=None if requests else "no new checkpoint version",
+    )
+
+
+def _root_cause(error) -> str:
+    """The user code's own error, not Dagster's wrapper around it."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
+def failures_log(policy: RetrainingPolicy, profile: ProfileResource) -> Path:
+    return Path(policy.failures_log or f"{profile.get().phi_home}/run_failures.jsonl")
+
+
+@dg.run_failure_sensor(
+    name="run_failure_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Records every failed run (job, partition, trigger, failing steps, error) as a JSON line.",
+)
+def run_failure_sensor(
+    context: dg.RunFailureSensorContext, retraining: RetrainingPolicy, profile: ProfileResource
+) -> None:
+    run = context.dagster_run
+    steps = [e.step_key for e in context.get_step_failure_events()]
+    errors = [
+        _root_cause(e.event_specific_data.error)
+        for e in context.get_step_failure_events()
+        if e.event_specific_data and e.event_specific_data.error
+    ]
+    record = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "partition": run.tags.get("dagster/partition"),
+        "trigger": run.tags.get("phi/trigger") or run.tags.get("dagster/sensor_name") or "manual",
+        "failed_steps": steps,
+        "error": (errors[0] if errors else context.failure_event.message or "")[:2000],
+    }
+    path = failures_log(retraining, profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write() of one line with O_APPEND: a reader never sees half a record
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    context.log.info(f"recorded failed run {run.run_id} of {run.job_name} in {path}")

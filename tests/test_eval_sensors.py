@@ -1,0 +1,176 @@
+"""The retraining loop's sensors on a real Dagster instance: eval_scores materializations (reported as
+events, as a finished eval run would record them) drive eval_regression_sensor, checkpoint
+materializations drive checkpoint_eval_sensor, and a real failed run reaches run_failure_sensor."""
+
+import json
+
+import dagster as dg
+import pytest
+
+from jobs import eval_job, training_job
+from resources import ProfileResource, RetrainingPolicy
+from sensors.eval_sensors import checkpoint_eval_sensor, eval_regression_sensor, run_failure_sensor
+
+POLICY = RetrainingPolicy(margin=0.05, reseed=True, max_consecutive=2)
+
+
+def record_eval(instance, stage: str, model: str, humaneval: float, mbpp: float = 0.5, eval_set: str = "set-a"):
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key="eval_scores",
+            partition=stage,
+            metadata={
+                "humaneval_pass@1": dg.MetadataValue.float(humaneval),
+                "mbpp_pass@1": dg.MetadataValue.float(mbpp),
+                "model_version": model,
+                "eval_set": eval_set,
+            },
+        )
+    )
+
+
+def tick(instance, cursor=None, policy=POLICY) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"retraining": policy})
+    return eval_regression_sensor(context)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def test_a_regression_requests_exactly_one_retraining_run_and_its_repeat_none(instance):
+    record_eval(instance, "dpo", "m1", 0.30)
+    first = tick(instance)
+    assert first.run_requests == []  # nothing earlier to compare with
+    record_eval(instance, "dpo", "m2", 0.20)  # 10 points below the best, margin 5
+    second = tick(instance, first.cursor)
+    (request,) = second.run_requests
+    assert request.job_name == training_job.name
+    assert request.tags["phi/stage"] == "dpo" and request.tags["phi/metric"] == "humaneval_pass@1"
+    assert request.tags["phi/score"] == "0.2000" and request.tags["phi/best"] == "0.3000"
+    event_id = json.loads(second.cursor)["after"]
+    assert request.run_key == f"eval-regression:{event_id}"
+    # the same event again: nothing with the cursor; without it (a lost cursor), the same run key,
+    # which Dagster does not launch twice
+    assert tick(instance, second.cursor).run_requests == []
+    replay = tick(instance, first.cursor).run_requests
+    assert [r.run_key for r in replay] == [request.run_key]
+
+
+def test_the_retraining_request_is_a_valid_training_run_with_a_new_seed(instance):
+    record_eval(instance, "sft", "m1", 0.30)
+    record_eval(instance, "sft", "m2", 0.10)
+    (request,) = tick(instance).run_requests
+    seed = request.run_config["ops"]["pretrained_checkpoint"]["config"]["train"]["seed"]
+    assert seed == int(request.run_key.split(":")[1])
+    from phi_assets.definitions import defs
+
+    job = defs.resolve_job_def(training_job.name)
+    validated = dg.validate_run_config(job, request.run_config)
+    assert validated["ops"]["pretrained_checkpoint"]["config"]["train"] == {"seed": seed}
+    (plain,) = tick(instance, policy=RetrainingPolicy(margin=0.05, reseed=False)).run_requests
+    assert plain.run_config == {}
+
+
+def test_within_the_margin_other_eval_sets_and_other_stages_do_not_count(instance):
+    record_eval(instance, "dpo", "m1", 0.30)
+    record_eval(instance, "dpo", "m2", 0.27)  # 3 points down: within the 5-point margin
+    record_eval(instance, "dpo", "m3", 0.10, eval_set="set-b")  # another problem set: not comparable
+    record_eval(instance, "sft", "m4", 0.10)  # another stage: nothing earlier
+    assert tick(instance).run_requests == []
+
+
+def test_the_best_earlier_score_counts_not_the_last_one(instance):
+    for model, score in (("m1", 0.40), ("m2", 0.37), ("m3", 0.34)):
+        record_eval(instance, "dpo", model, score)
+    # m2 is within the margin of m1; m3 is within it of m2, but 6 points below m1
+    (request,) = tick(instance).run_requests
+    assert request.tags["phi/best"] == "0.4000" and request.tags["phi/score"] == "0.3400"
+
+
+def test_a_regression_on_any_metric_counts(instance):
+    record_eval(instance, "dpo", "m1", 0.30, mbpp=0.50)
+    record_eval(instance, "dpo", "m2", 0.31, mbpp=0.40)
+    (request,) = tick(instance).run_requests
+    assert request.tags["phi/metric"] == "mbpp_pass@1"
+
+
+def test_re_evaluating_the_same_model_is_not_a_new_regression(instance):
+    record_eval(instance, "dpo", "m1", 0.30)
+    record_eval(instance, "dpo", "m2", 0.10)
+    cursor = tick(instance).cursor
+    record_eval(instance, "dpo", "m2", 0.10)  # eval_scores re-materialized, same checkpoint
+    assert tick(instance, cursor).run_requests == []
+
+
+def test_a_stage_that_keeps_regressing_stops_requesting(instance):
+    record_eval(instance, "dpo", "m0", 0.50)
+    cursor, requested = None, 0
+    for i in range(4):
+        record_eval(instance, "dpo", f"m{i + 1}", 0.10)
+        result = tick(instance, cursor)
+        cursor, requested = result.cursor, requested + len(result.run_requests)
+    assert requested == POLICY.max_consecutive
+    record_eval(instance, "dpo", "m9", 0.55)  # a new model that holds its score resets the count
+    record_eval(instance, "dpo", "m10", 0.10)
+    assert len(tick(instance, cursor).run_requests) == 1
+
+
+def record_checkpoint(instance, asset: str, version: str):
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(asset_key=asset, tags={"dagster/data_version": version})
+    )
+
+
+def test_a_new_checkpoint_version_is_evaluated_once(instance):
+    context = dg.build_sensor_context(instance=instance)
+    assert checkpoint_eval_sensor(context).run_requests == []
+    record_checkpoint(instance, "dpo_checkpoint", "v1")
+    record_checkpoint(instance, "generator_model", "g1")
+    first = checkpoint_eval_sensor(dg.build_sensor_context(instance=instance))
+    assert sorted((r.partition_key, r.run_key, r.job_name) for r in first.run_requests) == [
+        ("dpo", "eval:dpo:v1", eval_job.name),
+        ("reference", "eval:reference:g1", eval_job.name),
+    ]
+    record_checkpoint(instance, "dpo_checkpoint", "v1")  # re-materialized without change (skipped work)
+    second = checkpoint_eval_sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
+    assert second.run_requests == []
+    record_checkpoint(instance, "dpo_checkpoint", "v2")
+    record_checkpoint(instance, "dpo_checkpoint", "v3")  # two versions since the last tick: the latest
+    third = checkpoint_eval_sensor(dg.build_sensor_context(instance=instance, cursor=second.cursor))
+    assert [(r.partition_key, r.run_key) for r in third.run_requests] == [("dpo", "eval:dpo:v3")]
+
+
+def test_a_failed_run_is_recorded(instance, tmp_path):
+    @dg.op
+    def explode():
+        raise ValueError("shard web-003.jsonl: not JSON at line 7")
+
+    @dg.job(tags={"phi/trigger": "eval_regression"})
+    def doomed():
+        explode()
+
+    result = doomed.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    log = tmp_path / "failures.jsonl"
+    context = dg.build_run_status_sensor_context(
+        sensor_name="run_failure_sensor",
+        dagster_event=failure,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={
+            "retraining": RetrainingPolicy(failures_log=str(log)),
+            "profile": ProfileResource(
+                name="ci", phi_home=str(tmp_path), landing_root="", catalog_path="", artifact_root=""
+            ),
+        },
+    ).for_run_failure()
+    run_failure_sensor(context)
+    (line,) = log.read_text().splitlines()
+    record = json.loads(line)
+    assert record["run_id"] == result.run_id and record["job"] == "doomed"
+    assert record["failed_steps"] == ["explode"] and record["trigger"] == "eval_regression"
+    assert "web-003.jsonl: not JSON at line 7" in record["error"]
