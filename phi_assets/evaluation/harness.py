@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 BENCHMARKS = ("humaneval", "mbpp")
 MBPP_TEST_IDS = range(11, 511)
@@ -114,13 +113,13 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
         raise ValueError(f"pass@k needs 0 <= c <= n and k >= 1, got n={num_samples}, c={num_correct}, k={k}")
     if num_samples - num_correct < k:
         return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(num_samples - num_correct + 1, num_samples + 1)))
+    return 1.0 - math.prod(1.0 - k / i for i in range(num_samples - num_correct + 1, num_samples + 1))
 
 
 def mean_pass_at_k(counts: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict[str, float]:
     """pass@k averaged over problems, for every k that every problem has enough samples for."""
     return {
-        f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for n, c in counts]))
+        f"pass@{k}": math.fsum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
         for k in ks
         if counts and all(n >= k for n, _ in counts)
     }

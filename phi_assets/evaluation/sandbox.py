@@ -3,18 +3,22 @@
 ``run_program(code, limits)`` runs ``code`` in a process tree of its own and returns a ``Verdict``:
 passed (ran to the end), failed (uncaught AssertionError), error (any other uncaught exception, a
 SyntaxError included), timeout (wall clock) or killed (a resource limit ended it). ``run_programs`` runs
-many in parallel (threads driving subprocesses); ``isolation()`` says what isolation is in effect.
+many in parallel through a ``SandboxPool``; ``isolation()`` says what isolation is in effect.
 
-Each program gets ``python -I -B sandbox.py --sandbox-runner FD`` with a fixed, scrubbed environment and
-its own working directory, and runs three processes deep:
+A ``SandboxPool(limits, workers)`` keeps one pre-forked worker per parallel slot, each started as
+``python -I -B sandbox.py --sandbox-worker FD`` with a fixed, scrubbed environment. What is expensive is
+done once per worker, what must not outlive a program is done again for each program:
 
-- the launcher enters new mount, network, PID, IPC and UTS namespaces: as root directly, otherwise inside a
-  new user namespace that maps the caller's uid to 0 (``unshare -rn``, done with ``libc.unshare``);
-- the supervisor, PID 1 of the new PID namespace, makes the whole file tree read-only, mounts private
-  size-limited tmpfs on /tmp, /var/tmp, /dev/shm and the working directory, hides /root, /home and /run
-  (re-exposing Python's own directories read-only), brings up a private loopback, forks the program and
-  reports how it ended through a pipe only the supervisor holds; when it exits, the kernel kills every
-  process left in the namespace;
+- the launcher (the worker's first process) enters new mount, network, PID, IPC and UTS namespaces: as
+  root directly, otherwise inside a new user namespace that maps the caller's uid to 0 (``unshare -rn``,
+  done with ``libc.unshare``), and forks the worker, PID 1 of the new PID namespace;
+- the worker makes the whole file tree read-only, hides /root, /home and /run (re-exposing Python's own
+  directories read-only), brings up a private loopback and waits for programs on a socket;
+- per program, the worker forks a supervisor into a fresh PID namespace; the supervisor, PID 1 there,
+  enters fresh mount and IPC namespaces, mounts a /proc of its own and private size-limited tmpfs on
+  /tmp, /var/tmp, /dev/shm and the working directory, forks the program and reports how it ended
+  through a pipe only the supervisor holds; when it exits, the kernel kills every process left in its
+  PID namespace, and its mounts, files and System V objects go with their namespaces;
 - the program process gives up its privileges (as root: uid 65534, no groups; otherwise: every
   capability), enters a user namespace of its own (so RLIMIT_NPROC counts its own processes only), sets
   the resource limits and executes ``exec(compile(code, "<program>", "exec"), {"__name__": "__main__"})``.
@@ -22,11 +26,12 @@ its own working directory, and runs three processes deep:
   supervisor and the exit status is 1; the verdict comes from the exit status or signal plus that report,
   never from what the program prints.
 
-The evaluator reads stdout and stderr concurrently, keeping only the last ``output_bytes`` of each, and
-at the deadline signals the launcher, which SIGKILLs the supervisor's process group (the namespace dies
-with its PID 1) and reaps it; the launcher's own group is SIGKILLed too if it lingers. The working
-directory is always removed. Where namespaces cannot be created the program still runs, with rlimits, a
-scrubbed environment and (as root) uid 65534, and ``isolation()`` reports ``NOT isolated: <reason>``.
+The evaluator makes the program's pipes (code, stdout, stderr, status) and hands their worker ends to
+the worker with the request; it feeds the code, reads stdout and stderr concurrently, keeping only the
+last ``output_bytes`` of each, and at the deadline SIGKILLs the supervisor through a pidfd the worker
+sent back (the PID namespace dies with its PID 1). A worker that does not answer is killed (its whole PID
+namespace with it) and replaced. Where namespaces cannot be created the program still runs, with rlimits,
+a scrubbed environment and (as root) uid 65534, and ``isolation()`` reports ``NOT isolated: <reason>``.
 
 The sandbox protects the host from the program, not the verdict from a cheating program: ``sys.exit(0)``
 or ``os._exit(0)`` before a failing assert counts as passed.
@@ -34,27 +39,23 @@ or ``os._exit(0)`` before a failing assert counts as passed.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import builtins
 import ctypes
 import errno
+import gc
 import json
 import linecache
 import os
-import pwd
 import resource
-import select
 import selectors
-import shutil
 import signal
-import subprocess
+import socket
 import sys
-import tempfile
-import threading
 import time
 import traceback
 import types
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import NoReturn
@@ -65,15 +66,16 @@ VERDICTS = ("passed", "failed", "error", "timeout", "killed")
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
 
-RUNNER_FLAG = "--sandbox-runner"
+WORKER_FLAG = "--sandbox-worker"
 PROGRAM_NAME = "<program>"
 #: Hidden from the program (an empty read-only tmpfs on top), except the Python directories inside them.
 HIDDEN_DIRS = ("/root", "/home", "/run")
 _PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 _SCRUBBED_ENV_KEYS = ("PATH", "LANG", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED")
-_GRACE_S = 2.0  # after the kill (or the launcher's exit), how long output may still drain
+_GRACE_S = 2.0  # after the kill (or the supervisor's exit), how long output may still drain
 _SMALL_TMPFS_MB = 16  # /var/tmp and /dev/shm
 _USE_NAMESPACES = True  # tests switch it off to exercise the no-namespace fallback
+_PRELOADED = ("typing",)  # imported by the worker, so programs importing them find them loaded
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class SandboxError(RuntimeError):
 
 
 def run_program(code: str, limits: Limits = DEFAULT_LIMITS) -> Verdict:
-    """Run ``code`` as ``__main__`` in the sandbox and return its verdict."""
+    """Run ``code`` as ``__main__`` in the sandbox and return its verdict (a one-worker pool)."""
     return _execute(code, limits)[0]
 
 
@@ -134,24 +136,105 @@ def run_programs(
     workers: int | None = None,
     progress: bool = False,
 ) -> list[Verdict]:
-    """Run programs in parallel (one thread drives each subprocess); verdicts come back in input order."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
+    """Run programs in parallel on ``workers`` pre-forked workers; verdicts come back in input order."""
     programs = list(programs)
     if not programs:
         return []
-    workers = max(1, min(workers or os.cpu_count() or 1, len(programs)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
-        futures = [pool.submit(run_program, code, limits) for code in programs]
-        if progress:
-            from tqdm.auto import tqdm
-
-            for _ in tqdm(as_completed(futures), total=len(futures), desc="sandbox", unit="program"):
-                pass
-        return [future.result() for future in futures]
+    with SandboxPool(limits, min(workers or default_workers(), len(programs))) as pool:
+        return pool.run(programs, progress=progress)
 
 
-_isolation_lock = threading.Lock()
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class SandboxPool:
+    """Pre-forked sandbox workers, reused across ``run`` calls; close it (or use ``with``) when done.
+
+    Each worker is set up once (namespaces, read-only tree, hidden directories, loopback) and runs one
+    program at a time, each in fresh PID, mount and IPC namespaces of its own (see the module docstring).
+    At most ``workers`` run at once; they start on first use. Thread-safe.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, workers: int | None = None) -> None:
+        self.limits = limits
+        self.workers = max(1, workers or default_workers())
+        import threading
+
+        self._slots = threading.BoundedSemaphore(self.workers)
+        self._lock = threading.Lock()
+        self._idle: list[_Worker] = []
+        self._closed = False
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, programs: Sequence[str], progress: bool = False) -> list[Verdict]:
+        """Run each program as ``__main__``; verdicts come back in input order."""
+        programs = list(programs)
+        if not programs:
+            return []
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        threads = min(self.workers, len(programs))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sandbox") as executor:
+            futures = [executor.submit(self.run_one, code) for code in programs]
+            if progress:
+                from tqdm.auto import tqdm
+
+                for _ in tqdm(as_completed(futures), total=len(futures), desc="sandbox", unit="program"):
+                    pass
+            return [future.result() for future in futures]
+
+    def run_one(self, code: str) -> Verdict:
+        return self._execute(code)[0]
+
+    def close(self) -> None:
+        """Stop the idle workers (busy ones stop when their program is done)."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        _close_workers(idle)
+
+    def _execute(self, code: str) -> tuple[Verdict, dict[str, str]]:
+        if self._closed:
+            raise SandboxError("the sandbox pool is closed")
+        with self._slots:
+            worker = self._acquire()
+            try:
+                try:
+                    return worker.execute(code, self.limits)
+                except _WorkerGone:  # it died between two programs: this one never started
+                    worker.close()
+                    worker = _Worker()
+                    return worker.execute(code, self.limits)
+            except _WorkerGone as exc:
+                raise SandboxError("the sandbox worker died before running the program") from exc
+            finally:
+                self._release(worker)
+
+    def _acquire(self) -> _Worker:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return _Worker()
+
+    def _release(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker.healthy and not self._closed:
+                self._idle.append(worker)
+                return
+        worker.close()
+
+
+_isolation_lock = _thread.allocate_lock()
 _isolation_cache: dict[str, str] | None = None
 
 
@@ -169,22 +252,21 @@ def isolation() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Evaluator side: spawn the runner, pump its pipes, enforce the deadline, build the verdict
+# Evaluator side: start workers, hand them programs, pump the pipes, enforce the deadline, build verdicts
 # ---------------------------------------------------------------------------------------------------------
 
-_warned_lock = threading.Lock()
+_warned_lock = _thread.allocate_lock()
 _warned = False
 
 
 def _execute(code: str, limits: Limits) -> tuple[Verdict, dict[str, str]]:
-    workdir = _make_workdir()
-    try:
-        return _execute_in(code, limits, workdir)
-    finally:
-        _remove_tree(workdir)
+    with SandboxPool(limits, 1) as pool:
+        return pool._execute(code)
 
 
 def _make_workdir() -> str:
+    import tempfile
+
     path = tempfile.mkdtemp(prefix="phi-sandbox-")
     if os.geteuid() == 0:
         os.chown(path, SANDBOX_UID, SANDBOX_GID)  # where no mount namespace replaces it, uid 65534 writes here
@@ -193,6 +275,8 @@ def _make_workdir() -> str:
 
 def _remove_tree(path: str) -> None:
     """Remove the working directory, whatever the program did to the permissions inside it."""
+    import shutil
+
     try:
         shutil.rmtree(path)
     except FileNotFoundError:
@@ -225,69 +309,270 @@ def scrubbed_env(workdir: str) -> dict[str, str]:
     }
 
 
-def _execute_in(code: str, limits: Limits, workdir: str) -> tuple[Verdict, dict[str, str]]:
-    config = {
-        "code": code,
-        "workdir": workdir,
-        "uid": os.getuid(),
-        "limits": asdict(limits),
-        "homes": _homes(),
-        "namespaces": _USE_NAMESPACES,
-    }
-    status_r, status_w = os.pipe()
-    start = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-B", os.path.abspath(__file__), RUNNER_FLAG, str(status_w)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=workdir,
-            env=scrubbed_env(workdir),
-            start_new_session=True,
-            pass_fds=(status_w,),
-        )
-    except BaseException:
-        os.close(status_r)
-        raise
-    finally:
-        os.close(status_w)
-    out, err, status = _Tail(limits.output_bytes), _Tail(limits.output_bytes), _Tail(1 << 20)
-    try:
-        sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, status_r: status}
-        timed_out = _pump(proc, json.dumps(config).encode(), sinks, start + limits.timeout_s)
-    finally:
-        _kill_group(proc)
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            stream.close()
-        os.close(status_r)
-    duration = time.monotonic() - start
-    report = _parse_status(status.data)
-    stdout, stderr = out.text(), err.text()
-    if "setup_error" in report:
-        raise SandboxError(f"sandbox setup failed: {report['setup_error']}\n{stderr[-2000:]}")
-    isolation_notes = dict(report.get("isolation", {}))
-    isolation_notes["environment"] = "scrubbed: only " + ", ".join(_SCRUBBED_ENV_KEYS)
-    _warn_if_not_isolated(isolation_notes)
-    if "wait" in report:
-        kind, detail, exception = _outcome(report, limits)
-    elif timed_out:
-        kind, detail, exception = "timeout", f"timed out after {float(limits.timeout_s)} s", None
-    elif proc.returncode < 0:  # the launcher itself was killed (the host's OOM killer, an operator)
-        kind, detail, exception = "killed", f"killed by {_signal_name(-proc.returncode)}", None
-    else:
-        raise SandboxError(f"sandbox runner failed (exit status {proc.returncode}): {stderr[-2000:]}")
-    return Verdict(kind, detail, exception, round(duration, 3), stdout, stderr), isolation_notes
-
-
 def _homes() -> list[str]:
+    import pwd
+
     homes = {os.path.expanduser("~")}
     try:
         homes.add(pwd.getpwuid(os.getuid()).pw_dir)
     except KeyError:  # a uid without a passwd entry (containers)
         pass
     return sorted(homes)
+
+
+class _WorkerGone(Exception):
+    """The worker was gone before it took the program."""
+
+
+def _send_message(sock: socket.socket, message: dict, fds: Sequence[int] = ()) -> None:
+    data = json.dumps(message).encode()
+    for _ in range(2):
+        try:
+            socket.send_fds(sock, [data], list(fds))
+            return
+        except BlockingIOError:  # the evaluator's end is non-blocking; the worker reads it at once
+            _wait_writable(sock, _GRACE_S)
+    raise BrokenPipeError("the sandbox worker does not read its socket")
+
+
+def _wait_writable(sock: socket.socket, timeout: float) -> None:
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_WRITE)
+        selector.select(timeout)
+
+
+def _receive_message(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """One message (SOCK_SEQPACKET keeps them apart) and the fds sent with it; None at end of file."""
+    data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 8, socket.MSG_CMSG_CLOEXEC)
+    if not data:
+        return None, fds
+    message = json.loads(data)
+    return (message if isinstance(message, dict) else {}), fds
+
+
+def _close_workers(workers: Sequence[_Worker]) -> None:
+    for worker in workers:  # every socket first: they all exit at once
+        worker.sock.close()
+    for worker in workers:
+        worker.close()
+
+
+class _Worker:
+    """The evaluator's end of one worker: its launcher process, control socket and working directory."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.workdir = _make_workdir()
+        self.healthy = True
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-B", os.path.abspath(__file__), WORKER_FLAG, str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                env=scrubbed_env(self.workdir),
+                start_new_session=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            _remove_tree(self.workdir)
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        config = {"workdir": self.workdir, "uid": os.getuid(), "homes": _homes(), "namespaces": _USE_NAMESPACES}
+        _send_message(self.sock, config)  # it reads it first; programs can be queued behind it at once
+        self.sock.setblocking(False)
+
+    def close(self) -> None:
+        """Stop it (end of file on its socket), kill what is left, remove the working directory."""
+        import subprocess
+
+        self.healthy = False
+        self.sock.close()
+        try:
+            self.proc.wait(timeout=_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        _remove_tree(self.workdir)
+
+    def kill(self) -> None:
+        """SIGKILL the launcher and the worker (its PID namespace, every program in it, dies too)."""
+        self.healthy = False
+        if self.proc.returncode is None:  # not reaped yet, so the group id cannot have been reused
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc.wait()
+
+    def execute(self, code: str, limits: Limits) -> tuple[Verdict, dict[str, str]]:
+        pipes = [os.pipe() for _ in range(4)]  # stdout, stderr, status (to the evaluator), code (from it)
+        (out_r, out_w), (err_r, err_w), (status_r, status_w), (code_r, code_w) = pipes
+        ours = [out_r, err_r, status_r, code_w]
+        start = time.monotonic()
+        try:
+            _send_message(self.sock, {"run": asdict(limits)}, [out_w, err_w, status_w, code_r])
+        except OSError as exc:
+            for fd in ours:
+                os.close(fd)
+            self.healthy = False
+            raise _WorkerGone from exc
+        finally:
+            for fd in (out_w, err_w, status_w, code_r):
+                os.close(fd)
+        out, err, status = _Tail(limits.output_bytes), _Tail(limits.output_bytes), _Tail(1 << 20)
+        run = _Run(code.encode("utf-8", "surrogatepass"))
+        try:
+            sinks = {out_r: out, err_r: err, status_r: status}
+            finished = self._pump(run, sinks, code_w, start + limits.timeout_s)
+        finally:
+            for fd in ours:
+                if fd != code_w or not run.code_closed:
+                    os.close(fd)
+            if run.pidfd is not None:
+                os.close(run.pidfd)
+        if not finished:  # its pipes are still open after the grace period: replace the worker
+            self.kill()
+        duration = time.monotonic() - start
+        return _verdict(run, status.data, out.text(), err.text(), limits, duration)
+
+    def _pump(self, run: _Run, sinks: dict[int, _Tail], code_w: int, deadline: float) -> bool:
+        """Feed the code and drain the pipes until the program has ended; kill it at the deadline
+        (``run.timed_out`` then). False if the pipes were still open after the grace period.
+
+        The program has ended when stdout, stderr and status are closed and the supervisor wrote its
+        report (it does so after every process of the program is dead, then exits), or the worker says
+        the supervisor died, or the program was killed at the deadline.
+        """
+        selector = selectors.DefaultSelector()
+        for fd, sink in sinks.items():
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ, sink)
+        os.set_blocking(code_w, False)
+        selector.register(code_w, selectors.EVENT_WRITE, None)
+        selector.register(self.sock, selectors.EVENT_READ, None)
+        status = sinks[next(reversed(sinks))]
+        open_sinks = len(sinks)
+        stop_at = None
+        try:
+            while True:
+                now = time.monotonic()
+                if stop_at is None and (now >= deadline or run.done is not None or run.worker_gone):
+                    if now >= deadline and run.done is None and not run.worker_gone:
+                        run.timed_out = True
+                        self._kill_program(run)
+                    stop_at = now + _GRACE_S
+                if not open_sinks and (status.data or stop_at is not None):
+                    return True
+                if stop_at is not None and now >= stop_at:
+                    return False
+                wait = (stop_at if stop_at is not None else deadline) - now
+                for key, _ in selector.select(min(max(wait, 0.0), 1.0)):
+                    if key.fd == code_w:
+                        run.pending = _feed(code_w, run.pending)
+                        if not run.pending:
+                            selector.unregister(code_w)
+                            os.close(code_w)
+                            run.code_closed = True
+                    elif key.data is None:
+                        self._receive(run, selector)
+                    else:
+                        try:
+                            chunk = os.read(key.fd, 1 << 16)
+                        except BlockingIOError:
+                            continue
+                        if chunk:
+                            key.data.append(chunk)
+                        else:
+                            selector.unregister(key.fd)
+                            open_sinks -= 1
+        finally:
+            selector.close()
+
+    def _receive(self, run: _Run, selector: selectors.BaseSelector) -> None:
+        try:
+            message, fds = _receive_message(self.sock)
+        except BlockingIOError:
+            return
+        except (OSError, ValueError):
+            message, fds = None, []
+        if message is None:  # the worker is gone
+            selector.unregister(self.sock)
+            run.worker_gone = True
+            self.healthy = False
+            return
+        if "started" in message:
+            run.pid = message["started"]
+            if fds:
+                run.pidfd = fds.pop(0)
+            if run.timed_out:
+                self._kill_program(run)
+        for fd in fds:
+            os.close(fd)
+        if "done" in message and message.get("pid") == run.pid:  # (earlier programs' come late)
+            run.done = message["done"]
+        elif "setup_error" in message or "failed" in message:
+            run.error = str(message.get("setup_error") or message.get("failed"))
+            run.done = {}
+            self.healthy = "failed" in message
+
+    def _kill_program(self, run: _Run) -> None:
+        """SIGKILL the supervisor (PID 1 of the program's namespace: all of it dies); if it has not started
+        yet, ask the worker to."""
+        if run.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(run.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+        try:
+            _send_message(self.sock, {"kill": True})
+        except OSError:
+            pass
+
+
+class _Run:
+    """The state of one program's run, on the evaluator's side."""
+
+    def __init__(self, code: bytes) -> None:
+        self.pending = memoryview(code)
+        self.code_closed = False
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.done: dict | None = None  # the supervisor's wait status, once the worker has reaped it
+        self.worker_gone = False
+        self.timed_out = False
+        self.error: str | None = None
+
+
+def _verdict(
+    run: _Run, status: bytes, stdout: str, stderr: str, limits: Limits, duration: float
+) -> tuple[Verdict, dict[str, str]]:
+    if run.error is not None:
+        raise SandboxError(f"sandbox worker failed: {run.error}")
+    report = _parse_status(status)
+    if "setup_error" in report:
+        raise SandboxError(f"sandbox setup failed: {report['setup_error']}\n{stderr[-2000:]}")
+    notes = dict(report.get("isolation", {}))
+    notes["environment"] = "scrubbed: only " + ", ".join(_SCRUBBED_ENV_KEYS)
+    _warn_if_not_isolated(notes)
+    done = run.done or {}
+    if "wait" in report:
+        kind, detail, exception = _outcome(report, limits)
+    elif run.timed_out:
+        kind, detail, exception = "timeout", f"timed out after {float(limits.timeout_s)} s", None
+    elif "signal" in done:  # the supervisor itself was killed (the host's OOM killer, an operator)
+        kind, detail, exception = "killed", f"killed by {_signal_name(done['signal'])}", None
+    elif run.done is None:
+        kind, detail, exception = "killed", "killed: its sandbox worker died", None
+    else:
+        raise SandboxError(f"sandbox supervisor failed (exit status {done.get('exit')}): {stderr[-2000:]}")
+    return Verdict(kind, detail, exception, round(duration, 3), stdout, stderr), notes
 
 
 class _Tail:
@@ -311,49 +596,6 @@ class _Tail:
         return data.decode("utf-8", errors="replace")
 
 
-def _pump(proc: subprocess.Popen, payload: bytes, sinks: dict[int, _Tail], deadline: float) -> bool:
-    """Feed the config and drain the pipes until they close; stop the program at the deadline (True then)."""
-    selector = selectors.DefaultSelector()
-    for fd, sink in sinks.items():
-        os.set_blocking(fd, False)
-        selector.register(fd, selectors.EVENT_READ, sink)
-    stdin_fd = proc.stdin.fileno()
-    os.set_blocking(stdin_fd, False)
-    selector.register(stdin_fd, selectors.EVENT_WRITE, None)
-    pending = memoryview(payload)
-    timed_out, stop_at = False, None
-    try:
-        while selector.get_map():
-            now = time.monotonic()
-            if stop_at is None and (now >= deadline or _has_exited(proc)):
-                timed_out = now >= deadline and not _has_exited(proc)
-                if timed_out:
-                    _signal(proc, signal.SIGTERM)  # the launcher kills the supervisor's tree and reaps it
-                stop_at = now + _GRACE_S
-            if stop_at is not None and now >= stop_at:
-                _kill_group(proc)
-                break
-            wait = (stop_at if stop_at is not None else deadline) - now
-            for key, _ in selector.select(min(max(wait, 0.0), 0.25)):
-                if key.fd == stdin_fd:
-                    pending = _feed(stdin_fd, pending)
-                    if not pending:
-                        selector.unregister(stdin_fd)
-                        proc.stdin.close()
-                    continue
-                try:
-                    chunk = os.read(key.fd, 1 << 16)
-                except BlockingIOError:
-                    continue
-                if chunk:
-                    key.data.append(chunk)
-                else:
-                    selector.unregister(key.fd)
-    finally:
-        selector.close()
-    return timed_out
-
-
 def _feed(fd: int, pending: memoryview) -> memoryview:
     try:
         return pending[os.write(fd, pending[: 1 << 16]) :]
@@ -361,32 +603,6 @@ def _feed(fd: int, pending: memoryview) -> memoryview:
         return pending
     except BrokenPipeError:
         return pending[:0]
-
-
-def _has_exited(proc: subprocess.Popen) -> bool:
-    """Whether the launcher has exited, without reaping it (its pid stays ours to signal)."""
-    if proc.returncode is not None:
-        return True
-    try:
-        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _signal(proc: subprocess.Popen, signum: int) -> None:
-    if proc.returncode is None:  # not reaped yet, so the pid cannot have been reused
-        try:
-            os.kill(proc.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    if proc.returncode is None:  # not reaped yet, so the group id cannot have been reused
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _parse_status(data: bytes) -> dict:
@@ -405,6 +621,8 @@ def _warn_if_not_isolated(notes: dict[str, str]) -> None:
     with _warned_lock:
         if missing and not _warned:
             _warned = True
+            import warnings
+
             warnings.warn(f"sandbox: {', '.join(missing)} NOT isolated ({notes[missing[0]]})", stacklevel=5)
 
 
@@ -579,66 +797,38 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock.fileno(), siocsifflags, struct.pack("16sH22x", b"lo", iff_up_loopback_running))
 
 
+def _setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
 # ---------------------------------------------------------------------------------------------------------
-# The runner: launcher -> supervisor (PID 1) -> program
+# The worker: launcher -> worker (PID 1, set up once) -> per program: supervisor (PID 1) -> program
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _runner_main(status_fd: int) -> None:
-    """The launcher: read the config, enter the namespaces, fork the supervisor, wait for it."""
-    config = json.loads(sys.stdin.buffer.read())
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+def _worker_main(sock_fd: int) -> None:
+    """The launcher: read the config, enter the namespaces, fork the worker, wait for it."""
+    sock = socket.socket(fileno=sock_fd)
+    config, _ = _receive_message(sock)
+    if config is None:
+        os._exit(0)
     os.umask(0o022)
     root = os.geteuid() == 0
     notes: dict[str, str] = {}
     namespaced = config["namespaces"] and _enter_namespaces(root, notes)
     if not namespaced:
         notes.update(_not_isolated(root, notes.get("reason", "switched off")))
-    supervisor: list[int] = []
-
-    def stop(_signum: int, _frame: object) -> None:  # the evaluator's deadline: end it all, then reap
-        if not supervisor:
-            os._exit(1)
-        _kill_tree(supervisor[0])
-
-    signal.signal(signal.SIGTERM, stop)
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # without a PID namespace, the program's orphans are reaped here
-    lifeline_r, lifeline_w = os.pipe()
+        _serve(sock, config, root, False, notes)
     pid = os.fork()
     if pid == 0:
         try:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.close(lifeline_w)
-            _supervise(config, root, namespaced, notes, status_fd, lifeline_r)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the launcher dies only with its whole process group
+            _serve(sock, config, root, True, notes)
         finally:
             os._exit(70)
-    supervisor.append(pid)
-    os.close(status_fd)
-    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-    _kill_tree(pid)  # what is left of its session (without a PID namespace, the program's children)
-    os.waitpid(pid, 0)  # reaped here, never orphaned
-    _reap_orphans(time.monotonic() + 1.0)
+    sock.close()
+    os.waitpid(pid, 0)
     os._exit(0)
-
-
-def _reap_orphans(until: float) -> None:
-    while time.monotonic() < until:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                time.sleep(0.01)
-        except ChildProcessError:
-            return
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL the supervisor (a child of the caller, not yet reaped) and its process group."""
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def _enter_namespaces(root: bool, notes: dict[str, str]) -> bool:
@@ -670,29 +860,222 @@ def _not_isolated(root: bool, reason: str) -> dict[str, str]:
     }
 
 
-def _supervise(config: dict, root: bool, namespaced: bool, notes: dict, status_fd: int, lifeline: int) -> None:
-    """PID 1 of the sandbox: isolate, fork the program, reap, report, exit (which kills the rest)."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if _readable(lifeline):
-        os._exit(1)  # the launcher died before the death signal was armed
-    os.setsid()  # kill(0, ...) from the program cannot reach the launcher; the launcher kills this group
+def _serve(sock: socket.socket, config: dict, root: bool, namespaced: bool, notes: dict) -> NoReturn:
+    """The worker: set up once, then run the programs it is sent, one at a time, until end of file."""
     try:
         if namespaced:
             signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 ignores every signal it has no handler for
             _prctl(PR_SET_DUMPABLE, 0)
-            _isolate(config, root, notes)
+            setup = _isolate_worker(config, notes)
+            pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            _prctl(PR_SET_CHILD_SUBREAPER, 1)  # the program's orphans are reaped here
+            setup, pid_ns = {}, -1
+    except Exception as exc:  # reported to the evaluator, which raises SandboxError
+        _send_message(sock, {"setup_error": f"{type(exc).__name__}: {exc}"})
+        os._exit(1)
+    for name in _PRELOADED:  # imported once here rather than by every program
+        __import__(name)
+    gc.freeze()  # the collector of a program does not touch (and copy) the worker's objects
+    _send_message(sock, {"ready": notes})
+    context = {"config": config, "root": root, "namespaced": namespaced, "notes": notes, "setup": setup}
+    live: dict[int, int | None] = {}  # supervisor pid -> its pidfd (None where pidfds are missing)
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    while True:
+        polling = any(pidfd is None for pidfd in live.values())
+        for key, _ in selector.select(0.01 if polling else None):
+            if key.fileobj is not sock:
+                _finish_supervisor(sock, selector, live, key.data, context)
+            elif not _handle(sock, selector, live, context, pid_ns):
+                for pid in list(live):  # the evaluator has gone: end it all
+                    _kill_tree(pid)
+                    _finish_supervisor(sock, selector, live, pid, context)
+                os._exit(0)
+        for pid in [pid for pid, pidfd in live.items() if pidfd is None]:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                _finish_supervisor(sock, selector, live, pid, context)
+
+
+def _handle(
+    sock: socket.socket, selector: selectors.BaseSelector, live: dict, context: dict, pid_ns: int
+) -> bool:
+    """One message from the evaluator: run a program, or kill the newest one. False at end of file."""
+    try:
+        message, fds = _receive_message(sock)
+    except (OSError, ValueError):
+        return False
+    if message is None:
+        return False
+    if message.get("kill") and live:
+        _kill_tree(next(reversed(live)))
+    if "run" not in message or len(fds) != 4:
+        for fd in fds:
+            os.close(fd)
+        return True
+    if not context["namespaced"]:  # one program at a time, each with a fresh working directory
+        for pid in list(live):
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            _finish_supervisor(sock, selector, live, pid, context)
+    try:
+        pid = _start_supervisor(sock, context, message["run"], fds, pid_ns)
+    except Exception as exc:
+        _send_message(sock, {"failed": f"{type(exc).__name__}: {exc}"})
+        return True
+    finally:
+        for fd in fds:
+            os.close(fd)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    live[pid] = pidfd
+    if pidfd is not None:
+        selector.register(pidfd, selectors.EVENT_READ, pid)
+    _send_message(sock, {"started": pid}, [pidfd] if pidfd is not None else [])
+    return True
+
+
+def _finish_supervisor(
+    sock: socket.socket, selector: selectors.BaseSelector, live: dict, pid: int, context: dict
+) -> None:
+    """Once the supervisor has exited: kill what is left of its process group (without a PID namespace,
+    the program's tree), reap it, and say so to the evaluator."""
+    pidfd = live.pop(pid)
+    if pidfd is not None:
+        selector.unregister(pidfd)
+        os.close(pidfd)
+    _kill_tree(pid)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        status = -1
+    if not context["namespaced"]:  # the orphans handed to this subreaper; a fresh working directory
+        _reap_group(pid, time.monotonic() + 1.0)
+        workdir = context["config"]["workdir"]
+        _remove_tree(workdir)
+        os.mkdir(workdir, 0o700)
+        if context["root"]:
+            os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
+    if status < 0:
+        wait = {"exit": -1}
+    elif os.WIFSIGNALED(status):
+        wait = {"signal": os.WTERMSIG(status)}
+    else:
+        wait = {"exit": os.waitstatus_to_exitcode(status)}
+    try:
+        _send_message(sock, {"done": wait, "pid": pid})
+    except OSError:
+        pass
+
+
+def _isolate_worker(config: dict, notes: dict[str, str]) -> dict[str, str]:
+    """Once per worker: the read-only tree, hidden directories, loopback and hostname."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
+    read_only = _make_tree_read_only()
+    hidden, shown = _hide(_hidden_dirs(config["homes"]), _python_dirs())
+    workdir = config["workdir"]
+    if not any(_within(workdir, tmp) for tmp in _PRIVATE_TMP):
+        os.makedirs(workdir, exist_ok=True)  # a mount point for its tmpfs, even in a hidden directory
+    for path in hidden:
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    try:
+        _loopback_up()
+        notes["network"] = "private network namespace (no interfaces but its own loopback)"
+    except OSError as exc:
+        notes["network"] = f"private network namespace (no interfaces; loopback down: {exc.strerror})"
+    _libc.sethostname(b"sandbox", 7)
+    hidden_note = f"hidden: {', '.join(hidden)} (Python's directories in them re-exposed read-only)"
+    if shown:
+        hidden_note += f"; NOT hidden (they hold Python): {', '.join(shown)}"
+    return {"read_only": read_only, "hidden": hidden_note}
+
+
+def _start_supervisor(sock: socket.socket, context: dict, limits: dict, fds: list[int], pid_ns: int) -> int:
+    """Fork the program's supervisor: PID 1 of a fresh PID namespace (where namespaces are in effect)."""
+    worker = os.getpid()
+    if context["namespaced"]:
+        _unshare(CLONE_NEWPID)  # for the next child only
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _supervise(sock, context, limits, fds, worker)
+            finally:
+                os._exit(70)
+    finally:
+        if context["namespaced"]:
+            _setns(pid_ns, CLONE_NEWPID)  # the children after it are in the worker's own PID namespace again
+    return pid
+
+
+def _reap_group(pgid: int, until: float) -> None:
+    """Reap the orphans handed to this subreaper until the killed process group is gone."""
+    while True:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            return
+        try:
+            os.killpg(pgid, 0)
+        except OSError:
+            return
+        if time.monotonic() >= until:
+            return
+        time.sleep(0.005)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the supervisor (a child of the caller, not yet reaped) and its process group."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _supervise(sock: socket.socket, context: dict, limits: dict, fds: list[int], worker: int) -> NoReturn:
+    """PID 1 of the program's namespaces: isolate, fork the program, reap, report, exit (killing the rest)."""
+    out_w, err_w, status_fd, code_r = fds
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if not context["namespaced"] and os.getppid() != worker:
+        os._exit(1)  # the worker died before the death signal was armed
+    os.setsid()  # kill(0, ...) from the program cannot reach the worker; the worker kills this group
+    sock.detach()  # closed below with the worker's other descriptors
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd, target in ((null, 0), (out_w, 1), (err_w, 2)):
+        os.dup2(fd, target)
+    low = 3
+    for keep in sorted((status_fd, code_r)):
+        os.closerange(low, keep)
+        low = keep + 1
+    os.closerange(low, 1 << 16)
+    config, root, notes = context["config"], context["root"], dict(context["notes"])
+    try:
+        code = _read_all(code_r).decode("utf-8", "surrogatepass")
+        os.close(code_r)
+        if context["namespaced"]:
+            _isolate_program(config, limits, root, context["setup"], notes)
         report_r, report_w = os.pipe()
     except Exception as exc:  # reported to the evaluator, which raises SandboxError
         _fail_setup(status_fd, exc)
+    program = {"code": code, "workdir": config["workdir"], "uid": config["uid"], "limits": limits}
     pid = os.fork()
     if pid == 0:
         try:
             os.close(report_r)
-            _program(config, root, status_fd, report_w)
+            _program(program, root, status_fd, report_w)
         finally:
             os._exit(71)
     os.close(report_w)
     wait, cpu_s = _reap(pid)
+    if context["namespaced"]:  # nothing of the program outlives its report
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap_all()
     result: dict = {"wait": wait, "cpu_s": cpu_s}
     for index, line in enumerate(_read_reports(report_r)):
         if index == 0 and "setup_error" in line:
@@ -707,51 +1090,50 @@ def _supervise(config: dict, root: bool, namespaced: bool, notes: dict, status_f
     os._exit(0)
 
 
+def _reap_all() -> None:
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _fail_setup(status_fd: int, exc: BaseException) -> NoReturn:
     _write_all(status_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode())
     os._exit(1)
 
 
-def _readable(fd: int) -> bool:
-    return bool(select.select([fd], [], [], 0)[0])
-
-
-def _isolate(config: dict, root: bool, notes: dict[str, str]) -> None:
-    """Mounts, IPC limits, loopback and hostname in the new namespaces; says in ``notes`` what holds."""
-    size = config["limits"]["workdir_mb"]
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
+def _isolate_program(config: dict, limits: dict, root: bool, setup: dict, notes: dict[str, str]) -> None:
+    """Per program, in the supervisor: fresh mount and IPC namespaces, /proc, private tmpfs; says what holds."""
+    size = limits["workdir_mb"]
+    _unshare(CLONE_NEWNS | CLONE_NEWIPC)
     try:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-        fresh_proc, proc_note = True, "a /proc of its own"
+        proc_note = "a /proc of its own"
         ipc_note = _limit_ipc(size)  # while /proc is writable
+        _mount(None, "/proc", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError as exc:
         _tmpfs("/proc", "size=4k,mode=555", MS_RDONLY | MS_NOEXEC)
-        fresh_proc, proc_note = False, f"/proc hidden (a fresh one cannot be mounted: {exc.strerror})"
+        proc_note = f"/proc hidden (a fresh one cannot be mounted: {exc.strerror})"
         ipc_note = "System V IPC limits NOT set (no /proc)"
-    read_only = _make_tree_read_only()
     for path in _PRIVATE_TMP:
         if os.path.isdir(path) and not os.path.islink(path):
             mb = size if path == "/tmp" else min(size, _SMALL_TMPFS_MB)
             _tmpfs(path, f"size={mb}m,nr_inodes=16384,mode=1777")
-    hidden, shown = _hide(_hidden_dirs(config["homes"]), _python_dirs(), fresh_proc)
     workdir = config["workdir"]
     os.makedirs(workdir, exist_ok=True)
     owner = f",uid={SANDBOX_UID},gid={SANDBOX_GID}" if root else ""
     _tmpfs(workdir, f"size={size}m,nr_inodes=16384,mode=700{owner}")
-    for path in hidden:
-        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    try:
-        _loopback_up()
-        notes["network"] = "private network namespace (no interfaces but its own loopback)"
-    except OSError as exc:
-        notes["network"] = f"private network namespace (no interfaces; loopback down: {exc.strerror})"
-    _libc.sethostname(b"sandbox", 7)
-    hidden_note = f"hidden: {', '.join(hidden)} (Python's directories in them re-exposed read-only)"
-    if shown:
-        hidden_note += f"; NOT hidden (they hold Python): {', '.join(shown)}"
     notes["filesystem"] = (
-        f"private mount namespace: {read_only}; writable: its working directory ({size} MiB tmpfs), "
-        f"private tmpfs /tmp, /var/tmp, /dev/shm; {hidden_note}"
+        f"private mount namespace: {setup['read_only']}; writable: its working directory ({size} MiB tmpfs), "
+        f"private tmpfs /tmp, /var/tmp, /dev/shm; {setup['hidden']}"
     )
     notes["processes"] = (
         f"private PID namespace: it sees and can signal only its own processes, all killed when it ends; "
@@ -766,8 +1148,11 @@ def _limit_ipc(size_mb: int) -> str:
     values = {"shmmax": size_mb << 20, "shmall": (size_mb << 20) // page, "shmmni": 64, "msgmni": 16}
     try:
         for name, value in values.items():
-            with open(f"/proc/sys/kernel/{name}", "w") as handle:
-                handle.write(str(value))
+            fd = os.open(f"/proc/sys/kernel/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, str(value).encode())
+            finally:
+                os.close(fd)
     except OSError as exc:
         return f"System V IPC limits NOT set ({exc.strerror})"
     return f"System V shared memory at most {size_mb} MiB"
@@ -1004,7 +1389,8 @@ def _print_exception(exc: BaseException) -> None:
 def _finish(status: int) -> None:
     """Exit like the interpreter would: join threads, run atexit handlers, flush, exit with ``status``."""
     try:
-        threading._shutdown()
+        if "threading" in sys.modules:  # as the interpreter does at exit
+            sys.modules["threading"]._shutdown()
         atexit._run_exitfuncs()
     except BaseException:
         pass
@@ -1016,5 +1402,5 @@ def _finish(status: int) -> None:
     os._exit(status)
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == RUNNER_FLAG:
-    _runner_main(int(sys.argv[2]))
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == WORKER_FLAG:
+    _worker_main(int(sys.argv[2]))
