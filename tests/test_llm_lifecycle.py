@@ -17,11 +17,9 @@ import pytest
 from resources import ArtifactStore
 from resources.llm import Engine, LLMEngine, ModelRef, Request, TransientGenerationError
 from resources.llm.cache import RequestCache
-from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
 from tests.helpers import group_members, vllm_worker_pids
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = VLLMSettings(max_model_len=512, cpu_kvcache_gib=1, show_progress=False)
 
 
 def wait_until(condition, timeout_s: float = 30.0) -> bool:
@@ -31,6 +29,32 @@ def wait_until(condition, timeout_s: float = 30.0) -> bool:
             return True
         time.sleep(0.2)
     return condition()
+
+
+def test_an_engine_that_dies_mid_batch_is_a_transient_error_and_nothing_is_cached(smol_backend, smol_dir,
+                                                                                 tmp_path):
+    """The engine killed here is the session's shared one (conftest.py ``smol_backend``): killing it
+    is its last use in a full run (this file runs after the others that use it, and this test first
+    in it, so the tests below run with no other engine alive); a later user would start it again."""
+    model = ModelRef("smol", "test-smol", path=str(smol_dir))
+    cache = RequestCache(ArtifactStore(root=str(tmp_path / "artifacts")))
+    backend = smol_backend
+    backend.start(model)  # a no-op when an earlier test already started it
+    pgid = backend._proc.pid
+
+    def kill_soon() -> None:
+        time.sleep(2.0)
+        os.killpg(pgid, signal.SIGKILL)
+
+    requests = [Request.chat(f"Write a long story about dragon number {i}.", max_tokens=400) for i in range(8)]
+    with Engine(backend, cache) as engine:
+        threading.Thread(target=kill_soon, daemon=True).start()
+        with pytest.raises(TransientGenerationError,
+                           match=r"8 of 8 .*engine_error: 8.*vLLM process (exited|closed its pipe)"):
+            engine.generate(model, requests)
+    assert cache.count(model) == 0
+    assert wait_until(lambda: not group_members(pgid), 10), [
+        (pid, Path(f"/proc/{pid}/cmdline").read_bytes()[:200]) for pid in group_members(pgid)]
 
 
 def test_a_failed_run_stops_the_engine(smol_dir, tmp_path):
@@ -71,25 +95,3 @@ def test_a_caller_killed_with_sigkill_takes_the_engine_with_it(smol_dir):
     finally:
         if caller.poll() is None:
             caller.kill()
-
-
-def test_an_engine_that_dies_mid_batch_is_a_transient_error_and_nothing_is_cached(smol_dir, tmp_path):
-    model = ModelRef("smol", "test-smol", path=str(smol_dir))
-    cache = RequestCache(ArtifactStore(root=str(tmp_path / "artifacts")))
-    backend = VLLMBackend(SETTINGS)
-    backend.start(model)
-    pgid = backend._proc.pid
-
-    def kill_soon() -> None:
-        time.sleep(2.0)
-        os.killpg(pgid, signal.SIGKILL)
-
-    requests = [Request.chat(f"Write a long story about dragon number {i}.", max_tokens=400) for i in range(8)]
-    with Engine(backend, cache) as engine:
-        threading.Thread(target=kill_soon, daemon=True).start()
-        with pytest.raises(TransientGenerationError,
-                           match=r"8 of 8 .*engine_error: 8.*vLLM process (exited|closed its pipe)"):
-            engine.generate(model, requests)
-    assert cache.count(model) == 0
-    assert wait_until(lambda: not group_members(pgid), 10), [
-        (pid, Path(f"/proc/{pid}/cmdline").read_bytes()[:200]) for pid in group_members(pgid)]
