@@ -261,7 +261,7 @@ def _print_evaluation(report: DemoReport) -> None:
         errors = f"; engine errors {m['engine_errors']}" if m["engine_errors"] else ""
         print(f"  {stage:10} {scores}  (problems: {counts}{errors})")
     print("beside phi-1's Table 1:")
-    print(_plain_table(report.eval_table))
+    print(_plain_table(report.eval_table.replace("**", "")))
 
 
 def main() -> int:

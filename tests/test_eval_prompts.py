@@ -80,3 +80,29 @@ def test_the_judge_sees_problem_reference_and_answer():
     user = request.message_dicts()[1]["content"]
     assert p.reference in user and "return words" in user and request.message_dicts()[-1]["content"] == "Score:"
     assert request.sampling.temperature == 0.0
+
+
+def test_n_samples_from_the_engine_give_unbiased_pass_at_k(mbpp_path, smol_backend, smol_dir):
+    """SmolLM2 through vLLM (the session's shared engine): 4 samples per MBPP problem at temperature
+    0.8, each with its own seed, every one executed; pass@k is the estimator over the counts."""
+    from phi_assets.evaluation import execute
+    from resources.llm import Engine, ModelRef
+
+    mbpp = harness.load_mbpp(mbpp_path, range(11, 15))
+    engine = Engine(smol_backend, None)  # not closed here: the session's engine outlives the test
+    model = ModelRef(name="smollm2", version="test", path=str(smol_dir))
+    requests = generate.requests(mbpp, n=4, temperature=0.8, max_tokens=96, chat=True)
+    results = engine.generate(model, requests).results
+    samples = generate.samples(mbpp, results, chat=True)
+    assert [s["task_id"] for s in samples] == [p.task_id for p in mbpp for _ in range(4)]
+    assert len({s["completion"] for s in samples[:4]}) > 1  # different seeds, different samples
+    report = execute.evaluate(mbpp, samples, (1, 2, 10))
+    assert set(report.pass_at_k) == {"pass@1", "pass@2"}  # 10 > 4 samples: not reported
+    counts = {}
+    for row in report.rows:
+        n, c = counts.get(row["task_id"], (0, 0))
+        counts[row["task_id"]] = (n + 1, c + row["passed"])
+    for k in (1, 2):
+        expected = sum(harness.pass_at_k(n, c, k) for n, c in counts.values()) / len(counts)
+        assert report.pass_at_k[f"pass@{k}"] == pytest.approx(expected)
+    assert report.pass_at_k["pass@1"] == pytest.approx(sum(r["passed"] for r in report.rows) / len(report.rows))

