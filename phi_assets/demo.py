@@ -150,6 +150,8 @@ def run_evaluation(defs: dg.Definitions, instance: dg.DagsterInstance, report: D
             meta = {k: v.value for k, v in event.materialization.metadata.items()}
             report.evaluation[stage] = {k: meta[k] for k in ("problems", "verdicts", "engine_errors")}
             report.evaluation[stage].update({k: v for k, v in meta.items() if isinstance(v, float)})
+            if meta.get("understanding_detail", {}).get("judge_reliable") is False:
+                report.evaluation[stage]["judge"] = "the understanding judge cannot tell right from empty"
             report.eval_table = meta["phi1_table1"]
 
 
@@ -259,6 +261,7 @@ def _print_evaluation(report: DemoReport) -> None:
         scores = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
         counts = ", ".join(f"{b} {n}" for b, n in m["problems"].items())
         errors = f"; engine errors {m['engine_errors']}" if m["engine_errors"] else ""
+        errors += f"; {m['judge']}" if "judge" in m else ""
         print(f"  {stage:10} {scores}  (problems: {counts}{errors})")
     print("beside phi-1's Table 1:")
     print(_plain_table(report.eval_table.replace("**", "")))
