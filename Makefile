@@ -60,6 +60,7 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/minhash.py --peer-python $(BENCH_VENV)/bin/python
 	$(BIN)/python benchmarks/tokenize_throughput.py --peer-python $(BENCH_VENV)/bin/python
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/eval_exec.py
 
 clean:
 	rm -rf $(PHI_HOME)
