@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 BENCHMARKS = ("humaneval", "mbpp")
 
@@ -64,29 +68,36 @@ def load_humaneval() -> list[EvalTask]:
     return tasks
 
 
-def load_mbpp(path: str | Path) -> list[EvalTask]:
-    """MBPP problems from a JSONL file (one JSON object per line, blank lines ignored)."""
+def read_mbpp(path: str | Path, parse: Callable[[dict], T | None]) -> list[T]:
+    """Each record of MBPP's JSONL file through ``parse`` (None: leave it out), blank lines ignored.
+
+    A missing file, or a record ``parse`` cannot read, is a ``ValueError`` naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: MBPP file not found (expected the mbpp.jsonl of the MBPP dataset)")
-    tasks = []
+    out = []
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                tasks.append(
-                    EvalTask(
-                        benchmark="mbpp",
-                        task_id=f"mbpp/{int(row['task_id'])}",
-                        prompt=_normalise_newlines(str(row["text"])),
-                        solution=_normalise_newlines(str(row["code"])),
-                    )
-                )
-            except (ValueError, KeyError, TypeError) as exc:
-                what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+                item = parse(json.loads(line))
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                what = f"missing key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
                 raise ValueError(f"{path}:{number}: not an MBPP record ({what})") from None
+            if item is not None:
+                out.append(item)
+    return out
+
+
+def load_mbpp(path: str | Path) -> list[EvalTask]:
+    """Every MBPP problem of the JSONL file (all 974: decontamination covers every split)."""
+    tasks = read_mbpp(path, lambda row: EvalTask(
+        benchmark="mbpp",
+        task_id=f"mbpp/{int(row['task_id'])}",
+        prompt=_normalise_newlines(str(row["text"])),
+        solution=_normalise_newlines(str(row["code"])),
+    ))
     if not tasks:
         raise ValueError(f"{path}: no MBPP records")
     return tasks

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from phi_assets.curation.eval_tasks import read_mbpp
+
 BENCHMARKS = ("humaneval", "mbpp")
 MBPP_TEST_IDS = range(11, 511)
 
@@ -63,34 +65,24 @@ def mbpp_prompt(text: str, first_test: str) -> str:
 
 def load_mbpp(path: str | Path, task_ids: Iterable[int] = MBPP_TEST_IDS) -> list[Problem]:
     """MBPP problems of ``task_ids`` (default: the test split) from its JSONL file."""
-    path, wanted = Path(path), set(task_ids)
-    if not path.is_file():
-        raise ValueError(f"{path}: MBPP file not found (expected the mbpp.jsonl of the MBPP dataset)")
-    problems = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if int(row["task_id"]) not in wanted:
-                    continue
-                tests = [_lf(t) for t in row["test_list"]]
-                entry = tests[0].split("assert", 1)[1].strip().split("(", 1)[0].strip()
-                problems.append(
-                    Problem(
-                        "mbpp",
-                        f"mbpp/{int(row['task_id'])}",
-                        mbpp_prompt(_lf(row["text"]), tests[0]),
-                        _lf(row["code"]),
-                        "\n".join(tests),
-                        entry,
-                        _lf(row.get("test_setup_code") or ""),
-                    )
-                )
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                what = f"missing key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
-                raise ValueError(f"{path}:{number}: not an MBPP record ({what})") from None
+    wanted = set(task_ids)
+
+    def parse(row: dict) -> Problem | None:
+        if int(row["task_id"]) not in wanted:
+            return None
+        tests = [_lf(t) for t in row["test_list"]]
+        entry = tests[0].split("assert", 1)[1].strip().split("(", 1)[0].strip()
+        return Problem(
+            "mbpp",
+            f"mbpp/{int(row['task_id'])}",
+            mbpp_prompt(_lf(row["text"]), tests[0]),
+            _lf(row["code"]),
+            "\n".join(tests),
+            entry,
+            _lf(row.get("test_setup_code") or ""),
+        )
+
+    problems = read_mbpp(path, parse)
     missing = wanted - {int(p.task_id.split("/")[1]) for p in problems}
     if missing:
         raise ValueError(f"{path}: {len(missing)} MBPP tasks are missing, e.g. {sorted(missing)[:5]}")

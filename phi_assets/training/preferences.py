@@ -24,11 +24,12 @@ probability estimator so that its logic is tested exactly.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from phi_assets.curation.eval_tasks import read_mbpp
 
 # A completion ends where the judged program's next part would start.
 STOPS = ("\nassert ", "\nprint(", "\nif __name__", '\n"""', "\n```", "\n# Test", "\n<|endoftext|>")
@@ -49,19 +50,15 @@ class Problem:
 def mbpp_problems(path: Path, limit: int, ids: range = MBPP_TRAIN) -> list[Problem]:
     """MBPP training-split tasks, prompted as the phi-1 paper prompts MBPP: the task text and its
     first test in a docstring; the reference is the task's code."""
-    out = []
-    for line in Path(path).read_text().splitlines():
-        if not line.strip():
-            continue
-        task = json.loads(line)
-        if len(out) >= limit:
-            break
+
+    def parse(task: dict) -> Problem | None:
         if task["task_id"] not in ids:
-            continue
+            return None
         tests = "\n".join([task.get("test_setup_code", "") or "", *task["test_list"]]).strip()
         prompt = f'"""\n{task["text"].strip()}\n{task["test_list"][0]}\n"""\n'
-        out.append(Problem(f"mbpp/{task['task_id']}", prompt, tests, task["code"].replace("\r\n", "\n")))
-    return out
+        return Problem(f"mbpp/{task['task_id']}", prompt, tests, task["code"].replace("\r\n", "\n"))
+
+    return read_mbpp(path, parse)[: max(limit, 0)]
 
 
 def exercise_problems(rows: Sequence[dict], limit: int) -> list[Problem]:
