@@ -106,3 +106,12 @@ def test_n_samples_from_the_engine_give_unbiased_pass_at_k(mbpp_path, smol_backe
         expected = sum(harness.pass_at_k(n, c, k) for n, c in counts.values()) / len(counts)
         assert report.pass_at_k[f"pass@{k}"] == pytest.approx(expected)
     assert report.pass_at_k["pass@1"] == pytest.approx(sum(r["passed"] for r in report.rows) / len(report.rows))
+
+
+def test_understanding_problems_are_asked_and_read_as_humaneval_ones():
+    p = understanding.PROBLEMS[0]
+    (asked,) = understanding.as_humaneval([p])
+    (completion,) = generate.requests([asked], chat=False)
+    assert completion.prompt == p.prompt and "\ndef " in completion.sampling.stop
+    (chat,) = generate.requests([asked], chat=True)
+    assert p.prompt in chat.message_dicts()[0]["content"]

@@ -162,9 +162,10 @@ def _generate(model: _Model, problems, config: EvalConfig, log) -> tuple[list[di
 
 def _understanding(model: _Model, judge_llm: LLMEngine, judge, config: EvalConfig, log) -> dict[str, Any]:
     problems = understanding.PROBLEMS
-    requests = understanding.answer_requests(problems, model.chat, config.understanding_max_tokens)
+    asked = understanding.as_humaneval(problems)
+    requests = generate.requests(asked, max_tokens=config.understanding_max_tokens, chat=model.chat)
     answers = model.engine.generate(model.ref, requests, log=log, desc="understanding answers").results
-    completions = [understanding.as_completion(r.text or "", model.chat) for r in answers]
+    completions = [row["completion"] for row in generate.samples(asked, answers, chat=model.chat)]
     limits = sandbox.Limits(timeout_s=config.timeout_s, cpu_s=max(1, round(config.timeout_s)))
     verdicts = sandbox.run_programs([p.program(c) for p, c in zip(problems, completions, strict=True)], limits)
     model.close()  # the judge may be another model: free this one first

@@ -297,33 +297,12 @@ RELIABLE_GAP = 0.5
 _SCORE = re.compile(r"score\s*[:=]?\s*\**\s*(\d{1,2})(?:\s*/\s*10)?", re.IGNORECASE)
 
 
-def answer_requests(problems: Sequence[UnconventionalProblem], chat: bool, max_tokens: int) -> list[Request]:
-    """What the model under evaluation is asked: complete the body (the same forms as HumanEval)."""
-    from phi_assets.evaluation.generate import HUMANEVAL_STOP, MBPP_STOP
+def as_humaneval(problems: Sequence[UnconventionalProblem]) -> list:
+    """The problems as HumanEval problems: the model under evaluation is asked and answers exactly as
+    on HumanEval (``generate.requests`` and ``generate.samples``)."""
+    from phi_assets.evaluation.harness import Problem
 
-    if not chat:
-        return [
-            Request.completion(p.prompt, stop=HUMANEVAL_STOP, max_tokens=max_tokens, temperature=0.0)
-            for p in problems
-        ]
-    return [
-        Request.chat(
-            [
-                {"role": "user", "content": f"Complete this Python function.\n```python\n{p.prompt}```"},
-                {"role": "assistant", "content": "```python\n"},
-            ],
-            stop=MBPP_STOP,
-            max_tokens=max_tokens,
-            temperature=0.0,
-        )
-        for p in problems
-    ]
-
-
-def as_completion(answer: str, chat: bool) -> str:
-    """A chat answer is a whole function (after a newline, it redefines the prompt's); a completion is
-    the body itself."""
-    return "\n" + answer if chat else answer
+    return [Problem("humaneval", p.id, p.prompt, p.reference, p.tests, "") for p in problems]
 
 
 def judge_requests(problems: Sequence[UnconventionalProblem], completions: Sequence[str]) -> list[Request]:
