@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,23 +31,28 @@ def wait_until(condition, timeout_s: float = 30.0) -> bool:
 
 
 def test_an_engine_that_dies_mid_batch_is_a_transient_error_and_nothing_is_cached(smol_backend, smol_dir,
-                                                                                 tmp_path):
+                                                                                 tmp_path, monkeypatch):
     """The engine killed here is the session's shared one (conftest.py ``smol_backend``): killing it
     is its last use in a full run (this file runs after the others that use it, and this test first
-    in it, so the tests below run with no other engine alive); a later user would start it again."""
+    in it, so the tests below run with no other engine alive); a later user would start it again.
+
+    The kill comes right after the batch was sent, before its reply is read, so the batch is always
+    in flight (a timed kill could come after a fast engine had already answered)."""
     model = ModelRef("smol", "test-smol", path=str(smol_dir))
     cache = RequestCache(ArtifactStore(root=str(tmp_path / "artifacts")))
     backend = smol_backend
     backend.start(model)  # a no-op when an earlier test already started it
     pgid = backend._proc.pid
+    real_wait = backend._wait
 
-    def kill_soon() -> None:
-        time.sleep(2.0)
-        os.killpg(pgid, signal.SIGKILL)
+    def killed_while_generating(timeout_s, what):
+        if what == "generating":
+            os.killpg(pgid, signal.SIGKILL)
+        return real_wait(timeout_s, what)
 
+    monkeypatch.setattr(backend, "_wait", killed_while_generating)
     requests = [Request.chat(f"Write a long story about dragon number {i}.", max_tokens=400) for i in range(8)]
     with Engine(backend, cache) as engine:
-        threading.Thread(target=kill_soon, daemon=True).start()
         with pytest.raises(TransientGenerationError,
                            match=r"8 of 8 .*engine_error: 8.*vLLM process (exited|closed its pipe)"):
             engine.generate(model, requests)

@@ -157,8 +157,8 @@ class VLLMBackend:
                 raise EngineStartError(f"vLLM took longer than {timeout_s:.0f} s {what}")
         try:
             return self._conn.recv()
-        except EOFError as e:
-            raise EngineStartError(f"the vLLM process closed its pipe while {what}") from e
+        except (EOFError, OSError) as e:  # a killed child: EOF, or a reset when data was unread
+            raise EngineStartError(f"the vLLM process closed its pipe while {what} ({e!r})") from e
 
     def _say(self, message: str) -> None:
         if self.log is not None:
