@@ -76,6 +76,8 @@ _GRACE_S = 2.0  # after the kill (or the supervisor's exit), how long output may
 _SMALL_TMPFS_MB = 16  # /var/tmp and /dev/shm
 _USE_NAMESPACES = True  # tests switch it off to exercise the no-namespace fallback
 _PRELOADED = ("typing",)  # imported by the worker, so programs importing them find them loaded
+#: When set (http://host:port), run_programs and isolation() use the sandbox service there (sandbox_service.py).
+SERVICE_URL_ENV = "PHI_SANDBOX_URL"
 
 
 @dataclass(frozen=True)
@@ -136,10 +138,18 @@ def run_programs(
     workers: int | None = None,
     progress: bool = False,
 ) -> list[Verdict]:
-    """Run programs in parallel on ``workers`` pre-forked workers; verdicts come back in input order."""
+    """Run programs in parallel on ``workers`` pre-forked workers; verdicts come back in input order.
+
+    With ``PHI_SANDBOX_URL`` set, the sandbox service there runs them (its own workers; ``workers`` unused).
+    """
     programs = list(programs)
     if not programs:
         return []
+    url = os.environ.get(SERVICE_URL_ENV, "").strip()
+    if url:
+        from phi_assets.evaluation.sandbox_service import run_remote
+
+        return run_remote(url, programs, limits, progress=progress)
     with SandboxPool(limits, min(workers or default_workers(), len(programs))) as pool:
         return pool.run(programs, progress=progress)
 
@@ -242,9 +252,15 @@ def isolation() -> dict[str, str]:
     """What isolation holds, as reported by a probe run (once per process).
 
     Keys: mode, user, network, filesystem, processes, ipc, limits, environment. A value starting with
-    "NOT isolated" names what is missing and why.
+    "NOT isolated" names what is missing and why. With ``PHI_SANDBOX_URL`` set: the service's, where
+    ``run_programs`` runs the programs.
     """
     global _isolation_cache
+    url = os.environ.get(SERVICE_URL_ENV, "").strip()
+    if url:
+        from phi_assets.evaluation.sandbox_service import remote_isolation
+
+        return remote_isolation(url)
     with _isolation_lock:
         if _isolation_cache is None:
             _isolation_cache = _execute("pass", Limits(timeout_s=60))[1]
