@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from k8s.steps import GPU_POOL_TAG
 from phi_assets.curation.assets import (
     dedup_code,
     dedup_web,
@@ -105,10 +106,11 @@ CORPUS_JOBS = {"code": filter_code_corpus_job, "web": filter_web_corpus_job}
 training_job = dg.define_asset_job(
     "training_job", selection=[pretrained_checkpoint, midtrained_checkpoint, sft_checkpoint, preference_pairs,
                                dpo_checkpoint],
+    tags=GPU_POOL_TAG,
     description="The training chain: pretrain on the mixture, midtrain (long context), SFT, preference "
                 "pairs from the SFT policy, DPO. Each stage resumes from its last checkpoint when retried.")
 posttraining_job = dg.define_asset_job(
-    "posttraining_job", selection=[sft_checkpoint, preference_pairs, dpo_checkpoint],
+    "posttraining_job", selection=[sft_checkpoint, preference_pairs, dpo_checkpoint], tags=GPU_POOL_TAG,
     description="SFT, preference pairs and DPO from the current midtrained checkpoint.")
 
 eval_job = dg.define_asset_job(

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from k8s.security import TMP_MOUNT, TMP_VOLUME, WRITABLE_ENV, container_security, pod_security
+
 MODEL_MOUNT = "/models"
-RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-              "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,14 @@ class VLLMServerSpec:
     gpus: int = 1
     port: int = 8000
     max_model_len: int = 4096
+    dtype: str = "auto"  # float32 for the project's small checkpoints (as the offline engine evaluates them)
     gpu_memory_utilization: float = 0.9
     node_selector: dict[str, str] = field(
         default_factory=lambda: {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"})
     tolerations: list[dict[str, str]] = field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
     api_key_secret: str = ""  # a Secret with key "api-key"; the server then requires it
+    env_from_secrets: tuple[str, ...] = ()  # Secrets with the object store's credentials (the model copy)
 
     def __post_init__(self) -> None:
         if self.gpus < 1 or self.replicas < 1:
@@ -53,15 +55,17 @@ class VLLMServerSpec:
         return f"http://{self.name}.{self.namespace}.svc.cluster.local:{self.port}/v1"
 
     def labels(self) -> dict[str, str]:
-        return {"app.kubernetes.io/name": self.name, "app.kubernetes.io/part-of": "phi-factory"}
+        return {"app.kubernetes.io/name": self.name, "app.kubernetes.io/component": "llm-server",
+                "app.kubernetes.io/part-of": "phi-factory"}
 
 
 def _server_container(spec: VLLMServerSpec) -> dict[str, Any]:
     args = ["--model", f"{MODEL_MOUNT}/model", "--served-model-name", spec.served_name,
             "--host", "0.0.0.0", "--port", str(spec.port), "--max-model-len", str(spec.max_model_len),
             "--gpu-memory-utilization", str(spec.gpu_memory_utilization),
-            "--tensor-parallel-size", str(spec.gpus)]
+            "--tensor-parallel-size", str(spec.gpus), "--dtype", spec.dtype]
     env = [{"name": "HF_HUB_OFFLINE", "value": "1"}]
+    env += [{"name": k, "value": v} for k, v in WRITABLE_ENV.items()]
     if spec.api_key_secret:
         env.append({"name": "VLLM_API_KEY",
                     "valueFrom": {"secretKeyRef": {"name": spec.api_key_secret, "key": "api-key"}}})
@@ -71,9 +75,9 @@ def _server_container(spec: VLLMServerSpec) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": spec.port}],
         "resources": {"limits": {"nvidia.com/gpu": spec.gpus}, "requests": {"nvidia.com/gpu": spec.gpus}},
         "readinessProbe": probe, "startupProbe": {**probe, "failureThreshold": 60},
-        "securityContext": RESTRICTED,
+        "securityContext": container_security(),
         "volumeMounts": [{"name": "models", "mountPath": MODEL_MOUNT},
-                         {"name": "shm", "mountPath": "/dev/shm"}],
+                         {"name": "shm", "mountPath": "/dev/shm"}, dict(TMP_MOUNT)],
     }
 
 
@@ -82,7 +86,10 @@ def _loader_container(spec: VLLMServerSpec) -> dict[str, Any]:
             "fs.get(path, sys.argv[2], recursive=True)")
     return {"name": "fetch-model", "image": spec.loader_image,
             "command": ["python", "-c", copy, spec.model_uri, f"{MODEL_MOUNT}/model"],
-            "securityContext": RESTRICTED, "volumeMounts": [{"name": "models", "mountPath": MODEL_MOUNT}]}
+            "envFrom": [{"secretRef": {"name": s}} for s in spec.env_from_secrets],
+            "env": [{"name": k, "value": v} for k, v in WRITABLE_ENV.items()],
+            "securityContext": container_security(),
+            "volumeMounts": [{"name": "models", "mountPath": MODEL_MOUNT}, dict(TMP_MOUNT)]}
 
 
 def render(spec: VLLMServerSpec) -> list[dict[str, Any]]:
@@ -91,11 +98,11 @@ def render(spec: VLLMServerSpec) -> list[dict[str, Any]]:
         raise ValueError("VLLMServerSpec.model_uri is empty: give the generator_model directory's URI")
     meta = {"name": spec.name, "namespace": spec.namespace, "labels": spec.labels()}
     pod = {
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": pod_security(), "automountServiceAccountToken": False,
         "nodeSelector": dict(spec.node_selector), "tolerations": list(spec.tolerations),
         "initContainers": [_loader_container(spec)], "containers": [_server_container(spec)],
-        "volumes": [{"name": "models", "emptyDir": {}}, {"name": "shm", "emptyDir": {"medium": "Memory"}}],
+        "volumes": [{"name": "models", "emptyDir": {}}, {"name": "shm", "emptyDir": {"medium": "Memory"}},
+                    dict(TMP_VOLUME)],
     }
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,

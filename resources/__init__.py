@@ -36,11 +36,26 @@ class ProfileResource(dg.ConfigurableResource):
         return load_profile(env)
 
 
-def build_executor(profile: Profile) -> dg.ExecutorDefinition:
+def deployment_profile(env: Mapping[str, str] | None = None):
+    """The cluster's ``k8s.deploy.DeploymentProfile`` named by ``PHI_K8S_PROFILE`` (default ``a100x8``): the
+    same object ``python -m k8s.render`` renders the manifests and Helm values from."""
+    from k8s.deploy import get_profile
+
+    env = os.environ if env is None else env
+    return get_profile(env.get("PHI_K8S_PROFILE") or "a100x8")
+
+
+def build_executor(profile: Profile, env: Mapping[str, str] | None = None) -> dg.ExecutorDefinition:
     if profile.name == "k8s":
         from dagster_k8s import k8s_job_executor
 
-        return k8s_job_executor  # one pod per step: per-shard fan-out on the cluster
+        cluster = deployment_profile(env)
+        # one pod per step (per-shard fan-out on the cluster), each restricted; assets add their
+        # CPU/memory through dagster-k8s/config op tags (k8s/steps.py)
+        return k8s_job_executor.configured(
+            {"job_namespace": cluster.namespace, "step_k8s_config": cluster.step_k8s_config()},
+            name="k8s_phi",
+        )
     return dg.multiprocess_executor
 
 
@@ -52,9 +67,7 @@ def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | N
     backend = env.get("PHI_LLM_BACKEND") or ("openai" if profile.name == "k8s" else "vllm")
     base_url = env.get("PHI_LLM_BASE_URL", "")
     if backend == "openai" and not base_url and profile.name == "k8s":
-        from k8s.vllm_server import VLLMServerSpec
-
-        base_url = VLLMServerSpec().base_url
+        base_url = deployment_profile(env).vllm().base_url
     tiny = profile.name == "ci"
     return LLMEngine(
         store=store, backend=backend, base_url=base_url,
@@ -66,13 +79,13 @@ def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | N
     )
 
 
-def build_training_launcher(profile: Profile) -> TrainingLauncher:
+def build_training_launcher(profile: Profile, env: Mapping[str, str] | None = None) -> TrainingLauncher:
     """Training runs as child processes on local/ci; as Kubernetes Jobs (PyTorchJobs across nodes) on
-    the A100 pool for k8s (``phi_assets.training.launch``)."""
+    the A100 pool for k8s (``phi_assets.training.launch``), as the deployment profile describes them."""
     if profile.name == "k8s":
         from phi_assets.training.launch import K8sTrainingLauncher
 
-        return K8sTrainingLauncher()
+        return K8sTrainingLauncher.from_spec(deployment_profile(env).training())
     return SubprocessLauncher(root=f"{profile.phi_home}/runs")
 
 
@@ -91,4 +104,4 @@ def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
 
 __all__ = ["ArtifactStore", "DecontaminationResource", "EncoderResource", "LLMEngine", "Profile",
            "ProfileResource", "RetrainingPolicy", "build_executor", "build_llm", "build_resources",
-           "load_profile"]
+           "deployment_profile", "load_profile"]

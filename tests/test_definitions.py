@@ -53,14 +53,17 @@ def test_asset_graph_matches_snapshot(phi_home):
 
 
 def test_k8s_profile_uses_the_kubernetes_executor(monkeypatch, phi_home):
-    """No cluster here: only the wiring is checked (the executor is dagster-k8s's)."""
+    """No cluster here: only the wiring is checked (the executor is dagster-k8s's, configured from the
+    deployment profile ``PHI_K8S_PROFILE`` names; tests/test_k8s_deploy.py checks the pods it builds)."""
     from phi_assets.definitions import build_definitions
 
     monkeypatch.setenv("PHI_PROFILE", "k8s")
     monkeypatch.setenv("PHI_ARTIFACT_ROOT", "memory://phi/artifacts")
     monkeypatch.setenv("PHI_LANDING_ROOT", "memory://phi/landing")
+    monkeypatch.setenv("PHI_K8S_PROFILE", "a100x8x4")
     defs = build_definitions()
-    assert defs.executor.name == "k8s"
+    assert defs.executor.name == "k8s_phi"
+    assert defs.resources["training_launcher"].nodes == 4  # the profile's PyTorchJobs
     assert defs.resources["store"].root == "memory://phi/artifacts"
 
 

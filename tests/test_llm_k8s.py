@@ -50,7 +50,8 @@ def test_server_manifests_are_valid_kubernetes(version):
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert all(c["securityContext"]["allowPrivilegeEscalation"] is False
                for c in pod["containers"] + pod["initContainers"])
-    assert server["env"][1]["valueFrom"]["secretKeyRef"] == {"name": "vllm-key", "key": "api-key"}
+    key = next(e for e in server["env"] if e["name"] == "VLLM_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"] == {"name": "vllm-key", "key": "api-key"}
 
 
 def test_render_cli_prints_yaml_documents():

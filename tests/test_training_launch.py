@@ -3,29 +3,22 @@
 No Kubernetes cluster runs on these machines. The manifests are validated offline against the Kubernetes
 schemas (``kubernetes-validate``); the PyTorchJob is a custom resource the schemas do not know, so its
 structure is asserted and its pod templates are validated as core ``PodTemplate`` objects. The tests of
-``K8sTrainingLauncher.run`` replace the Kubernetes API with ``FakeCluster`` (a fake, said so in each
-docstring); the pod logs it serves are what a stand-in for the training entrypoint really wrote through
-``dagster_pipes`` when started with the environment of the manifest the launcher created, and they go
-through dagster-k8s' real pod-log message reader.
+``K8sTrainingLauncher.run`` replace the Kubernetes API objects with ``FakeCluster`` (a fake, said so in each
+docstring; ``tests/k8s_standin.py``, which also serves it over HTTP to the real client in
+``test_k8s_launch_api.py``); the pod logs it serves are what a stand-in for the training entrypoint really
+wrote through ``dagster_pipes`` when started with the environment of the manifest the launcher created,
+and they go through dagster-k8s' real pod-log message reader.
 """
 
 import copy
-import os
 import re
-import subprocess
-import sys
-import textwrap
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
-import kubernetes.client as k8s
 import kubernetes_validate
 import pytest
-from dagster_pipes import encode_env_var
 
+from k8s.security import WRITABLE_ENV
 from phi_assets.training.launch import (
     MAX_NAME_LEN,
     K8sTrainingLauncher,
@@ -36,11 +29,19 @@ from phi_assets.training.launch import (
     manifest_command,
     pytorchjob_manifest,
 )
-
-CONFIG_URI = "s3://bucket/phi/runs/pretrained_checkpoint-0f3a/config.json"
-RUN_KEY = "pretrained_checkpoint-0f3a9c"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
+from tests.k8s_standin import (
+    CONFIG_URI,
+    RUN_KEY,
+    Attempt,
+    FakeCluster,
+    crashed_session_env,
+    entrypoint_logs,
+    plain_logs,
+    rank0_env,
+    steps,
+    train,
+    user_logs,
+)
 
 # --- Manifests ----------------------------------------------------------------------------------------------
 
@@ -75,7 +76,7 @@ def test_job_manifest_is_a_valid_restartable_eight_gpu_job(version):
         "torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=8",
         "-m", "phi_assets.training.entrypoint", "--config", CONFIG_URI,
     ]  # fmt: skip
-    assert {e["name"]: e["value"] for e in container["env"]} == {"PYTHONUNBUFFERED": "1", **env}
+    assert {e["name"]: e["value"] for e in container["env"]} == {"PYTHONUNBUFFERED": "1", **WRITABLE_ENV, **env}
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert (
@@ -225,313 +226,6 @@ def test_work_dirs_lie_on_the_checkpoint_volume():
 
 # --- A fake cluster -----------------------------------------------------------------------------------------
 
-# Stands in for the training entrypoint: reports steps first..last through Pipes the way the entrypoint
-# does on rank 0, then ends as told: "ok" (a summary, clean close), "lost" (the process vanishes, as on a
-# lost node: no closing message) or "crash" (an exception: Pipes closes with it).
-STANDIN = textwrap.dedent(
-    """
-    import os, sys
-    from dagster_pipes import open_dagster_pipes
-    ending, first, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    print("[torchrun] launching 8 local workers", flush=True)
-    with open_dagster_pipes() as pipes:
-        for step in range(first, last + 1):
-            pipes.report_custom_message({"kind": "step", "step": step, "loss": round(4.0 / step, 3)})
-        if ending == "lost":
-            sys.stderr.flush()
-            os._exit(137)
-        if ending == "crash":
-            raise RuntimeError("NCCL watchdog timeout on rank 3")
-        pipes.report_custom_message({"kind": "summary", "steps": last})
-    """
-)
-
-
-def kube_log(lines: list[str]) -> list[bytes]:
-    """Lines as the pod-log endpoint returns them with ``timestamps=true`` (RFC 3339, nanoseconds)."""
-    stamp = [
-        (T0 + timedelta(microseconds=i)).strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z" for i in range(len(lines))
-    ]
-    return [f"{ts} {line}\n".encode() for ts, line in zip(stamp, lines, strict=True)]
-
-
-def entrypoint_logs(ending: str, first: int, last: int) -> Callable[[dict[str, str]], list[bytes]]:
-    def run(container_env: dict[str, str]) -> list[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
-        done = subprocess.run(
-            [sys.executable, "-c", STANDIN, ending, str(first), str(last)],
-            env={**env, **container_env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == {"ok": 0, "lost": 137, "crash": 1}[ending], done.stdout
-        return kube_log(done.stdout.splitlines())
-
-    return run
-
-
-def plain_logs(*lines: str) -> Callable[[dict[str, str]], list[bytes]]:
-    return lambda _env: kube_log(list(lines))
-
-
-@dataclass
-class Attempt:
-    """One run of the rank-0 container: what it logs (given its env) and how it exits."""
-
-    logs: Callable[[dict[str, str]], list[bytes]]
-    exit_code: int = 0
-    reason: str = "Completed"
-    message: str = ""
-    between_polls: bool = False  # starts and ends between two status polls
-    stream_breaks: int = 0  # how many log requests fail while it runs
-
-
-@dataclass
-class FakePod:
-    name: str
-    uid: str
-    owner: str
-    labels: dict[str, str]
-    created: datetime
-    attempt: Attempt
-    state: str = "pending"  # pending -> running -> terminated; "restarting" for an in-place restart
-    restarts: int = 0
-    log: list[bytes] = field(default_factory=list)
-    last: Attempt | None = None
-
-
-class FakeCluster:
-    """A fake Kubernetes API (no cluster runs here): the BatchV1Api, CoreV1Api and CustomObjectsApi calls
-    the launcher makes. Creating a Job / PyTorchJob starts its first attempt as a Pending pod; each status
-    poll starts pending pods; reading a running pod's log runs its attempt to the end (as following a log
-    does), after which the object succeeds, starts its next attempt (a new pod, or the same pod's container
-    again when ``in_place``), or fails once more than ``backoff_limit`` pods have failed."""
-
-    def __init__(self, kind: str, attempts: list[Attempt], backoff_limit: int = 3, in_place: bool = False):
-        self.kind, self.attempts, self.backoff_limit, self.in_place = (
-            kind,
-            list(attempts),
-            backoff_limit,
-            in_place,
-        )
-        self.objects: dict[str, dict[str, Any]] = {}
-        self.pods: list[FakePod] = []
-        self.created: list[str] = []  # every create call, conflicts included
-        self.deleted: list[str] = []
-        self.log_reads: list[str] = []
-        self.ticks = 0
-        self.interrupt_at: int | None = None
-        self.apis = KubeApis(core=self, batch=self, custom=self)
-
-    # objects
-    def _create(self, namespace: str, body: dict) -> dict[str, Any]:
-        name = body["metadata"]["name"]
-        self.created.append(name)
-        if name in self.objects:
-            raise k8s.ApiException(status=409, reason="Conflict")
-        obj = {"body": copy.deepcopy(body), "uid": f"uid-{len(self.created)}", "failed": 0, "done": None}
-        self.objects[name] = obj
-        self._start(name)
-        return obj
-
-    def create_namespaced_job(self, namespace, body, **_):
-        assert self.kind == "Job"
-        return k8s.V1Job(
-            metadata=k8s.V1ObjectMeta(name=body["metadata"]["name"], uid=self._create(namespace, body)["uid"])
-        )
-
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body, **_):
-        assert (self.kind, group, version, plural) == ("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs")
-        obj = self._create(namespace, body)
-        return {**copy.deepcopy(body), "metadata": {**body["metadata"], "uid": obj["uid"]}}
-
-    def _object(self, name: str) -> dict[str, Any]:
-        if name not in self.objects:
-            raise k8s.ApiException(status=404, reason="Not Found")
-        return self.objects[name]
-
-    def read_namespaced_job(self, name, namespace, **_):
-        obj = self._object(name)
-        container = k8s.V1Container(name="pytorch", command=manifest_command(obj["body"]))
-        template = k8s.V1PodTemplateSpec(spec=k8s.V1PodSpec(containers=[container]))
-        return k8s.V1Job(
-            metadata=k8s.V1ObjectMeta(name=name, uid=obj["uid"]), spec=k8s.V1JobSpec(template=template)
-        )
-
-    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **_):
-        obj = self._object(name)
-        return {**copy.deepcopy(obj["body"]), "metadata": {**obj["body"]["metadata"], "uid": obj["uid"]}}
-
-    def _tick(self, name: str) -> dict[str, Any]:
-        self.ticks += 1
-        assert self.ticks < 100, "the launcher never finished"
-        if self.interrupt_at is not None and self.ticks >= self.interrupt_at:
-            raise dg.DagsterExecutionInterruptedError()
-        for pod in self.pods:
-            if pod.state in ("pending", "restarting"):
-                pod.state = "running"
-                if pod.attempt.between_polls:
-                    self._run_to_end(pod)
-        return self._object(name)
-
-    def read_namespaced_job_status(self, name, namespace, **_):
-        obj = self._tick(name)
-        conditions = []
-        if obj["done"] == "succeeded":
-            conditions = [k8s.V1JobCondition(type="Complete", status="True")]
-        elif obj["done"] == "failed":
-            message = "Job has reached the specified backoff limit"
-            conditions = [
-                k8s.V1JobCondition(type="Failed", status="True", reason="BackoffLimitExceeded", message=message)
-            ]
-        status = k8s.V1JobStatus(
-            active=0 if obj["done"] else 1,
-            failed=obj["failed"] or None,
-            succeeded=1 if obj["done"] == "succeeded" else None,
-            conditions=conditions or None,
-        )
-        return k8s.V1Job(metadata=k8s.V1ObjectMeta(name=name, uid=obj["uid"]), status=status)
-
-    def get_namespaced_custom_object_status(self, group, version, namespace, plural, name, **_):
-        obj = self._tick(name)
-        conditions = [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated"}]
-        if obj["done"] == "succeeded":
-            conditions.append({"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"})
-        elif obj["done"] == "failed":
-            conditions.append(
-                {"type": "Failed", "status": "True", "reason": "PyTorchJobFailed", "message": "x"}
-            )
-        return {"status": {"conditions": conditions, "replicaStatuses": {"Master": {"failed": obj["failed"]}}}}
-
-    def _delete(self, name: str) -> None:
-        self.deleted.append(name)
-        self._object(name)
-        del self.objects[name]  # its pods stay until the garbage collector gets to them
-
-    def delete_namespaced_job(self, name, namespace, propagation_policy=None, **_):
-        assert propagation_policy == "Background"
-        self._delete(name)
-
-    def delete_namespaced_custom_object(
-        self, group, version, namespace, plural, name, propagation_policy=None, **_
-    ):
-        assert propagation_policy == "Background"
-        self._delete(name)
-
-    # pods
-    def _selector(self, name: str) -> str:
-        if self.kind == "Job":
-            return f"job-name={name}"
-        return f"training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=master"
-
-    def _start(self, name: str) -> None:
-        obj = self.objects[name]
-        attempt = self.attempts.pop(0)
-        mine = [p for p in self.pods if p.owner == obj["uid"]]
-        if self.in_place and mine:
-            pod = mine[-1]
-            pod.state, pod.restarts, pod.last, pod.attempt = (
-                "restarting",
-                pod.restarts + 1,
-                pod.attempt,
-                attempt,
-            )
-            return
-        suffix = "master-0" if self.kind == "PyTorchJob" else f"{len(self.pods):05d}"
-        self.add_pod(name, obj["uid"], attempt, f"{name}-{suffix}")
-
-    def add_pod(self, job: str, owner: str, attempt: Attempt, pod_name: str, state: str = "pending") -> FakePod:
-        labels = dict(kv.split("=") for kv in self._selector(job).split(","))
-        pod = FakePod(
-            pod_name, f"pod-{len(self.pods)}", owner, labels, T0 + timedelta(minutes=len(self.pods)), attempt
-        )
-        pod.state = state
-        self.pods.append(pod)
-        return pod
-
-    def list_namespaced_pod(self, namespace, label_selector=None, **_):
-        wanted = dict(kv.split("=") for kv in label_selector.split(","))
-        return k8s.V1PodList(items=[self._pod(p) for p in self.pods if wanted.items() <= p.labels.items()])
-
-    def _pod(self, p: FakePod) -> k8s.V1Pod:
-        def terminated(attempt: Attempt, restarts: int) -> k8s.V1ContainerStateTerminated:
-            return k8s.V1ContainerStateTerminated(
-                exit_code=attempt.exit_code, reason=attempt.reason, message=attempt.message or None,
-                container_id=f"containerd://{p.uid}-{restarts}",
-            )  # fmt: skip
-
-        state = {
-            "pending": k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="ContainerCreating")),
-            "restarting": k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason="CrashLoopBackOff")),
-            "running": k8s.V1ContainerState(running=k8s.V1ContainerStateRunning(started_at=p.created)),
-        }.get(p.state) or k8s.V1ContainerState(terminated=terminated(p.attempt, p.restarts))
-        last = k8s.V1ContainerState(terminated=terminated(p.last, p.restarts - 1)) if p.last else None
-        status = k8s.V1ContainerStatus(
-            name="pytorch", image="phi-factory:latest", image_id="", ready=p.state == "running",
-            restart_count=p.restarts, state=state, last_state=last,
-        )  # fmt: skip
-        phase = {"pending": "Pending", "restarting": "Running", "running": "Running"}.get(p.state)
-        phase = phase or ("Succeeded" if p.attempt.exit_code == 0 else "Failed")
-        owner = k8s.V1OwnerReference(
-            api_version="batch/v1", kind=self.kind, name="owner", uid=p.owner, controller=True
-        )
-        meta = k8s.V1ObjectMeta(
-            name=p.name, uid=p.uid, labels=p.labels, creation_timestamp=p.created, owner_references=[owner]
-        )
-        return k8s.V1Pod(metadata=meta, status=k8s.V1PodStatus(phase=phase, container_statuses=[status]))
-
-    def read_namespaced_pod_log(self, name, namespace, **kwargs):
-        assert kwargs.get("follow") and kwargs.get("timestamps")
-        pod = [p for p in self.pods if p.name == name][-1]
-        self.log_reads.append(f"{pod.name}#{pod.restarts}")
-        if pod.state == "terminated":
-            return list(pod.log)
-        if pod.state != "running":
-            raise k8s.ApiException(status=400, reason=f"container pytorch in pod {name} is waiting to start")
-        if pod.attempt.stream_breaks:
-            pod.attempt.stream_breaks -= 1
-            raise k8s.ApiException(status=500, reason="connection reset while streaming")
-        return self._run_to_end(pod)
-
-    def _run_to_end(self, pod: FakePod) -> list[bytes]:
-        obj = next(o for o in self.objects.values() if o["uid"] == pod.owner)
-        pod.log = pod.attempt.logs(rank0_env(obj["body"]))
-        pod.state = "terminated"
-        job = next(n for n, o in self.objects.items() if o is obj)
-        if pod.attempt.exit_code == 0:
-            obj["done"] = "succeeded"
-        else:
-            obj["failed"] += 1
-            if obj["failed"] > self.backoff_limit or not self.attempts:
-                obj["done"] = "failed"
-            else:
-                self._start(job)
-        return list(pod.log)
-
-
-def rank0_env(body: dict) -> dict[str, str]:
-    if body["kind"] == "Job":
-        container = body["spec"]["template"]["spec"]["containers"][0]
-    else:
-        container = body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container["env"]}
-
-
-def crashed_session_env() -> dict[str, str]:
-    """The Pipes bootstrap env of a session that launched a Job and then died with its orchestrator."""
-    context = {
-        "asset_keys": ["trained"], "code_version_by_asset_key": None, "provenance_by_asset_key": None,
-        "partition_key": None, "partition_key_range": None, "partition_time_window": None,
-        "run_id": "a-run-whose-orchestrator-crashed", "job_name": "__ephemeral_asset_job__", "retry_number": 0,
-        "extras": {},
-    }  # fmt: skip
-    return {
-        "DAGSTER_PIPES_CONTEXT": encode_env_var({"data": context}),
-        "DAGSTER_PIPES_MESSAGES": encode_env_var({"stdio": "stderr"}),
-    }
-
 
 def launcher_on(cluster: FakeCluster, **settings: Any) -> K8sTrainingLauncher:
     class FakeApiLauncher(K8sTrainingLauncher):
@@ -539,30 +233,6 @@ def launcher_on(cluster: FakeCluster, **settings: Any) -> K8sTrainingLauncher:
             return cluster.apis
 
     return FakeApiLauncher(poll_interval=0.0, **settings)
-
-
-def train(launcher: K8sTrainingLauncher, instance: dg.DagsterInstance | None = None) -> list:
-    """Materializes an asset that trains through ``launcher`` (as the training assets do); its messages."""
-    got: dict[str, list] = {}
-
-    @dg.asset
-    def trained(context: dg.AssetExecutionContext, launcher: K8sTrainingLauncher) -> dg.MaterializeResult:
-        got["messages"] = launcher.run(context, CONFIG_URI, RUN_KEY)
-        return dg.MaterializeResult(metadata={"messages": len(got["messages"])})
-
-    result = dg.materialize([trained], resources={"launcher": launcher}, instance=instance)
-    assert result.success
-    return got["messages"]
-
-
-def steps(*numbers: int, summary: int | None = None) -> list[dict]:
-    out: list[dict] = [{"kind": "step", "step": n, "loss": round(4.0 / n, 3)} for n in numbers]
-    return out + ([{"kind": "summary", "steps": summary}] if summary else [])
-
-
-def user_logs(instance: dg.DagsterInstance) -> list[str]:
-    (run,) = instance.get_runs()
-    return [entry.user_message for entry in instance.all_logs(run.run_id)]
 
 
 # --- Following runs -----------------------------------------------------------------------------------------

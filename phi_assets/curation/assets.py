@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from k8s import steps
 from phi_assets.curation import classifier as clf
 from phi_assets.curation import (
     code_syntax,
@@ -97,6 +98,7 @@ def quality_filtered_asset(source: str) -> dg.AssetsDefinition:
         partitions_def=PARTITIONS[source],
         deps=[RAW[source]],
         group_name="curation",
+        op_tags=steps.tags("shard"),
         code_version=FILTER_CODE_VERSION,
         kinds={"parquet", "polars"},
         description=f"Raw {source} documents that pass the heuristic quality filters (every drop "
@@ -175,6 +177,7 @@ def dedup_asset(source: str) -> dg.AssetsDefinition:
         name=name,
         deps=[upstream],
         group_name="curation",
+        op_tags=steps.tags("heavy"),
         code_version=DEDUP_CODE_VERSION,
         kinds={"duckdb"},
         description=f"Exact and MinHash-LSH near-duplicate clusters over all {source} "
@@ -266,6 +269,7 @@ def _annotate(
 @dg.asset(
     deps=[dedup_code, dedup_web, generator_model],
     group_name="curation",
+    op_tags=steps.tags("llm-client"),
     kinds={"parquet"},
     code_version=ANNOTATE_CODE_VERSION,
     description="A sample of deduplicated documents scored 0-5 for educational value by the generator "
@@ -340,6 +344,7 @@ def _train(store: ArtifactStore, annotations: dict, encoder, config: clf.Classif
 @dg.asset(
     deps=[edu_annotations],
     group_name="curation",
+    op_tags=steps.tags("heavy"),
     code_version=CLASSIFIER_CODE_VERSION,
     kinds={"scikitlearn"},
     description="Educational-value classifiers (random forest as phi-1, linear head "
@@ -394,6 +399,7 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
         name=name,
         partitions_def=PARTITIONS[source],
         group_name="curation",
+        op_tags=steps.tags("shard"),
         kinds={"parquet"},
         deps=[upstream, f"dedup_{source}", edu_classifier],
         code_version=CORPUS_CODE_VERSION,

@@ -23,6 +23,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 
+from k8s import steps
 from phi_assets import plots
 from phi_assets.curation.assets import _current, _local
 from phi_assets.curation.metadata import md_table
@@ -30,6 +31,7 @@ from phi_assets.evaluation import execute, generate, harness, sandbox, understan
 from phi_assets.synthetic.assets import generator_model, model_ref
 from phi_assets.training.assets import (
     _policy_engine,
+    _policy_model,
     dpo_checkpoint,
     midtrained_checkpoint,
     pretrained_checkpoint,
@@ -122,7 +124,8 @@ class _Model:
         else:  # a training stage's Hugging Face export, with a context no longer than its positions
             hf = _local(store, self.manifest, "hf")
             self.engine, self.owned = _policy_engine(llm, Path(hf)), True
-            self.ref = self.engine.model_for(f"{stage}-{self.version[:12]}", self.version, str(hf))
+            name = f"{stage}-{self.version[:12]}"
+            self.ref = _policy_model(self.engine, store, self.manifest, Path(hf), name)
             self.chat = False
             self.num_params = meta["num_params"]
             self.tokens = meta["tokens"]
@@ -314,6 +317,7 @@ def _table1(chain: dict[str, dict]) -> dg.MarkdownMetadataValue:
     partitions_def=eval_stages,
     deps=[pretrained_checkpoint, midtrained_checkpoint, sft_checkpoint, dpo_checkpoint, generator_model],
     group_name="evaluation",
+    op_tags=steps.tags("eval"),
     kinds={"vllm", "duckdb"},
     code_version=CODE_VERSION,
     description="HumanEval and MBPP pass@k of one checkpoint stage (or the default engine model), every sample "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from k8s import steps
 from phi_assets import plots
 from phi_assets.ingest import catalog, embedded, expectations, readers, schema, shards
 from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
@@ -69,7 +70,7 @@ def raw_shards_asset(source: str) -> dg.AssetsDefinition:
     check = dg.AssetCheckSpec("great_expectations", asset=name, blocking=True,
                               description="GX suite: schema, non-null text, length, unique ids")
 
-    @dg.asset(name=name, partitions_def=PARTITIONS[source], group_name="ingest",
+    @dg.asset(name=name, partitions_def=PARTITIONS[source], group_name="ingest", op_tags=steps.tags("shard"),
               code_version=INGEST_CODE_VERSION, check_specs=[check], kinds={"parquet"},
               description=f"Raw {source} documents of one shard, in the pipeline's document schema.")
     def _asset(context: dg.AssetExecutionContext, config: ShardConfig, store: ArtifactStore,
@@ -120,7 +121,7 @@ def _catalog_rows(context: dg.AssetExecutionContext, store: ArtifactStore) -> li
 
 
 @dg.asset(deps=[raw_code_shards, raw_web_shards], group_name="ingest", kinds={"duckdb"},
-          code_version=CATALOG_CODE_VERSION,
+          op_tags=steps.tags("light"), code_version=CATALOG_CODE_VERSION,
           description="DuckDB catalog over all raw shards: counts, bytes, estimated tokens.")
 def raw_catalog(context: dg.AssetExecutionContext, store: ArtifactStore,
                 profile: ProfileResource) -> dg.MaterializeResult:

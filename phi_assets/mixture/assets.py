@@ -22,6 +22,7 @@ import dagster as dg
 import fsspec
 import polars as pl
 
+from k8s import steps
 from phi_assets import plots
 from phi_assets.curation import stages
 from phi_assets.curation.assets import (
@@ -164,6 +165,7 @@ def _bytes_per_token(store: ArtifactStore, loaded: tk.Loaded, corpora, limit: in
 @dg.asset(
     deps=[filtered_code_corpus, filtered_web_corpus],
     group_name="mixture",
+    op_tags=steps.tags("heavy"),
     kinds={"huggingface"},
     code_version=TOKENIZER_CODE_VERSION,
     description="Byte-level BPE (Hugging Face tokenizers) trained on the filtered corpora, <|endoftext|> "
@@ -265,6 +267,7 @@ def tokenized_asset(source: TokenSource) -> dg.AssetsDefinition:
         partitions_def=source.partitions,
         deps=[source.upstream, tokenizer],
         group_name="mixture",
+        op_tags=steps.tags("shard"),
         kinds={"numpy"},
         code_version=TOKENIZE_CODE_VERSION,
         description=f"{source.name} as token ids joined with <|endoftext|> ({shards}): tokens.bin "
@@ -361,6 +364,7 @@ def requested_weights(
         dg.AssetKey("mixture_search"),
     ],
     group_name="mixture",
+    op_tags=steps.tags("light"),
     kinds={"json"},
     code_version=WEIGHTS_CODE_VERSION,
     check_specs=[

@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from k8s import steps
 from phi_assets import plots
 from phi_assets.curation.assets import _current, _user_error
 from phi_assets.curation.metadata import md_table
@@ -106,6 +107,7 @@ def _train_one(context, opened, config: ProxyTrainingConfig, cfg: proxy.ProxyCon
         tokenizer,
     ],
     group_name="mixture",
+    op_tags=steps.tags("heavy"),
     kinds={"pytorch"},
     code_version=PROXY_CODE_VERSION,
     description="RegMix proxies: each partition samples a mixture from a Dirichlet, trains a tiny "
@@ -223,6 +225,7 @@ def run_search(records: list[dict], config: MixtureSearchConfig, budget: int) ->
 @dg.asset(
     deps=[dg.AssetDep(mixture_proxies, partition_mapping=dg.AllPartitionMapping())],
     group_name="mixture",
+    op_tags=steps.tags("heavy"),
     kinds={"sklearn"},
     code_version=SEARCH_CODE_VERSION,
     description="RegMix: regress the proxies' validation loss on their mixture weights and propose the mixture "

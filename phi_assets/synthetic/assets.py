@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from k8s import steps
 from phi_assets.synthetic import model as gm
 from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
 from resources import ArtifactStore, ProfileResource
@@ -102,7 +103,7 @@ def sample_table(prompts: list[str], results: list) -> str:
     return "\n".join(rows)
 
 
-@dg.asset(group_name="synthetic", code_version=CODE_VERSION, kinds={"safetensors"},
+@dg.asset(group_name="synthetic", op_tags=steps.tags("light"), code_version=CODE_VERSION, kinds={"safetensors"},
           description="The LLM behind every generating asset (default SmolLM2-135M-Instruct), "
                       "as a Hugging Face directory; data version = sha256 of the weights.")
 def generator_model(context: dg.AssetExecutionContext, config: GeneratorModelConfig, store: ArtifactStore,

@@ -20,6 +20,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from k8s import steps
 from phi_assets import plots
 from phi_assets.curation import minhash, stages
 from phi_assets.curation.assets import _current, _file, _user_error, filtered_code_corpus, filtered_web_corpus
@@ -114,6 +115,7 @@ def _corpus_texts(store: ArtifactStore, shards: list[tuple[str, dict]], limit: i
 @dg.asset(
     deps=[filtered_code_corpus, filtered_web_corpus],
     group_name="synthetic",
+    op_tags=steps.tags("shard"),
     kinds={"parquet"},
     code_version=TOPICS_CODE_VERSION,
     description="Seed topics for synthetic data: the curated list in phi_assets/synthetic/prompts/topics.txt "
@@ -314,6 +316,7 @@ class TextbookConfig(dg.Config):
     partitions_def=BATCHES,
     deps=[topics, generator_model],
     group_name="synthetic",
+    op_tags=steps.tags("llm-client"),
     kinds={"parquet", "vllm"},
     code_version=GENERATE_CODE_VERSION,
     check_specs=[decontamination_check_spec("synthetic_textbooks")],
@@ -410,6 +413,7 @@ def _combined(*stats: GenerationStats) -> GenerationStats:
     partitions_def=BATCHES,
     deps=[topics, generator_model],
     group_name="synthetic",
+    op_tags=steps.tags("eval"),
     kinds={"parquet", "vllm", "python"},
     code_version=GENERATE_CODE_VERSION,
     check_specs=[decontamination_check_spec("synthetic_exercises")],
@@ -570,6 +574,7 @@ def _rewrite_sources(
     partitions_def=BATCHES,
     deps=[dg.AssetDep(filtered_web_corpus, partition_mapping=dg.AllPartitionMapping()), generator_model],
     group_name="synthetic",
+    op_tags=steps.tags("llm-client"),
     kinds={"parquet", "vllm"},
     code_version=GENERATE_CODE_VERSION,
     check_specs=[decontamination_check_spec("rewritten_web")],
@@ -741,6 +746,7 @@ def _build_corpus(context, store: ArtifactStore, batches: dict, config: Syntheti
 @dg.asset(
     deps=[synthetic_textbooks, synthetic_exercises, rewritten_web],
     group_name="synthetic",
+    op_tags=steps.tags("light"),
     kinds={"parquet"},
     code_version=CORPUS_CODE_VERSION,
     check_specs=[

@@ -25,6 +25,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from k8s import steps
 from phi_assets import plots
 from phi_assets.curation.assets import _current, _file, _local
 from phi_assets.curation.metadata import md_table
@@ -222,6 +223,7 @@ class PretrainConfig(dg.Config):
 @dg.asset(
     deps=[mixture_weights, tokenizer],
     group_name="training",
+    op_tags=steps.tags("light"), pool=steps.GPU_POOL,
     kinds={"pytorch"},
     code_version=TRAIN_CODE_VERSION,
     description="Pretraining on the mixture: the Phi model trained by the training entrypoint (Dagster Pipes), "
@@ -272,6 +274,7 @@ class MidtrainConfig(dg.Config):
 @dg.asset(
     deps=["pretrained_checkpoint", mixture_weights, tokenizer],
     group_name="training",
+    op_tags=steps.tags("light"), pool=steps.GPU_POOL,
     kinds={"pytorch"},
     code_version=TRAIN_CODE_VERSION,
     description="Context extension as phi-4 did it: a higher RoPE base, longer sequences, a mix weighted "
@@ -396,6 +399,7 @@ def _parquet_writer(store: ArtifactStore, frame: pl.DataFrame, name: str):
 @dg.asset(
     deps=["midtrained_checkpoint", synthetic_corpus],
     group_name="training",
+    op_tags=steps.tags("light"), pool=steps.GPU_POOL,
     kinds={"pytorch"},
     code_version=TRAIN_CODE_VERSION,
     description="Supervised finetuning (phi-1's CodeExercises step) on verified synthetic exercises, "
@@ -490,10 +494,18 @@ class EnginePolicy:
 
 
 def _policy_engine(llm: LLMEngine, hf: Path) -> LLMEngine:
-    """The profile's engine, with a context no longer than the checkpoint's positions."""
+    """The profile's engine for a checkpoint: float32, a context no longer than the checkpoint's positions,
+    and the profile's checkpoint backend (on the cluster, a vLLM server of its own: k8s/model_server.py)."""
     positions = json.loads((hf / "config.json").read_text())["max_position_embeddings"]
     fields = {name: getattr(llm, name) for name in type(llm).model_fields}
-    return type(llm)(**{**fields, "max_model_len": min(llm.max_model_len, positions), "dtype": "float32"})
+    return type(llm)(**{**fields, "backend": llm.checkpoint_backend or llm.backend,
+                        "max_model_len": min(llm.max_model_len, positions), "dtype": "float32"})
+
+
+def _policy_model(engine: LLMEngine, store: ArtifactStore, manifest: dict, hf: Path, name: str):
+    """The checkpoint's model reference: its local export, or its export's URI for a server to copy."""
+    path = _file(store, manifest, HF) if engine.backend == "k8s-vllm" else str(hf)
+    return engine.model_for(name, manifest["data_version"], path)
 
 
 def _judge(programs) -> list[bool]:
@@ -517,6 +529,7 @@ def _tokenize(loaded: tk.Loaded):
 @dg.asset(
     deps=["sft_checkpoint", synthetic_corpus],
     group_name="training",
+    op_tags=steps.tags("eval"),
     kinds={"vllm"},
     code_version=PAIRS_CODE_VERSION,
     description="DPO pairs from the SFT policy: rejection sampling (failing samples against execution-verified "
@@ -547,7 +560,7 @@ def preference_pairs(
         engine = _policy_engine(llm, hf)
         policy = EnginePolicy(
             engine,
-            engine.model_for(f"sft-{parent['data_version'][:12]}", parent["data_version"], str(hf)),
+            _policy_model(engine, store, parent, hf, f"sft-{parent['data_version'][:12]}"),
             config.max_tokens,
             config.temperature,
             context.log,
@@ -644,6 +657,7 @@ class DPOConfig(dg.Config):
 @dg.asset(
     deps=["sft_checkpoint", preference_pairs],
     group_name="training",
+    op_tags=steps.tags("light"), pool=steps.GPU_POOL,
     kinds={"pytorch"},
     code_version=TRAIN_CODE_VERSION,
     description="DPO on the preference pairs against the frozen SFT checkpoint as reference; reports the "

@@ -73,6 +73,8 @@ import dagster as dg
 from dagster_k8s.pipes import PipesK8sPodLogsMessageReader
 from pydantic import Field
 
+from k8s.security import TMP_MOUNT, TMP_VOLUME, WRITABLE_ENV, container_security, pod_security
+
 ENTRYPOINT = "phi_assets.training.entrypoint"
 CONTAINER = "pytorch"  # the name the training operator requires; the Job uses it too
 PART_OF = "phi-factory"
@@ -80,12 +82,6 @@ KUBEFLOW_GROUP, KUBEFLOW_VERSION, PYTORCHJOB_PLURAL = "kubeflow.org", "v1", "pyt
 MASTER_PORT_NAME = "pytorchjob-port"  # the port name the training operator reads MASTER_PORT from
 A100_SELECTOR = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-RESTRICTED = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "runAsNonRoot": True,
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 MAX_NAME_LEN = 52  # "<name>-worker-<index>" must remain a DNS-1035 label (<= 63 characters)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -236,12 +232,15 @@ def _container(spec: TrainingJobSpec, command: list[str], env: Mapping[str, str]
         "name": CONTAINER,
         "image": spec.image,
         "command": command,
-        "env": [{"name": k, "value": str(v)} for k, v in {"PYTHONUNBUFFERED": "1", **env}.items()],
+        "env": [
+            {"name": k, "value": str(v)} for k, v in {"PYTHONUNBUFFERED": "1", **WRITABLE_ENV, **env}.items()
+        ],
         "resources": {"requests": requests, "limits": limits},
-        "securityContext": dict(RESTRICTED),
+        "securityContext": container_security(read_only_root=True),  # writes go to the volumes below
         "volumeMounts": [
             {"name": "shm", "mountPath": "/dev/shm"},
             {"name": "checkpoints", "mountPath": spec.checkpoint_mount},
+            dict(TMP_MOUNT),
         ],
     }
     if spec.env_from_secrets:
@@ -255,19 +254,15 @@ def _pod_template(
     spec: TrainingJobSpec, run_name: str, command: list[str], env: Mapping[str, str], restart_policy: str | None
 ) -> dict[str, Any]:
     pod: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,  # the checkpoint volume is writable by the training user
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),  # fsGroup: the checkpoint volume is writable by the training user
+        "automountServiceAccountToken": False,  # training talks to no Kubernetes API
         "nodeSelector": dict(spec.node_selector),
         "tolerations": [dict(t) for t in spec.tolerations],
         "containers": [_container(spec, command, env)],
         "volumes": [
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.shm_size}},
             {"name": "checkpoints", "persistentVolumeClaim": {"claimName": spec.checkpoint_pvc}},
+            dict(TMP_VOLUME),
         ],
     }
     if restart_policy:  # the training operator sets it from the replica spec and warns if the template does
@@ -649,6 +644,13 @@ class K8sTrainingLauncher(dg.ConfigurableResource):
     kube_context: str | None = None
     poll_interval: float = 10.0
     delete_on_success: bool = True
+
+    @classmethod
+    def from_spec(cls, spec: TrainingJobSpec, **settings: Any) -> K8sTrainingLauncher:
+        """A launcher that renders ``spec`` (plus launcher-only ``settings`` such as ``poll_interval``)."""
+        fields = {f: getattr(spec, f) for f in spec.__dataclass_fields__}
+        fields["env_from_secrets"] = list(spec.env_from_secrets)
+        return cls(**fields, **settings)
 
     def spec(self) -> TrainingJobSpec:
         """The validated ``TrainingJobSpec`` of this resource's settings."""

@@ -24,7 +24,7 @@ from resources.artifact_store import ArtifactStore
 from resources.llm.cache import RequestCache
 from resources.llm.types import ModelRef, Request, Result, request_key
 
-BACKENDS = ("vllm", "openai")
+BACKENDS = ("vllm", "openai", "k8s-vllm")
 
 
 class Backend(Protocol):
@@ -143,6 +143,9 @@ class LLMEngine(dg.ConfigurableResource):
 
     store: ArtifactStore
     backend: str = "vllm"
+    # the backend of a trained checkpoint's engine (empty: this one); "k8s-vllm" on the cluster, where a
+    # checkpoint gets a vLLM server of its own (k8s/model_server.py) for as long as the engine needs it
+    checkpoint_backend: str = ""
     chunk_size: int = 256
     use_cache: bool = True
     # vLLM offline engine
@@ -181,18 +184,30 @@ class LLMEngine(dg.ConfigurableResource):
                 cpu_kvcache_gib=self.cpu_kvcache_gib, cpu_threads=self.cpu_threads,
                 gpu_memory_utilization=self.gpu_memory_utilization,
                 tensor_parallel_size=self.tensor_parallel_size), log=log)
-        if self.backend == "openai":
-            from resources.llm.http_backend import HTTPBackend, HTTPSettings
+        from resources.llm.http_backend import HTTPBackend, HTTPSettings
 
+        if self.backend == "openai":
             return HTTPBackend(HTTPSettings(
                 base_url=self.base_url, api_key=self.api_key, max_concurrency=self.max_concurrency,
                 request_timeout_s=self.request_timeout_s, max_attempts=self.max_attempts,
                 backoff_s=self.backoff_s), log=log)
+        if self.backend == "k8s-vllm":
+            from k8s.model_server import ServedModelBackend
+            from resources import deployment_profile
+
+            cluster = deployment_profile()
+            return ServedModelBackend(
+                lambda model: cluster.model_server(model, self.max_model_len, self.dtype),
+                HTTPSettings(base_url="http://set-when-the-server-is-ready/v1", api_key=self.api_key,
+                             max_concurrency=self.max_concurrency, request_timeout_s=self.request_timeout_s,
+                             max_attempts=self.max_attempts, backoff_s=self.backoff_s), log=log)
         raise ValueError(f"LLMEngine.backend={self.backend!r}; choose one of {BACKENDS}")
 
     def model_for(self, name: str, version: str, path: str | None) -> ModelRef:
         """The model as this engine addresses it: by path (vllm) or served name (openai)."""
         served = (self.served_model or name) if self.backend == "openai" else None
+        if self.backend == "k8s-vllm":  # the model's own server serves it under its name
+            served = name
         return ModelRef(name=name, version=version, path=path, served_name=served)
 
     def generate(self, model: ModelRef, requests: Sequence[Request], *, log: Any = None,
@@ -201,7 +216,8 @@ class LLMEngine(dg.ConfigurableResource):
 
     def describe(self) -> dict[str, Any]:
         """What generated (for metadata): backend and where, never the key."""
-        where = self.base_url if self.backend == "openai" else f"vllm offline, {self.dtype}"
+        where = {"openai": self.base_url, "k8s-vllm": "a vLLM server of its own on the cluster"}.get(
+            self.backend, f"vllm offline, {self.dtype}")
         info = dict(self._engine.backend.info) if self._engine else {}
         return {"llm_backend": self.backend, "llm_where": where, **{f"llm_{k}": v for k, v in info.items()}}
 
