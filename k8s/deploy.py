@@ -66,6 +66,7 @@ class DeploymentProfile:
     sandbox_memory: str = "8Gi"
     sandbox_port: int = 8080
     vllm_replicas: int = 1
+    model_servers: int = 2  # checkpoints served at once (one GPU each) by evaluation / preference steps
     vllm_model_uri: str = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"  # any fsspec URI of an HF directory
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -225,6 +226,10 @@ def rbac(p: DeploymentProfile) -> list[dict[str, Any]]:
             "verbs": ["create", "get", "list", "watch", "delete"],
         },
         {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs/status"], "verbs": ["get"]},
+        # a checkpoint's own vLLM server (k8s/model_server.py), for as long as a step evaluates it
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "get", "list", "delete"]},
+        {"apiGroups": ["apps"], "resources": ["deployments/status"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
     ]
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -259,8 +264,9 @@ def checkpoint_volume(p: DeploymentProfile) -> dict[str, Any]:
 
 
 def gpu_quota(p: DeploymentProfile) -> dict[str, Any]:
-    """A ceiling on the GPUs the namespace may request: the pool's training nodes plus the vLLM servers."""
-    gpus = p.gpu_nodes * p.gpus_per_node + p.vllm().gpus * p.vllm_replicas
+    """A ceiling on the GPUs the namespace may request: the pool's training nodes, the shared vLLM server and
+    the checkpoints' own servers."""
+    gpus = p.gpu_nodes * p.gpus_per_node + p.vllm().gpus * (p.vllm_replicas + p.model_servers)
     return {
         "apiVersion": "v1",
         "kind": "ResourceQuota",

@@ -71,6 +71,8 @@ def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | N
     tiny = profile.name == "ci"
     return LLMEngine(
         store=store, backend=backend, base_url=base_url,
+        # on the cluster a trained checkpoint gets a vLLM server of its own (k8s/model_server.py)
+        checkpoint_backend="k8s-vllm" if profile.name == "k8s" and backend == "openai" else "",
         api_key=dg.EnvVar("PHI_LLM_API_KEY") if env.get("PHI_LLM_API_KEY") else None,
         max_model_len=2048 if tiny else 4096,
         cpu_kvcache_gib=int(env.get("PHI_LLM_CPU_KVCACHE_GIB", 1 if tiny else 2)),

@@ -301,6 +301,7 @@ def test_the_k8s_profile_resources_read_the_deployment_profile(profile):
     env = {**K8S_ENV, "PHI_K8S_PROFILE": profile.name}
     engine = build_llm(load_profile(env), ArtifactStore(root="s3://b/phi/artifacts"), env)
     assert engine.base_url == profile.vllm().base_url
+    assert engine.checkpoint_backend == "k8s-vllm"  # a checkpoint is served by a server of its own
     with pytest.raises(ValueError, match="no deployment profile 'nope'"):
         get_profile("nope")
     with pytest.raises(ValueError, match="nodes_per_run"):
@@ -325,3 +326,40 @@ def test_the_images_pin_their_bases_and_install_the_projects_pins():
     assert PROFILES["a100x8"].vllm().image.endswith(":v" + vllm_pin.split("==")[1])  # server = engine version
     assert f"dagster=={DAGSTER_VERSION}" in pins["dependencies"]  # the chart's images match the code's dagster
 
+
+def test_the_launcher_role_allows_what_the_launchers_call_and_nothing_else(profile, stream):
+    [role] = by_kind(stream, "Role")
+    allowed = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    calls = {  # dagster-k8s' run launcher and step executor, the training launcher, the model servers
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("batch", "jobs", "get"),
+        ("", "pods", "list"),
+        ("", "pods/log", "get"),
+        ("kubeflow.org", "pytorchjobs", "create"),
+        ("kubeflow.org", "pytorchjobs", "delete"),
+        ("apps", "deployments", "create"),
+        ("apps", "deployments/status", "get"),
+        ("apps", "deployments", "delete"),
+        ("", "services", "create"),
+        ("", "services", "delete"),
+    }
+    assert calls <= allowed
+    assert not any(
+        resource in ("secrets", "roles", "rolebindings", "nodes") or verb in ("escalate", "bind", "*")
+        for _, resource, verb in allowed
+    )
+    [binding] = by_kind(stream, "RoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "phi-dagster", "namespace": profile.namespace}
+    ]
+    quota = by_kind(stream, "ResourceQuota")[0]["spec"]["hard"]["requests.nvidia.com/gpu"]
+    assert (
+        int(quota) == profile.gpu_nodes * profile.gpus_per_node + profile.vllm_replicas + profile.model_servers
+    )
