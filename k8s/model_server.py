@@ -112,10 +112,10 @@ class ServedModelBackend:
         t0 = time.monotonic()
         self._spec = spec
         deployment, service = render(spec)
-        self._create(self.apis.apps.create_namespaced_deployment, spec, deployment)
-        self._create(self.apis.core.create_namespaced_service, spec, service)
-        self._say(f"Created vLLM server {spec.namespace}/{spec.name} for {model.name} ({spec.model_uri})")
-        try:
+        try:  # whatever fails from here on (the Service refused, a pod stuck), nothing is left behind
+            self._create(self.apis.apps.create_namespaced_deployment, spec, deployment)
+            self._create(self.apis.core.create_namespaced_service, spec, service)
+            self._say(f"Created vLLM server {spec.namespace}/{spec.name} for {model.name} ({spec.model_uri})")
             self._wait_ready(spec)
             url = self.url_for(spec)
             self._http = HTTPBackend(dataclasses.replace(self.http_settings, base_url=url), log=self.log)
@@ -197,7 +197,7 @@ class ServedModelBackend:
             if time.monotonic() > deadline:
                 raise EngineStartError(
                     f"vLLM server {spec.namespace}/{spec.name} was not ready within "
-                    f"{self.ready_timeout_s:.0f} s ({now}); see `kubectl -n {spec.namespace} "
+                    f"{self.ready_timeout_s:g} s ({now}); see `kubectl -n {spec.namespace} "
                     f"describe deploy/{spec.name}`"
                 )
             time.sleep(self.poll_s)

@@ -133,3 +133,56 @@ def smol_backend(smol_dir: Path):
     backend = VLLMBackend(VLLMSettings(max_model_len=512, cpu_kvcache_gib=1, show_progress=False))
     yield backend
     backend.close()
+
+
+VLLM_API_KEY = "sk-test-not-a-real-key-1234"
+VLLM_SERVED = "smol"  # the name the ``vllm_server`` fixture serves the model under
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(smol_dir: Path):
+    """vLLM's real OpenAI-compatible server on loopback with ``smol_dir`` served as ``VLLM_SERVED``
+    (API key ``VLLM_API_KEY``, max_model_len 512); its ``/v1`` base URL. One per session: starting one
+    costs ~30-40 s on CPU."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smol_dir),
+         "--served-model-name", VLLM_SERVED, "--host", "127.0.0.1", "--port", str(port),
+         "--max-model-len", "512", "--enforce-eager", "--api-key", VLLM_API_KEY, "--dtype", "bfloat16"],
+        env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, f"vLLM server exited with {proc.returncode}"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "vLLM server did not become healthy in 300 s"
+            time.sleep(1)
+        yield f"{url}/v1"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

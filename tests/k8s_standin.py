@@ -1,4 +1,5 @@
-"""A stand-in for the Kubernetes API for the ``k8s`` training launcher's tests; no cluster runs here.
+"""A stand-in for the Kubernetes API for the ``k8s`` training launcher's and model servers' tests; no cluster
+runs here.
 
 ``FakeCluster`` is the model: the Jobs or PyTorchJobs created in it, their pods, and how each attempt of
 the rank-0 container ends (it plays the API server, the Job controller or the training operator, and the
@@ -19,6 +20,11 @@ as the training operator's ``OnFailure`` restart does), or fails once more than 
 failed. The logs are what ``STANDIN``, a stand-in for the training entrypoint, really wrote through
 ``dagster_pipes`` when started with the environment of the pod's container, taken from the manifest the
 launcher created.
+
+``FakeServers`` is the model of the vLLM servers that ``k8s/model_server.py`` starts for a trained
+checkpoint: apps/v1 Deployments, core/v1 Services and the pods of each Deployment, which become ready after
+a number of the Deployment's status polls or stay stuck waiting (``ImagePullBackOff``, ...) as
+``ServerPods`` says. ``KubeApiStandin`` serves it on its own or beside a ``FakeCluster``.
 
 Created objects are validated offline against the Kubernetes schemas (``kubernetes-validate``, strict) and
 refused with 422 when invalid. That is stricter than a real API server, which by default only warns about
@@ -173,16 +179,44 @@ class Resource:
 
     @property
     def api_version(self) -> str:
-        return f"{self.group}/{self.version}"
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """The name the API server's messages use (``jobs.batch``; a core kind's is its plural)."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def details(self, name: str) -> dict[str, Any]:
+        return {"name": name, **({"group": self.group} if self.group else {}), "kind": self.plural}
 
     def not_found(self, name: str) -> "ApiError":
-        details = {"name": name, "group": self.group, "kind": self.plural}
-        return ApiError(404, "NotFound", f'{self.plural}.{self.group} "{name}" not found', details)
+        return ApiError(404, "NotFound", f'{self.qualified} "{name}" not found', self.details(name))
+
+    def already_exists(self, name: str, prefix: str = "") -> "ApiError":
+        message = f'{prefix}{self.qualified} "{name}" already exists'
+        return ApiError(409, "AlreadyExists", message, self.details(name))
+
+    def invalid(self, name: str, where: str, message: str) -> "ApiError":
+        """422: the object failed validation (``where``: the field's path)."""
+        cause = {"reason": "FieldValueInvalid", "message": f"Invalid value: {message}", "field": where}
+        return ApiError(
+            422,
+            "Invalid",
+            f'{self.kind}{"." + self.group if self.group else ""} "{name}" is invalid: {where}: {message}',
+            {
+                "name": name,
+                **({"group": self.group} if self.group else {}),
+                "kind": self.kind,
+                "causes": [cause],
+            },
+        )
 
 
 JOBS = Resource("Job", "batch", "v1", "jobs")
 PYTORCHJOBS = Resource("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs")
 RESOURCES = {r.kind: r for r in (JOBS, PYTORCHJOBS)}
+DEPLOYMENTS = Resource("Deployment", "apps", "v1", "deployments")
+SERVICES = Resource("Service", "", "v1", "services")
 
 
 class ApiError(Exception):
@@ -255,6 +289,45 @@ def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+def _pod_fields(field_selector: str | None) -> dict[str, str]:
+    """The field selector of a pod list: the fields the stand-in supports, with their values."""
+    fields: dict[str, str] = {}
+    for term in filter(None, (field_selector or "").split(",")):
+        key, _, value = term.partition("=")
+        if key not in ("metadata.name", "metadata.namespace"):
+            raise ApiError(400, "BadRequest", f'field label not supported: "{key}"')
+        fields[key] = value.lstrip("=")
+    return fields
+
+
+def _pod_list(pods: list[dict[str, Any]], revision: int) -> dict[str, Any]:
+    items = [{k: v for k, v in pod.items() if k not in ("apiVersion", "kind")} for pod in pods]
+    return {
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": str(revision)},
+        "items": items,
+    }
+
+
+def _check_body(res: Resource, namespace: str, body: dict[str, Any]) -> None:
+    """What the API server checks before the schema: the kind and the namespace of the object sent."""
+    meta = body.get("metadata") or {}
+    if (body.get("apiVersion"), body.get("kind")) != (res.api_version, res.kind):
+        raise ApiError(
+            400,
+            "BadRequest",
+            f"the API version in the data ({body.get('apiVersion')}) does not match the expected API "
+            f"version ({res.api_version}) or kind ({body.get('kind')} is not {res.kind})",
+        )
+    if meta.get("namespace", namespace) != namespace:
+        raise ApiError(
+            400,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )
+
+
 class FakeCluster:
     """A fake Kubernetes cluster (no cluster runs here) running one kind of object, ``Job`` or
     ``PyTorchJob``, whose rank-0 attempts are ``attempts`` in order; see the module's docstring."""
@@ -285,21 +358,8 @@ class FakeCluster:
 
     def _validate(self, namespace: str, body: dict[str, Any]) -> str:
         res = self.resource
-        meta = body.get("metadata") or {}
-        name = meta.get("name") or ""
-        if (body.get("apiVersion"), body.get("kind")) != (res.api_version, res.kind):
-            raise ApiError(
-                400,
-                "BadRequest",
-                f"the API version in the data ({body.get('apiVersion')}) does not match the expected API "
-                f"version ({res.api_version}) or kind ({body.get('kind')} is not {res.kind})",
-            )
-        if meta.get("namespace", namespace) != namespace:
-            raise ApiError(
-                400,
-                "BadRequest",
-                "the namespace of the provided object does not match the namespace sent on the request",
-            )
+        name = (body.get("metadata") or {}).get("name") or ""
+        _check_body(res, namespace, body)
         if res is JOBS:
             documents = [("", body)]
         else:
@@ -336,27 +396,14 @@ class FakeCluster:
         return name
 
     def _invalid(self, name: str, where: str, message: str) -> None:
-        res = self.resource
-        cause = {"reason": "FieldValueInvalid", "message": f"Invalid value: {message}", "field": where}
-        raise ApiError(
-            422,
-            "Invalid",
-            f'{res.kind}.{res.group} "{name}" is invalid: {where}: {message}',
-            {"name": name, "group": res.group, "kind": res.kind, "causes": [cause]},
-        )
+        raise self.resource.invalid(name, where, message)
 
     def create_object(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = (body.get("metadata") or {}).get("name") or ""
         self.created.append(name)
         self._validate(namespace, body)
         if name in self.objects:
-            res = self.resource
-            raise ApiError(
-                409,
-                "AlreadyExists",
-                f'{res.plural}.{res.group} "{name}" already exists',
-                {"name": name, "group": res.group, "kind": res.plural},
-            )
+            raise self.resource.already_exists(name)
         obj = {
             "body": copy.deepcopy(body),
             "uid": str(uuid.uuid4()),
@@ -672,12 +719,7 @@ class FakeCluster:
     def list_pods(
         self, namespace: str, label_selector: str | None = None, field_selector: str | None = None
     ) -> dict[str, Any]:
-        fields: dict[str, str] = {}
-        for term in filter(None, (field_selector or "").split(",")):
-            key, _, value = term.partition("=")
-            if key not in ("metadata.name", "metadata.namespace"):
-                raise ApiError(400, "BadRequest", f'field label not supported: "{key}"')
-            fields[key] = value.lstrip("=")
+        fields = _pod_fields(field_selector)
         pods = [
             p
             for p in self.pods
@@ -686,13 +728,7 @@ class FakeCluster:
             and fields.get("metadata.name", p.name) == p.name
             and fields.get("metadata.namespace", p.namespace) == p.namespace
         ]
-        items = [{k: v for k, v in self._pod_json(p).items() if k not in ("apiVersion", "kind")} for p in pods]
-        return {
-            "kind": "PodList",
-            "apiVersion": "v1",
-            "metadata": {"resourceVersion": str(self.revision)},
-            "items": items,
-        }
+        return _pod_list([self._pod_json(p) for p in pods], self.revision)
 
     def _pod(self, namespace: str, name: str) -> FakePod:
         pods = [p for p in self.pods if p.name == name and p.namespace == namespace]
@@ -803,6 +839,392 @@ class FakeCluster:
         return self._call(None, self.pod_log, namespace, name)
 
 
+# --- Model servers: Deployments, Services and their pods ----------------------------------------------------
+
+
+@dataclass
+class ServerPods:
+    """How the pods of every Deployment that ``FakeServers`` runs come up, counted in status polls of the
+    Deployment: the first poll finds the init containers done; the server container is ready from poll
+    ``ready_after`` on (None: never, as a server whose startup probe never passes). With a ``reason``
+    (``ImagePullBackOff``, ``CrashLoopBackOff``, ...) the ``container`` (an init container or the server's)
+    is stuck waiting in it from the first poll on, with ``message`` and ``restarts``."""
+
+    ready_after: int | None = 2
+    reason: str = ""
+    message: str = ""
+    container: str = "vllm"
+    restarts: int = 0
+
+
+class FakeServers:
+    """apps/v1 Deployments and core/v1 Services of a fake cluster (no cluster runs here), and the pods of
+    each Deployment (its ``replicas``, labelled with the template's labels, following ``pods``). It plays
+    the API server, the Deployment controller and the kubelet; ``KubeApiStandin`` serves it over HTTP.
+
+    Created objects are validated as ``FakeCluster`` validates Jobs (``kubernetes-validate``, strict), and
+    a Deployment whose selector does not select its template's labels is refused (422) as the API server
+    refuses it. A duplicate name is 409 AlreadyExists, a missing one 404 NotFound. A Deployment deleted with
+    ``propagationPolicy=Foreground`` is removed at once unless ``linger``: then it stays (being deleted,
+    answered 202 with the object) and the next ``linger`` creates of its name still get 409, as while the
+    garbage collector removes its ReplicaSet and pods."""
+
+    def __init__(self, pods: ServerPods | None = None, linger: int = 0) -> None:
+        self.plan, self.linger = pods or ServerPods(), linger
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, namespace, name) -> object
+        self.pods: list[dict[str, Any]] = []
+        self.created: list[str] = []  # "Kind/namespace/name" of every create call, conflicts included
+        self.deleted: list[str] = []  # "Kind/namespace/name" of every delete call, 404s included
+        self.polls = 0
+        self.lock = threading.RLock()
+        self.revision = 0
+
+    @property
+    def live(self) -> set[tuple[str, str, str]]:
+        """(kind, namespace, name) of the objects there and not being deleted."""
+        return {key for key, obj in self.objects.items() if obj["deleting"] is None}
+
+    # --- objects
+
+    def create(self, res: Resource, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = (body.get("metadata") or {}).get("name") or ""
+        self.created.append(f"{res.kind}/{namespace}/{name}")
+        _check_body(res, namespace, body)
+        try:
+            kubernetes_validate.validate(body, SCHEMA_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            raise res.invalid(name, _path(exc), exc.message) from None
+        if not name:
+            raise res.invalid(name, "metadata.name", "Required value: name or generateName is required")
+        if res is DEPLOYMENTS:
+            selector = body["spec"]["selector"].get("matchLabels") or {}
+            labels = ((body["spec"]["template"].get("metadata") or {}).get("labels")) or {}
+            if any(labels.get(k) != v for k, v in selector.items()):
+                where = "spec.template.metadata.labels"
+                raise res.invalid(name, where, f"{labels}: `selector` does not match template `labels`")
+        if res is SERVICES and not body["spec"].get("ports"):
+            raise res.invalid(name, "spec.ports", "Required value")
+        key = (res.kind, namespace, name)
+        if (old := self.objects.get(key)) is not None:
+            if old["deleting"] is None:
+                raise res.already_exists(name)
+            if old["deleting"] > 0:
+                old["deleting"] -= 1
+                raise res.already_exists(name, "object is being deleted: ")
+            self._remove(key)
+        self.revision += 1
+        obj = {
+            "res": res,
+            "body": copy.deepcopy(body),
+            "uid": str(uuid.uuid4()),
+            "rv": self.revision,
+            "created": T0 + timedelta(minutes=len(self.created)),
+            "polls": 0,
+            "deleting": None,
+            "cluster_ip": f"10.96.0.{len(self.created) + 10}",
+        }
+        self.objects[key] = obj
+        if res is DEPLOYMENTS:
+            for _ in range(body["spec"].get("replicas", 1)):
+                self._add_pod(obj, namespace, name)
+        return self._json(key)
+
+    def _object(self, res: Resource, namespace: str, name: str) -> tuple[str, str, str]:
+        key = (res.kind, namespace, name)
+        if key not in self.objects:
+            raise res.not_found(name)
+        return key
+
+    def read(self, res: Resource, namespace: str, name: str) -> dict[str, Any]:
+        return self._json(self._object(res, namespace, name))
+
+    def read_status(self, res: Resource, namespace: str, name: str) -> dict[str, Any]:
+        """A Deployment's status read: one poll, which moves its pods along ``plan``."""
+        key = self._object(res, namespace, name)
+        self.polls += 1
+        assert self.polls < 1000, "the client never stopped polling"
+        self.objects[key]["polls"] += 1
+        return self._json(key)
+
+    def delete(
+        self, res: Resource, namespace: str, name: str, policy: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        self.deleted.append(f"{res.kind}/{namespace}/{name}")
+        key = self._object(res, namespace, name)
+        obj = self.objects[key]
+        self.revision += 1
+        if res is DEPLOYMENTS and policy == "Foreground" and self.linger and obj["deleting"] is None:
+            obj["deleting"] = self.linger
+            self._remove_pods(obj)
+            return 202, self._json(key)
+        out = self._json(key)
+        self._remove(key)
+        if res is SERVICES:  # the API server answers a Service's deletion with the object
+            return 200, out
+        details = {**res.details(name), "uid": obj["uid"]}
+        return 200, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": details,
+        }
+
+    def _remove(self, key: tuple[str, str, str]) -> None:
+        self._remove_pods(self.objects.pop(key))
+
+    def _remove_pods(self, obj: dict[str, Any]) -> None:
+        self.pods = [p for p in self.pods if p["owner"] != obj["uid"]]
+
+    def _json(self, key: tuple[str, str, str]) -> dict[str, Any]:
+        obj = self.objects[key]
+        kind, namespace, name = key
+        out = copy.deepcopy(obj["body"])
+        out["metadata"] = {
+            **out.get("metadata", {}),
+            "name": name,
+            "namespace": namespace,
+            "uid": obj["uid"],
+            "resourceVersion": str(obj["rv"]),
+            "generation": 1,
+            "creationTimestamp": _ts(obj["created"]),
+        }
+        if obj["deleting"] is not None:
+            out["metadata"]["deletionTimestamp"] = _ts(obj["created"] + timedelta(minutes=30))
+            out["metadata"]["deletionGracePeriodSeconds"] = 0
+            out["metadata"]["finalizers"] = ["foregroundDeletion"]
+        spec = out["spec"]
+        if kind == "Service":  # the API server's defaults and the allocated address
+            spec.update(clusterIP=obj["cluster_ip"], clusterIPs=[obj["cluster_ip"]], ipFamilies=["IPv4"])
+            for key_, value in (
+                ("type", "ClusterIP"),
+                ("sessionAffinity", "None"),
+                ("internalTrafficPolicy", "Cluster"),
+            ):
+                spec.setdefault(key_, value)
+            spec.setdefault("ipFamilyPolicy", "SingleStack")
+            for port in spec["ports"]:
+                port.setdefault("protocol", "TCP")
+            out["status"] = {"loadBalancer": {}}
+            return out
+        spec.setdefault("replicas", 1)
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("progressDeadlineSeconds", 600)
+        spec.setdefault(
+            "strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
+        )
+        template = spec["template"]["spec"]
+        for key_, value in (
+            ("restartPolicy", "Always"),
+            ("dnsPolicy", "ClusterFirst"),
+            ("schedulerName", "default-scheduler"),
+        ):
+            template.setdefault(key_, value)
+        template.setdefault("terminationGracePeriodSeconds", 30)
+        mine = [p for p in self.pods if p["owner"] == obj["uid"]]
+        ready = sum(self._pod_phase(p)[1] for p in mine)
+        when = _ts(obj["created"])
+        available = {"type": "Available", "lastUpdateTime": when, "lastTransitionTime": when}
+        if ready:
+            available.update(
+                status="True", reason="MinimumReplicasAvailable", message="Deployment has minimum availability."
+            )
+        else:
+            available.update(
+                status="False",
+                reason="MinimumReplicasUnavailable",
+                message="Deployment does not have minimum availability.",
+            )
+        rs = self._replica_set(obj, name)
+        progressing = {
+            "type": "Progressing",
+            "status": "True",
+            "lastUpdateTime": when,
+            "lastTransitionTime": when,
+            "reason": "NewReplicaSetAvailable" if ready else "ReplicaSetUpdated",
+            "message": f'ReplicaSet "{rs}" ' + ("has successfully progressed." if ready else "is progressing."),
+        }
+        status: dict[str, Any] = {"observedGeneration": 1, "replicas": len(mine), "updatedReplicas": len(mine)}
+        counts = (
+            ("readyReplicas", ready),
+            ("availableReplicas", ready),
+            ("unavailableReplicas", len(mine) - ready),
+        )
+        status.update({k: v for k, v in counts if v})  # the API server leaves zeros out
+        status["conditions"] = [available, progressing]
+        out["status"] = status
+        return out
+
+    # --- pods
+
+    @staticmethod
+    def _replica_set(obj: dict[str, Any], name: str) -> str:
+        return f"{name}-{uuid.UUID(obj['uid']).hex[:10]}"
+
+    def _add_pod(self, obj: dict[str, Any], namespace: str, name: str) -> None:
+        template = obj["body"]["spec"]["template"]
+        rs = self._replica_set(obj, name)
+        labels = {
+            **((template.get("metadata") or {}).get("labels") or {}),
+            "pod-template-hash": rs.rsplit("-", 1)[1],
+        }
+        spec = copy.deepcopy(template["spec"])
+        spec.update(nodeName=f"a100-node-{len(self.pods)}", restartPolicy="Always")
+        pod = {
+            "name": f"{rs}-{uuid.uuid4().hex[:5]}",
+            "namespace": namespace,
+            "uid": str(uuid.uuid4()),
+            "owner": obj["uid"],
+            "rs": rs,
+            "labels": labels,
+            "spec": spec,
+            "created": obj["created"],
+            "deployment": obj,
+        }
+        self.pods.append(pod)
+
+    def _pod_phase(self, pod: dict[str, Any]) -> tuple[str, bool]:
+        """Where the pod stands (``initializing``, ``starting``, ``ready`` or ``stuck``) and whether it is
+        ready, from its Deployment's status polls."""
+        polls, plan = pod["deployment"]["polls"], self.plan
+        if plan.reason:
+            return ("stuck" if polls >= 1 else "initializing"), False
+        if plan.ready_after is not None and polls >= plan.ready_after:
+            return "ready", True
+        return ("starting" if polls >= 1 else "initializing"), False
+
+    def _pod_json(self, pod: dict[str, Any]) -> dict[str, Any]:
+        phase, ready = self._pod_phase(pod)
+        plan, started = self.plan, _ts(pod["created"])
+        init_names = [c["name"] for c in pod["spec"].get("initContainers") or []]
+        stuck_init = phase == "stuck" and plan.container in init_names
+
+        def status(container: dict[str, Any], init: bool) -> dict[str, Any]:
+            cname = container["name"]
+            out = {"name": cname, "image": container.get("image", ""), "imageID": "", "restartCount": 0}
+            if phase == "stuck" and cname == plan.container:
+                state = {
+                    "waiting": {"reason": plan.reason, **({"message": plan.message} if plan.message else {})}
+                }
+                out["restartCount"] = plan.restarts
+            elif phase == "initializing" or (stuck_init and not init):
+                state = {"waiting": {"reason": "PodInitializing"}}
+            elif init:
+                state = {
+                    "terminated": {
+                        "exitCode": 0,
+                        "reason": "Completed",
+                        "startedAt": started,
+                        "finishedAt": started,
+                    }
+                }
+            else:
+                state = {"running": {"startedAt": started}}
+            if "running" in state or "terminated" in state:
+                out["containerID"] = f"containerd://{pod['uid']}-{cname}"
+            return {
+                **out,
+                "state": state,
+                "ready": "terminated" in state if init else ready,
+                "started": "running" in state,
+            }
+
+        containers = pod["spec"].get("containers") or []
+        pod_phase = (
+            "Running"
+            if phase in ("starting", "ready")
+            or (phase == "stuck" and not stuck_init and plan.reason == "CrashLoopBackOff")
+            else "Pending"
+        )
+        conditions = [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": str(phase != "initializing" and not stuck_init)},
+            {"type": "ContainersReady", "status": str(ready)},
+            {"type": "Ready", "status": str(ready)},
+        ]
+        owner = {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": pod["rs"],
+            "uid": pod["owner"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod["name"],
+                "namespace": pod["namespace"],
+                "uid": pod["uid"],
+                "resourceVersion": str(self.revision),
+                "creationTimestamp": started,
+                "labels": dict(pod["labels"]),
+                "ownerReferences": [owner],
+            },
+            "spec": copy.deepcopy(pod["spec"]),
+            "status": {
+                "phase": pod_phase,
+                "conditions": conditions,
+                "hostIP": "10.0.0.1",
+                "podIP": f"10.1.1.{self.pods.index(pod) + 2}",
+                "startTime": started,
+                "qosClass": "BestEffort",
+                "initContainerStatuses": [status(c, True) for c in pod["spec"].get("initContainers") or []],
+                "containerStatuses": [status(c, False) for c in containers],
+            },
+        }
+
+    def list_pods(
+        self, namespace: str, label_selector: str | None = None, field_selector: str | None = None
+    ) -> dict[str, Any]:
+        fields = _pod_fields(field_selector)
+        pods = [
+            p
+            for p in self.pods
+            if p["namespace"] == namespace
+            and _selector_matches(label_selector or "", p["labels"])
+            and fields.get("metadata.name", p["name"]) == p["name"]
+            and fields.get("metadata.namespace", namespace) == namespace
+        ]
+        return _pod_list([self._pod_json(p) for p in pods], self.revision)
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        for pod in self.pods:
+            if (pod["namespace"], pod["name"]) == (namespace, name):
+                return self._pod_json(pod)
+        raise ApiError(404, "NotFound", f'pods "{name}" not found', {"name": name, "kind": "pods"})
+
+    # --- REST
+
+    def route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any] | None:
+        """The answer to a request for a Deployment or Service; None for other paths."""
+        if m := _SERVICES.match(path):
+            res, ns, name, status = SERVICES, m["ns"], m["name"], None
+        elif (m := _OBJECTS.match(path)) and (m["group"], m["version"], m["plural"]) == (
+            "apps",
+            "v1",
+            "deployments",
+        ):
+            res, ns, name, status = DEPLOYMENTS, m["ns"], m["name"], m["status"]
+        else:
+            return None
+        if name is None and method == "POST":
+            if not isinstance(body, dict):
+                raise ApiError(400, "BadRequest", "the request body is not a JSON object")
+            return 201, self.create(res, ns, body)
+        if name is not None and method == "GET":
+            return 200, (self.read_status(res, ns, name) if status else self.read(res, ns, name))
+        if name is not None and not status and method == "DELETE":
+            policy = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
+            if policy is not None and policy not in _PROPAGATION:
+                raise ApiError(400, "BadRequest", f"propagationPolicy {policy!r} is not one of {_PROPAGATION}")
+            return self.delete(res, ns, name, policy)
+        raise ApiError(
+            405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+        )
+
+
 # --- The HTTP stand-in --------------------------------------------------------------------------------------
 
 
@@ -824,7 +1246,42 @@ _OBJECTS = re.compile(
     r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
     r"(?:/(?P<name>[^/]+)(?P<status>/status)?)?$"
 )
+_SERVICES = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/services(?:/(?P<name>[^/]+))?$")
 _PROPAGATION = ("Background", "Foreground", "Orphan")
+
+
+_RESOURCE_PATH = re.compile(
+    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/[^/]+)/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)"
+    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$"
+)
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
+
+
+def _forbidden(rules: list[dict[str, Any]], user: str, method: str, path: str, query: dict[str, str]) -> None:
+    """Refuses (403) a request that no RBAC rule of ``rules`` (a Role's) allows, as the authorizer does."""
+    m = _RESOURCE_PATH.match(path)
+    if m is None:
+        raise ApiError(403, "Forbidden", f'forbidden: User "{user}" cannot {method.lower()} path "{path}"')
+    group, resource = m["group"] or "", m["plural"] + (f"/{m['sub']}" if m["sub"] else "")
+    if method == "GET":
+        verb = "get" if m["name"] else ("watch" if _bool(query.get("watch")) else "list")
+    elif method == "DELETE":
+        verb = "delete" if m["name"] else "deletecollection"
+    else:
+        verb = _VERBS.get(method, method.lower())
+    for rule in rules:
+        if (
+            group in rule.get("apiGroups", [])
+            and resource in rule.get("resources", [])
+            and (verb in rule.get("verbs", []) or "*" in rule.get("verbs", []))
+            and (not rule.get("resourceNames") or m["name"] in rule["resourceNames"])
+        ):
+            return
+    qualified = m["plural"] + (f".{group}" if group else "")
+    named = f'{qualified} "{m["name"]}"' if m["name"] else qualified
+    where = f'resource "{resource}" in API group "{group}" in the namespace "{m["ns"]}"'
+    details = {**({"name": m["name"]} if m["name"] else {}), "group": group, "kind": m["plural"]}
+    raise ApiError(403, "Forbidden", f'{named} is forbidden: User "{user}" cannot {verb} {where}', details)
 
 
 def _bool(value: str | None) -> bool:
@@ -846,16 +1303,28 @@ class _Logs(list):
 
 
 class KubeApiStandin:
-    """The Kubernetes REST API of ``cluster``, served over HTTP on 127.0.0.1 (a free port) for the real
-    ``kubernetes`` client; a bearer token is required, as from a kubeconfig's user. ``seen`` records every
-    request; ``errors`` the stand-in's own failures (answered 500), which a test should expect to be empty.
+    """The Kubernetes REST API of ``cluster`` (Jobs or PyTorchJobs and their pods) and of ``servers``
+    (Deployments, Services and their pods), either or both, served over HTTP on 127.0.0.1 (a free port) for
+    the real ``kubernetes`` client; a bearer token is required, as from a kubeconfig's user. ``seen`` records
+    every request; ``errors`` the stand-in's own failures (answered 500), which a test should expect to be
+    empty. With ``rules`` (a Role's RBAC rules, bound to ``user``) a request that no rule allows is refused
+    with 403 Forbidden, as the API server's authorizer refuses it.
 
     An interrupt of the Dagster run (``cluster.interrupt_at``) is delivered as it is on a real run
     termination, as SIGINT to the main thread, which Dagster turns into ``DagsterExecutionInterruptedError``
     while the step runs."""
 
-    def __init__(self, cluster: FakeCluster, token: str = "phi-trainer-token") -> None:
-        self.cluster, self.token = cluster, token
+    def __init__(
+        self,
+        cluster: FakeCluster | None = None,
+        token: str = "phi-trainer-token",
+        servers: FakeServers | None = None,
+        rules: list[dict[str, Any]] | None = None,
+        user: str = "system:serviceaccount:phi:phi-dagster",
+    ) -> None:
+        assert cluster is not None or servers is not None, "nothing to serve"
+        self.cluster, self.token, self.servers, self.rules, self.user = cluster, token, servers, rules, user
+        self.lock = cluster.lock if cluster is not None else servers.lock  # one request at a time
         self.seen: list[Seen] = []
         self.errors: list[str] = []
         self._server: ThreadingHTTPServer | None = None
@@ -882,7 +1351,8 @@ class KubeApiStandin:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
-        self.cluster.on_interrupt = self._interrupt
+        if self.cluster is not None:
+            self.cluster.on_interrupt = self._interrupt
         return self
 
     def stop(self) -> None:
@@ -935,9 +1405,13 @@ class KubeApiStandin:
     def route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         """The answer (status code, JSON or ``_Logs``) of the model to a REST request."""
         c = self.cluster
+        if self.servers is not None and (answer := self.servers.route(method, path, query, body)) is not None:
+            return answer
         if m := _POD_LOG.match(path):
             if method != "GET":
                 raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+            if c is None:
+                raise ApiError(400, "BadRequest", f"the stand-in keeps no log of pod {m['name']}")
             if query.get("container", CONTAINER) != CONTAINER:
                 raise ApiError(
                     400, "BadRequest", f"container {query['container']} is not valid for pod {m['name']}"
@@ -954,12 +1428,28 @@ class KubeApiStandin:
         if m := _POD.match(path):
             if method != "GET":
                 raise ApiError(405, "MethodNotAllowed", "the server does not allow this method")
+            models = [x for x in (c, self.servers) if x is not None]
             if m["name"]:
-                return 200, c.read_pod(m["ns"], m["name"])
-            return 200, c.list_pods(m["ns"], query.get("labelSelector"), query.get("fieldSelector"))
+                for model in models[:-1]:
+                    with contextlib.suppress(ApiError):
+                        return 200, model.read_pod(m["ns"], m["name"])
+                return 200, models[-1].read_pod(m["ns"], m["name"])
+            items = [
+                pod
+                for model in models
+                for pod in model.list_pods(m["ns"], query.get("labelSelector"), query.get("fieldSelector"))[
+                    "items"
+                ]
+            ]
+            revision = max(model.revision for model in models)
+            return 200, _pod_list(items, revision)
         m = _OBJECTS.match(path)
-        res = c.resource
-        if m is None or (m["group"], m["version"], m["plural"]) != (res.group, res.version, res.plural):
+        res = c.resource if c is not None else None
+        if (
+            res is None
+            or m is None
+            or (m["group"], m["version"], m["plural"]) != (res.group, res.version, res.plural)
+        ):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         ns, name = m["ns"], m["name"]
         if name is None and method == "POST":
@@ -1020,7 +1510,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "BadRequest", f"the request body is not JSON: {exc}") from None
             if self.headers.get("Authorization") != f"Bearer {self.standin.token}":
                 raise ApiError(401, "Unauthorized", "Unauthorized")
-            with self.standin.cluster.lock:
+            if self.standin.rules is not None:
+                _forbidden(self.standin.rules, self.standin.user, method, url.path, query)
+            with self.standin.lock:
                 code, answer = self.standin.route(method, url.path, query, seen.body)
         except ApiError as exc:
             code, answer = exc.code, exc.status()

@@ -10,63 +10,19 @@ played by a small scripted HTTP server.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-import httpx
 import pytest
 
 from resources import ArtifactStore
 from resources.llm import Engine, ModelRef, Request, TransientGenerationError
 from resources.llm.cache import RequestCache
 from resources.llm.http_backend import EndpointAuthError, EndpointUnavailableError, HTTPBackend, HTTPSettings
+from tests.conftest import VLLM_API_KEY, VLLM_SERVED, free_port
 
-API_KEY = "sk-test-not-a-real-key-1234"
-SERVED = "smol"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def vllm_server(smol_dir: Path):
-    port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(smol_dir),
-         "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
-         "--enforce-eager", "--api-key", API_KEY, "--dtype", "bfloat16"],
-        env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, f"vLLM server exited with {proc.returncode}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "vLLM server did not become healthy in 300 s"
-            time.sleep(1)
-        yield f"{url}/v1"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+API_KEY, SERVED = VLLM_API_KEY, VLLM_SERVED  # the real server's (the ``vllm_server`` fixture)
 
 
 def endpoint_model() -> ModelRef:
