@@ -12,9 +12,9 @@ Security (``k8s/security.py``): the namespace enforces the ``restricted`` Pod Se
 pod must run as non-root, without privilege escalation or capabilities, under RuntimeDefault seccomp.
 Untrusted generated code runs only in the sandbox service's pods (``phi-factory/network: none``), whose
 NetworkPolicy denies all egress and admits requests only from evaluation steps. Evaluation steps
-(``phi-factory/network: restricted``) may reach DNS, the namespace's pods (the vLLM server, the sandbox)
-and, outside the cluster, the object store and Postgres, never private ranges or the cloud metadata
-address. Credentials come only from Kubernetes Secrets (``envFrom``) into ``dagster.EnvVar``/environment.
+(``phi-factory/network: restricted``) may reach DNS, the namespace's pods (the vLLM server, the sandbox),
+Postgres, the Kubernetes API and, outside the cluster, the object store over HTTPS; no other private
+address, never the cloud metadata address. Credentials come only from Kubernetes Secrets (``envFrom``) into ``dagster.EnvVar``/environment.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class DeploymentProfile:
     postgres_secret: str = "phi-postgresql"  # key postgresql-password (the chart's convention)
     postgres_host: str = "phi-postgres.phi-data.svc.cluster.local"
     postgres_cidr: str = "10.0.0.0/8"  # where Postgres lives, for the restricted egress policy
+    # the Kubernetes API's endpoints (evaluation steps start a checkpoint's vLLM server through it); set it
+    # to your control plane's address (kubectl get endpoints kubernetes -n default)
+    api_server_cidr: str = "10.0.0.0/8"
     llm_api_key_secret: str = ""  # a Secret with key api-key: the vLLM server then requires it
     gpu_label: str = "nvidia.com/gpu.product"
     gpu_product: str = "NVIDIA-A100-SXM4-80GB"
@@ -136,8 +139,13 @@ class DeploymentProfile:
         """The vLLM server of one model (a checkpoint's export on the object store, ``model.path``), which
         ``k8s/model_server.py`` starts for as long as an engine needs it; named after the model."""
         return dataclasses.replace(
-            self.vllm(), name=job_name(model.name, "phi-vllm"), model_uri=model.path,
-            served_name=model.served_name or model.name, max_model_len=max_model_len, dtype=dtype, replicas=1,
+            self.vllm(),
+            name=job_name(model.name, "phi-vllm"),
+            model_uri=model.path,
+            served_name=model.served_name or model.name,
+            max_model_len=max_model_len,
+            dtype=dtype,
+            replicas=1,
         )
 
     @property
@@ -313,6 +321,10 @@ def network_policies(p: DeploymentProfile) -> list[dict[str, Any]]:
                 {"to": [{"podSelector": {}}]},  # this namespace: the vLLM server, the sandbox service
                 {"to": [{"ipBlock": {"cidr": p.postgres_cidr}}], "ports": [{"protocol": "TCP", "port": 5432}]},
                 {
+                    "to": [{"ipBlock": {"cidr": p.api_server_cidr}}],
+                    "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}],
+                },
+                {
                     "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_RANGES)}}],
                     "ports": [{"protocol": "TCP", "port": 443}],
                 },  # the object store
@@ -402,13 +414,24 @@ def manifests(p: DeploymentProfile) -> list[dict[str, Any]]:
     """Every object of a profile, in the order ``kubectl apply`` needs them (Helm values excepted)."""
     vllm = render_vllm(p.vllm())
     vllm[0]["spec"]["template"]["spec"]["serviceAccountName"] = SA_VLLM
-    objects = [namespace(p), *service_accounts(p), *rbac(p), checkpoint_volume(p), gpu_quota(p),
-               *network_policies(p), *sandbox_service(p), *vllm, training_pod_template(p)]
+    objects = [
+        namespace(p),
+        *service_accounts(p),
+        *rbac(p),
+        checkpoint_volume(p),
+        gpu_quota(p),
+        *network_policies(p),
+        *sandbox_service(p),
+        *vllm,
+        training_pod_template(p),
+    ]
     for obj in objects:  # the namespace would refuse them at admission: refuse them here, by name
         for pod in pod_specs(obj):
             if found := violations(pod):
-                raise ValueError(f"{obj['kind']} {obj['metadata']['name']} breaks the restricted Pod Security "
-                                 f"Standard: {'; '.join(found)}")
+                raise ValueError(
+                    f"{obj['kind']} {obj['metadata']['name']} breaks the restricted Pod Security "
+                    f"Standard: {'; '.join(found)}"
+                )
     return objects
 
 

@@ -199,6 +199,14 @@ def test_evaluation_steps_reach_no_private_range_or_metadata_address(profile):
     excluded = [ip_network(c) for c in external[0]["except"]]
     for address in ("169.254.169.254", "10.1.2.3", "192.168.0.1", "172.20.0.1"):
         assert any(ip_address(address) in net for net in excluded), address
+    # the Kubernetes API stays reachable: these steps start a checkpoint's own vLLM server through it
+    api = [
+        rule
+        for rule in policy["spec"]["egress"]
+        if any(peer.get("ipBlock", {}).get("cidr") == profile.api_server_cidr for peer in rule.get("to", []))
+        and {p["port"] for p in rule.get("ports", [])} >= {443, 6443}
+    ]
+    assert api
 
 
 def test_step_pods_built_by_dagster_k8s_are_restricted_and_sized_by_their_asset_tags(profile):
