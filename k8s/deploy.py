@@ -14,7 +14,8 @@ Untrusted generated code runs only in the sandbox service's pods (``phi-factory/
 NetworkPolicy denies all egress and admits requests only from evaluation steps. Evaluation steps
 (``phi-factory/network: restricted``) may reach DNS, the namespace's pods (the vLLM server, the sandbox),
 Postgres, the Kubernetes API and, outside the cluster, the object store over HTTPS; no other private
-address, never the cloud metadata address. Credentials come only from Kubernetes Secrets (``envFrom``) into ``dagster.EnvVar``/environment.
+address, never the cloud metadata address. Credentials come only from Kubernetes Secrets (``envFrom``),
+read as environment variables (``dagster.EnvVar`` for the engine's API key).
 """
 
 from __future__ import annotations
