@@ -1592,3 +1592,30 @@ def steps(*numbers: int, summary: int | None = None) -> list[dict]:
 def user_logs(instance: dg.DagsterInstance) -> list[str]:
     (run,) = instance.get_runs()
     return [entry.user_message for entry in instance.all_logs(run.run_id)]
+
+
+@contextlib.contextmanager
+def serving(monkeypatch):
+    """Yields ``start(*args, **kwargs)``, which starts a ``KubeApiStandin`` (its arguments) and returns it;
+    on exit stops every one started and checks that none failed itself. The client talks to them directly
+    (no proxy), not in-cluster, and its default configuration is restored afterwards."""
+    import kubernetes
+
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    default = kubernetes.client.Configuration.get_default_copy()
+    started: list[KubeApiStandin] = []
+
+    def start(*args: Any, **kwargs: Any) -> KubeApiStandin:
+        started.append(KubeApiStandin(*args, **kwargs).start())
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for api in started:
+            api.stop()
+        kubernetes.client.Configuration.set_default(default)
+    for api in started:
+        assert api.errors == []

@@ -28,6 +28,7 @@ from tests.k8s_standin import (
     entrypoint_logs,
     plain_logs,
     rank0_env,
+    serving,
     steps,
     train,
     user_logs,
@@ -41,24 +42,9 @@ PODS = "/api/v1/namespaces/phi/pods"
 
 @pytest.fixture
 def serve(monkeypatch):
-    """Starts a stand-in for a ``FakeCluster``; stops it afterwards and checks that it never failed itself.
-    The client talks to it directly (no proxy), and its kubeconfig does not outlive the test."""
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    default = kubernetes.client.Configuration.get_default_copy()
-    started: list[KubeApiStandin] = []
-
-    def start(cluster: FakeCluster) -> KubeApiStandin:
-        started.append(KubeApiStandin(cluster).start())
-        return started[-1]
-
-    yield start
-    for api in started:
-        api.stop()
-    kubernetes.client.Configuration.set_default(default)
-    for api in started:
-        assert api.errors == []
+    """Starts a stand-in for a ``FakeCluster`` (``k8s_standin.serving``: stopped and checked afterwards)."""
+    with serving(monkeypatch) as start:
+        yield lambda cluster: start(cluster)
 
 
 def launcher_for(api: KubeApiStandin, tmp_path: Path, **settings) -> K8sTrainingLauncher:

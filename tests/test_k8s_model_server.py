@@ -31,7 +31,7 @@ from resources.llm.engine import LLMEngine
 from resources.llm.http_backend import HTTPSettings
 from resources.llm.vllm_backend import EngineStartError
 from tests.conftest import VLLM_API_KEY, VLLM_SERVED
-from tests.k8s_standin import FakeServers, KubeApiStandin, ServerPods
+from tests.k8s_standin import FakeServers, KubeApiStandin, ServerPods, serving
 
 VERSION = "0f3a9c1d"
 URI = f"s3://bucket/phi/artifacts/sft_checkpoint/__all__/{VERSION}/hf"
@@ -56,25 +56,10 @@ NAME = spec_for(MODEL).name
 
 @pytest.fixture
 def standin(monkeypatch):
-    """Starts stand-ins of the Kubernetes API; stops them afterwards and checks that they never failed
-    themselves. The client talks to them directly (no proxy); the client's default configuration is
-    restored afterwards."""
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    default = kubernetes.client.Configuration.get_default_copy()
-    started: list[KubeApiStandin] = []
-
-    def start(servers: FakeServers, rules: list[dict[str, Any]] | None = ROLE_RULES) -> KubeApiStandin:
-        started.append(KubeApiStandin(servers=servers, rules=rules).start())
-        return started[-1]
-
-    yield start
-    for api in started:
-        api.stop()
-    kubernetes.client.Configuration.set_default(default)
-    for api in started:
-        assert api.errors == []
+    """Starts stand-ins of the Kubernetes API serving ``FakeServers``, enforcing the project's Role unless
+    told otherwise (``k8s_standin.serving``: stopped and checked afterwards)."""
+    with serving(monkeypatch) as start:
+        yield lambda servers, rules=ROLE_RULES: start(servers=servers, rules=rules)
 
 
 def apis_for(api: KubeApiStandin, tmp_path: Path) -> ServerApis:
