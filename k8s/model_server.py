@@ -15,7 +15,6 @@ with its reason; the objects are deleted in every case.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -41,13 +40,12 @@ class ServerApis(NamedTuple):
 
 
 def kube_apis() -> ServerApis:
-    """In-cluster credentials inside a pod, the kube config elsewhere."""
+    """In-cluster credentials inside a pod, the kube config elsewhere (as the training launcher loads them)."""
     import kubernetes
 
-    if os.getenv("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config()
-    else:
-        kubernetes.config.load_kube_config()
+    from phi_assets.training.launch import load_kube_config
+
+    load_kube_config()
     return ServerApis(apps=kubernetes.client.AppsV1Api(), core=kubernetes.client.CoreV1Api())
 
 

@@ -611,6 +611,30 @@ class _AttemptsLogReader(PipesK8sPodLogsMessageReader):
         return "Read the rank-0 pod logs of the training Job (or the PyTorchJob's Master) of every attempt."
 
 
+def load_kube_config(
+    load_incluster_config: bool | None = None,
+    kubeconfig_file: str | None = None,
+    kube_context: str | None = None,
+) -> None:
+    """Configure the kubernetes client as ``PipesK8sClient`` does: in-cluster credentials inside a pod
+    (``KUBERNETES_SERVICE_HOST`` set) unless a kubeconfig file or context is given, else the kube config."""
+    import kubernetes
+    from dagster_k8s.utils import apply_no_proxy_env_workaround
+
+    if load_incluster_config and (kubeconfig_file or kube_context):
+        raise ValueError("kubeconfig_file and kube_context must be unset when load_incluster_config is True")
+    if load_incluster_config is None and kubeconfig_file is None and kube_context is None:
+        if os.getenv("KUBERNETES_SERVICE_HOST"):
+            kubernetes.config.load_incluster_config()
+        else:
+            kubernetes.config.load_kube_config()
+    elif load_incluster_config:
+        kubernetes.config.load_incluster_config()
+    else:
+        kubernetes.config.load_kube_config(config_file=kubeconfig_file, context=kube_context)
+    apply_no_proxy_env_workaround()
+
+
 class K8sTrainingLauncher(dg.ConfigurableResource):
     """Launches the training entrypoint on the cluster (``k8s`` profile) and follows it through Pipes.
 
@@ -689,22 +713,8 @@ class K8sTrainingLauncher(dg.ConfigurableResource):
     def _apis(self) -> KubeApis:
         """Loads the kube config the way ``PipesK8sClient`` does and builds the API objects."""
         import kubernetes
-        from dagster_k8s.utils import apply_no_proxy_env_workaround
 
-        if self.load_incluster_config and (self.kubeconfig_file or self.kube_context):
-            raise ValueError(
-                "kubeconfig_file and kube_context must be unset when load_incluster_config is True"
-            )
-        if self.load_incluster_config is None and self.kubeconfig_file is None and self.kube_context is None:
-            if os.getenv("KUBERNETES_SERVICE_HOST"):
-                kubernetes.config.load_incluster_config()
-            else:
-                kubernetes.config.load_kube_config()
-        elif self.load_incluster_config:
-            kubernetes.config.load_incluster_config()
-        else:
-            kubernetes.config.load_kube_config(config_file=self.kubeconfig_file, context=self.kube_context)
-        apply_no_proxy_env_workaround()
+        load_kube_config(self.load_incluster_config, self.kubeconfig_file, self.kube_context)
         client = kubernetes.client
         return KubeApis(core=client.CoreV1Api(), batch=client.BatchV1Api(), custom=client.CustomObjectsApi())
 
@@ -852,6 +862,7 @@ class K8sTrainingLauncher(dg.ConfigurableResource):
 __all__ = [
     "K8sTrainingLauncher",
     "KubeApis",
+    "load_kube_config",
     "TrainingJobSpec",
     "job_manifest",
     "job_name",
