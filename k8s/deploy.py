@@ -28,7 +28,13 @@ from k8s import steps
 from k8s.security import TMP_MOUNT, WRITABLE_ENV, container_security, pod_security, violations
 from k8s.vllm_server import VLLMServerSpec
 from k8s.vllm_server import render as render_vllm
-from phi_assets.training.launch import TrainingJobSpec, job_manifest, job_name, pytorchjob_manifest
+from phi_assets.training.launch import (
+    GPU_TOLERATIONS,
+    TrainingJobSpec,
+    job_manifest,
+    job_name,
+    pytorchjob_manifest,
+)
 
 PART_OF = "phi-factory"
 GPU_POOL_TAG = steps.GPU_POOL_TAG
@@ -103,7 +109,7 @@ class DeploymentProfile:
 
     @property
     def tolerations(self) -> list[dict[str, str]]:
-        return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        return [dict(t) for t in GPU_TOLERATIONS]  # the GPU taint's, as the training launcher tolerates it
 
     @property
     def checkpoint_pvc(self) -> str:
