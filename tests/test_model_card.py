@@ -1,0 +1,303 @@
+"""model_card: the lineage reading and rendering on small stores, then the card of every stage on a copy of
+what ``make demo``'s program materialized (``demo_run``, ci profile)."""
+
+import dataclasses
+import json
+import os
+import uuid
+
+import dagster as dg
+import pytest
+
+from phi_assets.evaluation.assets import PHI1_TABLE1, eval_scores, eval_stages
+from phi_assets.evaluation.model_card import (
+    CARD,
+    CARD_STAGES,
+    LINEAGE,
+    Entry,
+    Facts,
+    _evaluation,
+    _lineage,
+    _task,
+    card_stages,
+    check_recorded,
+    model_card,
+    read_entries,
+    recipe_name,
+)
+from phi_assets.training import trainer
+from phi_assets.versioning import stable_hash
+from resources import ArtifactStore
+
+V = {name: name[0] * 32 for name in ("a", "b", "c", "d", "e")}  # fake data versions
+
+
+def _commit(store: ArtifactStore, asset: str, partition: str | None, version: str, inputs: dict) -> None:
+    with store.stage(asset, partition) as staging:
+        manifest = {
+            "asset": asset,
+            "partition": partition,
+            "code_version": "code1",
+            "inputs": inputs,
+            "metadata": {},
+        }
+        staging.commit(version, manifest)
+    store.set_current(asset, partition, version)
+
+
+# --- fast: no demo ------------------------------------------------------------------------------------
+
+
+def test_the_partitions_are_the_trained_stages():
+    assert card_stages.get_partition_keys() == ["pretrained", "midtrained", "sft", "dpo"]
+    assert CARD_STAGES["dpo"] == "dpo_checkpoint" and "reference" not in CARD_STAGES
+    mapping = model_card.get_partition_mapping(eval_scores.key)  # the stage's own evaluation
+    up = mapping.get_upstream_mapped_partitions_result_for_partitions(
+        card_stages.subset_with_partition_keys(["sft"]), card_stages, eval_stages
+    )
+    assert set(up.partitions_subset.get_partition_keys()) == {"sft"}
+    down = mapping.get_downstream_partitions_for_partitions(
+        eval_stages.subset_with_partition_keys(["reference"]), eval_stages, card_stages
+    )
+    assert not set(down.get_partition_keys())  # the reference model gets no card
+
+
+@pytest.mark.parametrize("name", sorted(trainer.TRAIN_RECIPES))
+def test_a_stored_config_names_the_recipe_it_came_from(name):
+    """The training assets set the model, sequence length, steps and overrides themselves; any other
+    changed field means no recipe made the config."""
+    train = json.loads(json.dumps(dataclasses.asdict(trainer.TRAIN_RECIPES[name]())))
+    train.update(model="debug_tiny", seq_len=77, max_steps=3, overrides={"rope_theta": 1.0})
+    assert recipe_name("pretrained_checkpoint", train) == name
+    assert recipe_name("sft_checkpoint", {**train, "lr": 0.123}).startswith("custom")
+    assert recipe_name("midtrained_checkpoint", train).startswith("trainer.midtrain")
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_every_version_is_checked_against_what_its_consumers_recorded(tmp_path, where):
+    """ok: a consumer names the current version; stale: it names an older one; -: nothing downstream
+    records versions of it; a known partition without a version is listed, not dropped."""
+    root = str(tmp_path / "artifacts") if where == "local" else f"memory://card-{uuid.uuid4().hex}/artifacts"
+    store = ArtifactStore(root=root)
+    _commit(store, "raw", "s1", V["a"], {})
+    _commit(store, "raw", "s2", V["b"], {})  # the version the corpus was built from...
+    _commit(store, "raw", "s2", V["c"], {})  # ...then re-ingested: CURRENT moved on
+    _commit(store, "notes", None, V["d"], {})
+    _commit(store, "corpus", None, V["e"], {"shards": [["s1", V["a"]], ["s2", V["b"]]], "config": {"n": 3}})
+    pairs = [("raw", "s1"), ("raw", "s2"), ("raw", "s3"), ("notes", None), ("corpus", None)]
+    entries = read_entries(store, pairs)
+    assert [e.version for e in entries] == [V["a"], V["c"], None, V["d"], V["e"]]
+    assert entries[4].recorded == {V["a"], V["b"]} and entries[4].code_version == "code1"
+    check_recorded(store, entries, {"raw": {"corpus"}, "notes": {"corpus"}, "corpus": set()})
+    assert [e.status for e in entries] == [
+        "ok",
+        f"stale: corpus used {V['b'][:12]}",
+        "not materialized",
+        "-",
+        "-",
+    ]
+
+
+def test_task_ids_are_named_once():
+    assert _task("humaneval", "HumanEval/12") == "HumanEval/12"
+    assert _task("mbpp", "123") == "mbpp/123"
+
+
+def test_the_evaluation_section_shows_the_manifest_scores():
+    """pass@k in percent per benchmark, the verdicts, and this stage's row under phi-1's Table 1."""
+    scores = {"pass@1": 0.25, "pass@10": 0.5, "problems": 4, "samples": 40, "passed": 10}
+    evaluation = {
+        "data_version": V["e"],
+        "metadata": {
+            "scores": {"humaneval": scores},
+            "verdicts": {"humaneval": {"passed": 10, "failed": 30}},
+            "engine_errors": {"prompt_too_long": 2},
+            "eval_set": "set1",
+            "model_version": V["a"],
+            "num_params": 1_200_000,
+            "tokens": 2_000_000,
+            "chat": False,
+        },
+    }
+    text = _evaluation(Facts("dpo", "dpo_checkpoint", {}, [], {}, evaluation, None, None))
+    assert "| humaneval | 4 | 40 | 10 | 25.0% | 50.0% | failed 30, passed 10 |" in text
+    assert "| **phi-factory dpo** (aaaaaaaa) | 1.2M | 2.0M | **25.0%** (4 problems) | - |" in text
+    assert "prompt_too_long 2" in text and f"`eval_scores[dpo]` `{V['e']}` (eval set `set1`" in text
+    for name, *_ in PHI1_TABLE1:
+        assert f"| {name} |" in text
+
+
+def _facts(entries: list[Entry]) -> Facts:
+    return Facts("sft", "sft_checkpoint", {}, [], {}, {}, None, None, entries, sources=["raw"])
+
+
+def test_an_asset_with_more_partitions_than_the_limit_gets_one_row():
+    entries = [Entry("raw", f"s{i:02d}", f"{i:032x}", "code1", status="ok") for i in range(5)]
+    entries.append(Entry("corpus", None, V["e"], "code2", status="-"))
+    full = _lineage(_facts(entries), max_rows=5)
+    assert all(f"| raw | s{i:02d} | `{i:032x}` | code1 | ok |" in full for i in range(5))
+    assert "from 5 shards (5 raw)" in full and "6 asset partitions of 2 assets" in full
+    short = _lineage(_facts(entries), max_rows=4)
+    digest = stable_hash([[e.partition, e.version] for e in entries[:5]], 12)
+    assert f"| raw | 5 partitions ({LINEAGE}) | all: `{digest}` | code1 | ok 5 |" in short
+    assert "| s00 |" not in short and f"| corpus | - | `{V['e']}` | code2 | - |" in short
+
+
+# --- on a copy of the demo's home ---------------------------------------------------------------------
+
+
+def _materialize(demo_run, stage: str, instance: dg.DagsterInstance, run_config: dict | None = None):
+    from resources import build_resources, load_profile
+
+    return dg.materialize(
+        [model_card],
+        partition_key=stage,
+        instance=instance,
+        resources=build_resources(load_profile()),
+        run_config=run_config,
+        raise_on_error=False,
+    )
+
+
+@pytest.fixture
+def instance(demo_run):
+    """An instance that knows the demo's shard partitions (dynamic partitions live in the instance)."""
+    from phi_assets.ingest.assets import PARTITIONS
+
+    out = dg.DagsterInstance.ephemeral()
+    with dg.DagsterInstance.from_config(str(demo_run["home"] / "dagster")) as demo:
+        for pdef in PARTITIONS.values():
+            out.add_dynamic_partitions(pdef.name, demo.get_dynamic_partitions(pdef.name))
+    return out
+
+
+def _card(result) -> tuple[str, dict]:
+    assert result.success, _step_error(result)
+    [event] = result.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    return meta["card"], {**meta, "data_version": event.materialization.tags["dagster/data_version"]}
+
+
+def _step_error(result) -> str:
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)
+
+
+def _shard_keys(demo_run) -> dict[str, list[str]]:
+    from phi_assets.ingest.assets import PARTITIONS
+
+    with dg.DagsterInstance.from_config(str(demo_run["home"] / "dagster")) as demo:
+        return {f"raw_{s}_shards": sorted(demo.get_dynamic_partitions(p.name)) for s, p in PARTITIONS.items()}
+
+
+def test_the_card_of_every_stage(demo_run, home_copy, instance):
+    """Each card describes the stage's evaluated checkpoint: its chain and architecture, the mixture it
+    trained on, the planted HumanEval task removed by decontamination, pass@1 equal to eval_scores' beside
+    every phi-1 row, and the current data version of every raw shard and every asset partition upstream."""
+    store = ArtifactStore(root=str(home_copy / "artifacts"))
+    shards = _shard_keys(demo_run)
+    assert shards["raw_code_shards"] and shards["raw_web_shards"]
+    mixture = store.current_manifest("mixture_weights", None)
+    for stage, asset in CARD_STAGES.items():
+        card, meta = _card(_materialize(demo_run, stage, instance))
+        where = store.version_path("model_card", stage, meta["data_version"])
+        assert open(f"{where}/{CARD}").read() == card and meta["data_version"] == stable_hash(card)
+        checkpoint = store.current_manifest(asset, None)
+        assert meta["checkpoint_version"] == checkpoint["data_version"]
+        assert f"`{asset}` data version `{checkpoint['data_version']}`" in card
+        # the chain back to pretraining, and the architecture of the export
+        chain = ["pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint"]
+        for parent in chain[: chain.index(asset) + 1]:
+            assert f"{parent} `{store.current_version(parent, None)[:12]}`" in card
+        for later in chain[chain.index(asset) + 1 :]:
+            assert f"| {later} |" not in card
+        config = json.loads(
+            open(f"{store.version_path(asset, None, checkpoint['data_version'])}/hf/config.json").read()
+        )
+        assert f"| layers | {config['num_hidden_layers']} |" in card
+        assert f"| hidden size | {config['hidden_size']} |" in card
+        assert f"| vocabulary | {config['vocab_size']:,} |" in card
+        # the mixture table: every source with its weight and epochs
+        for row in mixture["metadata"]["table"]:
+            assert f"| {row['source']} | {row['category']} |" in card
+            assert f"| {row['weight']:.4f} | {row['tokens_seen']:,} | {row['epochs']:.2f} |" in card
+        # decontamination: the HumanEval task the demo planted in a code shard was removed
+        section = card.split("## Decontamination")[1].split("## Evaluation")[0]
+        [decontam] = [line for line in section.splitlines() if line.startswith("| filtered_code_corpus |")]
+        assert demo_run["task_id"] in decontam
+        # evaluation: the numbers of eval_scores' manifest, and phi-1's Table 1 beside them
+        evaluation = store.current_manifest("eval_scores", stage)
+        assert meta["eval_version"] == evaluation["data_version"]
+        for benchmark, s in evaluation["metadata"]["scores"].items():
+            row = (
+                f"| {benchmark} | {s['problems']} | {s['samples']} | {s['passed']} | {100 * s['pass@1']:.1f}% |"
+            )
+            assert row in card
+        assert f"**phi-factory {stage}** ({checkpoint['data_version'][:8]})" in card
+        for name, size, tokens, humaneval, _ in PHI1_TABLE1:
+            assert f"| {name} | {size} | {tokens} | {humaneval:.1f}% |" in card
+        # lineage: every raw shard partition at its current version, and every row as the store has it
+        for raw, keys in shards.items():
+            for key in keys:
+                assert f"| {raw} | {key} | `{store.current_version(raw, key)}` |" in card
+        assert meta["shards"] == {raw: len(keys) for raw, keys in shards.items()}
+        rows = json.loads(open(f"{where}/{LINEAGE}").read())
+        assert len(rows) == meta["lineage_partitions"]
+        for r in rows:
+            assert r["data_version"] == store.current_version(r["asset"], r["partition"])
+            if r["data_version"] is not None:
+                assert f"| {r['asset']} | {r['partition'] or '-'} | `{r['data_version']}` |" in card
+        assets = {r["asset"] for r in rows}
+        assert {
+            "raw_code_shards",
+            "raw_web_shards",
+            "filtered_code_corpus",
+            "tokenizer",
+            "mixture_weights",
+            "pretrained_checkpoint",
+            asset,
+            "eval_scores",
+        } <= assets
+        assert ("preference_pairs" in assets) == (stage == "dpo")
+        assert [r["partition"] for r in rows if r["asset"] == "eval_scores"] == [stage]
+        assert not meta["stale"]  # the demo's versions are one consistent snapshot
+
+
+def test_a_rerun_skips_and_a_new_upstream_version_makes_a_new_card(demo_run, home_copy, instance):
+    store = ArtifactStore(root=str(home_copy / "artifacts"))
+    _, first = _card(_materialize(demo_run, "sft", instance))
+    card, again = _card(_materialize(demo_run, "sft", instance))
+    assert again["skipped"] is True and again["data_version"] == first["data_version"]
+
+    # a shard re-ingested after training: the card shows the new version and flags it as stale
+    key = _shard_keys(demo_run)["raw_web_shards"][0]
+    old = store.current_manifest("raw_web_shards", key)
+    new = "f" * 32
+    _commit(store, "raw_web_shards", key, new, old["inputs"])
+    card, changed = _card(_materialize(demo_run, "sft", instance))
+    assert changed["skipped"] is False and changed["data_version"] != first["data_version"]
+    status = f"stale: quality_filtered_web_shards used {old['data_version'][:12]}"
+    assert f"| raw_web_shards | {key} | `{new}` | code1 | {status} |" in card
+    assert changed["stale"] == [f"raw_web_shards[{key}]: {status}"]
+    assert f"> **Warning**: raw_web_shards[{key}] is {status}." in card
+
+
+def test_missing_or_outdated_upstream_is_a_failure_naming_it(demo_run, home_copy, instance):
+    store = ArtifactStore(root=str(home_copy / "artifacts"))
+    os.unlink(f"{store.partition_path('eval_scores', 'midtrained')}/CURRENT")  # a link: the demo's stays
+    result = _materialize(demo_run, "midtrained", instance)
+    assert not result.success
+    assert "model_card: eval_scores[midtrained] has no materialized version" in _step_error(result)
+
+    evaluated = store.current_version("dpo_checkpoint", None)
+    _commit(store, "dpo_checkpoint", None, "0" * 32, {})  # a new checkpoint, not evaluated yet
+    result = _materialize(demo_run, "dpo", instance)
+    assert not result.success
+    assert (
+        f"eval_scores[dpo] evaluated dpo_checkpoint version {evaluated}, but its current version is {'0' * 32}"
+        in _step_error(result)
+    )
