@@ -16,6 +16,7 @@ from phi_assets.curation.assets import (
     quality_filtered_web_shards,
 )
 from phi_assets.evaluation.assets import eval_scores, eval_stages
+from phi_assets.evaluation.model_card import card_stages, model_card
 from phi_assets.ingest.assets import (
     code_shards,
     raw_catalog,
@@ -113,13 +114,32 @@ posttraining_job = dg.define_asset_job(
     "posttraining_job", selection=[sft_checkpoint, preference_pairs, dpo_checkpoint], tags=GPU_POOL_TAG,
     description="SFT, preference pairs and DPO from the current midtrained checkpoint.")
 
+pretrain_job = dg.define_asset_job(
+    "pretrain_job", selection=[pretrained_checkpoint, midtrained_checkpoint], tags=GPU_POOL_TAG,
+    description="Pretrain on the current mixture, then midtrain (long context); no post-training.")
+
+# Dagster runs one partitions definition per run: the per-shard and per-batch steps have their own jobs
+# (and the automation sensor); this slice refreshes every cross-shard roll-up of the data side in order.
+data_refresh_job = dg.define_asset_job(
+    "data_refresh_job",
+    selection=[raw_catalog, dedup_code, dedup_web, edu_annotations, edu_classifier, topics, tokenizer,
+               synthetic_corpus, mixture_search, mixture_weights],
+    description="Refresh the data side's roll-ups over the current shards and batches: catalog, dedup, "
+                "annotations and classifier, topics, tokenizer, synthetic corpus, mixture search and weights.")
+
 eval_job = dg.define_asset_job(
     "eval_job", selection=[eval_scores], partitions_def=eval_stages,
     description="Evaluate one stage (pretrained, midtrained, sft, dpo, or the reference engine model) on "
                 "HumanEval and MBPP in the sandbox.")
 
+model_card_job = dg.define_asset_job(
+    "model_card_job", selection=[model_card], partitions_def=card_stages,
+    description="The model card of one trained stage (after its eval_scores): architecture, recipe, mixture, "
+                "decontamination, scores beside phi-1's, and the data version of everything upstream.")
+
 ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_job, edu_classifier_job,
             filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
             synthetic_corpus_job, tokenizer_job, tokenize_code_job, tokenize_web_job, tokenize_synthetic_job,
-            mixture_proxy_job, mixture_job, training_job, posttraining_job, eval_job]
+            mixture_proxy_job, mixture_job, data_refresh_job, training_job, pretrain_job, posttraining_job,
+            eval_job, model_card_job]
 TOKENIZE_JOBS = {"code": tokenize_code_job, "web": tokenize_web_job}

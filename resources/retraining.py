@@ -10,15 +10,20 @@ class RetrainingPolicy(dg.ConfigurableResource):
 
     ``eval_regression_sensor`` requests a retraining run when a new model's score on any of
     ``metrics`` is below the best earlier comparable score of the same stage by more than ``margin``
-    (absolute, e.g. 0.02 = 2 points of pass@1). ``reseed``: the retraining run draws a new
-    pretraining seed from the triggering event, so it trains a new chain even when no input changed
-    (without it, a run over unchanged inputs reuses the stored checkpoints). At most
+    (absolute, e.g. 0.02 = 2 points of pass@1). ``reseed``: a retraining run (a regression's or a
+    new mixture's) draws a new pretraining seed from the triggering event, so it trains a new chain
+    even when no input changed, or when the new data lies beyond what the token budget reaches
+    (without it, such a run reuses the stored checkpoints or retrains into identical weights). At most
     ``max_consecutive`` retraining runs are requested for one stage in a row without a new model
     that holds its score, so a stage that keeps regressing cannot retrain forever.
+
+    ``on_new_mixture``: ``mixture_retraining_sensor`` (``sensors/retraining.py``) requests a training
+    run whenever the mixture's data version changes, i.e. new data passed curation.
     """
 
     margin: float = 0.02
     metrics: list[str] = ["humaneval_pass@1", "mbpp_pass@1"]
     reseed: bool = True
     max_consecutive: int = 2
+    on_new_mixture: bool = True
     failures_log: str = ""  # JSON lines of failed runs; "" = {phi_home}/run_failures.jsonl

@@ -15,6 +15,7 @@ import dagster as dg
 import polars as pl
 
 from k8s import steps
+from phi_assets.automation import ON_NEW_DATA
 from phi_assets.curation import classifier as clf
 from phi_assets.curation import (
     code_syntax,
@@ -100,6 +101,7 @@ def quality_filtered_asset(source: str) -> dg.AssetsDefinition:
         group_name="curation",
         op_tags=steps.tags("shard"),
         code_version=FILTER_CODE_VERSION,
+        automation_condition=ON_NEW_DATA,
         kinds={"parquet", "polars"},
         description=f"Raw {source} documents that pass the heuristic quality filters (every drop "
         "has a reason), with the MinHash signatures dedup reads.",
@@ -179,6 +181,7 @@ def dedup_asset(source: str) -> dg.AssetsDefinition:
         group_name="curation",
         op_tags=steps.tags("heavy"),
         code_version=DEDUP_CODE_VERSION,
+        automation_condition=ON_NEW_DATA,
         kinds={"duckdb"},
         description=f"Exact and MinHash-LSH near-duplicate clusters over all {source} "
         "shards; one deterministic survivor each; clusters in DuckDB.",
@@ -403,6 +406,7 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
         kinds={"parquet"},
         deps=[upstream, f"dedup_{source}", edu_classifier],
         code_version=CORPUS_CODE_VERSION,
+        automation_condition=ON_NEW_DATA,
         check_specs=[decontamination_check_spec(name)],
         description=f"Deduplicated {source} documents the classifier scores at or above the threshold, "
         "with HumanEval/MBPP-contaminated documents removed and listed.",

@@ -24,6 +24,7 @@ import polars as pl
 
 from k8s import steps
 from phi_assets import plots
+from phi_assets.automation import ON_NEW_DATA
 from phi_assets.curation import stages
 from phi_assets.curation.assets import (
     _current,
@@ -270,6 +271,7 @@ def tokenized_asset(source: TokenSource) -> dg.AssetsDefinition:
         op_tags=steps.tags("shard"),
         kinds={"numpy"},
         code_version=TOKENIZE_CODE_VERSION,
+        automation_condition=ON_NEW_DATA if source.corpus_set is None else None,
         description=f"{source.name} as token ids joined with <|endoftext|> ({shards}): tokens.bin "
         "(uint16/uint32, memory-mappable), offsets.bin (document boundaries), documents.parquet (ids).",
     )
@@ -367,6 +369,7 @@ def requested_weights(
     op_tags=steps.tags("light"),
     kinds={"json"},
     code_version=WEIGHTS_CODE_VERSION,
+    automation_condition=ON_NEW_DATA,
     check_specs=[
         dg.AssetCheckSpec(
             "weights_sum_to_one",

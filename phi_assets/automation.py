@@ -1,0 +1,26 @@
+"""Declarative automation: which assets follow new data by themselves.
+
+The per-shard curation path and the roll-ups that only count what it produced update when their
+inputs change: a new shard's quality filter, the source's dedup, every filtered-corpus shard (dedup
+decides what each keeps), each filtered shard's tokens, the catalog; the mixture weights (the
+token counts feed the epochs table). They run under ``ON_NEW_DATA``: Dagster's ``eager`` condition
+(an input was updated or the partition is new; no input missing or in progress) and only while every
+input's blocking checks pass (the raw shards' Great Expectations suite, the corpora's
+decontamination check), so a shard that fails its expectations stops there.
+
+Left to people or policies on purpose: the LLM annotations and the classifier, topics and synthetic
+data (expensive, and new text is a decision), the tokenizer (a new one changes every token id), the
+mixture search's proxies (training runs), and every checkpoint: the retraining policy
+(``sensors/retraining.py``) requests a training run when the mixture's data version changes.
+
+``automation_sensor`` (``sensors/automation.py``) evaluates the conditions every 30 s; it is on
+by default.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+ON_NEW_DATA = (
+    dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("eager, inputs' blocking checks passed")
