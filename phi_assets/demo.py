@@ -1,15 +1,23 @@
-"""Materialize everything that exists so far on the active profile, then print a summary.
+"""Materialize the whole graph on the active profile, then print a summary.
 
 Run: ``make demo`` (or ``python -m phi_assets.demo`` with ``DAGSTER_HOME`` set). Registers the
-embedded corpora (and any files already in the landing area) as shard partitions, ingests every
-shard in its own run, rebuilds the catalog, and prints per-source counts. A second run with
-nothing changed recomputes nothing: every step logs that it skipped and keeps its data version.
+embedded corpora (and any files already in the landing area) as shard partitions, then runs every
+slice in dependency order, one run per partition: ingest, curation, synthetic data, tokenizer and
+mixture, the training chain, evaluation and the model cards. It ends with a table per asset (steps,
+rows or tokens, wall time), the final scores, and how to open the UI. A second run with nothing
+changed recomputes nothing: every step logs that it skipped and keeps its data version.
+
+``--cli`` runs every step through ``dagster asset materialize`` (one command per slice and
+partition), as CI does; the exit status is 1 when any step failed.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +26,7 @@ import dagster as dg
 from tqdm import tqdm
 
 from jobs import (
+    ALL_JOBS,
     CORPUS_JOBS,
     INGEST_JOBS,
     TOKENIZE_JOBS,
@@ -28,6 +37,7 @@ from jobs import (
     generator_model_job,
     mixture_job,
     mixture_proxy_job,
+    model_card_job,
     synthetic_batch_job,
     synthetic_corpus_job,
     tokenize_synthetic_job,
@@ -36,6 +46,7 @@ from jobs import (
     training_job,
 )
 from phi_assets.evaluation.assets import STAGES
+from phi_assets.evaluation.model_card import CARD_STAGES
 from phi_assets.ingest import embedded
 from phi_assets.ingest.assets import PARTITIONS
 from phi_assets.ingest.catalog import source_totals
@@ -45,6 +56,8 @@ from resources import load_profile
 from sensors.landing import scan_landing
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# A command's run is one partition of one slice: its steps run in the command's process.
+CLI_CONFIG = {**QUIET, "execution": {"config": {"in_process": {}}}}
 
 
 def register_shards(instance: dg.DagsterInstance, profile) -> dict[str, list[str]]:
@@ -78,28 +91,93 @@ class DemoReport:
     training: dict = field(default_factory=dict)  # asset -> its float/int/str metadata
     evaluation: dict = field(default_factory=dict)  # stage -> eval_scores' scores and counts
     eval_table: str = ""  # eval_scores' table beside phi-1's Table 1 (markdown), after the last stage
+    cards: dict = field(default_factory=dict)  # stage -> the model card's path
+    assets: dict = field(default_factory=dict)  # asset -> steps, recomputed, size per unit, wall seconds
+    via_cli: bool = False  # every step through `dagster asset materialize`
 
-    def record(self, what: str, result: dg.ExecuteInProcessResult) -> None:
+    def record(self, what: str, result, instance: dg.DagsterInstance) -> None:
         if not result.success:
             self.failures.append(f"{what}: {_failure_message(result)}")
+        walls = {s.step_key: (s.end_time or s.start_time or 0) - (s.start_time or 0)
+                 for s in instance.get_run_step_stats(result.run_id)}
         for event in result.get_asset_materialization_events():
-            skipped = event.materialization.metadata.get("skipped")
-            name = event.materialization.asset_key.to_user_string()
-            name += f"[{event.partition}]" if event.partition else ""
-            (self.reused if skipped and skipped.value else self.recomputed).append(name)
+            meta = event.materialization.metadata
+            skipped = meta.get("skipped")
+            asset = event.materialization.asset_key.to_user_string()
+            name = asset + (f"[{event.partition}]" if event.partition else "")
+            reused = bool(skipped and skipped.value)
+            (self.reused if reused else self.recomputed).append(name)
+            row = self.assets.setdefault(asset, {"steps": 0, "recomputed": 0, "size": {}, "wall": 0.0})
+            row["steps"] += 1
+            row["recomputed"] += 0 if reused else 1
+            row["wall"] += walls.get(event.step_key, 0.0)
+            unit, value = _size(meta)
+            if unit:
+                row["size"][unit] = row["size"].get(unit, 0) + value
+
+
+# Per asset, what its size is counted in: the first of these its metadata has.
+SIZE_KEYS = (("num_tokens", "tokens"), ("tokens_seen", "tokens"), ("dagster/row_count", "rows"),
+             ("pairs", "pairs"), ("samples", "samples"), ("token_budget", "token budget"))
+
+
+def _size(meta: dict) -> tuple[str | None, int]:
+    for key, unit in SIZE_KEYS:
+        value = meta.get(key)
+        if value is not None and isinstance(value.value, (int, float)):
+            return unit, int(value.value)
+    return None, 0
+
+
+@dataclass
+class CliRun:
+    """A run that `dagster asset materialize` executed, read back from the instance."""
+
+    run_id: str
+    success: bool
+    all_events: list
+
+    def get_asset_materialization_events(self) -> list:
+        return [e for e in self.all_events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
+
+
+def _materialize_cli(defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str,
+                     partition: str | None) -> CliRun:
+    """``dagster asset materialize`` for the job's assets (and this partition) in a child process."""
+    selection = next(j for j in ALL_JOBS if j.name == job_name).selection.resolve(defs.resolve_asset_graph())
+    assets = ",".join(sorted(k.to_user_string() for k in selection))
+    command = [os.path.join(os.path.dirname(sys.executable), "dagster"), "asset", "materialize",
+               "-m", "phi_assets.definitions", "--select", assets, "--config-json", json.dumps(CLI_CONFIG)]
+    command += ["--partition", partition] if partition else []
+    before = {r.run_id for r in instance.get_runs(limit=5)}
+    started = time.time()
+    done = subprocess.run(command, capture_output=True, text=True)
+    print(f"dagster asset materialize --select {assets}{f' --partition {partition}' if partition else ''}: "
+          f"exit {done.returncode} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+    runs = [r for r in instance.get_runs(limit=5) if r.run_id not in before]
+    if not runs:
+        raise RuntimeError(f"`{' '.join(command[1:])}` started no run (exit {done.returncode}):\n"
+                           + (done.stdout + done.stderr)[-3000:])
+    run = runs[0]
+    events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
+    return CliRun(run.run_id, done.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, events)
 
 
 def _run(defs: dg.Definitions, instance: dg.DagsterInstance, report: DemoReport,
          job_name: str, what: str, partition: str | None = None) -> dg.ExecuteInProcessResult:
-    """One job (one partition of it) in this process; its outcome goes into the report."""
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        partition_key=partition, instance=instance, run_config=QUIET, raise_on_error=False)
-    report.record(what, result)
+    """One job (one partition of it), in this process or through the CLI; its outcome goes into the report."""
+    if report.via_cli:
+        result = _materialize_cli(defs, instance, job_name, partition)
+    else:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            partition_key=partition, instance=instance, run_config=QUIET, raise_on_error=False)
+    report.record(what, result, instance)
     return result
 
 
-def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]]) -> DemoReport:
-    report = DemoReport()
+def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]],
+            via_cli: bool = False) -> DemoReport:
+    report = DemoReport(via_cli=via_cli)
     for source, job in INGEST_JOBS.items():
         for key in tqdm(keys[source], desc=f"ingest {source} shards", unit="shard"):
             _run(defs, instance, report, job.name, f"raw_{source}_shards[{key}]", key)
@@ -126,6 +204,10 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
     run_mixture(defs, instance, keys, report)
     run_training(defs, instance, report)
     run_evaluation(defs, instance, report)
+    for stage in CARD_STAGES:
+        result = _run(defs, instance, report, model_card_job.name, f"model_card[{stage}]", stage)
+        if result.success:
+            report.cards[stage] = _metadata_text(result, "model_card", "path")
     return report
 
 
@@ -267,7 +349,23 @@ def _print_evaluation(report: DemoReport) -> None:
     print(_plain_table(report.eval_table.replace("**", "")))
 
 
-def main() -> int:
+def _print_assets(report: DemoReport, order: list[str]) -> None:
+    """The per-asset summary: steps (partitions), how many recomputed, rows or tokens, wall seconds."""
+    print(f"\n{'asset':32} {'steps':>5} {'recomputed':>10} {'rows / tokens':>26} {'wall s':>8}")
+    for asset in sorted(report.assets, key=lambda a: order.index(a) if a in order else len(order)):
+        row = report.assets[asset]
+        size = ", ".join(f"{n:,} {unit}" for unit, n in row["size"].items()) or "-"
+        print(f"{asset:32} {row['steps']:>5} {row['recomputed']:>10} {size:>26} {row['wall']:>8.1f}")
+    total = sum(r["wall"] for r in report.assets.values())
+    print(f"{'all steps':32} {sum(r['steps'] for r in report.assets.values()):>5} "
+          f"{sum(r['recomputed'] for r in report.assets.values()):>10} {'':>26} {total:>8.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m phi_assets.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cli", action="store_true",
+                        help="every step through `dagster asset materialize` (one per slice and partition)")
+    args = parser.parse_args(argv)
     profile = load_profile()
     os.environ.setdefault("DAGSTER_HOME", profile.dagster_home)
     os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
@@ -276,8 +374,9 @@ def main() -> int:
     start = time.time()
     with dg.DagsterInstance.get() as instance:
         keys = register_shards(instance, profile)
-        report = run_all(defs, instance, keys)
-    print(f"\nphi-factory demo on profile '{profile.name}' ({time.time() - start:.0f} s)")
+        report = run_all(defs, instance, keys, via_cli=args.cli)
+    elapsed = time.time() - start
+    print(f"\nphi-factory demo on profile '{profile.name}' ({elapsed:.0f} s)")
     print(f"{'source':8} {'shards':>6} {'read':>8} {'docs':>8} {'rejected':>8} {'MB':>8} {'est. tokens':>12}")
     for source, shards, read, docs, rejected, num_bytes, tokens in source_totals(profile.catalog_path):
         print(f"{source:8} {shards:>6} {read:>8} {docs:>8} {rejected:>8} {num_bytes / 1e6:>8.1f} {tokens:>12,}")
@@ -308,11 +407,16 @@ def main() -> int:
               f"{m['loo_spearman']:.2f}): {proposal}; predicted loss {m['predicted_loss']:.3f} "
               f"vs phi-4 table {m['phi4_predicted_loss']:.3f}")
     _print_training(report.training)
+    _print_assets(report, [k.to_user_string() for k in defs.resolve_asset_graph().toposorted_asset_keys])
     _print_evaluation(report)
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
-    print("Open the UI: make ui   (then http://127.0.0.1:3000)")
+    for stage, path in report.cards.items():
+        print(f"model_card[{stage}]: {path}")
     print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "
           "(code and inputs as before: no work done, same data versions)")
+    print(f"Wall time: {elapsed:.0f} s{' (every step through dagster asset materialize)' if args.cli else ''}")
+    print("Open the UI: make ui   then http://127.0.0.1:3000 (Assets > View global asset lineage; "
+          "plots are in each asset's metadata)")
     for failure in report.failures:
         print(f"FAILED {failure}", file=sys.stderr)
     return 1 if report.failures else 0

@@ -56,7 +56,9 @@ def build_executor(profile: Profile, env: Mapping[str, str] | None = None) -> dg
             {"job_namespace": cluster.namespace, "step_k8s_config": cluster.step_k8s_config()},
             name="k8s_phi",
         )
-    return dg.multiprocess_executor
+    # a process per step by default; run config `execution: {config: {in_process: {}}}` runs a run's
+    # steps in its own process (the demo's CLI mode, where a run is one partition of a slice)
+    return dg.multi_or_in_process_executor
 
 
 def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | None = None) -> LLMEngine:

@@ -191,3 +191,9 @@ def test_decontamination_check_ran_and_passed_on_every_shard(run):
         for record in records:
             evaluation = record.event.dagster_event.event_specific_data
             assert record.status.value == "SUCCEEDED" and evaluation.passed, source
+
+
+if __name__ == "__main__":  # `python -m tests.test_curation_assets HOME`: plant into HOME, print the task id
+    import sys
+
+    print(plant(Path(sys.argv[1])))

@@ -14,8 +14,8 @@ from resources import ArtifactStore
 # 3 code + 5 web shards x (raw, quality-filtered, filtered corpus), the catalog, generator_model,
 # 2 dedups, the annotations and the classifier, topics, 2 batches x 3 synthetic sets, synthetic_corpus,
 # the tokenizer, 8 tokenized shards, 2 batches x 3 tokenized synthetic sets, 8 proxies, the search and the
-# weights, the training chain (4 checkpoints and the preference pairs), then eval_scores for 5 stages
-NUM_STEPS = 8 * 3 + 1 + 1 + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3 + 8 + 2 + 5 + 5
+# weights, the training chain (4 checkpoints and the preference pairs), eval_scores for 5 stages, 4 model cards
+NUM_STEPS = 8 * 3 + 1 + 1 + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3 + 8 + 2 + 5 + 5 + 4
 
 
 def current_versions(home: Path) -> dict[str, str]:
@@ -49,3 +49,31 @@ def test_demo_rerun_recomputes_nothing(demo_run):
     assert re.search(rf"Steps: 0 recomputed, {NUM_STEPS} unchanged", second)
     assert second.count("inputs unchanged; skipping work") == NUM_STEPS
     assert "generator_model sample: 3 requests, 3 from the cache, 0 to generate" in second
+
+
+SUMMARY_ROW = re.compile(r"^([a-z_]+)\s+(\d+)\s+(\d+)\s+(.*?)\s+(\d+\.\d)$", re.M)
+
+
+def _summary(output: str) -> dict[str, tuple[int, int, str, float]]:
+    """The per-asset table the demo ends with: asset -> (steps, recomputed, rows / tokens, wall s)."""
+    table = output[output.index("rows / tokens"):]
+    return {m[1]: (int(m[2]), int(m[3]), m[4], float(m[5])) for m in SUMMARY_ROW.finditer(table)}
+
+
+def test_demo_ends_with_a_per_asset_summary_scores_and_the_ui(demo_run):
+    from phi_assets.definitions import defs
+
+    first, second = _summary(demo_run["first"]), _summary(demo_run["second"])
+    assets = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert set(first) == assets  # every asset of the graph has its row
+    assert sum(steps for steps, *_ in first.values()) == NUM_STEPS
+    assert all(steps == recomputed for steps, recomputed, *_ in first.values())
+    assert all(recomputed == 0 for _, recomputed, *_ in second.values())
+    for name in ("tokenized_filtered_code", "pretrained_checkpoint"):
+        size = first[name][2]
+        assert re.fullmatch(r"[\d,]+ tokens", size) and int(size.split()[0].replace(",", "")) > 0
+    assert re.fullmatch(r"[\d,]+ rows", first["raw_code_shards"][2])
+    assert first["pretrained_checkpoint"][3] > 1.0  # training took time; its wall time is the step's own
+    tail = demo_run["first"][demo_run["first"].index("rows / tokens"):]
+    assert re.search(r"^\s+dpo\s+.*humaneval_pass@1 \d\.\d{3}", tail, re.M)  # the final scores, after it
+    assert re.search(r"^Open the UI: make ui", tail, re.M)
