@@ -1,7 +1,8 @@
 """The sensor-triggered retraining loop on the ``ci`` profile, end to end.
 
 Starting from the graph the demo materialized (``demo_run``; copied, so its home is untouched), a
-new code shard dropped into the landing area flows on by itself: ``shard_sensor`` registers it and
+new code shard dropped into the landing area (beside a corrupt one, which is quarantined and must hold
+nothing back) flows on by itself: ``shard_sensor`` registers it and
 requests its ingestion; the automation conditions (``phi_assets/automation.py``, the evaluation
 ``automation_sensor`` runs) request the curation path, the catalog and the mixture weights; the
 mixture's data version changes; ``mixture_retraining_sensor`` requests one training run; its new
@@ -28,8 +29,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from phi_assets.automation import ON_NEW_DATA
+from phi_assets.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
 from resources import RetrainingPolicy, build_resources, load_profile
+from tests.helpers import step_error
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CURATED = {
@@ -93,7 +95,7 @@ def _tick(sensor, instance, defs, cursor=None, resources=None):
     return result.run_requests or [], result, result.cursor if result.cursor is not None else cursor
 
 
-def _execute(defs, instance, request: dg.RunRequest):
+def _execute(defs, instance, request: dg.RunRequest, success: bool = True):
     job = defs.resolve_job_def(request.job_name)
     result = job.execute_in_process(
         instance=instance,
@@ -102,7 +104,7 @@ def _execute(defs, instance, request: dg.RunRequest):
         tags=request.tags,
         raise_on_error=False,
     )
-    assert result.success, f"{request.job_name}[{request.partition_key}] failed"
+    assert result.success == success, f"{request.job_name}[{request.partition_key}]: success {result.success}"
     return result
 
 
@@ -173,8 +175,10 @@ def test_automation_covers_the_curation_path_only():
     }
     assert CURATED <= automated
     assert not automated & NOT_AUTOMATED
+    rollups = {"raw_catalog", "dedup_code", "dedup_web", "mixture_weights"}  # read every partition there is
     for name in automated:
-        assert graph.get(dg.AssetKey(name)).automation_condition is ON_NEW_DATA
+        expected = ON_NEW_PARTITIONS if name in rollups else ON_NEW_DATA
+        assert graph.get(dg.AssetKey(name)).automation_condition is expected, name
     names = {s.name for s in defs.sensors}
     assert {
         "shard_sensor",
@@ -185,7 +189,14 @@ def test_automation_covers_the_curation_path_only():
         "run_failure_sensor",
     } <= names
     jobs = {j.name for j in defs.resolve_all_job_defs()}
-    assert {"data_refresh_job", "pretrain_job", "posttraining_job", "eval_job", "training_job"} <= jobs
+    assert {
+        "data_refresh_job",
+        "pretrain_job",
+        "posttraining_job",
+        "eval_job",
+        "model_card_job",
+        "training_job",
+    } <= jobs
 
 
 def test_a_new_shard_flows_to_retraining_and_evaluation(loop_home):
@@ -208,14 +219,20 @@ def test_a_new_shard_flows_to_retraining_and_evaluation(loop_home):
         mixture_before = _version(_latest(instance, "mixture_weights"))
         checkpoint_before = _version(_latest(instance, "pretrained_checkpoint"))
 
-        # 1. A new shard lands: registered as a partition, one ingest run requested, and run.
-        docs = _new_code_shard(Path(profile.landing_uri("code")) / "tqdm-sources.jsonl")
+        # 1. A new shard lands, and a corrupt one beside it: both registered, one ingest run each. The corrupt
+        # one is quarantined and its run fails, naming the file; it must not hold the good one back.
+        landing = Path(profile.landing_uri("code"))
+        docs = _new_code_shard(landing / "tqdm-sources.jsonl")
+        (landing / "corrupt.jsonl").write_bytes(b"\x00\x01binary\x00" * 64)
         requests, result, shard_cursor = _tick(shard_sensor, instance, defs, shard_cursor)
-        assert [r.partition_key for r in requests] == ["tqdm-sources.jsonl"]
-        assert requests[0].job_name == "ingest_code_job"
+        by_shard = {r.partition_key: r for r in requests}
+        assert sorted(by_shard) == ["corrupt.jsonl", "tqdm-sources.jsonl"]
+        assert {r.job_name for r in requests} == {"ingest_code_job"}
         for partitions in result.dynamic_partitions_requests:
             instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys))
-        _execute(defs, instance, requests[0])
+        failed = _execute(defs, instance, by_shard["corrupt.jsonl"], success=False)
+        assert "binary data" in step_error(failed) and "corrupt.jsonl" in step_error(failed)
+        _execute(defs, instance, by_shard["tqdm-sources.jsonl"])
         raw = _latest(instance, "raw_code_shards", "tqdm-sources.jsonl").asset_materialization.metadata
         assert raw["num_read"].value == docs and raw["dagster/row_count"].value > docs // 2
 
@@ -232,7 +249,7 @@ def test_a_new_shard_flows_to_retraining_and_evaluation(loop_home):
         else:
             pytest.fail(f"automation did not settle in 6 ticks: {requested}")
         assert set(ran) == CURATED, ran
-        code_shards = set(instance.get_dynamic_partitions("code_shards"))
+        code_shards = set(instance.get_dynamic_partitions("code_shards")) - {"corrupt.jsonl"}
         assert ran["filtered_code_corpus"] == code_shards  # dedup decides what every shard keeps
         assert "tqdm-sources.jsonl" in ran["tokenized_filtered_code"]
         mixture = _latest(instance, "mixture_weights")

@@ -15,7 +15,7 @@ import dagster as dg
 import polars as pl
 
 from k8s import steps
-from phi_assets.automation import ON_NEW_DATA
+from phi_assets.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
 from phi_assets.curation import classifier as clf
 from phi_assets.curation import (
     code_syntax,
@@ -181,7 +181,7 @@ def dedup_asset(source: str) -> dg.AssetsDefinition:
         group_name="curation",
         op_tags=steps.tags("heavy"),
         code_version=DEDUP_CODE_VERSION,
-        automation_condition=ON_NEW_DATA,
+        automation_condition=ON_NEW_PARTITIONS,
         kinds={"duckdb"},
         description=f"Exact and MinHash-LSH near-duplicate clusters over all {source} "
         "shards; one deterministic survivor each; clusters in DuckDB.",

@@ -8,7 +8,7 @@ import dagster as dg
 
 from k8s import steps
 from phi_assets import plots
-from phi_assets.automation import ON_NEW_DATA
+from phi_assets.automation import ON_NEW_PARTITIONS
 from phi_assets.ingest import catalog, embedded, expectations, readers, schema, shards
 from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
 from resources import ArtifactStore, ProfileResource
@@ -123,7 +123,7 @@ def _catalog_rows(context: dg.AssetExecutionContext, store: ArtifactStore) -> li
 
 @dg.asset(deps=[raw_code_shards, raw_web_shards], group_name="ingest", kinds={"duckdb"},
           op_tags=steps.tags("light"), code_version=CATALOG_CODE_VERSION,
-          automation_condition=ON_NEW_DATA,
+          automation_condition=ON_NEW_PARTITIONS,
           description="DuckDB catalog over all raw shards: counts, bytes, estimated tokens.")
 def raw_catalog(context: dg.AssetExecutionContext, store: ArtifactStore,
                 profile: ProfileResource) -> dg.MaterializeResult:

@@ -24,7 +24,7 @@ import polars as pl
 
 from k8s import steps
 from phi_assets import plots
-from phi_assets.automation import ON_NEW_DATA
+from phi_assets.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
 from phi_assets.curation import stages
 from phi_assets.curation.assets import (
     _current,
@@ -369,7 +369,7 @@ def requested_weights(
     op_tags=steps.tags("light"),
     kinds={"json"},
     code_version=WEIGHTS_CODE_VERSION,
-    automation_condition=ON_NEW_DATA,
+    automation_condition=ON_NEW_PARTITIONS,
     check_specs=[
         dg.AssetCheckSpec(
             "weights_sum_to_one",
