@@ -1,4 +1,4 @@
-"""Small real input files for reader tests; finding the engine's vLLM processes."""
+"""Small real input files for reader tests; finding the engine's vLLM processes; a failed step's error."""
 
 from __future__ import annotations
 
@@ -55,3 +55,13 @@ def group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(proc.name))
     return members
+
+
+def step_error(result) -> str:
+    """The failed step's error messages of an in-process run, its causes' included."""
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)

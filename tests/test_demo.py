@@ -77,3 +77,29 @@ def test_demo_ends_with_a_per_asset_summary_scores_and_the_ui(demo_run):
     tail = demo_run["first"][demo_run["first"].index("rows / tokens"):]
     assert re.search(r"^\s+dpo\s+.*humaneval_pass@1 \d\.\d{3}", tail, re.M)  # the final scores, after it
     assert re.search(r"^Open the UI: make ui", tail, re.M)
+
+
+def test_cli_mode_reports_a_failed_step_and_goes_on(tmp_path, monkeypatch):
+    """``--cli``: each step is a real ``dagster asset materialize`` command; one that fails is reported
+    with its step's own error, and the steps after it still run."""
+    import dagster as dg
+
+    from phi_assets.definitions import build_definitions
+    from phi_assets.demo import DemoReport, _run
+
+    home = tmp_path / "phi"
+    (home / "dagster").mkdir(parents=True)
+    monkeypatch.setenv("PHI_PROFILE", "ci")
+    monkeypatch.setenv("PHI_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    report = DemoReport(via_cli=True)
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        defs = build_definitions()
+        _run(defs, instance, report, "dedup_job", "dedup_job")  # nothing ingested: dedup has no input
+        _run(defs, instance, report, "catalog_job", "raw_catalog")
+        runs = instance.get_runs()
+    assert sorted(r.status.value for r in runs) == ["FAILURE", "SUCCESS"]
+    assert len(report.failures) == 1
+    expected = r"dedup_job: dedup_(code|web): .*no quality_filtered_\w+ partition is materialized"
+    assert re.match(expected, report.failures[0]), report.failures
+    assert report.recomputed == ["raw_catalog"] and report.assets["raw_catalog"]["steps"] == 1

@@ -16,6 +16,7 @@ from phi_assets.mixture import weights as mix
 from phi_assets.mixture.assets import SUBDIR, TOKEN_SOURCES, TOKENIZER_SUBDIR
 from phi_assets.mixture.tokens import TokenShard
 from resources import ArtifactStore, load_profile
+from tests.helpers import step_error
 
 # The demo ran on ci; this process may have another profile (partition sets are read at import).
 PROXY_KEYS = [f"proxy-{i:03d}" for i in range(load_profile({"PHI_PROFILE": "ci"}).sizes.mixture_proxies)]
@@ -177,17 +178,7 @@ def test_explicit_weights_and_an_uncapped_mixture_fail_the_check(home_copy, demo
     assert checks["weights_sum_to_one"] and checks["epochs_within_cap"] is False
 
     result, _ = _weights({"weights_from": "explicit", "weights": {"books": 1.0}}, demo_run["home"])
-    assert not result.success and "unknown sources ['books']" in _step_error(result)
-
-
-def _step_error(result: dg.ExecuteInProcessResult) -> str:
-    """The failed step's error messages, its causes' included."""
-    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
-    messages = []
-    while error is not None:
-        messages.append(error.message)
-        error = error.cause
-    return "\n".join(messages)
+    assert not result.success and "unknown sources ['books']" in step_error(result)
 
 
 def test_a_pretrained_tokenizer_directory_can_replace_training(home_copy, smol_dir):
@@ -217,7 +208,7 @@ def test_a_pretrained_tokenizer_directory_can_replace_training(home_copy, smol_d
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
     )
-    assert not result.success and f"pretrained tokenizer {home_copy}: no tokenizer.json" in _step_error(result)
+    assert not result.success and f"pretrained tokenizer {home_copy}: no tokenizer.json" in step_error(result)
 
 
 def test_token_shards_on_an_object_store_open_from_one_local_copy(tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ from phi_assets.evaluation.model_card import (
 from phi_assets.training import trainer
 from phi_assets.versioning import stable_hash
 from resources import ArtifactStore
+from tests.helpers import step_error
 
 V = {name: name[0] * 32 for name in ("a", "b", "c", "d", "e")}  # fake data versions
 
@@ -172,19 +173,10 @@ def instance(demo_run):
 
 
 def _card(result) -> tuple[str, dict]:
-    assert result.success, _step_error(result)
+    assert result.success, step_error(result)
     [event] = result.get_asset_materialization_events()
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
     return meta["card"], {**meta, "data_version": event.materialization.tags["dagster/data_version"]}
-
-
-def _step_error(result) -> str:
-    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
-    messages = []
-    while error is not None:
-        messages.append(error.message)
-        error = error.cause
-    return "\n".join(messages)
 
 
 def _shard_keys(demo_run) -> dict[str, list[str]]:
@@ -291,7 +283,7 @@ def test_missing_or_outdated_upstream_is_a_failure_naming_it(demo_run, home_copy
     os.unlink(f"{store.partition_path('eval_scores', 'midtrained')}/CURRENT")  # a link: the demo's stays
     result = _materialize(demo_run, "midtrained", instance)
     assert not result.success
-    assert "model_card: eval_scores[midtrained] has no materialized version" in _step_error(result)
+    assert "model_card: eval_scores[midtrained] has no materialized version" in step_error(result)
 
     evaluated = store.current_version("dpo_checkpoint", None)
     _commit(store, "dpo_checkpoint", None, "0" * 32, {})  # a new checkpoint, not evaluated yet
@@ -299,5 +291,5 @@ def test_missing_or_outdated_upstream_is_a_failure_naming_it(demo_run, home_copy
     assert not result.success
     assert (
         f"eval_scores[dpo] evaluated dpo_checkpoint version {evaluated}, but its current version is {'0' * 32}"
-        in _step_error(result)
+        in step_error(result)
     )
