@@ -39,9 +39,10 @@ test: $(STAMP) /usr/bin/chromium
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# The whole graph on the ci profile, every step through `dagster asset materialize`, into PHI_HOME (what
+# The whole graph on the ci profile, every step through `dagster asset materialize`, into PHI_HOME=DIR (what
 # .ci/run does first; its home gets the test suite's planted landing shards, and the suite reuses it).
 ci-graph: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	@test "$(PHI_HOME)" != "$(CURDIR)/.phi" || { echo "usage: make ci-graph PHI_HOME=DIR (not the local profile's home)"; exit 2; }
 	mkdir -p $(PHI_HOME)
 	$(BIN)/python -m tests.test_curation_assets $(PHI_HOME) > $(PHI_HOME)/planted-task-id
 	PHI_PROFILE=ci $(BIN)/python -m phi_assets.demo --cli > $(PHI_HOME)/demo-first.log 2>&1; \
