@@ -27,3 +27,9 @@ class RetrainingPolicy(dg.ConfigurableResource):
     max_consecutive: int = 2
     on_new_mixture: bool = True
     failures_log: str = ""  # JSON lines of failed runs; "" = {phi_home}/run_failures.jsonl
+
+    def run_config(self, seed: int) -> dict:
+        """A retraining run's config: the pretraining seed from the triggering event under ``reseed``."""
+        if not self.reseed:
+            return {}
+        return {"ops": {"pretrained_checkpoint": {"config": {"train": {"seed": seed}}}}}

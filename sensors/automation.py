@@ -5,7 +5,7 @@ import dagster as dg
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "automation_sensor",
-    target=dg.AssetSelection.all(),  # the assets with a condition: those naming ON_NEW_DATA
+    target=dg.AssetSelection.all(),  # the assets with a condition (phi_assets/automation.py)
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
     description="Updates the curation path, the mixture weights and the model cards when their inputs "

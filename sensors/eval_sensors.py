@@ -125,14 +125,11 @@ def eval_regression_sensor(
             continue
         state["streak"][stage] = streak + 1
         context.log.info(f"{what}; requesting a retraining run")
-        run_config = {}
-        if retraining.reseed:
-            run_config = {"ops": {"pretrained_checkpoint": {"config": {"train": {"seed": record.storage_id}}}}}
         requests.append(
             dg.RunRequest(
                 run_key=f"eval-regression:{record.storage_id}",
                 job_name=training_job.name,
-                run_config=run_config,
+                run_config=retraining.run_config(record.storage_id),
                 tags={
                     "phi/trigger": "eval_regression",
                     "phi/stage": stage,

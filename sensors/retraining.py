@@ -85,15 +85,12 @@ def mixture_retraining_sensor(
         context.log.warning(f"mixture {version}: blocking checks {failed} failed; not retraining on it")
         return dg.SensorResult(cursor=str(latest.storage_id), skip_reason=f"mixture {version} failed {failed}")
     context.log.info(f"new mixture {version}: requesting a training run")
-    run_config = {}
-    if retraining.reseed:
-        run_config = {"ops": {"pretrained_checkpoint": {"config": {"train": {"seed": latest.storage_id}}}}}
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
                 run_key=f"mixture:{version}",
                 job_name=training_job.name,
-                run_config=run_config,
+                run_config=retraining.run_config(latest.storage_id),
                 tags={"phi/trigger": "new_mixture", "phi/mixture_version": version},
             )
         ],
