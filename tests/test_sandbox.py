@@ -676,6 +676,33 @@ def test_pool_reuses_its_workers_across_runs() -> None:
     assert {v.stdout for v in second} <= {f"{pid} 1\n" for pid in range(2, 100)}  # PID 1 is its supervisor
 
 
+def test_pool_start_sets_up_every_worker_before_the_first_program(no_leftovers) -> None:
+    with sandbox.SandboxPool(Limits(timeout_s=10), workers=2) as pool:
+        started = worker_pids(pool.start())
+        assert len(started) == 2 and all(os.path.exists(f"/proc/{pid}") for pid in started)
+        verdicts = pool.run(["print(1)", "print(2)", "print(3)"])
+        assert worker_pids(pool) == started  # the programs ran on the workers started ahead
+        pool.start()  # a started pool starts nothing more
+        assert worker_pids(pool) == started
+    assert [v.stdout for v in verdicts] == ["1\n", "2\n", "3\n"]
+    assert worker_pids(pool.start()) == []  # nor does a closed one
+
+
+def test_progress_bar_appears_only_once_the_run_has_lasted_its_delay(capsys: pytest.CaptureFixture) -> None:
+    with sandbox.Progress(3, delay_s=3600) as quiet:
+        for _ in range(3):
+            quiet.update()
+    assert quiet.bar is None and quiet.done == 3
+    with sandbox.Progress(4, delay_s=0.2) as late:
+        late.update(2)
+        assert late.bar is None
+        time.sleep(0.25)
+        late.update()  # the bar appears here, counting the programs already done
+        late.update()
+        assert (late.bar.n, late.bar.total) == (4, 4)
+    assert "4/4" in capsys.readouterr().err
+
+
 def test_pool_nothing_of_a_program_reaches_the_next_in_the_same_worker(no_leftovers) -> None:
     programs = [textwrap.dedent(LEAVE_TRACES), textwrap.dedent(FIND_TRACES)] * 2
     with sandbox.SandboxPool(Limits(timeout_s=10), workers=1) as pool:

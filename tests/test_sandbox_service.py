@@ -177,7 +177,10 @@ def test_healthz_and_isolation_come_from_the_service(remote: Service) -> None:
     assert answer["verdicts"][0]["stdout"] == "2\n" and answer["verdicts"][0]["kind"] == "passed"
 
 
-def test_order_is_kept_across_chunks(remote: Service, capsys: pytest.CaptureFixture) -> None:
+def test_order_is_kept_across_chunks(
+    remote: Service, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox, "PROGRESS_DELAY_S", 0.0)  # the bar from the first chunk on
     n = 2 * sandbox_service.CHUNK_SIZE + 7  # three requests, in flight together
     programs = [f"print({i})\nassert {i} % 5, 'a multiple of five'" for i in range(n)]
     mark = len(remote.log_text())

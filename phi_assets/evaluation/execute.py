@@ -14,6 +14,7 @@ fresh PID, mount and IPC namespaces of its own (``sandbox.py``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -66,15 +67,20 @@ def evaluate(
     limits: sandbox.Limits | None = None,
     workers: int | None = None,
     progress: bool = False,
+    pool: sandbox.SandboxPool | None = None,
 ) -> Report:
+    """Run every sample's program; ``pool`` (its own limits and workers) instead of a pool of its own."""
     by_id = {p.task_id: p for p in problems}
     unknown = sorted({s["task_id"] for s in samples} - set(by_id))
     if unknown:
         raise ValueError(f"{len(unknown)} samples name tasks not in the benchmark, e.g. {unknown[:3]}")
     programs = [by_id[s["task_id"]].program(s["completion"]) for s in samples]
-    verdicts = sandbox.run_programs(
-        programs, limits or sandbox.Limits(timeout_s=3.0, cpu_s=3), workers, progress
-    )
+    if pool is not None:
+        verdicts = pool.run(programs, progress)
+    else:
+        verdicts = sandbox.run_programs(
+            programs, limits or sandbox.Limits(timeout_s=3.0, cpu_s=3), workers, progress
+        )
     rows = [
         {**s, "result": result_text(v), "passed": v.passed, "verdict": v.kind}
         for s, v in zip(samples, verdicts, strict=True)
@@ -118,10 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip()]
-        problems = harness.load(args.benchmark, args.mbpp or None)
-        samples = read_samples(args.samples)
         limits = sandbox.Limits(timeout_s=args.timeout, cpu_s=max(1, math.ceil(args.timeout)))
-        report = evaluate(problems, samples, ks, limits, args.workers, progress=True)
+        # The workers set up (namespaces, read-only tree) while the files are read; with PHI_SANDBOX_URL
+        # set, the service runs the programs.
+        local = not os.environ.get(sandbox.SERVICE_URL_ENV, "").strip()
+        with sandbox.SandboxPool(limits, args.workers) if local else contextlib.nullcontext() as pool:
+            if pool is not None:
+                pool.start()
+            problems = harness.load(args.benchmark, args.mbpp or None)
+            samples = read_samples(args.samples)
+            report = evaluate(problems, samples, ks, limits, args.workers, progress=True, pool=pool)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -76,6 +76,7 @@ _GRACE_S = 2.0  # after the kill (or the supervisor's exit), how long output may
 _SMALL_TMPFS_MB = 16  # /var/tmp and /dev/shm
 _USE_NAMESPACES = True  # tests switch it off to exercise the no-namespace fallback
 _PRELOADED = ("typing",)  # imported by the worker, so programs importing them find them loaded
+PROGRESS_DELAY_S = 1.0  # a run's progress bar shows once it has lasted this long
 #: When set (http://host:port), run_programs and isolation() use the sandbox service there (sandbox_service.py).
 SERVICE_URL_ENV = "PHI_SANDBOX_URL"
 
@@ -197,11 +198,22 @@ class SandboxPool:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sandbox") as executor:
             futures = [executor.submit(self.run_one, code) for code in programs]
             if progress:
-                from tqdm.auto import tqdm
-
-                for _ in tqdm(as_completed(futures), total=len(futures), desc="sandbox", unit="program"):
-                    pass
+                with Progress(len(futures)) as bar:
+                    for _ in as_completed(futures):
+                        bar.update()
             return [future.result() for future in futures]
+
+    def start(self) -> SandboxPool:
+        """Start every worker now (they set up in the background) rather than on first use."""
+        with self._lock:
+            missing = 0 if self._closed else self.workers - len(self._idle)
+        started = [_Worker() for _ in range(missing)]
+        with self._lock:
+            if not self._closed:
+                self._idle.extend(started)
+                started = []
+        _close_workers(started)
+        return self
 
     def run_one(self, code: str) -> Verdict:
         return self._execute(code)[0]
@@ -242,6 +254,37 @@ class SandboxPool:
                 self._idle.append(worker)
                 return
         worker.close()
+
+
+class Progress:
+    """A tqdm bar over ``total`` programs that shows only once the run has lasted ``delay_s`` (tqdm's own
+    ``delay``). tqdm is imported only then: its import takes about 50 ms, a good part of a short run."""
+
+    def __init__(self, total: int, delay_s: float | None = None, desc: str = "sandbox") -> None:
+        self.total, self.desc = total, desc
+        self.delay_s = PROGRESS_DELAY_S if delay_s is None else delay_s
+        self.done = 0
+        self.bar = None
+        self.started = time.monotonic()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif time.monotonic() - self.started >= self.delay_s:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.done, desc=self.desc, unit="program")
 
 
 _isolation_lock = _thread.allocate_lock()

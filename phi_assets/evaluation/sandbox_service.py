@@ -84,11 +84,7 @@ def run_remote(
     service = _Service(url)
     chunks = [programs[i : i + chunk_size] for i in range(0, len(programs), chunk_size)]
     results: list[list[Verdict]] = [[] for _ in chunks]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(programs), desc="sandbox", unit="program")
+    bar = sandbox.Progress(len(programs)) if progress else None
     threads = min(concurrency, len(chunks))
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sandbox-client")
     try:
