@@ -700,6 +700,7 @@ def test_progress_bar_appears_only_once_the_run_has_lasted_its_delay(capsys: pyt
         late.update()  # the bar appears here, counting the programs already done
         late.update()
         assert (late.bar.n, late.bar.total) == (4, 4)
+        assert late.bar.format_dict["elapsed"] >= 0.25  # counted from the run's start, not the bar's
     assert "4/4" in capsys.readouterr().err
 
 

@@ -281,10 +281,12 @@ class Progress:
         self.done += n
         if self.bar is not None:
             self.bar.update(n)
-        elif time.monotonic() - self.started >= self.delay_s:
+        elif (elapsed := time.monotonic() - self.started) >= self.delay_s:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.done, desc=self.desc, unit="program")
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="program")
+            self.bar.start_t = self.bar.last_print_t = time.time() - elapsed  # rate: from the start
+            self.bar.update(self.done)
 
 
 _isolation_lock = _thread.allocate_lock()
