@@ -191,6 +191,25 @@ def test_order_is_kept_across_chunks(
     assert f"{n}/{n}" in capsys.readouterr().err  # the progress bar counted every program
 
 
+def test_the_execute_command_sends_its_programs_to_the_service(
+    remote: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phi_assets.evaluation import execute
+
+    started = []
+    monkeypatch.setattr(sandbox.SandboxPool, "start", lambda pool: started.append(pool))
+    problems = execute.harness.load_humaneval()[:3]
+    samples = tmp_path / "samples.jsonl"
+    rows = [{"task_id": p.task_id, "completion": p.reference} for p in problems]
+    samples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    mark = len(remote.log_text())
+    out = tmp_path / "results.jsonl"
+    argv = ["--benchmark", "humaneval", "--samples", str(samples), "--out", str(out), "--k", "1"]
+    assert execute.main(argv) == 0
+    assert remote.served(mark) == [3] and started == []  # no local workers were started
+    assert [json.loads(line)["verdict"] for line in out.read_text().splitlines()] == ["passed"] * 3
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Bad requests
 # ---------------------------------------------------------------------------------------------------------

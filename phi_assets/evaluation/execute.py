@@ -125,10 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip()]
         limits = sandbox.Limits(timeout_s=args.timeout, cpu_s=max(1, math.ceil(args.timeout)))
-        # The workers set up (namespaces, read-only tree) while the files are read; with PHI_SANDBOX_URL
-        # set, the service runs the programs.
-        local = not os.environ.get(sandbox.SERVICE_URL_ENV, "").strip()
-        with sandbox.SandboxPool(limits, args.workers) if local else contextlib.nullcontext() as pool:
+        # Unless the service runs the programs, the workers set up (namespaces, read-only tree) while the
+        # files are read.
+        pool = None if sandbox.service_url() else sandbox.SandboxPool(limits, args.workers)
+        with pool or contextlib.nullcontext():
             if pool is not None:
                 pool.start()
             problems = harness.load(args.benchmark, args.mbpp or None)

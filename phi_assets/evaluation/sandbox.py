@@ -146,13 +146,17 @@ def run_programs(
     programs = list(programs)
     if not programs:
         return []
-    url = os.environ.get(SERVICE_URL_ENV, "").strip()
-    if url:
+    if url := service_url():
         from phi_assets.evaluation.sandbox_service import run_remote
 
         return run_remote(url, programs, limits, progress=progress)
     with SandboxPool(limits, min(workers or default_workers(), len(programs))) as pool:
         return pool.run(programs, progress=progress)
+
+
+def service_url() -> str:
+    """The sandbox service programs go to (``PHI_SANDBOX_URL``), or "" where they run locally."""
+    return os.environ.get(SERVICE_URL_ENV, "").strip()
 
 
 def default_workers() -> int:
@@ -204,16 +208,13 @@ class SandboxPool:
             return [future.result() for future in futures]
 
     def start(self) -> SandboxPool:
-        """Start every worker now (they set up in the background) rather than on first use."""
-        with self._lock:
-            missing = 0 if self._closed else self.workers - len(self._idle)
-        started = [_Worker() for _ in range(missing)]
-        with self._lock:
-            if not self._closed:
-                self._idle.extend(started)
-                started = []
-        _close_workers(started)
-        return self
+        """Start the workers now, before the first program, rather than on first use (they set up in the
+        background)."""
+        while True:
+            with self._lock:
+                if self._closed or len(self._idle) >= self.workers:
+                    return self
+            self._release(_Worker())
 
     def run_one(self, code: str) -> Verdict:
         return self._execute(code)[0]
@@ -301,8 +302,7 @@ def isolation() -> dict[str, str]:
     ``run_programs`` runs the programs.
     """
     global _isolation_cache
-    url = os.environ.get(SERVICE_URL_ENV, "").strip()
-    if url:
+    if url := service_url():
         from phi_assets.evaluation.sandbox_service import remote_isolation
 
         return remote_isolation(url)
