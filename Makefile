@@ -30,14 +30,13 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m phi_assets.demo
 
-# Headless Chromium for the browser test of the UI and `make screenshot` (Debian's packages).
-/usr/bin/chromium:
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver
+# Headless Chromium for the browser test of the UI and `make screenshot` (tests/browser.py): one that is
+# already there, else Debian's package (as root) or Playwright's download, else one line saying what to install.
+BROWSER := PHI_CHROMIUM="$$($(BIN)/python -m tests.browser)" && export PHI_CHROMIUM
 
-test: $(STAMP) /usr/bin/chromium
+test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BROWSER) && $(BIN)/python -m pytest
 
 # The whole graph on the ci profile, every step through `dagster asset materialize`, into PHI_HOME=DIR (what
 # .ci/run does first; its home gets the test suite's planted landing shards, and the suite reuses it).
@@ -55,8 +54,8 @@ ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
 
 # docs/img/asset-graph.png from this profile's instance (copied; the UI runs on the copy).
-screenshot: $(STAMP) /usr/bin/chromium $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m tests.ui_browser docs/img/asset-graph.png
+screenshot: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BROWSER) && $(BIN)/python -m tests.ui_browser docs/img/asset-graph.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

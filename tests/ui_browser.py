@@ -25,8 +25,7 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-# Debian's chromium package; Playwright drives it (its own browser downloads are not used).
-CHROMIUM = "/usr/bin/chromium"
+# Playwright drives the Chromium that tests/browser.py finds (Debian's, one on PATH, or Playwright's own).
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -170,12 +169,15 @@ def _stop(proc: subprocess.Popen, grace_s: float = 30) -> None:
 
 @contextmanager
 def chromium() -> Iterator:
-    """Headless Chromium (Debian's) through Playwright: a fresh profile, no background networking."""
+    """Headless Chromium through Playwright: a fresh profile, no background networking."""
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make /usr/bin/chromium` installs it"
+    from tests.browser import MISSING, find
+
+    executable = find()
+    assert executable, MISSING
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:
