@@ -70,12 +70,14 @@ $(BENCH_STAMP):
 	$(BENCH_VENV)/bin/pip --quiet --disable-pip-version-check install $(DATATROVE)
 	touch $(BENCH_STAMP)
 
+PEER_PYTHON := $(abspath $(BENCH_VENV))/bin/python
+
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_readers.py
 	$(BIN)/python benchmarks/llm_engine.py
-	$(BIN)/python benchmarks/heuristic_filters.py --peer-python $(BENCH_VENV)/bin/python
-	$(BIN)/python benchmarks/minhash.py --peer-python $(BENCH_VENV)/bin/python
-	$(BIN)/python benchmarks/tokenize_throughput.py --peer-python $(BENCH_VENV)/bin/python
+	$(BIN)/python benchmarks/heuristic_filters.py --peer-python $(PEER_PYTHON)
+	$(BIN)/python benchmarks/minhash.py --peer-python $(PEER_PYTHON)
+	$(BIN)/python benchmarks/tokenize_throughput.py --peer-python $(PEER_PYTHON)
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/eval_exec.py
 

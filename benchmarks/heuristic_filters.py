@@ -59,7 +59,8 @@ import polars as pl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, without install
-from table import format_table  # noqa: E402  (benchmarks/, the script's own folder)
+import peer_env  # noqa: E402  (benchmarks/, the script's own folder)
+from table import format_table  # noqa: E402
 
 from phi_assets.curation.heuristics import FAMILIES, WebFilterConfig, filter_documents  # noqa: E402
 from phi_assets.ingest.embedded import package_doc_records, pydoc_topic_records  # noqa: E402
@@ -159,14 +160,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
     ap.add_argument("--copies", type=int, default=2, help="times the corpus is repeated")
-    ap.add_argument("--peer-python", default=str(ROOT / ".venv-bench" / "bin" / "python"),
-                    help="interpreter with datatrove and spaCy installed")
+    peer_env.add_argument(ap, "datatrove and spaCy")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args()
     if args.repeats < 1 or args.copies < 1:
         raise SystemExit("--repeats and --copies must be >= 1")
-    if not Path(args.peer_python).exists():
-        raise SystemExit(f"--peer-python {args.peer_python} not found (make .venv-bench/.installed-stamp)")
+    peer_env.require(args.peer_python)
 
     rows_in = corpus(args.copies)
     path = WORK / "heuristic_corpus.jsonl"

@@ -63,7 +63,8 @@ import scipy.sparse as sp  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, without install
-from table import format_table  # noqa: E402  (benchmarks/, the script's own folder)
+import peer_env  # noqa: E402  (benchmarks/, the script's own folder)
+from table import format_table  # noqa: E402
 
 from phi_assets.curation.dedup import ShardSignatures, deduplicate  # noqa: E402
 from phi_assets.curation.minhash import MinHashConfig, normalize, signatures  # noqa: E402
@@ -202,7 +203,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed passes of ours (median)")
     ap.add_argument("--peer-repeats", type=int, default=1, help="timed passes of datatrove (median)")
-    ap.add_argument("--peer-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
+    peer_env.add_argument(ap, "datatrove and spaCy")
     ap.add_argument("--planted", type=int, default=300, help="documents that get edited copies")
     ap.add_argument("--seed", type=int, default=0, help="random seed of the planted edits")
     ap.add_argument("--no-peer", action="store_true", help="skip datatrove (quality tables only)")
@@ -210,6 +211,8 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
     args = ap.parse_args()
 
+    if not args.no_peer:
+        peer_env.require(args.peer_python, ", or pass --no-peer")
     texts = natural_corpus()[: args.limit_docs]
     natural = len(texts)
     planted = plant(texts, args.planted, random.Random(args.seed))

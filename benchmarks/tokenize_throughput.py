@@ -84,7 +84,8 @@ transformers.logging.set_verbosity_error()  # "sequence longer than model_max_le
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, without install
-from table import format_table  # noqa: E402  (benchmarks/, the script's own folder)
+import peer_env  # noqa: E402  (benchmarks/, the script's own folder)
+from table import format_table  # noqa: E402
 
 from phi_assets.ingest.embedded import stdlib_files  # noqa: E402
 from phi_assets.mixture import tokenizer as ptok  # noqa: E402
@@ -207,17 +208,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
     ap.add_argument("--limit-files", type=int, default=None, help="only the first K stdlib files")
     ap.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary (with <|endoftext|>)")
-    ap.add_argument("--peer-python", default=str(ROOT / ".venv-bench" / "bin" / "python"),
-                    help="interpreter with datatrove installed")
+    peer_env.add_argument(ap, "datatrove")
     ap.add_argument("--no-peer", action="store_true", help="skip datatrove")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args()
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
     use_peer = not args.no_peer
-    if use_peer and not Path(args.peer_python).exists():
-        raise SystemExit(f"--peer-python {args.peer_python} not found (make .venv-bench/.installed-stamp), "
-                         "or pass --no-peer")
+    if use_peer:
+        peer_env.require(args.peer_python, ", or pass --no-peer")
 
     with tempfile.TemporaryDirectory(prefix="phi-bench-tokenize-") as tmp_name:
         tmp = Path(tmp_name)
