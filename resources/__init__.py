@@ -100,7 +100,7 @@ def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
         "profile": ProfileResource.from_profile(profile),
         "llm": build_llm(profile, store),
         "encoder": EncoderResource(model=os.environ.get("PHI_ENCODER_MODEL", "")),
-        "decontamination": DecontaminationResource(mbpp_path=os.environ.get("PHI_MBPP_PATH", "")),
+        "decontamination": DecontaminationResource(),  # MBPP: phi_assets/curation/mbpp_source.py
         "training_launcher": build_training_launcher(profile),
         "retraining": RetrainingPolicy(margin=float(os.environ.get("PHI_EVAL_REGRESSION_MARGIN", "0.02"))),
     }

@@ -8,7 +8,6 @@ tasks costs seconds, scanning a shard much less.
 from __future__ import annotations
 
 import functools
-import os
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -48,16 +47,18 @@ class EncoderResource(dg.ConfigurableResource):
 class DecontaminationResource(dg.ConfigurableResource):
     """Flags documents that contain HumanEval or MBPP tasks (``phi_assets.curation.decontaminate``)."""
 
-    mbpp_path: str = ""  # the MBPP jsonl (974 tasks); default: $PHI_MBPP_PATH
+    # the MBPP jsonl (974 tasks); "": $PHI_MBPP_PATH, else the copy downloaded from the Hugging Face Hub
+    # (phi_assets/curation/mbpp_source.py)
+    mbpp_path: str = ""
     use_embeddings: bool = True  # the code-only embedding-similarity pass (phi-1)
     ngram: int = 13
 
     def resolved_mbpp_path(self) -> str:
-        path = self.mbpp_path or os.environ.get("PHI_MBPP_PATH", "")
-        if not path:
-            raise ValueError("decontamination needs the MBPP benchmark file: set PHI_MBPP_PATH (or the "
-                             "decontamination resource's mbpp_path) to mbpp.jsonl")
-        return path
+        """The MBPP file every consumer reads (``mbpp_source.resolve_mbpp``); a ``ValueError`` that says
+        how to provide it when there is none."""
+        from phi_assets.curation.mbpp_source import resolve_mbpp
+
+        return str(resolve_mbpp(self.mbpp_path))
 
     def get(self, encoder: EncoderResource) -> Decontaminator:
         settings = (("use_embeddings", self.use_embeddings), ("ngram", self.ngram))

