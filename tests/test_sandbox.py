@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -521,15 +522,42 @@ def test_without_namespaces_it_says_so_and_still_limits(
     assert list(tmp_path.iterdir()) == []
 
 
+def become_nobody() -> None:
+    """As root, in a driver process: make Python reachable for uid 65534 (it may live in /root), become it."""
+    sandbox._unshare(sandbox.CLONE_NEWNS)
+    sandbox._mount(None, "/", None, sandbox.MS_REC | sandbox.MS_PRIVATE)
+    sandbox._hide(sandbox._hidden_dirs([]), sandbox._python_dirs())
+    os.setgroups([])
+    os.setresgid(sandbox.SANDBOX_GID, sandbox.SANDBOX_GID, sandbox.SANDBOX_GID)
+    os.setresuid(sandbox.SANDBOX_UID, sandbox.SANDBOX_UID, sandbox.SANDBOX_UID)
+
+
+def run_driver(name: str, args: dict) -> dict:
+    """As root: run the driver function ``name`` of this module in a fresh interpreter (it becomes uid 65534
+    there) and return what it printed as JSON."""
+    driver = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('sandbox_tests', {__file__!r})\n"
+        "tests = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(tests)\n"
+        f"print(json.dumps(tests.{name}(json.loads(sys.argv[1]))))"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "PHI_TEST_SECRET": SECRET}
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", driver, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def non_root_driver(args: dict) -> dict:
     """Runs as a non-root user (see test_non_root_mode): a few cases through the user-namespace path."""
-    if os.geteuid() == 0:  # make Python reachable for uid 65534 (it may live in /root), then become it
-        sandbox._unshare(sandbox.CLONE_NEWNS)
-        sandbox._mount(None, "/", None, sandbox.MS_REC | sandbox.MS_PRIVATE)
-        sandbox._hide(sandbox._hidden_dirs([]), sandbox._python_dirs())
-        os.setgroups([])
-        os.setresgid(sandbox.SANDBOX_GID, sandbox.SANDBOX_GID, sandbox.SANDBOX_GID)
-        os.setresuid(sandbox.SANDBOX_UID, sandbox.SANDBOX_UID, sandbox.SANDBOX_UID)
+    if os.geteuid() == 0:
+        become_nobody()
     notes = isolation()
     if notes["network"].startswith("NOT isolated"):
         return {"isolation": notes}
@@ -571,23 +599,7 @@ def test_non_root_mode(canaries: list[Path], monkeypatch: pytest.MonkeyPatch) ->
     args = {"port": listener.getsockname()[1], "canary": str(canaries[1])}
     try:
         if IS_ROOT:  # a driver process that becomes uid 65534 and calls the sandbox from there
-            driver = (
-                "import importlib.util, json, sys\n"
-                f"spec = importlib.util.spec_from_file_location('sandbox_tests', {__file__!r})\n"
-                "tests = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(tests)\n"
-                "print(json.dumps(tests.non_root_driver(json.loads(sys.argv[1]))))"
-            )
-            env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "PHI_TEST_SECRET": SECRET}
-            done = subprocess.run(
-                [sys.executable, "-I", "-c", driver, json.dumps(args)],
-                capture_output=True,
-                text=True,
-                cwd="/",
-                env=env,
-                timeout=120,
-            )
-            assert done.returncode == 0, done.stderr
-            result = json.loads(done.stdout.splitlines()[-1])
+            result = run_driver("non_root_driver", args)
             assert result["uid"] == sandbox.SANDBOX_UID
         else:
             monkeypatch.setenv("PHI_TEST_SECRET", SECRET)
@@ -609,6 +621,96 @@ def test_non_root_mode(canaries: list[Path], monkeypatch: pytest.MonkeyPatch) ->
     assert verdicts == dict.fromkeys(verdicts, ["passed", "exit status 0"]), verdicts
     assert len(verdicts) == 10
     assert fork_bomb[0] == "killed" and "process limit" in fork_bomb[1], fork_bomb
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An interpreter where the programs get a private tmpfs (a checkout and its venv under /tmp)
+# ---------------------------------------------------------------------------------------------------------
+
+INTERPRETER_UNDER_TMP = """
+    import errno, os, subprocess, sys, sysconfig
+    out = subprocess.run([sys.executable, "-c", "print(6 * 7)"], capture_output=True, text=True).stdout
+    assert out == "42\\n", out
+    parent = os.path.dirname(sys.prefix)
+    assert set(os.listdir(parent)) <= {"real", "venv"}, os.listdir(parent)  # not sibling.txt
+    own = {os.environ["HOME"].split("/")[2]} if os.environ["HOME"].startswith("/tmp/") else set()
+    assert set(os.listdir("/tmp")) == {parent.split("/")[2], *own}, os.listdir("/tmp")  # no host /tmp
+    for directory in (sys.prefix, sysconfig.get_paths()["purelib"], parent + "/real"):
+        try:
+            open(os.path.join(directory, "pwned"), "w").write("x")
+        except OSError as exc:
+            assert exc.errno == errno.EROFS, exc  # world-writable: only the read-only mount stops it
+        else:
+            raise AssertionError(f"wrote into {directory}")
+    open("/tmp/{marker}", "w").write("its /tmp is writable")
+    print(out, end="")
+"""
+
+
+@pytest.fixture
+def tmp_venv():
+    """A virtualenv at /tmp/phi-venv-*/real, also reached through the link /tmp/phi-venv-*/venv, as for a
+    checkout under /tmp; a file beside it the programs must not see. Its directories are world-writable:
+    only the sandbox's read-only bind mount, not file permissions, stops a program from writing there."""
+    parent = Path(tempfile.mkdtemp(prefix="phi-venv-", dir="/tmp"))  # /tmp itself, whatever TMPDIR says
+    try:
+        parent.chmod(0o755)  # uid 65534 (the non-root driver) runs its Python
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(parent / "real")], check=True)
+        (parent / "venv").symlink_to("real")
+        (parent / "sibling.txt").write_text(SECRET)
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        for directory in (parent / "real", parent / "real" / "lib" / version / "site-packages"):
+            directory.chmod(0o777)
+        yield parent
+    finally:
+        shutil.rmtree(parent)
+
+
+def interpreter_under_tmp_driver(args: dict) -> dict:
+    """Runs two programs, one after the other in one worker whose Python is ``args["python"]`` (under /tmp):
+    the pool starts its workers with ``sys.executable``. As root with ``args["non_root"]``, as uid 65534
+    (see test_interpreter_under_tmp)."""
+    if os.geteuid() == 0 and args["non_root"]:
+        become_nobody()
+    marker = f"phi-left-behind-{os.getpid()}"
+    programs = [
+        textwrap.dedent(INTERPRETER_UNDER_TMP).replace("{marker}", marker),
+        f"import os\nassert not os.path.exists('/tmp/{marker}'), 'left by the previous program'",
+    ]
+    saved, sys.executable = sys.executable, args["python"]
+    try:
+        with sandbox.SandboxPool(Limits(timeout_s=10), workers=1) as pool:
+            first, notes = pool._execute(programs[0])
+            second = pool.run_one(programs[1])
+    finally:
+        sys.executable = saved
+    return {
+        "isolation": notes,
+        "verdicts": [[v.kind, v.detail, v.stdout, v.stderr[-2000:]] for v in (first, second)],
+        "on the host": os.path.exists(f"/tmp/{marker}"),
+    }
+
+
+@pytest.mark.parametrize("non_root", [False, True], ids=["as-is", "non-root"])
+@pytest.mark.parametrize("name", ["real", "venv"], ids=["venv", "through-a-link"])
+def test_interpreter_under_tmp(tmp_venv: Path, name: str, non_root: bool, no_leftovers) -> None:
+    """A project (so its venv, sys.executable, sys.prefix) under /tmp, where each program gets a private
+    tmpfs: Python is bound back read-only and a program can start it; the rest of /tmp stays private."""
+    if non_root and not IS_ROOT:
+        pytest.skip("not root: the as-is case already runs the sandbox from a non-root user")
+    args = {"python": str(tmp_venv / name / "bin" / "python"), "non_root": non_root}
+    driver = "interpreter_under_tmp_driver"
+    result = run_driver(driver, args) if non_root else interpreter_under_tmp_driver(args)
+    notes = result["isolation"]
+    if notes["network"].startswith("NOT isolated"):  # nothing is masked: nothing to bind back
+        pytest.skip(f"the sandbox cannot create namespaces here: {notes}")
+    assert result["verdicts"][0][:3] == ["passed", "exit status 0", "42\n"], result["verdicts"][0]
+    assert result["verdicts"][1][:2] == ["passed", "exit status 0"], result["verdicts"][1]
+    assert result["on the host"] is False
+    bound = f"/dev/shm (Python's directories in them bound back read-only: {tmp_venv}/real)"
+    assert bound in notes["filesystem"], notes
+    assert sorted(p.name for p in tmp_venv.iterdir()) == ["real", "sibling.txt", "venv"]
+    assert not list(tmp_venv.glob("**/pwned"))
 
 
 # ---------------------------------------------------------------------------------------------------------

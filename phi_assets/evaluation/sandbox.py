@@ -15,8 +15,9 @@ done once per worker, what must not outlive a program is done again for each pro
 - the worker makes the whole file tree read-only, hides /root, /home and /run (re-exposing Python's own
   directories read-only), brings up a private loopback and waits for programs on a socket;
 - per program, the worker forks a supervisor into a fresh PID namespace; the supervisor, PID 1 there,
-  enters fresh mount and IPC namespaces, mounts a /proc of its own and private size-limited tmpfs on
-  /tmp, /var/tmp, /dev/shm and the working directory, forks the program and reports how it ended
+  enters fresh mount and IPC namespaces, mounts private size-limited tmpfs on /tmp, /var/tmp, /dev/shm
+  (binding back, read-only, Python's directories in them: a project or venv under /tmp keeps working),
+  a /proc of its own and a tmpfs on the working directory, forks the program and reports how it ended
   through a pipe only the supervisor holds; when it exits, the kernel kills every process left in its
   PID namespace, and its mounts, files and System V objects go with their namespaces;
 - the program process gives up its privileges (as root: uid 65534, no groups; otherwise: every
@@ -805,21 +806,37 @@ def _prctl(option: int, arg: int = 0) -> int:
     return _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl({option})")
 
 
+def _mount_setattr(path: str, attrs: int) -> None:
+    """Set ``attrs`` (MOUNT_ATTR_*) on the mount at ``path`` and every mount under it (Linux 5.12)."""
+    attr = _MountAttr(attr_set=attrs)
+    setattr_fn = getattr(_libc, "mount_setattr", None)
+    target, flags = os.fsencode(path), ctypes.c_uint(AT_RECURSIVE)
+    args = (ctypes.c_int(AT_FDCWD), target, flags, ctypes.byref(attr), ctypes.c_size_t(32))
+    if setattr_fn is not None:
+        _check(setattr_fn(*args), "mount_setattr")
+    else:
+        _check(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), *args), "mount_setattr")
+
+
 def _make_tree_read_only() -> str:
     """Every mount read-only and nosuid (mount_setattr, Linux 5.12); else / alone. Says which."""
-    attr = _MountAttr(attr_set=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
-    setattr_fn = getattr(_libc, "mount_setattr", None)
-    args = (ctypes.c_int(AT_FDCWD), b"/", ctypes.c_uint(AT_RECURSIVE), ctypes.byref(attr), ctypes.c_size_t(32))
     try:
-        if setattr_fn is not None:
-            _check(setattr_fn(*args), "mount_setattr")
-        else:
-            _check(_libc.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), *args), "mount_setattr")
+        _mount_setattr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
         return "every mount read-only"
     except OSError as exc:
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY | _kept_mount_flags("/")
         _mount(None, "/", None, flags)
         return f"only / itself read-only ({exc.strerror}): other mounts keep their flags"
+
+
+def _make_read_only(path: str) -> None:
+    """The bind mount at ``path`` and the mounts under it read-only and nosuid, whatever flags their source
+    had: without mount_setattr, the bind mount itself (its source may be a mount the worker could not make
+    read-only, or a writable tmpfs)."""
+    try:
+        _mount_setattr(path, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)
+    except OSError:
+        _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | _kept_mount_flags(path))
 
 
 def _kept_mount_flags(path: str) -> int:
@@ -947,7 +964,10 @@ def _serve(sock: socket.socket, config: dict, root: bool, namespaced: bool, note
         polling = any(pidfd is None for pidfd in live.values())
         for key, _ in selector.select(0.01 if polling else None):
             if key.fileobj is not sock:
-                _finish_supervisor(sock, selector, live, key.data, context)
+                # Without namespaces, _handle (the request in the same batch of events) may have finished
+                # this supervisor already, before starting the next one.
+                if key.data in live:
+                    _finish_supervisor(sock, selector, live, key.data, context)
             elif not _handle(sock, selector, live, context, pid_ns):
                 for pid in list(live):  # the evaluator has gone: end it all
                     _kill_tree(pid)
@@ -1030,11 +1050,13 @@ def _finish_supervisor(
         pass
 
 
-def _isolate_worker(config: dict, notes: dict[str, str]) -> dict[str, str]:
-    """Once per worker: the read-only tree, hidden directories, loopback and hostname."""
+def _isolate_worker(config: dict, notes: dict[str, str]) -> dict:
+    """Once per worker: the read-only tree, hidden directories, loopback and hostname; what each program's
+    supervisor is to bind back into its private tmpfs (Python's directories there)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
     read_only = _make_tree_read_only()
-    hidden, shown = _hide(_hidden_dirs(config["homes"]), _python_dirs())
+    dirs, links = _python_dirs(), _python_links()
+    hidden, shown = _hide(_hidden_dirs(config["homes"]), dirs, links=links)
     workdir = config["workdir"]
     if not any(_within(workdir, tmp) for tmp in _PRIVATE_TMP):
         os.makedirs(workdir, exist_ok=True)  # a mount point for its tmpfs, even in a hidden directory
@@ -1046,10 +1068,27 @@ def _isolate_worker(config: dict, notes: dict[str, str]) -> dict[str, str]:
     except OSError as exc:
         notes["network"] = f"private network namespace (no interfaces; loopback down: {exc.strerror})"
     _libc.sethostname(b"sandbox", 7)
-    hidden_note = f"hidden: {', '.join(hidden)} (Python's directories in them re-exposed read-only)"
+    exposed = _outermost([d for d in dirs if any(d != h and _within(d, h) for h in hidden)])
+    hidden_note = f"hidden: {', '.join(hidden)}"
+    if exposed:
+        hidden_note += f" (Python's directories in them re-exposed read-only: {', '.join(exposed)})"
     if shown:
         hidden_note += f"; NOT hidden (they hold Python): {', '.join(shown)}"
-    return {"read_only": read_only, "hidden": hidden_note}
+    # A private tmp directory itself in sys.path is not bound back: the program's would be the host's.
+    in_tmp = _outermost([d for d in dirs if any(d != tmp and _within(d, tmp) for tmp in _PRIVATE_TMP)])
+    tmp_note = f"private tmpfs {', '.join(_PRIVATE_TMP)}"
+    if in_tmp:
+        tmp_note += f" (Python's directories in them bound back read-only: {', '.join(in_tmp)})"
+    if unshared := [d for d in dirs if d in _PRIVATE_TMP]:
+        tmp_note += f" ({', '.join(unshared)} in Python's sys.path NOT bound back: it is private)"
+    tmp_links = {link: target for link, target in links.items() if any(_within(link, t) for t in _PRIVATE_TMP)}
+    return {
+        "read_only": read_only,
+        "hidden": hidden_note,
+        "tmp": tmp_note,
+        "tmp_python": in_tmp,
+        "tmp_links": tmp_links,
+    }
 
 
 def _start_supervisor(sock: socket.socket, context: dict, limits: dict, fds: list[int], pid_ns: int) -> int:
@@ -1175,6 +1214,12 @@ def _isolate_program(config: dict, limits: dict, root: bool, setup: dict, notes:
     """Per program, in the supervisor: fresh mount and IPC namespaces, /proc, private tmpfs; says what holds."""
     size = limits["workdir_mb"]
     _unshare(CLONE_NEWNS | CLONE_NEWIPC)
+    # The private tmpfs first: Python's directories in them are bound back through /proc/self/fd, which
+    # the fallback below (no fresh /proc) would cover.
+    for path in _PRIVATE_TMP:
+        if os.path.isdir(path) and not os.path.islink(path):
+            mb = size if path == "/tmp" else min(size, _SMALL_TMPFS_MB)
+            _cover(path, f"size={mb}m,nr_inodes=16384,mode=1777", setup["tmp_python"], setup["tmp_links"])
     try:
         _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         proc_note = "a /proc of its own"
@@ -1184,17 +1229,13 @@ def _isolate_program(config: dict, limits: dict, root: bool, setup: dict, notes:
         _tmpfs("/proc", "size=4k,mode=555", MS_RDONLY | MS_NOEXEC)
         proc_note = f"/proc hidden (a fresh one cannot be mounted: {exc.strerror})"
         ipc_note = "System V IPC limits NOT set (no /proc)"
-    for path in _PRIVATE_TMP:
-        if os.path.isdir(path) and not os.path.islink(path):
-            mb = size if path == "/tmp" else min(size, _SMALL_TMPFS_MB)
-            _tmpfs(path, f"size={mb}m,nr_inodes=16384,mode=1777")
     workdir = config["workdir"]
     os.makedirs(workdir, exist_ok=True)
     owner = f",uid={SANDBOX_UID},gid={SANDBOX_GID}" if root else ""
     _tmpfs(workdir, f"size={size}m,nr_inodes=16384,mode=700{owner}")
     notes["filesystem"] = (
         f"private mount namespace: {setup['read_only']}; writable: its working directory ({size} MiB tmpfs), "
-        f"private tmpfs /tmp, /var/tmp, /dev/shm; {setup['hidden']}"
+        f"{setup['tmp']}; {setup['hidden']}"
     )
     notes["processes"] = (
         f"private PID namespace: it sees and can signal only its own processes, all killed when it ends; "
@@ -1223,27 +1264,74 @@ def _hidden_dirs(homes: Sequence[str]) -> list[str]:
     found: list[str] = []
     for path in (*HIDDEN_DIRS, *homes):
         real = os.path.realpath(path)
-        if any(_within(tmp, real) for tmp in _PRIVATE_TMP):  # HOME=/tmp: it is private anyway
+        # HOME=/tmp or inside it: private anyway (each program gets an empty /tmp)
+        if any(_within(tmp, real) or _within(real, tmp) for tmp in _PRIVATE_TMP):
             continue
         if real != "/" and os.path.isdir(real) and not any(_within(real, seen) for seen in found):
             found = [seen for seen in found if not _within(seen, real)] + [real]
     return found
 
 
-def _python_dirs() -> list[str]:
-    """The directories the program's Python needs: prefixes, the executable's, sys.path."""
+def _python_paths() -> set[str]:
+    """Where the program's Python is, as Python names it (symbolic links not resolved): its prefixes, the
+    executable's directory and that of the file it links to (a venv's bin/python points to its base
+    interpreter, e.g. /usr/local/bin/python3.11), the sys.path directories."""
     candidates = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
-    candidates |= {os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))}
+    if sys.executable:
+        candidates |= {os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))}
     candidates |= {entry for entry in sys.path if entry and os.path.isdir(entry)}
-    return sorted({os.path.realpath(path) for path in candidates if path})
+    return {os.path.abspath(path) for path in candidates if path}
+
+
+def _python_dirs() -> list[str]:
+    """The directories the program's Python needs (``_python_paths``), symbolic links resolved."""
+    return sorted({os.path.realpath(path) for path in _python_paths()})
+
+
+def _python_links() -> dict[str, str]:
+    """The symbolic links on the way to the program's Python (``_python_paths`` and sys.executable), each
+    with its target. Where one lies in a directory the program gets an empty tmpfs on, it is made again
+    there: the paths Python reports (sys.executable, sys.prefix) then resolve for the program too, as for
+    a checkout reached through a link (/home/ci/repo -> /data/repo, /tmp/current -> /tmp/release-3)."""
+    links: dict[str, str] = {}
+    for path in _python_paths() | ({os.path.abspath(sys.executable)} if sys.executable else set()):
+        _resolve(path, links)
+    return links
+
+
+def _resolve(path: str, links: dict[str, str], depth: int = 0) -> str:
+    """``os.path.realpath(path)``, adding every symbolic link met to ``links`` (link -> target, the link's
+    directory already resolved, so that no recorded link lies behind another)."""
+    real = "/"
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            real = os.path.dirname(real)
+            continue
+        step = os.path.join(real, part)
+        if depth < 40 and os.path.islink(step):  # 40: the kernel's own limit on links in one lookup
+            target = os.readlink(step)
+            links[step] = target
+            real = _resolve(os.path.join(real, target), links, depth + 1)  # an absolute target restarts at /
+        else:
+            real = step
+    return real
 
 
 def _within(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def _hide(dirs: Sequence[str], keep: Sequence[str], can_rebind: bool = True) -> tuple[list[str], list[str]]:
-    """Cover each dir with an empty tmpfs, bind-mounting back the ``keep`` paths inside it.
+def _outermost(paths: Sequence[str]) -> list[str]:
+    return sorted(p for p in set(paths) if not any(p != other and _within(p, other) for other in paths))
+
+
+def _hide(
+    dirs: Sequence[str], keep: Sequence[str], can_rebind: bool = True, links: dict[str, str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Cover each dir with an empty tmpfs, bind-mounting back, read-only, the ``keep`` paths inside it and
+    making the ``links`` inside it again (see ``_cover``).
 
     Returns (hidden, not hidden): a dir that is, or is inside, a kept path stays visible, and so does one
     holding kept paths when they cannot be bound back (no /proc/self/fd). Call ``_mount(..., MS_REMOUNT |
@@ -1255,15 +1343,43 @@ def _hide(dirs: Sequence[str], keep: Sequence[str], can_rebind: bool = True) -> 
         if any(_within(path, k) for k in keep) or (inside and not can_rebind):
             shown.append(path)
             continue
-        outermost = [k for k in inside if not any(k != other and _within(k, other) for other in inside)]
-        fds = [(k, os.open(k, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) for k in outermost]
-        _tmpfs(path, "size=1m,nr_inodes=4096,mode=755")
+        _cover(path, "size=1m,nr_inodes=4096,mode=755", inside, links or {})
+        hidden.append(path)
+    return hidden, shown
+
+
+def _cover(path: str, options: str, keep: Sequence[str], links: dict[str, str]) -> None:
+    """Mount an empty tmpfs (``options``) on ``path``, then bind-mount back, read-only, the ``keep``
+    directories strictly inside it (the outermost ones) and make the ``links`` inside it again; the rest
+    of what ``path`` held stays invisible.
+
+    Each kept directory is opened (O_PATH) before the tmpfs covers it and bound from /proc/self/fd. One
+    that is gone is skipped: it is gone for the program's Python too. The directories leading to a kept
+    one are made in the tmpfs (mode 755, owned by root where the evaluator is root).
+    """
+    kept = _outermost([k for k in keep if k != path and _within(k, path)])
+    fds: list[tuple[str, int]] = []
+    try:
+        for target in kept:
+            try:
+                fds.append((target, os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
+            except FileNotFoundError:
+                continue
+        _tmpfs(path, options)
         for target, fd in fds:
             os.makedirs(target, mode=0o755, exist_ok=True)
             _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+            _make_read_only(target)  # as a bind it would keep its source's flags: the program must not write
+    finally:
+        for _, fd in fds:
             os.close(fd)
-        hidden.append(path)
-    return hidden, shown
+    for link, target in sorted(links.items()):
+        if link != path and _within(link, path) and not any(_within(link, k) for k in kept):
+            os.makedirs(os.path.dirname(link), mode=0o755, exist_ok=True)
+            try:
+                os.symlink(target, link)
+            except FileExistsError:  # something was made there already, for another path: leave it
+                pass
 
 
 def _reap(pid: int) -> tuple[dict[str, int], float]:
