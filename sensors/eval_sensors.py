@@ -3,15 +3,21 @@ are recorded.
 
 - ``checkpoint_eval_sensor``: a checkpoint stage (or the default engine model) with a new data version
   gets an ``eval_job`` run for its ``eval_scores`` partition; the run key is the stage and the data
-  version, so one version is evaluated once, whatever happens to the cursor.
+  version, so one version is evaluated once, whatever happens to the cursor. A version that the
+  partition's latest ``eval_scores`` materialization already evaluated is not requested, whoever ran
+  that evaluation: a fresh cursor (a new daemon, ``dagster dev`` on an existing home) requests only
+  the versions nobody evaluated.
 - ``eval_regression_sensor``: an ``eval_scores`` materialization of a new model whose score on one of the
   policy's metrics falls below the best earlier comparable one (same stage, same ``eval_set``) by more
   than the margin requests one ``training_job`` run. Its run key is the triggering event (the
   materialization's storage id): a repeat of the event, or a restart without the cursor, requests
   nothing new. A re-evaluation of the same model is not a new event about the model, and a stage
-  gets at most ``max_consecutive`` requests in a row (``RetrainingPolicy``).
+  gets at most ``max_consecutive`` requests in a row (``RetrainingPolicy``). A fresh cursor starts
+  after the latest ``eval_scores`` materialization: what came before was judged by earlier ticks or
+  predates the sensor, and judging it again would request retraining runs from history.
 - ``run_failure_sensor``: every failed run becomes one JSON line (run, job, partition, trigger, the
-  failing steps and the error) in the policy's ``failures_log``.
+  failing steps and the error) in the policy's ``failures_log``. Dagster starts a fresh run status
+  sensor at the latest event, so earlier failures are not recorded twice.
 
 With ``shard_sensor`` (new data lands, is ingested) this closes the loop: data -> training -> eval ->
 retraining.
@@ -30,6 +36,7 @@ import dagster as dg
 from jobs import eval_job, training_job
 from phi_assets.evaluation.assets import EVAL_ASSET, STAGES
 from resources import ProfileResource, RetrainingPolicy
+from sensors.records import data_version, latest_materialization, materializations
 
 EVAL_KEY = dg.AssetKey(EVAL_ASSET)
 
@@ -39,22 +46,15 @@ def _value(metadata: dict, key: str):
     return getattr(entry, "value", entry)
 
 
-def _materializations(
-    instance: dg.DagsterInstance,
-    key: dg.AssetKey,
-    *,
-    after: int | None = None,
-    before: int | None = None,
-    partition: str | None = None,
-    limit: int = 100,
-):
-    records_filter = dg.AssetRecordsFilter(
-        asset_key=key,
-        after_storage_id=after,
-        before_storage_id=before,
-        asset_partitions=[partition] if partition else None,
-    )
-    return instance.fetch_materializations(records_filter, limit=limit, ascending=before is None).records
+def evaluated_version(instance: dg.DagsterInstance, stage: str) -> str | None:
+    """The model version the latest ``eval_scores[stage]`` evaluated: its ``model_version`` metadata, or
+    (an evaluation without it) the stage asset's data version Dagster recorded as the run's input."""
+    record = latest_materialization(instance, EVAL_KEY, stage)
+    if record is None:
+        return None
+    materialization = record.asset_materialization
+    version = _value(materialization.metadata, "model_version")
+    return str(version) if version else materialization.tags.get(f"dagster/input_data_version/{STAGES[stage]}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def find_regression(instance: dg.DagsterInstance, record, policy: RetrainingPoli
     stage, eval_set = record.partition_key, _value(meta, "eval_set")
     earlier = [
         r
-        for r in _materializations(instance, EVAL_KEY, before=record.storage_id, partition=stage, limit=1000)
+        for r in materializations(instance, EVAL_KEY, before=record.storage_id, partition=stage, limit=1000)
         if _value(r.asset_materialization.metadata, "eval_set") == eval_set
     ]
     if not earlier:
@@ -104,9 +104,16 @@ def find_regression(instance: dg.DagsterInstance, record, policy: RetrainingPoli
 def eval_regression_sensor(
     context: dg.SensorEvaluationContext, retraining: RetrainingPolicy
 ) -> dg.SensorResult:
-    state = json.loads(context.cursor) if context.cursor else {"after": 0, "streak": {}}
+    if context.cursor:
+        state = json.loads(context.cursor)
+    else:
+        # A fresh cursor (a new daemon or instance, `dagster dev` on an existing home) starts after the
+        # latest evaluation: earlier ones were judged by an earlier tick or predate the sensor, and
+        # judging them again would request retraining runs nobody asked for.
+        latest = latest_materialization(context.instance, EVAL_KEY)
+        state = {"after": latest.storage_id if latest else 0, "streak": {}}
     requests = []
-    for record in _materializations(context.instance, EVAL_KEY, after=state["after"] or None):
+    for record in materializations(context.instance, EVAL_KEY, after=state["after"] or None):
         state["after"] = record.storage_id
         found = find_regression(context.instance, record, retraining)
         stage = record.partition_key
@@ -156,28 +163,37 @@ def eval_regression_sensor(
 )
 def checkpoint_eval_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     state = json.loads(context.cursor) if context.cursor else {}
-    requests = []
+    requests, evaluated = [], []
     for stage, asset in STAGES.items():
         seen = state.get(asset, {"after": 0, "version": None})
-        records = _materializations(context.instance, dg.AssetKey(asset), after=seen["after"] or None)
-        if not records:
+        # Only the latest materialization matters (the eval reads the stage's current version): never
+        # page through history, which on a fresh cursor would start at the oldest versions.
+        latest = latest_materialization(context.instance, dg.AssetKey(asset))
+        if latest is None or latest.storage_id <= seen["after"]:
             continue
-        latest = records[-1]
-        version = latest.asset_materialization.tags.get("dagster/data_version")
+        version = data_version(latest)
         state[asset] = {"after": latest.storage_id, "version": version}
-        if version and version != seen["version"]:
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"eval:{stage}:{version}",
-                    job_name=eval_job.name,
-                    partition_key=stage,
-                    tags={"phi/trigger": f"new {asset}"},
-                )
+        if not version or version == seen["version"]:
+            continue
+        if version == evaluated_version(context.instance, stage):
+            # evaluated already (by the demo, by hand, or by runs this sensor requested before its
+            # cursor was lost): the instance says so, whatever the cursor knows
+            evaluated.append(f"{stage} {version[:12]}")
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"eval:{stage}:{version}",
+                job_name=eval_job.name,
+                partition_key=stage,
+                tags={"phi/trigger": f"new {asset}"},
             )
+        )
+    if evaluated:
+        context.log.info(f"already evaluated, not requested: {', '.join(evaluated)}")
     return dg.SensorResult(
         run_requests=requests,
         cursor=json.dumps(state, sort_keys=True),
-        skip_reason=None if requests else "no new checkpoint version",
+        skip_reason=None if requests else "no new checkpoint version without an evaluation",
     )
 
 

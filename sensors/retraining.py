@@ -12,6 +12,11 @@ nothing downstream would change. A version whose
 checks failed is reported and never trained; one whose checks have not run yet is looked at again
 on the next tick. ``RetrainingPolicy.on_new_mixture`` turns it off.
 
+Only the latest ``mixture_weights`` materialization is looked at, and it is compared with what the
+instance says the checkpoint was trained on, not with the cursor: a fresh cursor (a new daemon,
+``dagster dev`` on an existing home) requests nothing when the current checkpoint was trained on the
+current mixture.
+
 The new checkpoints are then evaluated by ``checkpoint_eval_sensor``, and a falling score requests
 another run through ``eval_regression_sensor`` (``sensors/eval_sensors.py``).
 """
@@ -23,15 +28,11 @@ import dagster as dg
 from jobs import training_job
 from phi_assets.mixture.assets import mixture_weights
 from resources import RetrainingPolicy
-from sensors.eval_sensors import _materializations
+from sensors.records import data_version, latest_materialization
 
 MIXTURE_KEY = dg.AssetKey("mixture_weights")
 CHECKPOINT_KEY = dg.AssetKey("pretrained_checkpoint")
 INPUT_VERSION_TAG = f"dagster/input_data_version/{MIXTURE_KEY.to_user_string()}"
-
-
-def _data_version(record) -> str | None:
-    return record.asset_materialization.tags.get("dagster/data_version")
 
 
 def blocking_checks(instance: dg.DagsterInstance, record) -> tuple[list[str], list[str]]:
@@ -52,8 +53,8 @@ def blocking_checks(instance: dg.DagsterInstance, record) -> tuple[list[str], li
 
 def trained_on(instance: dg.DagsterInstance) -> str | None:
     """The mixture data version the current pretrained checkpoint was trained on."""
-    records = instance.fetch_materializations(CHECKPOINT_KEY, limit=1).records
-    return records[0].asset_materialization.tags.get(INPUT_VERSION_TAG) if records else None
+    record = latest_materialization(instance, CHECKPOINT_KEY)
+    return record.asset_materialization.tags.get(INPUT_VERSION_TAG) if record else None
 
 
 @dg.sensor(
@@ -68,12 +69,13 @@ def mixture_retraining_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     if not retraining.on_new_mixture:
         return dg.SkipReason("the retraining policy does not retrain on a new mixture (on_new_mixture=False)")
-    after = int(context.cursor) if context.cursor else None
-    records = _materializations(context.instance, MIXTURE_KEY, after=after)
-    if not records:
+    after = int(context.cursor) if context.cursor else 0
+    # The latest materialization only (training reads the current mixture): paging through history
+    # from a fresh cursor would start at the oldest versions, which the checkpoint was not trained on.
+    latest = latest_materialization(context.instance, MIXTURE_KEY)
+    if latest is None or latest.storage_id <= after:
         return dg.SkipReason("no new mixture_weights materialization")
-    latest = records[-1]
-    version = _data_version(latest)
+    version = data_version(latest)
     if version is None or version == trained_on(context.instance):
         return dg.SensorResult(
             cursor=str(latest.storage_id), skip_reason=f"mixture {version} is already trained"

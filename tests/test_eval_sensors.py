@@ -1,6 +1,11 @@
 """The retraining loop's sensors on a real Dagster instance: eval_scores materializations (reported as
 events, as a finished eval run would record them) drive eval_regression_sensor, checkpoint
-materializations drive checkpoint_eval_sensor, and a real failed run reaches run_failure_sensor."""
+materializations drive checkpoint_eval_sensor, and a real failed run reaches run_failure_sensor.
+
+A fresh cursor (a new daemon, ``dagster dev`` on an existing home) requests nothing from history:
+eval_regression_sensor starts after the latest evaluation, and checkpoint_eval_sensor skips the
+versions the instance shows evaluated. Tests of what happens on new events take the sensor's first
+tick's cursor before recording them."""
 
 import json
 
@@ -34,6 +39,13 @@ def tick(instance, cursor=None, policy=POLICY) -> dg.SensorResult:
     return eval_regression_sensor(context)
 
 
+def started(instance) -> str:
+    """The cursor of the sensor's first tick, before the events under test."""
+    first = tick(instance)
+    assert first.run_requests == []
+    return first.cursor
+
+
 @pytest.fixture
 def instance():
     with dg.instance_for_test() as inst:
@@ -60,9 +72,10 @@ def test_a_regression_requests_exactly_one_retraining_run_and_its_repeat_none(in
 
 
 def test_the_retraining_request_is_a_valid_training_run_with_a_new_seed(instance):
+    cursor = started(instance)
     record_eval(instance, "sft", "m1", 0.30)
     record_eval(instance, "sft", "m2", 0.10)
-    (request,) = tick(instance).run_requests
+    (request,) = tick(instance, cursor).run_requests
     seed = request.run_config["ops"]["pretrained_checkpoint"]["config"]["train"]["seed"]
     assert seed == int(request.run_key.split(":")[1])
     from phi_assets.definitions import defs
@@ -70,44 +83,50 @@ def test_the_retraining_request_is_a_valid_training_run_with_a_new_seed(instance
     job = defs.resolve_job_def(training_job.name)
     validated = dg.validate_run_config(job, request.run_config)
     assert validated["ops"]["pretrained_checkpoint"]["config"]["train"] == {"seed": seed}
-    (plain,) = tick(instance, policy=RetrainingPolicy(margin=0.05, reseed=False)).run_requests
+    (plain,) = tick(instance, cursor, policy=RetrainingPolicy(margin=0.05, reseed=False)).run_requests
     assert plain.run_config == {}
 
 
 def test_within_the_margin_other_eval_sets_and_other_stages_do_not_count(instance):
+    cursor = started(instance)
     record_eval(instance, "dpo", "m1", 0.30)
     record_eval(instance, "dpo", "m2", 0.27)  # 3 points down: within the 5-point margin
     record_eval(instance, "dpo", "m3", 0.10, eval_set="set-b")  # another problem set: not comparable
     record_eval(instance, "sft", "m4", 0.10)  # another stage: nothing earlier
-    assert tick(instance).run_requests == []
+    assert tick(instance, cursor).run_requests == []
 
 
 def test_the_best_earlier_score_counts_not_the_last_one(instance):
+    cursor = started(instance)
     for model, score in (("m1", 0.40), ("m2", 0.37), ("m3", 0.34)):
         record_eval(instance, "dpo", model, score)
     # m2 is within the margin of m1; m3 is within it of m2, but 6 points below m1
-    (request,) = tick(instance).run_requests
+    (request,) = tick(instance, cursor).run_requests
     assert request.tags["phi/best"] == "0.4000" and request.tags["phi/score"] == "0.3400"
 
 
 def test_a_regression_on_any_metric_counts(instance):
+    cursor = started(instance)
     record_eval(instance, "dpo", "m1", 0.30, mbpp=0.50)
     record_eval(instance, "dpo", "m2", 0.31, mbpp=0.40)
-    (request,) = tick(instance).run_requests
+    (request,) = tick(instance, cursor).run_requests
     assert request.tags["phi/metric"] == "mbpp_pass@1"
 
 
 def test_re_evaluating_the_same_model_is_not_a_new_regression(instance):
     record_eval(instance, "dpo", "m1", 0.30)
+    cursor = started(instance)
     record_eval(instance, "dpo", "m2", 0.10)
-    cursor = tick(instance).cursor
+    result = tick(instance, cursor)
+    assert len(result.run_requests) == 1
+    cursor = result.cursor
     record_eval(instance, "dpo", "m2", 0.10)  # eval_scores re-materialized, same checkpoint
     assert tick(instance, cursor).run_requests == []
 
 
 def test_a_stage_that_keeps_regressing_stops_requesting(instance):
     record_eval(instance, "dpo", "m0", 0.50)
-    cursor, requested = None, 0
+    cursor, requested = started(instance), 0
     for i in range(4):
         record_eval(instance, "dpo", f"m{i + 1}", 0.10)
         result = tick(instance, cursor)
@@ -116,6 +135,30 @@ def test_a_stage_that_keeps_regressing_stops_requesting(instance):
     record_eval(instance, "dpo", "m9", 0.55)  # a new model that holds its score resets the count
     record_eval(instance, "dpo", "m10", 0.10)
     assert len(tick(instance, cursor).run_requests) == 1
+
+
+def test_a_fresh_cursor_does_not_judge_history_again(instance):
+    """A new daemon on a home with evaluations (a regression among them) requests nothing; it judges
+    what is evaluated after its first tick."""
+    record_eval(instance, "dpo", "m1", 0.30)
+    record_eval(instance, "dpo", "m2", 0.10)  # a regression, judged (or not) before this sensor ran
+    first = tick(instance)
+    assert first.run_requests == []
+    assert json.loads(first.cursor)["after"] == instance.fetch_materializations(
+        dg.AssetKey("eval_scores"), limit=1
+    ).records[0].storage_id
+    assert tick(instance, first.cursor).run_requests == []
+    record_eval(instance, "dpo", "m3", 0.05)  # new, and below the best earlier score (m1's)
+    (request,) = tick(instance, first.cursor).run_requests
+    assert request.tags["phi/model"] == "m3" and request.tags["phi/best"] == "0.3000"
+
+
+def test_a_fresh_cursor_on_an_instance_without_evaluations_judges_every_later_one(instance):
+    first = tick(instance)
+    assert json.loads(first.cursor)["after"] == 0
+    record_eval(instance, "dpo", "m1", 0.30)
+    record_eval(instance, "dpo", "m2", 0.10)
+    assert len(tick(instance, first.cursor).run_requests) == 1
 
 
 def record_checkpoint(instance, asset: str, version: str):
@@ -141,6 +184,50 @@ def test_a_new_checkpoint_version_is_evaluated_once(instance):
     record_checkpoint(instance, "dpo_checkpoint", "v3")  # two versions since the last tick: the latest
     third = checkpoint_eval_sensor(dg.build_sensor_context(instance=instance, cursor=second.cursor))
     assert [(r.partition_key, r.run_key) for r in third.run_requests] == [("dpo", "eval:dpo:v3")]
+
+
+def eval_tick(instance, cursor=None) -> dg.SensorResult:
+    return checkpoint_eval_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+
+def test_a_fresh_cursor_skips_the_versions_already_evaluated(instance):
+    """`dagster dev` on a home whose checkpoints were trained and evaluated (by the demo, by hand):
+    nothing is requested; a checkpoint version nobody evaluated still is."""
+    record_checkpoint(instance, "dpo_checkpoint", "v1")
+    record_eval(instance, "dpo", "v1", 0.30)
+    record_checkpoint(instance, "sft_checkpoint", "s2")
+    record_eval(instance, "sft", "s1", 0.30)  # an earlier version's evaluation: s2 is new
+    record_checkpoint(instance, "generator_model", "g1")  # never evaluated: new
+    first = eval_tick(instance)
+    assert sorted(r.run_key for r in first.run_requests) == ["eval:reference:g1", "eval:sft:s2"]
+    assert eval_tick(instance, first.cursor).run_requests == []
+    record_eval(instance, "sft", "s2", 0.30)
+    record_eval(instance, "reference", "g1", 0.30)
+    assert eval_tick(instance).run_requests == []  # a lost cursor after the evaluations: nothing
+
+
+def test_an_evaluation_recorded_only_as_the_runs_input_version_counts(instance):
+    record_checkpoint(instance, "pretrained_checkpoint", "p1")
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key="eval_scores",
+            partition="pretrained",
+            tags={"dagster/input_data_version/pretrained_checkpoint": "p1"},
+        )
+    )
+    assert eval_tick(instance).run_requests == []
+    # another stage's evaluation of the same input version is not this stage's
+    record_checkpoint(instance, "midtrained_checkpoint", "p1")
+    assert [r.run_key for r in eval_tick(instance).run_requests] == ["eval:midtrained:p1"]
+
+
+def test_a_fresh_cursor_on_a_long_history_requests_only_the_latest_version(instance):
+    for i in range(120):  # more than one page of records
+        record_checkpoint(instance, "dpo_checkpoint", f"v{i}")
+    record_eval(instance, "dpo", "v119", 0.30)
+    assert eval_tick(instance).run_requests == []
+    record_checkpoint(instance, "dpo_checkpoint", "v120")
+    assert [r.run_key for r in eval_tick(instance).run_requests] == ["eval:dpo:v120"]
 
 
 def test_a_failed_run_is_recorded(instance, tmp_path):

@@ -102,3 +102,17 @@ def test_the_version_the_checkpoint_was_trained_on_is_not_trained_again(instance
     new_mixture(instance, "mix-0")
     run_checks(instance)
     assert "mix-0 is already trained" in skipped(tick(instance))
+
+
+def test_a_fresh_cursor_looks_at_the_latest_mixture_only(instance):
+    """A new daemon on a long history: the current mixture is the one the checkpoint was trained on,
+    so nothing is requested, however many earlier versions there were (more than one page of records)."""
+    for i in range(120):
+        new_mixture(instance, f"mix-old-{i}")
+    new_mixture(instance, "mix-0")
+    run_checks(instance)
+    result = tick(instance)
+    assert "mix-0 is already trained" in skipped(result)
+    assert int(result.cursor) == instance.fetch_materializations(
+        dg.AssetKey("mixture_weights"), limit=1
+    ).records[0].storage_id

@@ -1,4 +1,5 @@
-"""shard_sensor: a new file becomes a partition and a run; nothing is ever requested twice."""
+"""shard_sensor: a new file becomes a partition and a run; nothing is ever requested twice, and a file
+the instance shows ingested with its current content is not requested again from a fresh cursor."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import shutil
 
 import dagster as dg
 
-from resources import ProfileResource
+from phi_assets.ingest.assets import raw_code_shards
+from resources import ArtifactStore, ProfileResource
 from sensors.shard_sensor import shard_sensor
-from tests.conftest import landing
+from tests.conftest import landing, materialize_shard
 
 ROW = json.dumps({"text": "import this\n"}) + "\n"
 
 
 def tick(instance, profile, cursor=None) -> dg.SensorResult:
     context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                      resources={"profile": ProfileResource.from_profile(profile)})
+                                      resources={"profile": ProfileResource.from_profile(profile),
+                                                 "store": ArtifactStore(root=profile.artifact_root)})
     result = shard_sensor(context)
     for request in result.dynamic_partitions_requests:  # what the daemon does with the result
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -87,6 +90,23 @@ def test_lost_cursor_gives_no_duplicate_partition_and_the_same_run_key(instance,
     again = tick(instance, profile, cursor=None)
     assert again.dynamic_partitions_requests == []
     assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
+
+
+def test_a_fresh_cursor_skips_files_ingested_with_their_current_content(instance, profile, resources):
+    """`dagster dev` on a home whose landed files were ingested (by the demo, by hand): nothing is
+    requested; a file that changed since its ingestion, or never was ingested, still is."""
+    code = landing(profile, "code")
+    (code / "done.jsonl").write_text(ROW)
+    (code / "edited.jsonl").write_text(ROW + json.dumps({"text": "y = 2\n"}) + "\n")
+    for key in ("done.jsonl", "edited.jsonl"):
+        assert materialize_shard(raw_code_shards, key, instance, resources).success
+    (code / "edited.jsonl").write_text(ROW + json.dumps({"text": "y = 3\n"}) + "\n")
+    (code / "waiting.jsonl").write_text(json.dumps({"text": "z = 4\n"}) + "\n")
+    instance.add_dynamic_partitions("code_shards", ["waiting.jsonl"])  # registered, never ingested
+    result = tick(instance, profile)
+    assert sorted(r.partition_key for r in result.run_requests) == ["edited.jsonl", "waiting.jsonl"]
+    assert result.dynamic_partitions_requests == []
+    assert tick(instance, profile, result.cursor).run_requests == []
 
 
 def test_landing_area_can_be_any_fsspec_uri():
