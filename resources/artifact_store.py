@@ -6,6 +6,17 @@ manifest is never read. ``CURRENT`` names the latest version and ``_provenance/{
 (code version, input versions) key to the version it produced, which is how unchanged assets skip
 their work.
 
+Locations: whatever is persisted in the store and read back later (manifest metadata, files
+written into versions, the catalog's ``raw_shards`` rows) names an artifact by its path RELATIVE TO
+THE ARTIFACT ROOT, in POSIX form, e.g. ``tokenized_filtered_code/shard-3/<version>/tokens/tokens.bin``
+(``ArtifactStore.relative``); readers turn it into something openable with
+``ArtifactStore.resolve``, against the root the store has now. A home copied or moved to another
+path, or an artifact root synced to another bucket, therefore still reads its own files and never
+the original's. ``resolve`` passes absolute locations (a ``/`` path or a ``scheme://`` URI) through
+unchanged, so manifests written before this convention still read on the machine that wrote them.
+Locations that are only shown (Dagster materialization metadata, log lines) stay absolute: they say
+where a run wrote, and nothing reads a location back from them.
+
 Atomicity: on a local filesystem files are staged in a hidden ``.staging-*`` directory beside
 the target and renamed into place (one ``rename``); on object stores each file is a single put and
 the manifest goes last. A writer killed at any point leaves only hidden staging debris, which
@@ -42,6 +53,11 @@ def safe_segment(name: str) -> str:
     if cleaned == name and not name.startswith("."):
         return name
     return f"{cleaned.lstrip('.')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def is_absolute(location: str) -> bool:
+    """A location that names its filesystem itself: a ``scheme://`` URI or an absolute local path."""
+    return "://" in location or location.startswith("/")
 
 
 class Staging:
@@ -101,6 +117,34 @@ class ArtifactStore(dg.ConfigurableResource):
     def uri(self, path: str) -> str:
         """A path as a URI a reader (polars, duckdb, fsspec) can open."""
         return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def relative(self, location: str) -> str:
+        """``location`` (a store path, a URI from ``uri``, or a local path) relative to the root: the
+        form to persist. Raises ``ValueError`` for a location outside the root, which has no form
+        that would survive moving the home."""
+        base = self.base_path
+        path = self.fs._strip_protocol(location).rstrip("/")
+        if self.is_local:  # one spelling per file: no ``..``, no doubled slashes
+            path, base = os.path.normpath(path), os.path.normpath(base)
+        if path == base:
+            return ""
+        if path.startswith(f"{base}/"):
+            return path[len(base) + 1:]
+        if self.is_local:  # the same file reached through a symlink (e.g. /tmp on macOS)
+            real, real_base = os.path.realpath(path), os.path.realpath(base)
+            if real.startswith(f"{real_base}/"):
+                return real[len(real_base) + 1:]
+        raise ValueError(f"{location!r} is not under the artifact root {self.root!r}")
+
+    def resolve(self, location: str) -> str:
+        """A persisted location as a URI a reader can open: a relative one against the current root;
+        an absolute one (a manifest written before locations were relative) unchanged."""
+        if is_absolute(location):
+            return location
+        parts = location.split("/")
+        if ".." in parts:  # a relative location never leaves the root
+            raise ValueError(f"{location!r} points outside the artifact root")
+        return self.uri(f"{self.base_path}/{location}" if location else self.base_path)
 
     # -- writes ---------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -1,8 +1,10 @@
-"""The artifact store: immutable versions, atomic writes, and provenance lookups."""
+"""The artifact store: immutable versions, atomic writes, provenance lookups, and locations
+relative to the root that survive moving it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +12,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import fsspec
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+from fsspec.spec import AbstractFileSystem
 
 from resources.artifact_store import ArtifactStore, safe_segment
 
@@ -96,3 +101,99 @@ def test_partition_keys_become_safe_distinct_path_segments():
     assert safe_segment("stack-000.jsonl") == "stack-000.jsonl"
     a, b = safe_segment("embedded:stdlib-00"), safe_segment("embedded_stdlib-00")
     assert a != b and "/" not in safe_segment("a/b") and not safe_segment("..").startswith(".")
+
+
+class BucketFileSystem(MemoryFileSystem):
+    """An in-memory object store addressed like S3: ``phitest-bucket://bucket/prefix/key`` (no root
+    marker, so paths start at the bucket), to check URIs built against a bucket root."""
+
+    protocol = ("phitest-bucket",)
+    root_marker = ""
+    store: dict = {}  # fsspec keeps a memory filesystem's files on the class: its own, not memory://'s
+    pseudo_dirs: list = [""]
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return AbstractFileSystem._strip_protocol.__func__(cls, path)
+
+
+fsspec.register_implementation("phitest-bucket", BucketFileSystem, clobber=True)
+
+
+def _root(tmp_path: Path, kind: str) -> str:
+    if kind == "local":
+        return str(tmp_path / "artifacts")
+    return f"{kind}://bucket/prefix-{time.time_ns()}"  # a fresh prefix: both stores are process-wide
+
+
+@pytest.mark.parametrize("kind", ["local", "memory", "phitest-bucket"])
+def test_relative_and_resolve_round_trip(tmp_path, kind):
+    store = ArtifactStore(root=_root(tmp_path, kind))
+    path = f"{store.version_path('tokenize_code', 'shard-3', 'v1')}/tokens/tokens.bin"
+    rel = "tokenize_code/shard-3/v1/tokens/tokens.bin"
+    assert store.relative(path) == rel and store.relative(store.uri(path)) == rel
+    assert store.resolve(rel) == store.uri(path)
+    assert store.relative(store.resolve(rel)) == rel
+    if kind == "local":
+        assert store.resolve(rel) == f"{tmp_path}/artifacts/{rel}"
+    else:  # the bucket and prefix of the root, under the root's own scheme
+        prefix = store.root.split("://", 1)[1]
+        assert store.resolve(rel).startswith(f"{kind}://") and store.resolve(rel).endswith(f"{prefix}/{rel}")
+    if kind == "phitest-bucket":
+        assert store.resolve(rel) == f"{store.root}/{rel}"
+
+
+def test_resolve_passes_absolute_locations_through_and_relative_refuses_outside(tmp_path):
+    store = ArtifactStore(root=str(tmp_path / "artifacts"))
+    old = f"{tmp_path}/artifacts/raw_code_shards/a/v1/docs.parquet"  # a manifest from before
+    assert store.resolve(old) == old
+    assert store.resolve("s3://elsewhere/x.parquet") == "s3://elsewhere/x.parquet"
+    with pytest.raises(ValueError, match="outside"):
+        store.resolve("../landing/code/x.jsonl")
+    with pytest.raises(ValueError, match="not under the artifact root"):
+        store.relative(f"{tmp_path}/landing/code/x.jsonl")
+    with pytest.raises(ValueError, match="not under the artifact root"):
+        store.relative(f"{tmp_path}/artifacts-old/raw_code_shards/a/v1/docs.parquet")  # a prefix, not a parent
+    spelled = f"{tmp_path}/artifacts/raw_code_shards/../raw_code_shards/a/v1/x"
+    assert store.relative(spelled) == "raw_code_shards/a/v1/x"
+
+
+def _commit_with_location(store: ArtifactStore) -> str:
+    with store.stage("tokenize_code", "shard-3") as staging:
+        (staging.path / "tokens").mkdir()
+        (staging.path / "tokens" / "tokens.bin").write_bytes(b"\x01\x02")
+        where = store.version_path("tokenize_code", "shard-3", "v1")
+        staging.commit("v1", {"metadata": {"tokens": store.relative(f"{where}/tokens/tokens.bin")}})
+    store.set_current("tokenize_code", "shard-3", "v1")
+    return "tokenize_code/shard-3/v1/tokens/tokens.bin"
+
+
+@pytest.mark.parametrize("how", ["move", "copytree"])
+def test_a_manifest_reads_back_after_its_root_moves(tmp_path, how):
+    first = ArtifactStore(root=str(tmp_path / "a" / "artifacts"))
+    rel = _commit_with_location(first)
+    assert first.current_manifest("tokenize_code", "shard-3")["metadata"]["tokens"] == rel
+    if how == "move":
+        shutil.move(tmp_path / "a", tmp_path / "b")
+    else:
+        shutil.copytree(tmp_path / "a", tmp_path / "b")
+        shutil.rmtree(tmp_path / "a")  # a copy that still read the original would fail now
+    moved = ArtifactStore(root=str(tmp_path / "b" / "artifacts"))
+    located = moved.resolve(moved.current_manifest("tokenize_code", "shard-3")["metadata"]["tokens"])
+    assert located == f"{tmp_path}/b/artifacts/{rel}"
+    assert Path(located).read_bytes() == b"\x01\x02"
+
+
+def test_a_manifest_reads_back_after_its_bucket_prefix_is_copied():
+    first = ArtifactStore(root=_root(Path(), "memory"))
+    rel = _commit_with_location(first)
+    fs = first.fs
+    moved = ArtifactStore(root=_root(Path(), "memory"))
+    for path in fs.find(first.base_path):  # what `aws s3 sync` to another prefix does
+        fs.pipe_file(moved.base_path + path[len(first.base_path):], fs.cat_file(path))
+    fs.rm(first.base_path, recursive=True)
+    manifest = moved.current_manifest("tokenize_code", "shard-3")
+    located = moved.resolve(manifest["metadata"]["tokens"])
+    assert located == moved.fs.unstrip_protocol(f"{moved.base_path}/{rel}")
+    with fsspec.open(located, "rb") as f:
+        assert f.read() == b"\x01\x02"

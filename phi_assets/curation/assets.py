@@ -162,6 +162,12 @@ def _shard_files(
     return shards, settings
 
 
+def _persisted(store: ArtifactStore, shard: stages.ShardFiles) -> dict[str, str]:
+    """A shard's files as kept in the dedup manifest: relative to the artifact root (readers
+    ``store.resolve`` them), so a copied home reads its own files."""
+    return {**asdict(shard), "docs": store.relative(shard.docs), "minhash": store.relative(shard.minhash)}
+
+
 def _signature_config(shards: list[stages.ShardFiles], settings: list[dict]) -> minhash.MinHashConfig:
     seen = {stable_hash(setting): shard.shard for shard, setting in zip(shards, settings, strict=True)}
     if len(seen) > 1:
@@ -199,7 +205,10 @@ def dedup_asset(source: str) -> dg.AssetsDefinition:
             inputs=inputs,
             build=lambda out: Built(
                 stable_hash([DEDUP_CODE_VERSION, inputs]),
-                {**stages.dedup_source(shards, signature, out), "shards": [asdict(s) for s in shards]},
+                {
+                    **stages.dedup_source(shards, signature, out),
+                    "shards": [_persisted(store, s) for s in shards],
+                },
             ),
         )
         db = _file(store, outcome.manifest, stages.CLUSTER_DB)
@@ -230,7 +239,7 @@ def _annotate(
     frames, llm_stats = [], {}
     for source in SOURCES:
         prompt, manifest = edu.load_prompt(source), dedups[source]
-        docs_paths = {s["shard"]: s["docs"] for s in manifest["metadata"]["shards"]}
+        docs_paths = {s["shard"]: store.resolve(s["docs"]) for s in manifest["metadata"]["shards"]}
         sample = stages.annotation_sample(
             pl.read_parquet(_file(store, manifest, stages.DECISIONS)), docs_paths, n, config.seed
         )

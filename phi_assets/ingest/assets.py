@@ -106,6 +106,13 @@ raw_code_shards = raw_shards_asset("code")
 raw_web_shards = raw_shards_asset("web")
 
 
+def _shard_files(store: ArtifactStore, source: str, shard: str, data_version: str) -> dict[str, str]:
+    """A shard version's parquet files as persisted in catalog rows: relative to the artifact root."""
+    where = store.version_path(f"raw_{source}_shards", shard, data_version)
+    return {"docs_path": store.relative(f"{where}/docs.parquet"),
+            "rejects_path": store.relative(f"{where}/rejects.parquet")}
+
+
 def _catalog_rows(context: dg.AssetExecutionContext, store: ArtifactStore) -> list[dict]:
     rows = []
     for source, pdef in PARTITIONS.items():
@@ -115,9 +122,8 @@ def _catalog_rows(context: dg.AssetExecutionContext, store: ArtifactStore) -> li
             if manifest is None:
                 context.log.warning(f"{asset}[{key}] has no materialized version; not in the catalog")
                 continue
-            where = store.version_path(asset, key, manifest["data_version"])
-            rows.append(catalog.shard_row(source, key, manifest, store.uri(f"{where}/docs.parquet"),
-                                          store.uri(f"{where}/rejects.parquet")))
+            files = _shard_files(store, source, key, manifest["data_version"])
+            rows.append(catalog.shard_row(source, key, manifest, files["docs_path"], files["rejects_path"]))
     return rows
 
 
@@ -131,13 +137,18 @@ def raw_catalog(context: dg.AssetExecutionContext, store: ArtifactStore,
     inputs = {"shards": [(r["source"], r["shard"], r["data_version"]) for r in rows]}
 
     def build(out: Path) -> Built:
-        catalog.build_catalog(rows, out / "catalog.duckdb")
+        catalog.build_catalog(rows, out / "catalog.duckdb", store.resolve)
         return Built(stable_hash(inputs), {"rows": rows})
 
     outcome = materialize_versioned(context, store, code_version=CATALOG_CODE_VERSION,
                                     inputs=inputs, build=build)
-    published = Path(profile.get().catalog_path)  # always the version just reported
-    catalog.build_catalog(outcome.metadata["rows"], published)
+    # Always the version just reported, with its files located from (source, shard, version) under
+    # the root the store has now: a copied home's catalog reads the copy, and rows an older version
+    # recorded with absolute paths are located the same way.
+    published = Path(profile.get().catalog_path)
+    located = [{**r, **_shard_files(store, r["source"], r["shard"], r["data_version"])}
+               for r in outcome.metadata["rows"]]
+    catalog.build_catalog(located, published, store.resolve)
     totals = catalog.source_totals(published)
     table = "| source | shards | read | docs | rejected | MB | est. tokens |\n|---|---|---|---|---|---|---|\n"
     table += "\n".join(f"| {s} | {n} | {r} | {d} | {x} | {b / 1e6:.1f} | {t:,} |"
