@@ -1,8 +1,11 @@
-"""Small real input files for reader tests; finding the engine's vLLM processes; a failed step's error."""
+"""Small real input files for reader tests; finding the engine's vLLM processes; a failed step's error;
+a copy of a demo home."""
 
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 import sysconfig
 import uuid
 from pathlib import Path
@@ -65,3 +68,18 @@ def step_error(result) -> str:
         messages.append(error.message)
         error = error.cause
     return "\n".join(messages)
+
+
+def copy_home(source: Path, target: Path) -> None:
+    """A copy of a home that leaves ``source`` as it was: artifacts, training runs and models hard-linked
+    (versions are immutable; pointers are replaced, never edited), the Dagster instance and the rest
+    copied."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.is_dir():
+            link = entry.name in ("artifacts", "runs", "models")
+            shutil.copytree(
+                entry, target / entry.name, copy_function=os.link if link else shutil.copy2, symlinks=True
+            )
+        else:
+            shutil.copy2(entry, target / entry.name)

@@ -25,6 +25,7 @@ from phi_assets.curation.assets import dedup_code, dedup_web, quality_filtered_w
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
 from resources import ArtifactStore, build_resources, load_profile
 from tests.conftest import landing, write_jsonl
+from tests.helpers import copy_home
 from tests.test_curation_assets import ARTICLE, NEAR_COPY
 
 WEB_KEYS = ["article-a.jsonl", "article-b.jsonl"]
@@ -134,18 +135,12 @@ def _strings(value, key: str = "") -> list[tuple[str, str]]:
 SHOWN_ONLY = {("eval_scores", "model_path")}
 
 
-def _copy_home(home: Path, to: Path) -> None:
-    """A copy that leaves ``home`` as it was: versions are immutable and pointers are replaced, never
-    edited, so the artifacts can be hard links; the Dagster instance (SQLite) is copied."""
-    shutil.copytree(home / "artifacts", to / "artifacts", copy_function=os.link)
-    for part in ("landing", "dagster"):
-        shutil.copytree(home / part, to / part)
 
 
 def test_copy_the_ci_home_and_query_raw_documents(demo_run, tmp_path, monkeypatch):
     original = demo_run["home"]
     copy = tmp_path / "elsewhere" / "phi"
-    _copy_home(original, copy)
+    copy_home(original, copy)
     profile = _use_home(monkeypatch, copy)
     with dg.DagsterInstance.from_config(str(copy / "dagster")) as instance:
         result = dg.materialize([raw_catalog, raw_code_shards, raw_web_shards], selection=[raw_catalog],

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -31,7 +29,7 @@ import pytest
 
 from phi_assets.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
 from resources import RetrainingPolicy, build_resources, load_profile
-from tests.helpers import step_error
+from tests.helpers import copy_home, step_error
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CURATED = {
@@ -55,16 +53,6 @@ NOT_AUTOMATED = {
 }
 
 
-def _copy_home(source: Path, target: Path) -> None:
-    """Artifacts and training runs hard-linked (immutable versions), everything else copied."""
-    for entry in source.iterdir():
-        if entry.is_dir():
-            link = entry.name in ("artifacts", "runs", "models")
-            shutil.copytree(
-                entry, target / entry.name, copy_function=os.link if link else shutil.copy2, symlinks=True
-            )
-        else:
-            shutil.copy2(entry, target / entry.name)
 
 
 def _new_code_shard(path: Path) -> int:
@@ -156,7 +144,7 @@ def _version(record) -> str:
 def loop_home(demo_run, tmp_path, monkeypatch) -> Path:
     home = tmp_path / "phi"
     home.mkdir()
-    _copy_home(demo_run["home"], home)
+    copy_home(demo_run["home"], home)
     monkeypatch.setenv("PHI_PROFILE", "ci")
     monkeypatch.setenv("PHI_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))

@@ -14,8 +14,6 @@ itself) ``dg.evaluate_automation_conditions`` on its selection with no cursor.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,27 +21,14 @@ import dagster as dg
 import pytest
 
 from resources import build_resources, load_profile
-
-
-def _copy_home(source: Path, target: Path) -> None:
-    """Artifacts and models hard-linked (versions are immutable), the instance and the rest copied, so
-    the shared demo home is never written to."""
-    target.mkdir(parents=True)
-    for entry in source.iterdir():
-        if entry.is_dir():
-            link = entry.name in ("artifacts", "runs", "models")
-            shutil.copytree(
-                entry, target / entry.name, copy_function=os.link if link else shutil.copy2, symlinks=True
-            )
-        else:
-            shutil.copy2(entry, target / entry.name)
+from tests.helpers import copy_home
 
 
 @pytest.fixture
 def fresh_home(demo_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the demo's home, with the environment `make ui` gives the code location on it."""
     home = tmp_path / "phi"
-    _copy_home(demo_run["home"], home)
+    copy_home(demo_run["home"], home)
     monkeypatch.setenv("PHI_PROFILE", "ci")
     monkeypatch.setenv("PHI_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))  # what the demo and `make ui` use
