@@ -11,6 +11,15 @@ import uuid
 from pathlib import Path
 
 IDLE_HELP = Path(sysconfig.get_paths()["stdlib"]) / "idlelib" / "help.html"  # real Sphinx HTML
+#: The sensors the code location runs (docs/retraining-loop.md).
+SENSORS = frozenset({
+    "shard_sensor",
+    "automation_sensor",
+    "mixture_retraining_sensor",
+    "checkpoint_eval_sensor",
+    "eval_regression_sensor",
+    "run_failure_sensor",
+})
 
 
 def warc_record(uri: str, body: bytes, content_type: str = "text/html; charset=utf-8") -> bytes:

@@ -29,7 +29,7 @@ import pytest
 
 from phi_assets.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
 from resources import RetrainingPolicy, build_resources, load_profile
-from tests.helpers import copy_home, step_error
+from tests.helpers import SENSORS, copy_home, step_error
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CURATED = {
@@ -168,14 +168,7 @@ def test_automation_covers_the_curation_path_only():
         expected = ON_NEW_PARTITIONS if name in rollups else ON_NEW_DATA
         assert graph.get(dg.AssetKey(name)).automation_condition is expected, name
     names = {s.name for s in defs.sensors}
-    assert {
-        "shard_sensor",
-        "automation_sensor",
-        "mixture_retraining_sensor",
-        "checkpoint_eval_sensor",
-        "eval_regression_sensor",
-        "run_failure_sensor",
-    } <= names
+    assert SENSORS <= names
     jobs = {j.name for j in defs.resolve_all_job_defs()}
     assert {
         "data_refresh_job",

@@ -21,7 +21,7 @@ import dagster as dg
 import pytest
 
 from resources import build_resources, load_profile
-from tests.helpers import copy_home
+from tests.helpers import SENSORS, copy_home
 
 
 @pytest.fixture
@@ -88,14 +88,7 @@ def first_ticks(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[str,
 def test_a_fresh_dagster_dev_on_the_demo_home_requests_no_run(location):
     defs, instance = location
     names = {sensor.name for sensor in defs.sensors}
-    assert {
-        "shard_sensor",
-        "automation_sensor",
-        "mixture_retraining_sensor",
-        "checkpoint_eval_sensor",
-        "eval_regression_sensor",
-        "run_failure_sensor",
-    } <= names
+    assert SENSORS <= names
     # the home is the one the premise is about: landed files, trained checkpoints, their evaluations
     assert instance.get_dynamic_partitions("code_shards")
     assert instance.fetch_materializations(dg.AssetKey("eval_scores"), limit=1).records
