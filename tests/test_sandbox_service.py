@@ -1,4 +1,4 @@
-"""The sandbox service (phi_assets/evaluation/sandbox_service.py) as a real subprocess, and its client.
+"""The sandbox service (phi_assets/sandbox/service.py) as a real subprocess, and its client (client.py).
 
 ``sandbox.run_programs`` with ``PHI_SANDBOX_URL`` set must give the very verdicts the local sandbox gives,
 in input order across chunks; the service must refuse malformed requests naming the field, survive
@@ -26,8 +26,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from phi_assets.evaluation import sandbox, sandbox_service
-from phi_assets.evaluation.sandbox import Limits, SandboxError, Verdict, run_programs
+from phi_assets import sandbox
+from phi_assets.sandbox import Limits, SandboxError, Verdict, run_programs
+from phi_assets.sandbox import client as sandbox_client
+from phi_assets.sandbox import progress as sandbox_progress
+from phi_assets.sandbox import service as sandbox_service
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_PROGRAMS = 200
@@ -50,7 +53,7 @@ class Service:
 
 def start_service(log: Path, *args: str) -> Service:
     env = {k: v for k, v in os.environ.items() if k != sandbox.SERVICE_URL_ENV}
-    command = [sys.executable, "-m", "phi_assets.evaluation.sandbox_service", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "phi_assets.sandbox.service", "--host", "127.0.0.1"]
     with log.open("wb") as out:  # a file, not a pipe: nobody has to drain it
         proc = subprocess.Popen(
             [*command, "--port", "0", *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
@@ -67,7 +70,7 @@ def start_service(log: Path, *args: str) -> Service:
         else:
             time.sleep(0.1)
     service = Service(url, proc, log)
-    status, answer = request(service.url, "GET", sandbox_service.HEALTH_PATH)
+    status, answer = request(service.url, "GET", sandbox_client.HEALTH_PATH)
     assert status == 200, answer
     return service
 
@@ -97,7 +100,7 @@ def request(
 
 def post(url: str, payload: object) -> tuple[int, dict]:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return request(url, "POST", sandbox_service.RUN_PATH, body)
+    return request(url, "POST", sandbox_client.RUN_PATH, body)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +171,7 @@ def test_verdicts_equal_the_local_ones(service: Service, monkeypatch: pytest.Mon
 
 
 def test_healthz_and_isolation_come_from_the_service(remote: Service) -> None:
-    status, answer = request(remote.url, "GET", sandbox_service.HEALTH_PATH)
+    status, answer = request(remote.url, "GET", sandbox_client.HEALTH_PATH)
     assert (status, answer["status"], answer["workers"]) == (200, "ok", 3)
     assert set(answer["isolation"]) >= {"mode", "network", "filesystem", "processes", "user", "limits"}
     assert sandbox.isolation() == answer["isolation"]
@@ -180,12 +183,12 @@ def test_healthz_and_isolation_come_from_the_service(remote: Service) -> None:
 def test_order_is_kept_across_chunks(
     remote: Service, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox, "PROGRESS_DELAY_S", 0.0)  # the bar from the first chunk on
-    n = 2 * sandbox_service.CHUNK_SIZE + 7  # three requests, in flight together
+    monkeypatch.setattr(sandbox_progress, "PROGRESS_DELAY_S", 0.0)  # the bar from the first chunk on
+    n = 2 * sandbox_client.CHUNK_SIZE + 7  # three requests, in flight together
     programs = [f"print({i})\nassert {i} % 5, 'a multiple of five'" for i in range(n)]
     mark = len(remote.log_text())
     verdicts = run_programs(programs, Limits(timeout_s=10), progress=True)
-    assert sorted(remote.served(mark)) == [7, sandbox_service.CHUNK_SIZE, sandbox_service.CHUNK_SIZE]
+    assert sorted(remote.served(mark)) == [7, sandbox_client.CHUNK_SIZE, sandbox_client.CHUNK_SIZE]
     assert [v.stdout for v in verdicts] == [f"{i}\n" for i in range(n)]
     assert [v.kind for v in verdicts] == ["failed" if i % 5 == 0 else "passed" for i in range(n)]
     assert f"{n}/{n}" in capsys.readouterr().err  # the progress bar counted every program
@@ -263,7 +266,7 @@ def test_too_many_bytes_get_413_and_the_client_says_so(
     with pytest.raises(SandboxError, match="rejected the request: HTTP 413") as info:
         run_programs(["pass", big], Limits())
     assert small_service.url in str(info.value) and f"at most {MAX_BYTES}" in str(info.value)
-    assert time.monotonic() - started < sandbox_service.BACKOFF_S  # a 4xx is not retried
+    assert time.monotonic() - started < sandbox_client.BACKOFF_S  # a 4xx is not retried
     assert run_programs(["assert 1 + 1 == 2"], Limits())[0].passed
 
 
@@ -293,7 +296,7 @@ def test_adversarial_programs_do_not_take_the_service_down(remote: Service) -> N
     if not sandbox.isolation()["network"].startswith("NOT"):
         assert verdicts[7].exception == "ConnectionRefusedError", verdicts[7]  # it cannot reach the service
     assert remote.proc.poll() is None, remote.log_text()
-    assert request(remote.url, "GET", sandbox_service.HEALTH_PATH)[0] == 200
+    assert request(remote.url, "GET", sandbox_client.HEALTH_PATH)[0] == 200
     assert all(v.passed for v in run_programs(["assert sum(range(4)) == 6"] * 6, Limits()))
 
 
@@ -335,7 +338,7 @@ def test_5xx_answers_are_retried_then_reported(service: Service, monkeypatch: py
         with pytest.raises(SandboxError, match=r"HTTP 503: service: warming up") as info:
             run_programs(["print(7)"])
         assert url in str(info.value)
-        assert _Flaky.posts == sandbox_service.RETRIES + 1
+        assert _Flaky.posts == sandbox_client.RETRIES + 1
     finally:
         front.shutdown()
         front.server_close()
@@ -348,16 +351,16 @@ def test_a_service_that_is_down_gives_sandbox_error(monkeypatch: pytest.MonkeyPa
     with pytest.raises(SandboxError, match="ConnectionRefusedError") as info:
         run_programs(["assert True"])
     assert url in str(info.value)
-    backoff = sum(sandbox_service.BACKOFF_S * 2**i for i in range(sandbox_service.RETRIES))
+    backoff = sum(sandbox_client.BACKOFF_S * 2**i for i in range(sandbox_client.RETRIES))
     assert time.monotonic() - started >= backoff  # it retried before giving up
-    monkeypatch.setattr(sandbox_service, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(sandbox_client, "BACKOFF_S", 0.01)
     with pytest.raises(SandboxError, match=re.escape(url)):
         sandbox.isolation()  # the service's isolation, not this process's
 
 
 def test_sigterm_lets_the_request_in_progress_finish(tmp_path: Path) -> None:
     running = start_service(tmp_path / "service.log")  # --workers: one per core, within the CPU quota
-    health = request(running.url, "GET", sandbox_service.HEALTH_PATH)[1]
+    health = request(running.url, "GET", sandbox_client.HEALTH_PATH)[1]
     assert health["workers"] == sandbox_service.default_workers() >= 1
     answers: list[tuple[int, dict]] = []
     program = "import time\ntime.sleep(1.5)\nprint('done')"
@@ -371,4 +374,4 @@ def test_sigterm_lets_the_request_in_progress_finish(tmp_path: Path) -> None:
     assert status == 200 and answer["verdicts"][0]["stdout"] == "done\n", answer
     assert "stopped" in running.log_text()
     with pytest.raises(ConnectionRefusedError):
-        request(running.url, "GET", sandbox_service.HEALTH_PATH)
+        request(running.url, "GET", sandbox_client.HEALTH_PATH)
