@@ -26,15 +26,15 @@ from typing import Any
 
 from k8s import steps
 from k8s.security import TMP_MOUNT, WRITABLE_ENV, container_security, pod_security, violations
-from k8s.vllm_server import VLLMServerSpec
-from k8s.vllm_server import render as render_vllm
-from phi_assets.training.launch import (
+from k8s.training_job import (
     GPU_TOLERATIONS,
     TrainingJobSpec,
     job_manifest,
     job_name,
     pytorchjob_manifest,
 )
+from k8s.vllm_server import VLLMServerSpec
+from k8s.vllm_server import render as render_vllm
 
 PART_OF = "phi-factory"
 GPU_POOL_TAG = steps.GPU_POOL_TAG
@@ -144,7 +144,7 @@ class DeploymentProfile:
 
     def model_server(self, model: Any, max_model_len: int, dtype: str) -> VLLMServerSpec:
         """The vLLM server of one model (a checkpoint's export on the object store, ``model.path``), which
-        ``k8s/model_server.py`` starts for as long as an engine needs it; named after the model."""
+        ``resources/llm/k8s_backend.py`` starts for as long as an engine needs it; named after the model."""
         return dataclasses.replace(
             self.vllm(),
             name=job_name(model.name, "phi-vllm"),
@@ -241,7 +241,7 @@ def rbac(p: DeploymentProfile) -> list[dict[str, Any]]:
             "verbs": ["create", "get", "list", "watch", "delete"],
         },
         {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs/status"], "verbs": ["get"]},
-        # a checkpoint's own vLLM server (k8s/model_server.py), for as long as a step evaluates it
+        # a checkpoint's own vLLM server (resources/llm/k8s_backend.py), for as long as a step evaluates it
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "get", "list", "delete"]},
         {"apiGroups": ["apps"], "resources": ["deployments/status"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "get", "delete"]},
@@ -342,7 +342,7 @@ def network_policies(p: DeploymentProfile) -> list[dict[str, Any]]:
 
 
 def sandbox_service(p: DeploymentProfile) -> list[dict[str, Any]]:
-    """The pods that execute generated code (``phi_assets.evaluation.sandbox_service``)."""
+    """The pods that execute generated code (``phi_assets.sandbox.service``)."""
     labels = {**p.labels("sandbox"), "app.kubernetes.io/name": "phi-sandbox", steps.NETWORK_LABEL: "none"}
     selector = {"app.kubernetes.io/name": "phi-sandbox", "app.kubernetes.io/part-of": PART_OF}
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10}
@@ -352,7 +352,7 @@ def sandbox_service(p: DeploymentProfile) -> list[dict[str, Any]]:
         "command": [
             "python",
             "-m",
-            "phi_assets.evaluation.sandbox_service",
+            "phi_assets.sandbox.service",
             "--host",
             "0.0.0.0",
             "--port",

@@ -36,8 +36,9 @@ from k8s.deploy import (
 )
 from k8s.helm import DAGSTER_VERSION, helm_values
 from k8s.security import violations
-from phi_assets.training.launch import K8sTrainingLauncher, job_manifest, pytorchjob_manifest
+from k8s.training_job import job_manifest, pytorchjob_manifest
 from resources import ArtifactStore, build_llm, build_training_launcher, load_profile
+from resources.launcher import K8sTrainingLauncher
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_ENV = {"PHI_PROFILE": "k8s", "PHI_ARTIFACT_ROOT": "s3://b/phi/artifacts", "PHI_LANDING_ROOT": "s3://b/l"}

@@ -1,6 +1,6 @@
 """``K8sTrainingLauncher.run`` through the real ``kubernetes`` client, against a local stand-in of the API.
 
-No Kubernetes cluster runs on these machines. ``KubeApiStandin`` (``tests/k8s_standin.py``) serves the
+No Kubernetes cluster runs on these machines. ``KubeApiStandin`` (``tests/support/k8s_standin.py``) serves the
 Kubernetes REST API on 127.0.0.1 from the same ``FakeCluster`` model that ``test_training_launch.py`` hands
 to the launcher as API objects. Here the launcher is left as it is: it loads a kubeconfig pointing at the
 stand-in and builds ``kubernetes.client`` API objects, so these tests cover what the method-level fake
@@ -17,8 +17,9 @@ import dagster as dg
 import kubernetes
 import pytest
 
-from phi_assets.training.launch import K8sTrainingLauncher, TrainingJobSpec, job_manifest, job_name
-from tests.k8s_standin import (
+from k8s.training_job import TrainingJobSpec, job_manifest, job_name
+from resources.launcher import K8sTrainingLauncher
+from tests.support.k8s_standin import (
     CONFIG_URI,
     RUN_KEY,
     Attempt,

@@ -2,7 +2,7 @@
 
 No Kubernetes cluster runs on these machines. The backend is left as it is and talks through the real
 ``kubernetes`` client (a kubeconfig, a bearer token, REST, JSON, ``ApiException``) to ``KubeApiStandin``
-(``tests/k8s_standin.py``), a local stand-in of the Kubernetes API that serves ``FakeServers``: the
+(``tests/support/k8s_standin.py``), a local stand-in of the Kubernetes API that serves ``FakeServers``: the
 Deployments and Services created, validated against the Kubernetes schemas, and the pods of each
 Deployment, which become ready after some status polls or stay stuck as a test says. Unless a test says
 otherwise the stand-in also enforces the RBAC Role the project renders (``k8s.deploy.rbac``), so the
@@ -22,16 +22,16 @@ import kubernetes
 import pytest
 
 from k8s.deploy import PROFILES, DeploymentProfile, rbac
-from k8s.model_server import ServedModelBackend, ServerApis
 from k8s.security import violations
 from k8s.vllm_server import MODEL_MOUNT, VLLMServerSpec, render
 from resources import ArtifactStore
 from resources.llm import Engine, ModelRef, Request
 from resources.llm.engine import LLMEngine
 from resources.llm.http_backend import HTTPSettings
+from resources.llm.k8s_backend import ServedModelBackend, ServerApis
 from resources.llm.vllm_backend import EngineStartError
-from tests.conftest import VLLM_API_KEY, VLLM_SERVED
-from tests.k8s_standin import FakeServers, KubeApiStandin, ServerPods, serving
+from tests.support.k8s_standin import FakeServers, KubeApiStandin, ServerPods, serving
+from tests.support.vllm import VLLM_API_KEY, VLLM_SERVED
 
 VERSION = "0f3a9c1d"
 URI = f"s3://bucket/phi/artifacts/sft_checkpoint/__all__/{VERSION}/hf"

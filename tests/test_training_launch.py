@@ -4,7 +4,7 @@ No Kubernetes cluster runs on these machines. The manifests are validated offlin
 schemas (``kubernetes-validate``); the PyTorchJob is a custom resource the schemas do not know, so its
 structure is asserted and its pod templates are validated as core ``PodTemplate`` objects. The tests of
 ``K8sTrainingLauncher.run`` replace the Kubernetes API objects with ``FakeCluster`` (a fake, said so in each
-docstring; ``tests/k8s_standin.py``, which also serves it over HTTP to the real client in
+docstring; ``tests/support/k8s_standin.py``, which also serves it over HTTP to the real client in
 ``test_k8s_launch_api.py``); the pod logs it serves are what a stand-in for the training entrypoint really
 wrote through ``dagster_pipes`` when started with the environment of the manifest the launcher created,
 and they go through dagster-k8s' real pod-log message reader.
@@ -19,17 +19,17 @@ import kubernetes_validate
 import pytest
 
 from k8s.security import WRITABLE_ENV
-from phi_assets.training.launch import (
+from k8s.training_job import (
     MAX_NAME_LEN,
-    K8sTrainingLauncher,
-    KubeApis,
     TrainingJobSpec,
     job_manifest,
     job_name,
     manifest_command,
     pytorchjob_manifest,
 )
-from tests.k8s_standin import (
+from k8s.training_workload import KubeApis
+from resources.launcher import K8sTrainingLauncher
+from tests.support.k8s_standin import (
     CONFIG_URI,
     RUN_KEY,
     Attempt,

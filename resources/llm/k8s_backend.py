@@ -4,9 +4,10 @@ The ``k8s`` profile's engine talks to the shared vLLM server (``phi-vllm``), whi
 model. A trained checkpoint (``eval_scores`` of a training stage, ``preference_pairs``' SFT policy) needs a
 server of its own: ``ServedModelBackend`` is the engine backend (``LLMEngine(backend="k8s-vllm")``) that,
 when the engine first needs the model (a cache miss), creates a Deployment and Service for it on the GPU
-pool (``VLLMServerSpec``: its init container copies the Hugging Face export from the object store), waits
-until a replica is ready, sends the requests through the OpenAI-compatible HTTP backend, and deletes both
-objects when the engine closes (at the end of the step, or when it fails).
+pool (``VLLMServerSpec``, rendered by ``k8s/vllm_server.py``: its init container copies the Hugging Face
+export from the object store), waits until a replica is ready, sends the requests through the
+OpenAI-compatible HTTP backend, and deletes both objects when the engine closes (at the end of the step,
+or when it fails).
 
 A pod that cannot start (image pull, crash loop, unschedulable past the deadline) is reported by name
 with its reason; the objects are deleted in every case.
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from k8s.client import load_kube_config
 from k8s.vllm_server import VLLMServerSpec, render
 from resources.llm.http_backend import HTTPBackend, HTTPSettings
 from resources.llm.types import ModelRef, Request, Result
@@ -42,8 +44,6 @@ class ServerApis(NamedTuple):
 def kube_apis() -> ServerApis:
     """In-cluster credentials inside a pod, the kube config elsewhere (as the training launcher loads them)."""
     import kubernetes
-
-    from phi_assets.training.launch import load_kube_config
 
     load_kube_config()
     return ServerApis(apps=kubernetes.client.AppsV1Api(), core=kubernetes.client.CoreV1Api())
