@@ -21,8 +21,8 @@ import zstandard
 from phi_assets.ingest.assets import raw_code_shards, raw_web_shards
 from phi_assets.ingest.readers import ReaderOptions, ShardError
 from phi_assets.ingest.shards import DOCS_FILE, REJECTS_FILE, ingest_shard, resolve_shard
-from tests.conftest import landing, materialize_shard
-from tests.helpers import IDLE_HELP, write_warc
+from tests.support.dagster_runs import materialize_shard
+from tests.support.files import IDLE_HELP, landing, write_warc
 
 GOOD = [{"text": "def add(a, b):\n    return a + b\n"}, {"text": "print('hello')\n"}]
 
@@ -136,6 +136,7 @@ def test_document_over_max_doc_bytes_is_rejected(profile, tmp_path):
     assert dict(stats.rejected) == {"too_large": 1}
 
 
+@pytest.mark.slow  # reads a 99-fold gzip stream to its cut
 def test_bad_shard_fails_its_partition_only_and_is_quarantined(profile, instance, resources, store):
     (landing(profile, "web") / "good.jsonl").write_bytes(jsonl_bytes(GOOD))
     (landing(profile, "web") / "cut.jsonl.gz").write_bytes(half(gzip.compress(jsonl_bytes(GOOD * 99))))

@@ -1,7 +1,7 @@
-"""How ``make test`` gets the Chromium of the UI tests (tests/browser.py), as root or not.
+"""How ``make test`` gets the Chromium of the UI tests (tests/support/browser.py), as root or not.
 
-Each case runs ``python -m tests.browser``, the Makefile's own command, in a child process with a PATH
-and HOME of the test's making. The non-root cases run it in a user namespace (``unshare -U``: the
+Each case runs ``python -m tests.support.browser``, the Makefile's own command, in a child process with a
+PATH and HOME of the test's making. The non-root cases run it in a user namespace (``unshare -U``: the
 process's effective uid is then 65534, as for any unprivileged user), and point Playwright's download
 at a closed loopback port, so that whether a machine can reach Playwright's download host does not
 change the outcome.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import ENV, MISSING
+from tests.support.browser import ENV, MISSING
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOSED_PORT = "http://127.0.0.1:9"  # the discard port: nothing listens there
@@ -35,7 +35,7 @@ def run_finder(tmp_path: Path, *, as_user: bool, path_dirs: list[Path], **env: s
     base = {"PATH": os.pathsep.join(map(str, path_dirs)), "HOME": str(tmp_path / "home"),
             "PLAYWRIGHT_BROWSERS_PATH": str(tmp_path / "ms-playwright"),
             "PLAYWRIGHT_DOWNLOAD_HOST": CLOSED_PORT}
-    cmd = [sys.executable, "-m", "tests.browser"]
+    cmd = [sys.executable, "-m", "tests.support.browser"]
     if as_user:
         cmd = [shutil.which("unshare") or "unshare", "--user", *cmd]  # on the test's PATH
     return subprocess.run(cmd, cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120)

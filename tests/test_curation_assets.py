@@ -1,8 +1,9 @@
 """The curation assets end to end on the ci profile, with the real LLM, encoder and decontaminator.
 
-Planted in landing shards before ``make demo``'s program runs (``demo_run`` in conftest): an English
-article in two web files (an exact copy across shards) plus a near-copy, and a HumanEval task inside
-an otherwise ordinary code file. Each test checks one property of what the run produced.
+Planted in landing shards before ``make demo``'s program runs (``demo_run`` in conftest, what it plants in
+tests/support/demo_home.py): an English article in two web files (an exact copy across shards) plus a
+near-copy, and a HumanEval task inside an otherwise ordinary code file. Each test checks one property of
+what the run produced.
 """
 
 from __future__ import annotations
@@ -16,31 +17,8 @@ import pytest
 
 from phi_assets.curation import edu
 from phi_assets.curation.classifier import EduClassifier
-from resources import ArtifactStore, load_profile
-from tests.conftest import write_jsonl
+from resources import ArtifactStore
 
-ARTICLE = (
-    " ".join(
-        [
-            "Plants make their own food through a process called photosynthesis.",
-            "In the leaves, a green pigment named chlorophyll captures the energy of sunlight.",
-            "The plant takes in carbon dioxide from the air through tiny openings called stomata.",
-            "It also draws water from the soil through its roots and carries it up the stem.",
-            "Using the captured energy, the plant turns the water and the carbon dioxide into sugar.",
-            "Oxygen is released into the air as a by-product of this reaction, and animals breathe it.",
-            "The sugar is stored as starch or used to build new cells, so the plant can grow taller.",
-            "Scientists measure photosynthesis by counting the bubbles of oxygen a water plant gives off.",
-            "When the light is brighter, the plant makes more bubbles, until some other factor limits it.",
-            "Temperature matters too, because the enzymes that drive the reaction work best when it is warm.",
-            "Farmers use this knowledge when they grow vegetables in greenhouses during the winter months.",
-            "They add light and warmth and sometimes even extra carbon dioxide to help the crops grow faster.",
-            "Without photosynthesis there would be no food for animals and no oxygen for them to breathe.",
-            "That is why forests and ocean algae are often described as the lungs of the planet we live on.",
-        ]
-    )
-    + "\n"
-)
-NEAR_COPY = ARTICLE.replace("tiny openings", "small openings").replace("winter months", "cold months")
 SHARDS = {
     "code": ["embedded:stdlib-00", "embedded:stdlib-01", "planted.jsonl"],
     "web": [
@@ -51,35 +29,6 @@ SHARDS = {
         "embedded:pydoc-topics",
     ],
 }
-
-
-def humaneval_file() -> tuple[str, str]:
-    from phi_assets.curation.eval_tasks import load_humaneval
-
-    task = load_humaneval()[12]
-    text = (
-        'import os\nimport sys\n\n\ndef read_config(path):\n    """Read a key=value file."""\n'
-        "    out = {}\n    with open(path) as f:\n        for line in f:\n            key, _, value = "
-        "line.partition('=')\n            out[key.strip()] = value.strip()\n    return out\n\n\n"
-        + task.prompt
-        + task.solution
-        + "\n\nif __name__ == '__main__':\n    print(read_config(sys.argv[1]))\n"
-    )
-    return task.task_id, text
-
-
-def plant(home: Path) -> str:
-    """Landing shards the demo picks up; returns the planted HumanEval task id."""
-    task_id, code = humaneval_file()
-    profile = load_profile({"PHI_PROFILE": "ci", "PHI_HOME": str(home)})
-    for source, name, rows in (
-        ("code", "planted.jsonl", [{"text": code}]),
-        ("web", "article-a.jsonl", [{"text": ARTICLE}]),
-        ("web", "article-b.jsonl", [{"text": ARTICLE}, {"text": NEAR_COPY}]),
-    ):
-        Path(profile.landing_uri(source)).mkdir(parents=True, exist_ok=True)
-        write_jsonl(Path(profile.landing_uri(source)) / name, rows)
-    return task_id
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +140,3 @@ def test_decontamination_check_ran_and_passed_on_every_shard(run):
         for record in records:
             evaluation = record.event.dagster_event.event_specific_data
             assert record.status.value == "SUCCEEDED" and evaluation.passed, source
-
-
-if __name__ == "__main__":  # `python -m tests.test_curation_assets HOME`: plant into HOME, print the task id
-    import sys
-
-    print(plant(Path(sys.argv[1])))

@@ -26,10 +26,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from phi_assets.curation.code_syntax import code_functions
-from phi_assets.curation.decontaminate import SCHEMA, DecontamConfig, Decontaminator
-from phi_assets.curation.embeddings import Encoder
-from phi_assets.curation.eval_tasks import EvalTask, load_eval_tasks, load_humaneval, load_mbpp
+from phi_assets.common.benchmarks import EvalTask, load_eval_tasks, load_humaneval, load_mbpp
+from phi_assets.common.code_syntax import code_functions
+from phi_assets.common.decontaminate import SCHEMA, DecontamConfig, Decontaminator
+from phi_assets.common.embeddings import Encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 HUMANEVAL_IDS = ["HumanEval/0", "HumanEval/12", "HumanEval/26", "HumanEval/37", "HumanEval/109",
@@ -160,6 +160,7 @@ def flagged(decontaminator: Decontaminator, shard) -> pl.DataFrame:
     return decontaminator.scan(docs, is_code=True)
 
 
+@pytest.mark.slow  # decontaminates 47 stdlib modules with embeddings (the module's ``flagged``)
 def test_planted_problems_are_flagged_with_their_task(flagged: pl.DataFrame, shard) -> None:
     docs, expected = shard
     got = dict(zip(flagged["row"].to_list(), flagged["task_id"].to_list(), strict=True))
@@ -178,6 +179,7 @@ def test_short_generic_functions_are_left_to_pass_1(decontaminator: Decontaminat
         "HumanEval/23"]
 
 
+@pytest.mark.slow  # the module's ``flagged``: 47 stdlib modules decontaminated with embeddings
 def test_stdlib_modules_are_not_flagged(flagged: pl.DataFrame, shard) -> None:
     docs, expected = shard
     false = flagged.filter(~pl.col("row").is_in(list(expected)))
@@ -185,6 +187,7 @@ def test_stdlib_modules_are_not_flagged(flagged: pl.DataFrame, shard) -> None:
     assert len(docs) - len(expected) >= 40
 
 
+@pytest.mark.slow  # the module's ``flagged``: 47 stdlib modules decontaminated with embeddings
 def test_scan_rows_schema_and_evidence(decontaminator: Decontaminator, flagged: pl.DataFrame, by_id) -> None:
     assert flagged.schema == pl.Schema(SCHEMA)
     assert flagged["row"].is_sorted() and flagged["row"].n_unique() == flagged.height
@@ -258,7 +261,7 @@ def test_loaders(mbpp_path: Path, tmp_path: Path) -> None:
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "phi_assets.curation.decontaminate", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "phi_assets.common.decontaminate", *args], cwd=ROOT,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
                           capture_output=True, text=True, timeout=300)
 
@@ -269,6 +272,7 @@ def cli_docs(by_id: dict[str, EvalTask]) -> pl.DataFrame:
     return pl.DataFrame({"id": ["a", "b", "c", "d"], "text": texts})
 
 
+@pytest.mark.slow  # the command with the encoder, in a child process
 def test_cli_parquet_with_embeddings(tmp_path: Path, mbpp_path: Path, by_id) -> None:
     cli_docs(by_id).with_columns(score=pl.lit(0.5)).write_parquet(tmp_path / "docs.parquet")
     out = tmp_path / "flagged.parquet"
@@ -300,6 +304,7 @@ def test_cli_jsonl_humaneval_only(tmp_path: Path, by_id) -> None:
     assert [(r["id"], r["task_id"], r["method"]) for r in rows] == [("b", "HumanEval/12", "ngram")]
 
 
+@pytest.mark.slow  # the command, once per error, each a child process
 def test_cli_user_errors(tmp_path: Path) -> None:
     docs = tmp_path / "docs.jsonl"
     docs.write_text('{"body": "x"}\n')

@@ -83,6 +83,7 @@ def test_unknown_profile_is_a_clear_error(monkeypatch, phi_home):
         load_profile()
 
 
+@pytest.mark.slow  # `dagster definitions validate` in a child process
 def test_dagster_cli_validates_the_workspace(phi_home, tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dh")}
     os.makedirs(env["DAGSTER_HOME"])

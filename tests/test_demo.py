@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from resources import ArtifactStore
 
 # 3 code + 5 web shards x (raw, quality-filtered, filtered corpus), the catalog, generator_model,
@@ -79,6 +81,7 @@ def test_demo_ends_with_a_per_asset_summary_scores_and_the_ui(demo_run):
     assert re.search(r"^Open the UI: make ui", tail, re.M)
 
 
+@pytest.mark.slow  # the demo's steps, each a `dagster asset materialize` command
 def test_cli_mode_reports_a_failed_step_and_goes_on(tmp_path, monkeypatch):
     """``--cli``: each step is a real ``dagster asset materialize`` command; one that fails is reported
     with its step's own error, and the steps after it still run."""

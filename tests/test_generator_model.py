@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from phi_assets.synthetic import model as gm
-from phi_assets.synthetic.assets import generator_model, model_ref
+from phi_assets.common import model_files as gm
+from phi_assets.models.assets import generator_model, model_ref
 from resources import ArtifactStore, build_llm, build_resources, load_profile
 from resources.llm import Request
 
@@ -39,6 +39,7 @@ def first(env):
     return meta
 
 
+@pytest.mark.slow  # starts vLLM
 def test_default_model_is_converted_hashed_and_sampled(first, env):
     _, resources, store = env
     manifest = store.current_manifest("generator_model", None)
@@ -60,6 +61,7 @@ def test_default_model_is_converted_hashed_and_sampled(first, env):
     assert ref.path == str(model_dir) and ref.version == manifest["data_version"]
 
 
+@pytest.mark.slow  # starts vLLM
 def test_rerun_skips_conversion_and_answers_from_the_cache(first, env):
     result, again = materialize(*env[:2])
     assert result.success and again["skipped"] and again["llm_cache_hits"] == 3
@@ -67,6 +69,7 @@ def test_rerun_skips_conversion_and_answers_from_the_cache(first, env):
     assert "llm_startup_s" not in again  # the engine never started
 
 
+@pytest.mark.slow  # starts vLLM
 def test_a_local_directory_replaces_the_default_and_versions_by_its_weights(first, smol_dir, tmp_path):
     home = tmp_path / "phi"
     profile = load_profile({"PHI_PROFILE": "ci", "PHI_HOME": str(home)})
@@ -81,6 +84,7 @@ def test_a_local_directory_replaces_the_default_and_versions_by_its_weights(firs
     assert meta["weights_sha256"] == first["weights_sha256"]
 
 
+@pytest.mark.slow  # the generator_model asset, which starts vLLM on a good directory
 def test_a_bad_model_directory_fails_with_the_path_and_reason(tmp_path, env):
     (tmp_path / "not-a-model").mkdir()
     result, _ = materialize(*env[:2], {"model_dir": str(tmp_path / "not-a-model")})

@@ -12,7 +12,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from phi_assets.curation import heuristics as H
+from phi_assets.curation import web_heuristics as web
+from phi_assets.curation.heuristic_checks import with_tokens
 from phi_assets.curation.heuristics import (
     FAMILIES,
     CodeFilterConfig,
@@ -227,21 +228,21 @@ def test_repetition_counts_match_datatrove_formulas_on_random_texts():
         pool = ["a", "bb", "ccc", "the", "x.", "!", "\n", "\n\n"]
         vocab = [rng.choice(pool) for _ in range(rng.randint(1, 6))]
         texts.append(" ".join(rng.choice(vocab) for _ in range(rng.randint(0, 150))))
-    work = H._with_tokens(pl.DataFrame({"_i": range(len(texts)), "text": texts, "uri": [None] * len(texts)},
-                                       schema_overrides={"uri": pl.String}))
+    work = with_tokens(pl.DataFrame({"_i": range(len(texts)), "text": texts, "uri": [None] * len(texts)},
+                                    schema_overrides={"uri": pl.String}))
     tokens = work.get_column("_tokens").to_list()
     no_early = dict.fromkeys(GOPHER_R)
     for n in (2, 3, 4):
         cfg = WebFilterConfig(rep_top_ngram_max_char_frac=((n, 1.0),), rep_dup_ngram_max_char_frac=(),
                               **no_early)
-        got = H._gopher_repetition_features(work, cfg).get_column(f"r_top{n}").to_list()
+        got = web.gopher_repetition_features(work, cfg).get_column(f"r_top{n}").to_list()
         assert got == [ref_top_ngram(t, n) for t in tokens]
     for n in range(5, 11):  # limit 0: every document with a repeat takes the exact walk
         cfg = WebFilterConfig(rep_top_ngram_max_char_frac=(), rep_dup_ngram_max_char_frac=((n, 0.0),),
                               **no_early)
-        got = H._gopher_repetition_features(work, cfg).get_column(f"r_dup{n}").to_list()
+        got = web.gopher_repetition_features(work, cfg).get_column(f"r_dup{n}").to_list()
         assert got == [ref_dup_ngram(t, n) for t in tokens]
-    feats = H._gopher_repetition_features(work, WebFilterConfig())
+    feats = web.gopher_repetition_features(work, WebFilterConfig())
     for text, row in zip(texts, feats.iter_rows(named=True), strict=True):
         for kind, parts in (("para", re.split(r"\n{2,}", text.strip())), ("line", re.split("\n+", text))):
             seen: set[str] = set()

@@ -24,9 +24,9 @@ from phi_assets.curation import stages
 from phi_assets.curation.assets import dedup_code, dedup_web, quality_filtered_web_shards
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
 from resources import ArtifactStore, build_resources, load_profile
-from tests.conftest import landing, write_jsonl
-from tests.helpers import copy_home
-from tests.test_curation_assets import ARTICLE, NEAR_COPY
+from tests.support.demo_home import ARTICLE, NEAR_COPY
+from tests.support.files import landing, write_jsonl
+from tests.support.homes import copy_home
 
 WEB_KEYS = ["article-a.jsonl", "article-b.jsonl"]
 LESSON = (
@@ -87,6 +87,7 @@ def _dedup_docs(store: ArtifactStore, asset: str) -> dict[str, str]:
     return {s["shard"]: store.resolve(s["docs"]) for s in manifest["metadata"]["shards"]}
 
 
+@pytest.mark.slow  # builds a home through the ingest and curation assets
 def test_a_copied_home_rebuilds_its_catalog_and_reads_only_its_own_files(tmp_path, monkeypatch):
     original, copy = tmp_path / "here" / "phi", tmp_path / "there" / "phi"
     profile = _use_home(monkeypatch, original)

@@ -11,10 +11,12 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 
 from phi_assets.ingest import assets as ingest_assets
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
-from tests.conftest import landing, materialize_shard
+from tests.support.dagster_runs import materialize_shard
+from tests.support.files import landing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,6 +75,7 @@ def test_changed_shard_content_gives_a_new_data_version(profile, instance, resou
         [data_version(first), data_version(second)])  # old versions stay, immutable
 
 
+@pytest.mark.slow  # ingests two embedded shards and builds the catalog
 def test_catalog_answers_sql_about_all_shards(profile, instance, resources):
     code = materialize_shard(raw_code_shards, "embedded:stdlib-01", instance, resources)
     web = materialize_shard(raw_web_shards, "embedded:pkgdocs-00", instance, resources)
@@ -89,6 +92,7 @@ def test_catalog_answers_sql_about_all_shards(profile, instance, resources):
     assert [(s, n) for s, n, _ in sources] == [("code", 1), ("web", 1)] and all(t > 0 for *_, t in sources)
 
 
+@pytest.mark.slow  # `dagster asset materialize` in a child process
 def test_cli_materializes_one_partition_on_the_ci_profile(phi_home, tmp_path):
     env = {**os.environ, "PHI_PROFILE": "ci", "PHI_HOME": str(phi_home),
            "DAGSTER_HOME": str(tmp_path / "dagster")}

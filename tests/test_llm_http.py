@@ -20,7 +20,8 @@ from resources import ArtifactStore
 from resources.llm import Engine, ModelRef, Request, TransientGenerationError
 from resources.llm.cache import RequestCache
 from resources.llm.http_backend import EndpointAuthError, EndpointUnavailableError, HTTPBackend, HTTPSettings
-from tests.conftest import VLLM_API_KEY, VLLM_SERVED, free_port
+from tests.support.processes import free_port
+from tests.support.vllm import VLLM_API_KEY, VLLM_SERVED
 
 API_KEY, SERVED = VLLM_API_KEY, VLLM_SERVED  # the real server's (the ``vllm_server`` fixture)
 

@@ -16,8 +16,9 @@ import pytest
 from resources import ArtifactStore
 from resources.llm import Engine, LLMEngine, ModelRef, Request, TransientGenerationError
 from resources.llm.cache import RequestCache
-from tests.helpers import group_members, vllm_worker_pids
+from tests.support.processes import group_members, vllm_worker_pids
 
+pytestmark = pytest.mark.slow  # every test starts vLLM
 ROOT = Path(__file__).resolve().parents[1]
 
 

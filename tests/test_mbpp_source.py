@@ -1,9 +1,9 @@
-"""Where MBPP comes from (``phi_assets/curation/mbpp_source.py``): configuration, the cache, the Hub.
+"""Where MBPP comes from (``phi_assets/common/mbpp_source.py``): configuration, the cache, the Hub.
 
 The Hub is real code talking to a fake Hub: an HTTP server on loopback that serves, at the pinned
 revision, the full config's four parquet files built here from the published ``mbpp.jsonl`` (split by
 task id as the dataset is). ``huggingface_hub`` reads ``HF_ENDPOINT`` when it is imported, so every
-download runs in a child process (``python -m phi_assets.curation.mbpp_source``) whose environment
+download runs in a child process (``python -m phi_assets.common.mbpp_source``) whose environment
 points it there; nothing here reaches the internet.
 """
 
@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phi_assets.curation import mbpp_source
-from phi_assets.curation.mbpp_source import (
+from phi_assets.common import mbpp_source
+from phi_assets.common.mbpp_source import (
     HF_FILES,
     HF_REPO,
     HF_REVISION,
@@ -150,10 +150,10 @@ def child_env(home: Path, endpoint: str, **extra: str) -> dict[str, str]:
 
 
 def resolve_in_child(env: dict[str, str], *code: str) -> subprocess.CompletedProcess:
-    """``python -m phi_assets.curation.mbpp_source``, or ``code`` run before its ``main``."""
-    args = ["-m", "phi_assets.curation.mbpp_source"]
+    """``python -m phi_assets.common.mbpp_source``, or ``code`` run before its ``main``."""
+    args = ["-m", "phi_assets.common.mbpp_source"]
     if code:
-        args = ["-c", "\n".join([*code, "from phi_assets.curation import mbpp_source as m",
+        args = ["-c", "\n".join([*code, "from phi_assets.common import mbpp_source as m",
                                  "raise SystemExit(m.main([]))"])]
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
@@ -246,6 +246,7 @@ def test_a_failed_write_leaves_no_file(tmp_path: Path) -> None:
 
 # ---- the Hub, really exercised against a fake one on loopback ------------------------------------------
 
+@pytest.mark.slow  # downloads through a local hub, in child processes
 def test_download_from_the_hub_gives_the_published_file_then_the_cache(hub_files, mbpp_path: Path,
                                                                       tmp_path: Path) -> None:
     home = tmp_path / "phi"
@@ -273,13 +274,14 @@ def test_download_from_the_hub_gives_the_published_file_then_the_cache(hub_files
         assert again.stdout.strip() == str(cached) and "downloading" not in again.stderr
 
 
+@pytest.mark.slow  # kills downloads in child processes
 def test_a_killed_download_or_write_leaves_no_file_at_the_cache_path(hub_files, mbpp_path: Path,
                                                                     tmp_path: Path) -> None:
     home, cached = tmp_path / "phi", cache_path(tmp_path / "phi")
     # Killed while the last file downloads.
     hub = FakeHub(hub_files, stall=(HF_FILES[-1],))
     with hub.serving():
-        child = subprocess.Popen([sys.executable, "-m", "phi_assets.curation.mbpp_source"], cwd=ROOT,
+        child = subprocess.Popen([sys.executable, "-m", "phi_assets.common.mbpp_source"], cwd=ROOT,
                                  env=child_env(home, hub.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert hub.stalled.wait(60), "the child never asked for the last file"
@@ -291,7 +293,7 @@ def test_a_killed_download_or_write_leaves_no_file_at_the_cache_path(hub_files, 
         hub.release.set()
         # Killed half-way through writing the JSONL: the lines are written, the rename never happens.
         done = resolve_in_child(child_env(home, hub.url), "import os",
-                                "from phi_assets.curation import mbpp_source",
+                                "from phi_assets.common import mbpp_source",
                                 "real = mbpp_source.jsonl_lines",
                                 "def dying(rows):",
                                 "    for i, line in enumerate(real(rows)):",
@@ -332,6 +334,7 @@ def test_an_unreachable_hub_is_the_one_error_with_its_cause(tmp_path: Path) -> N
 
 # ---- every consumer resolves the same way --------------------------------------------------------------
 
+@pytest.mark.slow  # three commands in child processes
 def test_the_command_lines_use_the_cache(mbpp_path: Path, tmp_path: Path) -> None:
     home = tmp_path / "phi"
     cache_path(home).parent.mkdir(parents=True)
@@ -339,7 +342,7 @@ def test_the_command_lines_use_the_cache(mbpp_path: Path, tmp_path: Path) -> Non
     env = {**child_env(home, "http://127.0.0.1:9"), "HF_HUB_OFFLINE": "1"}
     docs = tmp_path / "docs.jsonl"
     docs.write_text(json.dumps({"text": "nothing to see here"}) + "\n")
-    done = subprocess.run([sys.executable, "-m", "phi_assets.curation.decontaminate", "--input", str(docs),
+    done = subprocess.run([sys.executable, "-m", "phi_assets.common.decontaminate", "--input", str(docs),
                            "--out", str(tmp_path / "flagged.jsonl"), "--no-embeddings"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -361,6 +364,7 @@ def test_the_command_lines_use_the_cache(mbpp_path: Path, tmp_path: Path) -> Non
     assert "set PHI_MBPP_PATH" in done.stderr and "unset HF_HUB_OFFLINE" in done.stderr
 
 
+@pytest.mark.slow  # starts the demo
 def test_demo_offline_without_mbpp_stops_before_its_first_step(tmp_path: Path) -> None:
     """``make demo`` on a newcomer's machine, offline and without the file: one error, before any work."""
     from phi_assets.definitions import defs
@@ -386,6 +390,7 @@ def test_demo_offline_without_mbpp_stops_before_its_first_step(tmp_path: Path) -
     assert "ingest" not in output and "Steps:" not in output
 
 
+@pytest.mark.slow  # starts `make demo`
 def test_make_demo_offline_without_mbpp_stops_with_the_one_error(tmp_path: Path) -> None:
     """The README's command itself: ``make demo`` (its ``mbpp`` step, with this interpreter's environment
     standing in for .venv, which is not rebuilt) stops before the demo starts, with the one error."""

@@ -13,10 +13,10 @@ import pytest
 
 from phi_assets.mixture import tokenizer as tk
 from phi_assets.mixture import weights as mix
-from phi_assets.mixture.assets import SUBDIR, TOKEN_SOURCES, TOKENIZER_SUBDIR
+from phi_assets.mixture.token_assets import SUBDIR, TOKEN_SOURCES, TOKENIZER_SUBDIR
 from phi_assets.mixture.tokens import TokenShard
 from resources import ArtifactStore, load_profile
-from tests.helpers import step_error
+from tests.support.dagster_runs import step_error
 
 # The demo ran on ci; this process may have another profile (partition sets are read at import).
 PROXY_KEYS = [f"proxy-{i:03d}" for i in range(load_profile({"PHI_PROFILE": "ci"}).sizes.mixture_proxies)]
@@ -188,7 +188,7 @@ def test_explicit_weights_and_an_uncapped_mixture_fail_the_check(home_copy, demo
 def test_a_pretrained_tokenizer_directory_can_replace_training(home_copy, smol_dir):
     """``pretrained`` copies an existing Hugging Face tokenizer (SmolLM2's here); its
     ``<|endoftext|>`` separates documents and its 49,152 ids still fit uint16."""
-    from phi_assets.mixture.assets import tokenizer
+    from phi_assets.mixture.token_assets import tokenizer
     from resources import build_resources, load_profile
 
     result = dg.materialize(
@@ -222,7 +222,7 @@ def test_token_shards_on_an_object_store_open_from_one_local_copy(tmp_path, monk
     import uuid
 
     from phi_assets.mixture import tokens
-    from phi_assets.mixture.assets import open_shards
+    from phi_assets.mixture.token_assets import open_shards
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()

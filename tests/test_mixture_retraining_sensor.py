@@ -104,6 +104,7 @@ def test_the_version_the_checkpoint_was_trained_on_is_not_trained_again(instance
     assert "mix-0 is already trained" in skipped(tick(instance))
 
 
+@pytest.mark.slow  # records 121 mixture versions
 def test_a_fresh_cursor_looks_at_the_latest_mixture_only(instance):
     """A new daemon on a long history: the current mixture is the one the checkpoint was trained on,
     so nothing is requested, however many earlier versions there were (more than one page of records)."""

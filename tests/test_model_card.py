@@ -1,34 +1,32 @@
 """model_card: the lineage reading and rendering on small stores, then the card of every stage on a copy of
 what ``make demo``'s program materialized (``demo_run``, ci profile)."""
 
-import dataclasses
 import json
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 
 import dagster as dg
 import pytest
 
-from phi_assets.evaluation.assets import PHI1_TABLE1, eval_scores, eval_stages
-from phi_assets.evaluation.model_card import (
-    CARD,
+from phi_assets.common.versioning import stable_hash
+from phi_assets.evaluation.assets import eval_scores, eval_stages
+from phi_assets.evaluation.card_facts import (
     CARD_STAGES,
-    LINEAGE,
     Entry,
     Facts,
-    _evaluation,
-    _lineage,
-    _task,
-    card_stages,
     check_recorded,
-    model_card,
     read_entries,
-    recipe_name,
+    recorded_versions,
+    task_name,
 )
-from phi_assets.training import trainer
-from phi_assets.versioning import stable_hash
+from phi_assets.evaluation.card_text import CARD, LINEAGE, evaluation_section, lineage_section, recipe_name
+from phi_assets.evaluation.model_card import card_stages, model_card
+from phi_assets.evaluation.table1 import PHI1_TABLE1
 from resources import ArtifactStore
-from tests.helpers import step_error
+from tests.support.dagster_runs import step_error
 
 V = {name: name[0] * 32 for name in ("a", "b", "c", "d", "e")}  # fake data versions
 
@@ -63,15 +61,18 @@ def test_the_partitions_are_the_trained_stages():
     assert not set(down.get_partition_keys())  # the reference model gets no card
 
 
-@pytest.mark.parametrize("name", sorted(trainer.TRAIN_RECIPES))
-def test_a_stored_config_names_the_recipe_it_came_from(name):
-    """The training assets set the model, sequence length, steps and overrides themselves; any other
-    changed field means no recipe made the config."""
-    train = json.loads(json.dumps(dataclasses.asdict(trainer.TRAIN_RECIPES[name]())))
-    train.update(model="debug_tiny", seq_len=77, max_steps=3, overrides={"rope_theta": 1.0})
-    assert recipe_name("pretrained_checkpoint", train) == name
-    assert recipe_name("sft_checkpoint", {**train, "lr": 0.123}).startswith("custom")
-    assert recipe_name("midtrained_checkpoint", train).startswith("trainer.midtrain")
+@pytest.mark.parametrize("name", ["debug", "phi1_pretrain", "midtrain(debug)"])
+def test_the_recipe_is_the_one_the_checkpoint_lineage_records(name):
+    """The card shows the recipe name the training asset recorded in its lineage, and says "not recorded"
+    for a manifest stored before lineages recorded recipes (rather than guessing from the config)."""
+    config = {"lr": 0.001, "model": "debug_tiny", "run_id": "0123456789abcdef"}  # a hex-like value
+    lineage = {"mixture": V["a"], "recipe": {"name": name, "config": config}}
+    manifest = {"inputs": {"mixture": V["a"]}, "metadata": {"lineage": lineage}}
+    assert recipe_name(manifest) == name
+    assert recipe_name({"inputs": {}, "metadata": {"lineage": {"mixture": V["a"]}}}) == "not recorded"
+    assert recipe_name({"inputs": {}, "metadata": {}}) == "not recorded"
+    # the recipe is configuration, not an input: only the parent versions count as recorded
+    assert recorded_versions(manifest) == {V["a"]}
 
 
 @pytest.mark.parametrize("where", ["local", "memory"])
@@ -100,8 +101,8 @@ def test_every_version_is_checked_against_what_its_consumers_recorded(tmp_path, 
 
 
 def test_task_ids_are_named_once():
-    assert _task("humaneval", "HumanEval/12") == "HumanEval/12"
-    assert _task("mbpp", "123") == "mbpp/123"
+    assert task_name("humaneval", "HumanEval/12") == "HumanEval/12"
+    assert task_name("mbpp", "123") == "mbpp/123"
 
 
 def test_the_evaluation_section_shows_the_manifest_scores():
@@ -120,7 +121,7 @@ def test_the_evaluation_section_shows_the_manifest_scores():
             "chat": False,
         },
     }
-    text = _evaluation(Facts("dpo", "dpo_checkpoint", {}, [], {}, evaluation, None, None))
+    text = evaluation_section(Facts("dpo", "dpo_checkpoint", {}, [], {}, evaluation, None, None))
     assert "| humaneval | 4 | 40 | 10 | 25.0% | 50.0% | failed 30, passed 10 |" in text
     assert "| **phi-factory dpo** (aaaaaaaa) | 1.2M | 2.0M | **25.0%** (4 problems) | - |" in text
     assert "prompt_too_long 2" in text and f"`eval_scores[dpo]` `{V['e']}` (eval set `set1`" in text
@@ -135,10 +136,10 @@ def _facts(entries: list[Entry]) -> Facts:
 def test_an_asset_with_more_partitions_than_the_limit_gets_one_row():
     entries = [Entry("raw", f"s{i:02d}", f"{i:032x}", "code1", status="ok") for i in range(5)]
     entries.append(Entry("corpus", None, V["e"], "code2", status="-"))
-    full = _lineage(_facts(entries), max_rows=5)
+    full = lineage_section(_facts(entries), max_rows=5)
     assert all(f"| raw | s{i:02d} | `{i:032x}` | code1 | ok |" in full for i in range(5))
     assert "from 5 shards (5 raw)" in full and "6 asset partitions of 2 assets" in full
-    short = _lineage(_facts(entries), max_rows=4)
+    short = lineage_section(_facts(entries), max_rows=4)
     digest = stable_hash([[e.partition, e.version] for e in entries[:5]], 12)
     assert f"| raw | 5 partitions ({LINEAGE}) | all: `{digest}` | code1 | ok 5 |" in short
     assert "| s00 |" not in short and f"| corpus | - | `{V['e']}` | code2 | - |" in short
@@ -148,15 +149,14 @@ def test_an_asset_with_more_partitions_than_the_limit_gets_one_row():
 
 
 def _materialize(demo_run, stage: str, instance: dg.DagsterInstance, run_config: dict | None = None):
-    from resources import build_resources, load_profile
+    """The code location's ``model_card_job`` in process, as ``make demo`` runs it (the card walks the
+    code location's asset graph, which the job holds; resources built for this test's home)."""
+    from phi_assets.definitions import build_definitions
 
-    return dg.materialize(
-        [model_card],
-        partition_key=stage,
-        instance=instance,
-        resources=build_resources(load_profile()),
-        run_config=run_config,
-        raise_on_error=False,
+    return (
+        build_definitions()
+        .resolve_job_def("model_card_job")
+        .execute_in_process(partition_key=stage, instance=instance, run_config=run_config, raise_on_error=False)
     )
 
 
@@ -205,6 +205,10 @@ def test_the_card_of_every_stage(demo_run, home_copy, instance):
         chain = ["pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint"]
         for parent in chain[: chain.index(asset) + 1]:
             assert f"{parent} `{store.current_version(parent, None)[:12]}`" in card
+            # the recipe its lineage records (older manifests: none recorded)
+            recipe = store.current_manifest(parent, None)["metadata"].get("lineage", {}).get("recipe")
+            name = recipe["name"] if recipe else "not recorded"
+            assert f"| {parent} | `{store.current_version(parent, None)[:12]}` | {name} |" in card
         for later in chain[chain.index(asset) + 1 :]:
             assert f"| {later} |" not in card
         config = json.loads(
@@ -257,6 +261,46 @@ def test_the_card_of_every_stage(demo_run, home_copy, instance):
         assert ("preference_pairs" in assets) == (stage == "dpo")
         assert [r["partition"] for r in rows if r["asset"] == "eval_scores"] == [stage]
         assert not meta["stale"]  # the demo's versions are one consistent snapshot
+
+
+def test_dagster_asset_materialize_writes_the_same_card(demo_run, home_copy, instance, tmp_path):
+    """Through the CLI the run has the code location's repository; in process (above) it has only its job:
+    both walk the same asset graph, so they write the same card (neither copy keeps the demo's cards)."""
+    from tests.support.homes import HOME_OVERRIDES, copy_home
+
+    home = tmp_path / "cli" / "phi"
+    copy_home(demo_run["home"], home)
+    for copy in (home, home_copy):
+        shutil.rmtree(copy / "artifacts" / "model_card", ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k not in HOME_OVERRIDES}
+    env.update(PHI_PROFILE="ci", PHI_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
+    config = {"execution": {"config": {"in_process": {}}}}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "phi_assets.definitions",
+            "--select",
+            "model_card",
+            "--partition",
+            "sft",
+            "--config-json",
+            json.dumps(config),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0 and "RUN_SUCCESS" in done.stderr, done.stderr[-3000:]
+    store = ArtifactStore(root=str(home / "artifacts"))
+    where = store.version_path("model_card", "sft", store.current_version("model_card", "sft"))
+    card, _ = _card(_materialize(demo_run, "sft", instance))
+    assert open(f"{where}/{CARD}").read() == card
 
 
 def test_a_rerun_skips_and_a_new_upstream_version_makes_a_new_card(demo_run, home_copy, instance):

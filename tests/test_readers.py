@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from phi_assets.common.profiles import Sizes
 from phi_assets.ingest import embedded, readers
 from phi_assets.ingest.readers import ReaderOptions, Record, Rejected, ShardError
-from resources.profiles import Sizes
-from tests.helpers import IDLE_HELP, write_warc
+from tests.support.files import IDLE_HELP, write_warc
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 REAL_FILES = ["json/decoder.py", "textwrap.py", "this.py"]

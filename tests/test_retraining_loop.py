@@ -3,7 +3,7 @@
 Starting from the graph the demo materialized (``demo_run``; copied, so its home is untouched), a
 new code shard dropped into the landing area (beside a corrupt one, which is quarantined and must hold
 nothing back) flows on by itself: ``shard_sensor`` registers it and
-requests its ingestion; the automation conditions (``phi_assets/automation.py``, the evaluation
+requests its ingestion; the automation conditions (``phi_assets/common/automation.py``, the evaluation
 ``automation_sensor`` runs) request the curation path, the catalog and the mixture weights; the
 mixture's data version changes; ``mixture_retraining_sensor`` requests one training run; its new
 checkpoints get ``eval_job`` requests from ``checkpoint_eval_sensor``; and a falling score requests
@@ -27,9 +27,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from phi_assets.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
+from phi_assets.common.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
 from resources import RetrainingPolicy, build_resources, load_profile
-from tests.helpers import SENSORS, copy_home, step_error
+from tests.support.dagster_runs import SENSORS, step_error
+from tests.support.homes import copy_home
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CURATED = {

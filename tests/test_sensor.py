@@ -12,7 +12,8 @@ import dagster as dg
 from phi_assets.ingest.assets import raw_code_shards
 from resources import ArtifactStore, ProfileResource
 from sensors.shard_sensor import shard_sensor
-from tests.conftest import landing, materialize_shard
+from tests.support.dagster_runs import materialize_shard
+from tests.support.files import landing
 
 ROW = json.dumps({"text": "import this\n"}) + "\n"
 

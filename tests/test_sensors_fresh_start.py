@@ -21,7 +21,8 @@ import dagster as dg
 import pytest
 
 from resources import build_resources, load_profile
-from tests.helpers import SENSORS, copy_home
+from tests.support.dagster_runs import SENSORS
+from tests.support.homes import copy_home
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from phi_assets.synthetic import gates, generate, templates
+from phi_assets.synthetic import exercises, gates, generate, templates
 from phi_assets.synthetic import topics as topic_space
 from resources.llm.types import Completion, Result
 
@@ -114,22 +114,22 @@ def test_text_rules_name_the_failure():
     ],
 )
 def test_parse_exercise_rejects_with_reason(code, reason):
-    example = generate._example_function(templates.load_all()["exercise_example"])
-    with pytest.raises(generate.NotAnExercise) as info:
-        generate.parse_exercise(code, example)
+    example = exercises.example_function(templates.load_all()["exercise_example"])
+    with pytest.raises(exercises.NotAnExercise) as info:
+        exercises.parse_exercise(code, example)
     assert info.value.reason == reason
 
 
 def test_an_answer_cut_off_mid_statement_keeps_its_whole_statements():
     cut = GOOD + "assert add(2, 2) == 4\n\ndef more(x):\n    return add(x,"
-    ex = generate.parse_exercise(cut)
+    ex = exercises.parse_exercise(cut)
     assert ex.num_tests == 3 and "more" not in ex.program
-    with pytest.raises(generate.NotAnExercise, match="syntax_error"):
-        generate.parse_exercise("def f(:\n    pass\n")
+    with pytest.raises(exercises.NotAnExercise, match="syntax_error"):
+        exercises.parse_exercise("def f(:\n    pass\n")
 
 
 def test_parse_exercise_splits_prompt_solution_and_tests():
-    ex = generate.parse_exercise("import math\n\n" + GOOD + 'print("side effect")\n```\ntrailing prose')
+    ex = exercises.parse_exercise("import math\n\n" + GOOD + 'print("side effect")\n```\ntrailing prose')
     assert ex.function == "add" and ex.num_tests == 2
     assert ex.prompt.startswith("def add(a: int, b: int) -> int:") and "return a + b" not in ex.prompt
     assert "return a + b" in ex.solution and "import math" in ex.program
@@ -146,21 +146,21 @@ def _result(texts: list[str], error: str | None = None) -> Result:
 def test_exercise_verification_executes_the_tests_in_the_sandbox():
     """Hand-written candidates through both stages and the real sandbox: only the passing one is
     kept, every other sample is a failure row with its reason, and the counts reconcile."""
-    from phi_assets.evaluation import sandbox
+    from phi_assets import sandbox
 
     fn = GOOD.split("\n\n\n")[0]
     looping = fn.replace("return a + b", "while True:\n        pass")
     raising = fn.replace("return a + b", "return a / 0")
     draws = topic_space.draw(["arithmetic"], 3, seed=0, batch=0, prefix="ex")
     prompts = templates.load_all()
-    requests = generate.exercise_requests(
+    requests = exercises.exercise_requests(
         draws, prompts["exercise"], prompts["exercise_example"], samples=2, max_tokens=64, temperature=0.8
     )
     stage_one = [_result([fn, fn]), _result([looping, raising]), _result([], error="too long")]
-    functions, failed = generate.exercise_functions(draws, stage_one, prompts["exercise_example"], samples=2)
+    functions, failed = exercises.exercise_functions(draws, stage_one, prompts["exercise_example"], samples=2)
     assert [name for _, name, _ in functions] == ["add"] * 4
     assert [f["reason"] for f in failed] == ["llm_error", "llm_error"]
-    tests = generate.test_requests(requests, functions, max_tokens=32)
+    tests = exercises.test_requests(requests, functions, max_tokens=32)
     assert tests[0].messages[-1] == ("assistant", f"```python\n{fn}\n\n\nassert add(")
     seeds = draws["seed"].to_list()
     assert [t.sampling.seed for t in tests] == [seeds[0], seeds[0] + 1, seeds[1], seeds[1] + 1]
@@ -170,9 +170,9 @@ def test_exercise_verification_executes_the_tests_in_the_sandbox():
         _result(["1, 1) == 2"]),
         _result(["1, 1) == 2"]),
     ]
-    runnable, failed = generate.exercise_candidates(functions, stage_two, prompts["exercise_example"], failed)
+    runnable, failed = exercises.exercise_candidates(functions, stage_two, prompts["exercise_example"], failed)
     verdicts = sandbox.run_programs([ex.runnable() for _, ex in runnable], sandbox.Limits(timeout_s=2))
-    kept, failures = generate.exercise_rows(
+    kept, failures = exercises.exercise_rows(
         runnable, verdicts, failed, {"model": "m", "model_version": "v"}, "p"
     )
     assert kept["candidate_id"].to_list() == ["ex-000-0000-s0"]

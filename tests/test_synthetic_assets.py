@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from phi_assets.synthetic import generate
-from phi_assets.synthetic.generated import BATCHES, FAILED, KEPT, SETS
+from phi_assets.synthetic.batches import BATCHES, FAILED, KEPT, SETS
 from resources import ArtifactStore
 
 
@@ -59,7 +59,7 @@ def test_textbooks_keep_their_prompt_fields_model_version_and_token_counts(store
 def test_exercises_were_executed_and_only_verified_ones_kept(store):
     """Every parsed sample ran in the sandbox (verdict counts add up); re-running the kept
     programs passes and re-running a failed one does not."""
-    from phi_assets.evaluation import sandbox
+    from phi_assets import sandbox
 
     total_runs, kept_all, failed_all = 0, [], []
     for key in BATCHES.get_partition_keys():
@@ -127,7 +127,7 @@ def test_synthetic_corpus_dedups_each_set_and_reports_diversity(store, demo_run)
 
 
 def _materialize_textbooks(run_config: dict | None = None) -> dict:
-    from phi_assets.synthetic.generated import synthetic_textbooks
+    from phi_assets.synthetic.textbook_assets import synthetic_textbooks
     from resources import build_resources, load_profile
 
     result = dg.materialize(
@@ -162,8 +162,8 @@ def test_forced_rerun_is_all_cache_hits_and_a_larger_batch_pays_only_for_the_new
 
 
 def test_decontamination_gate_removes_a_benchmark_solution_as_a_failure_row(mbpp_path):
-    from phi_assets.curation.eval_tasks import load_humaneval
-    from phi_assets.synthetic.generated import _decontaminate
+    from phi_assets.common.benchmarks import load_humaneval
+    from phi_assets.synthetic.batches import decontaminate
     from resources.curation import DecontaminationResource, EncoderResource
 
     task = load_humaneval()[0]
@@ -175,7 +175,7 @@ def test_decontamination_gate_removes_a_benchmark_solution_as_a_failure_row(mbpp
             "text": [task.prompt + task.solution, "def add(a, b):\n    return a + b\n"],
         }
     )
-    clean, removed, info = _decontaminate(kept, scanner, is_code=True, set_name="exercises", desc=None)
+    clean, removed, info = decontaminate(kept, scanner, is_code=True, set_name="exercises", desc=None)
     assert clean["id"].to_list() == ["b"] and info["recheck_flagged"] == 0
     assert [r["reason"] for r in removed] == ["contaminated"] and removed[0]["candidate_id"] == "c-a"
     assert task.task_id in removed[0]["detail"]

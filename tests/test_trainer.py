@@ -155,6 +155,7 @@ def _entry(config: Path) -> list[str]:
     return [sys.executable, "-m", "phi_assets.training.entrypoint", "--config", str(config)]
 
 
+@pytest.mark.slow  # two training runs in child processes
 def test_sigkilled_run_resumes_to_the_same_exported_weights(shards, tmp_path):
     """A run SIGKILLed mid-way (after its step-10 checkpoint) and started again exports weights
     bit-identical (sha256 of model.safetensors) to an uninterrupted run's; the export loads in
@@ -213,6 +214,7 @@ def test_sigkilled_run_resumes_to_the_same_exported_weights(shards, tmp_path):
         assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-5
 
 
+@pytest.mark.slow  # DeepSpeed under torchrun
 def test_deepspeed_zero2_trains_on_two_cpu_ranks_and_resumes(shards, tmp_path):
     """DeepSpeed for real, on CPU (DS_ACCELERATOR=cpu, gloo): two ranks under torchrun, ZeRO stage 2;
     rank 0 logs every step, the loss goes down, and DeepSpeed writes its checkpoints. Rolled back to

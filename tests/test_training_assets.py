@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 import torch
 
-from phi_assets.evaluation import sandbox
+from phi_assets import sandbox
 from phi_assets.training import model as phi
 from phi_assets.training import preferences
 from resources import ArtifactStore
@@ -161,9 +161,9 @@ def test_preference_pairs_are_verified_by_execution(store, mbpp_path):
 
 
 def _problem_tests(store: ArtifactStore, mbpp_path: Path) -> dict[str, str]:
-    from phi_assets.training.assets import _exercises
+    from phi_assets.training.post_training import exercises_and_textbooks
 
-    exercises, _, _ = _exercises(store)
+    exercises, _, _ = exercises_and_textbooks(store)
     problems = preferences.exercise_problems(exercises, len(exercises))
     problems += preferences.mbpp_problems(Path(mbpp_path), len(preferences.MBPP_TRAIN))
     return {p.id: p.tests for p in problems}

@@ -91,7 +91,7 @@ def test_config_errors_name_the_field():
 
 
 @pytest.mark.skipif(
-    not torch.cuda.is_available() or attention._flash_attn() is None,
+    not torch.cuda.is_available() or attention.flash_attn_kernels() is None,
     reason="flash-attn runs only on CUDA with the flash-attn package (install .[gpu] on a GPU machine)",
 )
 def test_flash_attn_and_sdpa_agree_on_cuda(monkeypatch):

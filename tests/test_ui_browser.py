@@ -6,7 +6,7 @@ and headless Chromium (Debian's, driven by Playwright) opens it as a user would.
 - the global lineage graph draws every group of the code location's ``Definitions`` and, with the groups
   expanded, exactly one node per asset;
 - the asset catalog lists every asset key of the ``Definitions``, each under its group, and nothing else;
-- plots stored in asset metadata (markdown with an inline PNG, ``phi_assets/plots.py``) open from the
+- plots stored in asset metadata (markdown with an inline PNG, ``phi_assets/common/plots.py``) open from the
   asset's page and are drawn as decoded images with visible pixels, not as broken images or source text.
 
 The expected groups and keys come from ``Definitions`` loaded with the same environment as the UI, so a
@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 from playwright.sync_api import expect
 
-from tests.ui_browser import (
+from tests.support.ui_browser import (
     GRAPH_VIEWPORT,
     ROOT,
     TIMEOUT_MS,

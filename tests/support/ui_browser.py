@@ -3,7 +3,7 @@
 Used by tests/test_ui_browser.py and by ``make screenshot``, which runs this module on the current
 profile's instance (``$DAGSTER_HOME``, copied first) and writes ``docs/img/asset-graph.png``:
 
-    python -m tests.ui_browser docs/img/asset-graph.png
+    python -m tests.support.ui_browser docs/img/asset-graph.png
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-# Playwright drives the Chromium that tests/browser.py finds (Debian's, one on PATH, or Playwright's own).
+from tests.support.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+# Playwright drives the Chromium that tests/support/browser.py finds (Debian's, one on PATH, or Playwright's
+# own).
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -61,12 +63,6 @@ def copy_instance(dagster_home: Path, dest: Path) -> Path:
     return dest
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ui_env(phi_home: Path, dagster_home: Path, profile: str) -> dict[str, str]:
     env = {
         **os.environ,
@@ -100,7 +96,7 @@ def expected_graph(env: Mapping[str, str]) -> dict[str, list[str]]:
 def dagster_dev(env: Mapping[str, str], log_path: Path, timeout_s: float = 240) -> Iterator[str]:
     """``dagster dev -w workspace.yaml`` on a free loopback port; yields the UI's base URL once the
     webserver answers and the code location has loaded. The whole process group is stopped after."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
     with open(log_path, "wb") as log:
@@ -172,7 +168,7 @@ def chromium() -> Iterator:
     """Headless Chromium through Playwright: a fresh profile, no background networking."""
     from playwright.sync_api import sync_playwright
 
-    from tests.browser import MISSING, find
+    from tests.support.browser import MISSING, find
 
     executable = find()
     assert executable, MISSING

@@ -1,6 +1,7 @@
 """The Chromium that the UI tests and ``make screenshot`` drive, and how ``make test`` gets one.
 
-``python -m tests.browser`` prints the executable's path, installing a browser first when none is found:
+``python -m tests.support.browser`` prints the executable's path, installing a browser first when none is
+found:
 
 1. ``PHI_CHROMIUM``, when set (it must name an executable);
 2. a Chromium or Chrome on ``PATH`` (Debian's ``chromium`` is ``/usr/bin/chromium``);

@@ -1,0 +1,255 @@
+"""Data mixture: the byte-level BPE tokenizer and the packed token shards written with it.
+
+Everything runs on small real inputs: one byte-level BPE (vocab 512) trained once per module on
+Python standard-library source (tests/support/mixture.py), shards written with it, real ``tokenizers``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tracemalloc
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from phi_assets.mixture import tokenizer, tokens
+from phi_assets.mixture.tokens import TokenShard
+from tests.support.mixture import encode, paragraphs_of, stdlib_corpus, train_tokenizer, write, write_parquet
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return stdlib_corpus()
+
+
+@pytest.fixture(scope="module")
+def paragraphs(corpus):
+    return paragraphs_of(corpus)
+
+
+@pytest.fixture(scope="module")
+def tok_dir(corpus, tmp_path_factory):
+    return train_tokenizer(corpus, tmp_path_factory.mktemp("tokenizer") / "tok")
+
+
+@pytest.fixture(scope="module")
+def loaded(tok_dir):
+    return tokenizer.load(tok_dir)
+
+
+# --- tokenizer -----------------------------------------------------------------------------------
+
+TRICKY = [
+    "café naïve résumé e\u0301",
+    "日本語のテキストと中文",
+    "emoji 🎉 👍🏽 👨‍👩‍👧",
+    "tab\there\tand\t\tmore",
+    "windows\r\nline\r\nends\r\n",
+    "   leading spaces",
+    "trailing spaces   ",
+    "many          spaces     inside",
+    "",
+    "\n\n\n",
+    "nul \x00 byte",
+    "before <|endoftext|> after",
+    "<|endoftext|>",
+    "<|endoftext|><|endoftext|>x",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_encoding_round_trips_and_ends_with_one_separator(loaded, text):
+    ids = encode(loaded, text)
+    assert ids[-1] == loaded.eot_id
+    assert loaded.eot_id not in ids[:-1]  # a literal "<|endoftext|>" is text, not a separator
+    assert loaded.tokenizer.decode(ids[:-1].tolist()) == text
+
+
+def test_documents_are_joined_with_one_separator_each(loaded):
+    texts = ["first doc", "", "third <|endoftext|> doc"]
+    ids, lengths = tokenizer.encode_documents(loaded, texts)
+    assert len(lengths) == 3 and int(lengths.sum()) == len(ids)
+    ends = np.cumsum(lengths)
+    assert np.flatnonzero(ids == loaded.eot_id).tolist() == (ends - 1).tolist()
+    starts = ends - lengths
+    decoded = [loaded.tokenizer.decode(ids[a : b - 1].tolist()) for a, b in zip(starts, ends, strict=True)]
+    assert decoded == texts
+
+
+def test_saved_directory_loads_with_transformers(tok_dir, loaded):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(tok_dir))
+    assert hf.eos_token_id == loaded.eot_id
+    snippet = "def f(x):\n\treturn  x   +1  \r\n\n    # ünïcode   \n\n\n  "
+    ids = hf.encode(snippet)
+    assert ids == encode(loaded, snippet)[:-1].tolist()  # no bos/eos added, same ids as load()
+    assert hf.decode(ids) == snippet
+
+
+@pytest.mark.parametrize(
+    "vocab_size, dtype", [(257, np.uint16), (65_536, np.uint16), (65_537, np.uint32), (200_000, np.uint32)]
+)
+def test_token_dtype_is_the_smallest_that_holds_every_id(vocab_size, dtype):
+    assert tokenizer.token_dtype(vocab_size) == np.dtype(dtype)
+
+
+def test_trained_vocabulary_has_the_separator_first_and_the_asked_size(loaded):
+    assert loaded.eot_id == 0 and loaded.tokenizer.id_to_token(0) == tokenizer.EOT
+    assert loaded.vocab_size == 512 and loaded.dtype == np.dtype(np.uint16)
+
+
+@pytest.mark.parametrize("vocab_size", [0, 1, 256])
+def test_too_small_vocabulary_is_refused(vocab_size):
+    with pytest.raises(ValueError, match="at least 257"):
+        tokenizer.train_bpe(iter(["some text"]), vocab_size)
+
+
+def test_copy_pretrained_without_tokenizer_json_names_the_directory(tmp_path):
+    src = tmp_path / "not-a-tokenizer"
+    src.mkdir()
+    (src / "vocab.json").write_text("{}")
+    with pytest.raises(ValueError, match=re.escape(str(src))):
+        tokenizer.copy_pretrained(src, tmp_path / "out")
+    with pytest.raises(ValueError, match="tokenizer.json is missing"):
+        tokenizer.load(src)
+
+
+def test_copy_pretrained_copies_a_working_tokenizer(tok_dir, loaded, tmp_path):
+    shutil.copytree(tok_dir, tmp_path / "src")
+    (tmp_path / "src" / "model.safetensors").write_bytes(b"not a tokenizer file")
+    tokenizer.copy_pretrained(tmp_path / "src", tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == sorted(tokenizer.HF_FILES)
+    copy = tokenizer.load(tmp_path / "copy")
+    text = "x = {'a': [1, 2]}  # ok"
+    assert copy.eot_id == loaded.eot_id
+    np.testing.assert_array_equal(encode(copy, text), encode(loaded, text))
+
+
+# --- token shards --------------------------------------------------------------------------------
+
+
+def test_shard_reconciles_documents_tokens_and_offsets(loaded, paragraphs, tmp_path):
+    texts = paragraphs[:199] + ["", "😀 <|endoftext|> end"]
+    ids = [f"doc-{i:03d}" for i in range(len(texts))]
+    path = write_parquet(tmp_path / "docs.parquet", ids, texts)
+    progress = []
+    stats = tokens.write_shard(
+        tokens.read_documents(path, batch_rows=37),
+        loaded,
+        tmp_path / "shard",
+        "v1",
+        progress=lambda n, t: progress.append((n, t)),
+    )
+    assert [n for n, _ in progress] == [37] * 5 + [16]  # 201 documents, 37 a batch
+    shard = TokenShard.open(tmp_path / "shard")
+    assert stats == shard.stats
+    assert stats.num_docs == len(texts) == shard.num_docs
+    assert stats.num_tokens == len(shard.tokens) == shard.offsets[-1] == sum(t for _, t in progress)
+    assert stats.num_text_bytes == sum(len(t.encode()) for t in texts)
+    assert stats.max_doc_tokens == int(np.diff(shard.offsets).max())
+    assert (stats.dtype, stats.eot_id, stats.vocab_size, stats.tokenizer_version) == ("uint16", 0, 512, "v1")
+    for i, text in enumerate(texts):
+        doc = shard.document(i)
+        assert doc[-1] == loaded.eot_id
+        assert loaded.tokenizer.decode(doc[:-1].tolist()) == text
+    assert shard.ids() == ids
+    documents = pq.read_table(tmp_path / "shard" / tokens.DOCUMENTS)
+    assert documents.column("num_tokens").to_pylist() == np.diff(shard.offsets).tolist()
+    assert sum(documents.column("num_tokens").to_pylist()) == stats.num_tokens
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_hash_partitions_split_the_ids_disjointly_and_in_order(tmp_path, count):
+    ids = [f"doc-{i}" for i in range(300)]
+    path = write_parquet(tmp_path / "docs.parquet", ids, [f"text of {i}" for i in ids])
+    parts = []
+    for k in range(count):
+        read = list(tokens.read_documents(path, batch_rows=64, keep=tokens.hash_partition(k, count)))
+        part = [i for batch_ids, _ in read for i in batch_ids]
+        assert [t for _, texts in read for t in texts] == [f"text of {i}" for i in part]  # rows stay paired
+        parts.append(part)
+    assert sum(map(len, parts)) == len(ids)
+    assert set().union(*map(set, parts)) == set(ids)
+    for part in parts:
+        assert part == [i for i in ids if i in set(part)]  # file order kept
+    if count > 1:
+        assert all(parts)  # 300 ids hash into every partition
+
+
+@pytest.mark.parametrize("index, count", [(3, 3), (-1, 2), (0, 0)])
+def test_hash_partition_that_does_not_exist_is_refused(index, count):
+    with pytest.raises(ValueError, match="does not exist"):
+        tokens.hash_partition(index, count)
+
+
+@pytest.mark.parametrize("name, cut", [(tokens.TOKENS, 2), (tokens.OFFSETS, 8)])
+def test_torn_shard_is_refused(loaded, paragraphs, tmp_path, name, cut):
+    write(loaded, tmp_path / "shard", paragraphs[:10], "d")
+    path = tmp_path / "shard" / name
+    path.write_bytes(path.read_bytes()[:-cut])
+    with pytest.raises(ValueError, match="torn write"):
+        TokenShard.open(tmp_path / "shard")
+
+
+def test_shard_with_a_missing_file_is_refused(loaded, paragraphs, tmp_path):
+    write(loaded, tmp_path / "shard", paragraphs[:3], "d")
+    (tmp_path / "shard" / tokens.META).unlink()
+    with pytest.raises(ValueError, match="missing tokens.json"):
+        TokenShard.open(tmp_path / "shard")
+
+
+@pytest.mark.slow  # tokenizes 8 MB under tracemalloc
+def test_writing_a_shard_streams_its_batches(loaded, corpus, tmp_path):
+    source = "".join(corpus)
+    docs, size, rows = 2000, 4000, 16
+    total = {"bytes": 0}
+
+    def generate():
+        for first in range(0, docs, rows):
+            ids, texts = [], []
+            for i in range(first, first + rows):
+                start = (i * 7919) % (len(source) - size)
+                text = f"# document {i}\n" + source[start : start + size]
+                total["bytes"] += len(text.encode())
+                ids.append(f"doc-{i}")
+                texts.append(text)
+            yield ids, texts
+
+    write(loaded, tmp_path / "warm", ["warm up the imports"], "w")  # one-time allocations are not the corpus
+    tracemalloc.start()
+    try:
+        stats = tokens.write_shard(generate(), loaded, tmp_path / "shard", "v")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stats.num_docs == docs and stats.num_text_bytes == total["bytes"]
+    assert total["bytes"] > docs * size
+    assert peak < total["bytes"] / 4
+
+
+@pytest.mark.parametrize("change", ["text", "id", "none"])
+def test_content_hash_follows_the_data(loaded, paragraphs, tmp_path, change):
+    texts, ids = paragraphs[:30], [f"d{i}" for i in range(30)]
+    other_texts, other_ids = list(texts), list(ids)
+    if change == "text":
+        other_texts[17] = other_texts[17] + " "
+    elif change == "id":
+        other_ids[17] = "renamed"
+    a = tokens.write_shard(iter([(ids, texts)]), loaded, tmp_path / "a", "v")
+    b = tokens.write_shard(iter([(other_ids, other_texts)]), loaded, tmp_path / "b", "v")
+    assert (a.content_sha256 == b.content_sha256) == (change == "none")
+
+
+def test_content_hash_does_not_depend_on_batch_sizes(loaded, paragraphs, tmp_path):
+    """The hash is "of the ids and tokens": the same documents written in other batches have it too."""
+    texts, ids = paragraphs[:30], [f"d{i}" for i in range(30)]
+    one = tokens.write_shard(iter([(ids, texts)]), loaded, tmp_path / "one", "v")
+    two = tokens.write_shard(
+        iter([(ids[:10], texts[:10]), (ids[10:], texts[10:])]), loaded, tmp_path / "two", "v"
+    )
+    assert (tmp_path / "one" / tokens.TOKENS).read_bytes() == (tmp_path / "two" / tokens.TOKENS).read_bytes()
+    assert TokenShard.open(tmp_path / "one").ids() == TokenShard.open(tmp_path / "two").ids()
+    assert one.content_sha256 == two.content_sha256
