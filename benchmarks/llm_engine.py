@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))  # the repo root, without install; the vLLM child 
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 from table import format_table  # noqa: E402  (benchmarks/, the script's own folder)
 
-from phi_assets.synthetic.model import convert_gguf, default_gguf_path, describe  # noqa: E402
+from phi_assets.common.model_files import convert_gguf, default_gguf_path, describe  # noqa: E402
 from resources.llm import Engine, ModelRef, Request  # noqa: E402
 from resources.llm.vllm_backend import VLLMBackend, VLLMSettings  # noqa: E402
 

@@ -66,12 +66,12 @@ sys.path.insert(0, str(ROOT))  # the repo root, without install
 import peer_env  # noqa: E402  (benchmarks/, the script's own folder)
 from table import format_table  # noqa: E402
 
+from phi_assets.common.profiles import Sizes  # noqa: E402
 from phi_assets.curation.dedup import ShardSignatures, deduplicate  # noqa: E402
 from phi_assets.curation.minhash import MinHashConfig, normalize, signatures  # noqa: E402
 from phi_assets.ingest.embedded import package_doc_records, pydoc_topic_records, stdlib_files  # noqa: E402
 from phi_assets.ingest.readers import Record  # noqa: E402
 from phi_assets.ingest.schema import doc_id  # noqa: E402
-from resources.profiles import Sizes  # noqa: E402
 
 CONFIG = MinHashConfig()  # 5-word shingles, 14 bands x 8 rows, seed 1: FineWeb's parameters
 
@@ -199,7 +199,7 @@ def throughput_rows(peers: dict[str, dict], ours: tuple[list[float], list[float]
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed passes of ours (median)")
     ap.add_argument("--peer-repeats", type=int, default=1, help="timed passes of datatrove (median)")
@@ -209,8 +209,11 @@ def main() -> None:
     ap.add_argument("--no-peer", action="store_true", help="skip datatrove (quality tables only)")
     ap.add_argument("--limit-docs", type=int, default=None, help="only the first N natural documents")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     if not args.no_peer:
         peer_env.require(args.peer_python, ", or pass --no-peer")
     texts = natural_corpus()[: args.limit_docs]

@@ -87,10 +87,10 @@ sys.path.insert(0, str(ROOT))  # the repo root, without install
 import peer_env  # noqa: E402  (benchmarks/, the script's own folder)
 from table import format_table  # noqa: E402
 
+from phi_assets.common.profiles import Sizes  # noqa: E402
 from phi_assets.ingest.embedded import stdlib_files  # noqa: E402
 from phi_assets.mixture import tokenizer as ptok  # noqa: E402
 from phi_assets.mixture import tokens as ptokens  # noqa: E402
-from resources.profiles import Sizes  # noqa: E402
 
 PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "datatrove_tokenize.py"
 EOT = ptok.EOT
@@ -201,9 +201,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def main() -> None:
-    # the code under test as imported (hashed now: the files may change while the benchmark runs)
-    stamp = ", ".join(f"{Path(m.__file__).name} {sha(Path(m.__file__))}" for m in (ptok, ptokens))
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (median)")
     ap.add_argument("--limit-files", type=int, default=None, help="only the first K stdlib files")
@@ -211,7 +209,69 @@ def main() -> None:
     peer_env.add_argument(ap, "datatrove")
     ap.add_argument("--no-peer", action="store_true", help="skip datatrove")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def case_rows(cases, outs, dtype, stats, ref) -> tuple[list[list[str]], float | None]:
+    """One table row per case (its last pass's files against ours), and our tokens/s."""
+    ours_tps = None
+    table = []
+    ref_tokens, ref_ends = ref
+    ours_dir = outs[cases[0].name]
+    for case in cases:
+        if case.error:
+            table.append([case.name, "-", "-", "-", "-", "-", case.error])
+            continue
+        tok_arr = np.fromfile(outs[case.name] / "tokens.bin", dtype=dtype)
+        ends = np.fromfile(outs[case.name] / "offsets.bin", dtype=np.int64)[1:]
+        wall, cpu = statistics.median(case.wall), statistics.median(case.cpu)
+        tps = len(tok_arr) / cpu
+        if case is cases[0]:
+            ours_tps = tps
+            same = (f"{stats['num_docs']} docs; tokens.bin sha256 {sha(ours_dir / ptokens.TOKENS)}"
+                    if stats["num_tokens"] == len(tok_arr) else "tokens.json and tokens.bin DISAGREE")
+        else:
+            same = compare(tok_arr, ends, ref_tokens, ref_ends) or "ids and document ends identical to ours"
+        table.append([case.name, f"{wall:.3f}", f"{cpu:.3f}", f"{len(tok_arr):,}", f"{tps:,.0f}",
+                      f"{tps / ours_tps:.2f}x" if ours_tps else "-", f"{case.note}; {same}"])
+    return table, ours_tps
+
+
+def peer_row(peer_runs, dtype, ref, ours_tps) -> tuple[list[str], str]:
+    """datatrove's row (its last run's files against ours) and its versions line (None: skipped)."""
+    ref_tokens, ref_ends = ref
+    peer_name = "datatrove DocumentTokenizer (peer)"
+    peer_versions = ""
+    if peer_runs is None:
+        return [peer_name, "-", "-", "-", "-", "-", "skipped (--no-peer)"], peer_versions
+    if errors := [p["error"] for p in peer_runs if "error" in p]:
+        return [peer_name, "-", "-", "-", "-", "-", errors[0]], peer_versions
+    v = peer_runs[0]["versions"]
+    peer_versions = (f"; peer: Python {v['python']}, datatrove {v['datatrove']}, tokenizers "
+                     f"{v['tokenizers']}, pinned to {peer_runs[0]['cpus']}")
+    files = [Path(f) for f in peer_runs[-1]["files"]]
+    ds = next(f for f in files if f.suffix == ".ds")
+    tok_arr = np.fromfile(ds, dtype=dtype)
+    ends = np.fromfile(ds.with_name(ds.name + ".index"), dtype=np.uint64).astype(np.int64)
+    count, stat = peer_runs[-1]["tokens_metadata"], peer_runs[-1]["tokens_stat"]
+    counts = "" if count == stat == len(tok_arr) else (
+        f"; COUNTS DISAGREE: .metadata {count}, stats {stat}, file {len(tok_arr)}")
+    wall = statistics.median(s for p in peer_runs for s in p["seconds"])
+    cpu = statistics.median(s for p in peer_runs for s in p["cpu_seconds"])
+    tps = count / cpu
+    same = compare(tok_arr, ends, ref_tokens, ref_ends) or "ids and document ends identical to ours"
+    note = (f"datatrove {v['datatrove']}: encode_batch (with offsets) of 10,000 docs, struct.pack per doc; "
+            ".ds + .index + .metadata (no ids); documents built before timing (JSONL, no parquet read); "
+            f"tokens from its .metadata{counts}; {same}")
+    row = [peer_name, f"{wall:.3f}", f"{cpu:.3f}", f"{count:,}", f"{tps:,.0f}",
+           f"{tps / ours_tps:.2f}x" if ours_tps else "-", note]
+    return row, peer_versions
+
+
+def main() -> None:
+    # the code under test as imported (hashed now: the files may change while the benchmark runs)
+    stamp = ", ".join(f"{Path(m.__file__).name} {sha(Path(m.__file__))}" for m in (ptok, ptokens))
+    args = parse_args()
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
     use_peer = not args.no_peer
@@ -258,51 +318,11 @@ def main() -> None:
         if stats:
             ref_tokens = np.fromfile(ours_dir / ptokens.TOKENS, dtype=dtype)
             ref_ends = np.fromfile(ours_dir / ptokens.OFFSETS, dtype=np.int64)[1:]
-        ours_tps = None
-        table = []
-        for case in cases:
-            if case.error:
-                table.append([case.name, "-", "-", "-", "-", "-", case.error])
-                continue
-            tok_arr = np.fromfile(outs[case.name] / "tokens.bin", dtype=dtype)
-            ends = np.fromfile(outs[case.name] / "offsets.bin", dtype=np.int64)[1:]
-            wall, cpu = statistics.median(case.wall), statistics.median(case.cpu)
-            tps = len(tok_arr) / cpu
-            if case is cases[0]:
-                ours_tps = tps
-                same = (f"{stats['num_docs']} docs; tokens.bin sha256 {sha(ours_dir / ptokens.TOKENS)}"
-                        if stats["num_tokens"] == len(tok_arr) else "tokens.json and tokens.bin DISAGREE")
-            else:
-                same = compare(tok_arr, ends, ref_tokens, ref_ends) or "ids and document ends identical to ours"
-            table.append([case.name, f"{wall:.3f}", f"{cpu:.3f}", f"{len(tok_arr):,}", f"{tps:,.0f}",
-                          f"{tps / ours_tps:.2f}x" if ours_tps else "-", f"{case.note}; {same}"])
+        table, ours_tps = case_rows(cases, outs, dtype, stats, (ref_tokens, ref_ends))
 
-        peer_name = "datatrove DocumentTokenizer (peer)"
-        peer_versions = ""
-        if not use_peer:
-            table.append([peer_name, "-", "-", "-", "-", "-", "skipped (--no-peer)"])
-        elif errors := [p["error"] for p in peer_runs if "error" in p]:
-            table.append([peer_name, "-", "-", "-", "-", "-", errors[0]])
-        else:
-            v = peer_runs[0]["versions"]
-            peer_versions = (f"; peer: Python {v['python']}, datatrove {v['datatrove']}, tokenizers "
-                             f"{v['tokenizers']}, pinned to {peer_runs[0]['cpus']}")
-            files = [Path(f) for f in peer_runs[-1]["files"]]
-            ds = next(f for f in files if f.suffix == ".ds")
-            tok_arr = np.fromfile(ds, dtype=dtype)
-            ends = np.fromfile(ds.with_name(ds.name + ".index"), dtype=np.uint64).astype(np.int64)
-            count, stat = peer_runs[-1]["tokens_metadata"], peer_runs[-1]["tokens_stat"]
-            counts = "" if count == stat == len(tok_arr) else (
-                f"; COUNTS DISAGREE: .metadata {count}, stats {stat}, file {len(tok_arr)}")
-            wall = statistics.median(s for p in peer_runs for s in p["seconds"])
-            cpu = statistics.median(s for p in peer_runs for s in p["cpu_seconds"])
-            tps = count / cpu
-            same = compare(tok_arr, ends, ref_tokens, ref_ends) or "ids and document ends identical to ours"
-            table.append([peer_name, f"{wall:.3f}", f"{cpu:.3f}", f"{count:,}", f"{tps:,.0f}",
-                          f"{tps / ours_tps:.2f}x" if ours_tps else "-",
-                          f"datatrove {v['datatrove']}: encode_batch (with offsets) of 10,000 docs, "
-                          "struct.pack per doc; .ds + .index + .metadata (no ids); documents built before "
-                          f"timing (JSONL, no parquet read); tokens from its .metadata{counts}; {same}"])
+        runs = peer_runs if use_peer else None
+        row, peer_versions = peer_row(runs, dtype, (ref_tokens, ref_ends), ours_tps)
+        table.append(row)
 
     print(f"Python {platform.python_version()}, tokenizers {tokenizers.__version__}, transformers "
           f"{transformers.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}{peer_versions}; "

@@ -24,17 +24,15 @@ from phi_assets.ingest.assets import (
     raw_web_shards,
     web_shards,
 )
-from phi_assets.mixture.assets import TOKENIZED_ASSETS, mixture_weights, tokenizer
+from phi_assets.mixture.assets import mixture_weights
 from phi_assets.mixture.search_assets import PROXIES, mixture_proxies, mixture_search
-from phi_assets.synthetic.assets import generator_model
-from phi_assets.synthetic.generated import (
-    BATCHES,
-    rewritten_web,
-    synthetic_corpus,
-    synthetic_exercises,
-    synthetic_textbooks,
-    topics,
-)
+from phi_assets.mixture.token_assets import TOKENIZED_ASSETS, tokenizer
+from phi_assets.models.assets import generator_model
+from phi_assets.synthetic.batches import BATCHES
+from phi_assets.synthetic.corpus_assets import synthetic_corpus
+from phi_assets.synthetic.rewrite_assets import rewritten_web
+from phi_assets.synthetic.textbook_assets import synthetic_exercises, synthetic_textbooks
+from phi_assets.synthetic.topic_assets import topics
 from phi_assets.training.assets import (
     dpo_checkpoint,
     midtrained_checkpoint,

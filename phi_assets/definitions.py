@@ -14,8 +14,8 @@ from phi_assets.evaluation.model_card import MODEL_CARD_ASSETS
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
 from phi_assets.mixture.assets import MIXTURE_ASSETS
 from phi_assets.mixture.search_assets import SEARCH_ASSETS
-from phi_assets.synthetic.assets import generator_model
-from phi_assets.synthetic.generated import SYNTHETIC_ASSETS
+from phi_assets.models.assets import generator_model
+from phi_assets.synthetic.assets import SYNTHETIC_ASSETS
 from phi_assets.training.assets import TRAINING_ASSETS
 from resources import build_executor, build_resources, load_profile
 from sensors import ALL_SENSORS

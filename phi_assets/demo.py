@@ -11,7 +11,7 @@ changed recomputes nothing: every step logs that it skipped and keeps its data v
 partition), as CI does; the exit status is 1 when any step failed.
 
 MBPP (which decontamination, post-training and evaluation read) is resolved before the first step
-(``phi_assets/curation/mbpp_source.py``): when it can be had neither from configuration, nor from the
+(``phi_assets/common/mbpp_source.py``): when it can be had neither from configuration, nor from the
 cache, nor from the Hugging Face Hub, the demo stops at once, exit status 2, with the one message that
 says how to provide it.
 """
@@ -56,7 +56,7 @@ from phi_assets.ingest import embedded
 from phi_assets.ingest.assets import PARTITIONS
 from phi_assets.ingest.catalog import source_totals
 from phi_assets.mixture.search_assets import PROXIES
-from phi_assets.synthetic.generated import BATCHES
+from phi_assets.synthetic.batches import BATCHES
 from resources import load_profile
 from sensors.landing import scan_landing
 

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 
 import dagster as dg
 
+from phi_assets.common.profiles import Profile, load_profile
 from resources.artifact_store import ArtifactStore
 from resources.curation import DecontaminationResource, EncoderResource
 from resources.llm import LLMEngine
-from resources.profiles import Profile, load_profile
 from resources.retraining import RetrainingPolicy
 from resources.training import SubprocessLauncher, TrainingLauncher
 
@@ -73,7 +73,7 @@ def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | N
     tiny = profile.name == "ci"
     return LLMEngine(
         store=store, backend=backend, base_url=base_url,
-        # on the cluster a trained checkpoint gets a vLLM server of its own (k8s/model_server.py)
+        # on the cluster a trained checkpoint gets a vLLM server of its own (resources/llm/k8s_backend.py)
         checkpoint_backend="k8s-vllm" if profile.name == "k8s" and backend == "openai" else "",
         api_key=dg.EnvVar("PHI_LLM_API_KEY") if env.get("PHI_LLM_API_KEY") else None,
         max_model_len=2048 if tiny else 4096,
@@ -85,9 +85,9 @@ def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | N
 
 def build_training_launcher(profile: Profile, env: Mapping[str, str] | None = None) -> TrainingLauncher:
     """Training runs as child processes on local/ci; as Kubernetes Jobs (PyTorchJobs across nodes) on
-    the A100 pool for k8s (``phi_assets.training.launch``), as the deployment profile describes them."""
+    the A100 pool for k8s (``resources.launcher``), as the deployment profile describes them."""
     if profile.name == "k8s":
-        from phi_assets.training.launch import K8sTrainingLauncher
+        from resources.launcher import K8sTrainingLauncher
 
         return K8sTrainingLauncher.from_spec(deployment_profile(env).training())
     return SubprocessLauncher(root=f"{profile.phi_home}/runs")
@@ -100,7 +100,7 @@ def build_resources(profile: Profile) -> dict[str, dg.ConfigurableResource]:
         "profile": ProfileResource.from_profile(profile),
         "llm": build_llm(profile, store),
         "encoder": EncoderResource(model=os.environ.get("PHI_ENCODER_MODEL", "")),
-        "decontamination": DecontaminationResource(),  # MBPP: phi_assets/curation/mbpp_source.py
+        "decontamination": DecontaminationResource(),  # MBPP: phi_assets/common/mbpp_source.py
         "training_launcher": build_training_launcher(profile),
         "retraining": RetrainingPolicy(margin=float(os.environ.get("PHI_EVAL_REGRESSION_MARGIN", "0.02"))),
     }

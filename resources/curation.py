@@ -13,21 +13,21 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 if TYPE_CHECKING:
-    from phi_assets.curation.decontaminate import Decontaminator
-    from phi_assets.curation.embeddings import Encoder
+    from phi_assets.common.decontaminate import Decontaminator
+    from phi_assets.common.embeddings import Encoder
 
 
 @functools.lru_cache(maxsize=4)
 def _encoder(model: str, batch_size: int) -> Encoder:
-    from phi_assets.curation.embeddings import Encoder
+    from phi_assets.common.embeddings import Encoder
 
     return Encoder(model or None, batch_size=batch_size)
 
 
 @functools.lru_cache(maxsize=4)
 def _decontaminator(mbpp_path: str, settings: tuple, model: str, batch_size: int) -> Decontaminator:
-    from phi_assets.curation.decontaminate import DecontamConfig, Decontaminator
-    from phi_assets.curation.eval_tasks import load_eval_tasks
+    from phi_assets.common.benchmarks import load_eval_tasks
+    from phi_assets.common.decontaminate import DecontamConfig, Decontaminator
 
     config = DecontamConfig(**dict(settings))
     encoder = _encoder(model, batch_size) if config.use_embeddings else None
@@ -45,10 +45,10 @@ class EncoderResource(dg.ConfigurableResource):
 
 
 class DecontaminationResource(dg.ConfigurableResource):
-    """Flags documents that contain HumanEval or MBPP tasks (``phi_assets.curation.decontaminate``)."""
+    """Flags documents that contain HumanEval or MBPP tasks (``phi_assets.common.decontaminate``)."""
 
     # the MBPP jsonl (974 tasks); "": $PHI_MBPP_PATH, else the copy downloaded from the Hugging Face Hub
-    # (phi_assets/curation/mbpp_source.py)
+    # (phi_assets/common/mbpp_source.py)
     mbpp_path: str = ""
     use_embeddings: bool = True  # the code-only embedding-similarity pass (phi-1)
     ngram: int = 13
@@ -56,7 +56,7 @@ class DecontaminationResource(dg.ConfigurableResource):
     def resolved_mbpp_path(self) -> str:
         """The MBPP file every consumer reads (``mbpp_source.resolve_mbpp``); a ``ValueError`` that says
         how to provide it when there is none."""
-        from phi_assets.curation.mbpp_source import resolve_mbpp
+        from phi_assets.common.mbpp_source import resolve_mbpp
 
         return str(resolve_mbpp(self.mbpp_path))
 

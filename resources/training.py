@@ -7,7 +7,7 @@ relaunch of the same run resumes.
 
 - ``SubprocessLauncher`` (local, ci): a child process on this machine, under ``torchrun`` when
   ``nproc`` > 1 (DDP or DeepSpeed across local devices or CPU processes).
-- ``phi_assets.training.launch.K8sTrainingLauncher`` (k8s): a Kubernetes Job on one 8xA100 node, or
+- ``resources.launcher.K8sTrainingLauncher`` (k8s): a Kubernetes Job on one 8xA100 node, or
   a Kubeflow PyTorchJob across nodes, with checkpoints on a volume.
 """
 

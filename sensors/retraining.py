@@ -1,6 +1,6 @@
 """``mixture_retraining_sensor``: the retraining policy's answer to new data.
 
-New shards flow through the automated curation path (``phi_assets/automation.py``) into a new
+New shards flow through the automated curation path (``phi_assets/common/automation.py``) into a new
 ``mixture_weights`` version. When that version differs from the one the current
 ``pretrained_checkpoint`` was trained on (Dagster records it as the checkpoint's
 ``dagster/input_data_version/mixture_weights``) and every blocking check of ``mixture_weights``

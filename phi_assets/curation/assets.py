@@ -15,16 +15,13 @@ import dagster as dg
 import polars as pl
 
 from k8s import steps
-from phi_assets.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
+from phi_assets.common.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
+from phi_assets.common.code_version import code_version
+from phi_assets.common.store import current, file_uri, local_copy, materialized, user_error
+from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.curation import classifier as clf
 from phi_assets.curation import (
-    code_syntax,
-    decontaminate,
-    dedup,
     edu,
-    embeddings,
-    eval_tasks,
-    filter_config,
     heuristics,
     minhash,
     stages,
@@ -39,38 +36,17 @@ from phi_assets.curation.metadata import (
 )
 from phi_assets.ingest.assets import PARTITIONS, raw_code_shards, raw_web_shards
 from phi_assets.ingest.schema import SOURCES
-from phi_assets.synthetic.assets import generator_model, model_ref
-from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
+from phi_assets.models.assets import generator_model, model_ref
 from resources import ArtifactStore, ProfileResource
 from resources.curation import DecontaminationResource, EncoderResource
 from resources.llm import LLMEngine
 
 RAW = {"code": raw_code_shards, "web": raw_web_shards}
-FILTER_CODE_VERSION = code_version_of(heuristics, filter_config, minhash, stages)
-DEDUP_CODE_VERSION = code_version_of(dedup, minhash, stages)
-ANNOTATE_CODE_VERSION = code_version_of(edu, stages, salt="".join(edu.load_prompt(s).sha256 for s in SOURCES))
-CLASSIFIER_CODE_VERSION = code_version_of(clf, edu)
-CORPUS_CODE_VERSION = code_version_of(clf, stages, decontaminate, code_syntax, embeddings, eval_tasks)
-
-
-def _current(store: ArtifactStore, asset: str, partition: str | None = None) -> dict:
-    manifest = store.current_manifest(asset, partition)
-    if manifest is None:
-        where = f"{asset}[{partition}]" if partition else asset
-        raise dg.Failure(description=f"{where} has no materialized version; materialize it first")
-    return manifest
-
-
-def _file(store: ArtifactStore, manifest: dict, name: str) -> str:
-    where = store.version_path(manifest["asset"], manifest["partition"], manifest["data_version"])
-    return store.uri(f"{where}/{name}")
-
-
-def _user_error(what: str, build):
-    try:
-        return build()
-    except ValueError as e:
-        raise dg.Failure(description=f"{what}: {e}") from e
+FILTER_CODE_VERSION = code_version(__name__, "quality_filtered_asset")
+DEDUP_CODE_VERSION = code_version(__name__, "dedup_asset")
+ANNOTATE_CODE_VERSION = code_version(__name__, "edu_annotations")
+CLASSIFIER_CODE_VERSION = code_version(__name__, "edu_classifier")
+CORPUS_CODE_VERSION = code_version(__name__, "filtered_corpus_asset")
 
 
 class QualityFilterConfig(dg.Config):
@@ -109,9 +85,9 @@ def quality_filtered_asset(source: str) -> dg.AssetsDefinition:
     def _asset(
         context: dg.AssetExecutionContext, config: QualityFilterConfig, store: ArtifactStore
     ) -> dg.MaterializeResult:
-        raw = _current(store, f"raw_{source}_shards", context.partition_key)
-        filters = _user_error(name, lambda: _filters(source, config.rules))
-        signature = _user_error(
+        raw = current(store, f"raw_{source}_shards", context.partition_key)
+        filters = user_error(name, lambda: _filters(source, config.rules))
+        signature = user_error(
             name,
             lambda: minhash.MinHashConfig(
                 config.shingle_words, config.num_bands, config.rows_per_band, config.minhash_seed
@@ -125,14 +101,14 @@ def quality_filtered_asset(source: str) -> dg.AssetsDefinition:
             inputs=inputs,
             build=lambda out: Built(
                 stable_hash([FILTER_CODE_VERSION, inputs]),
-                stages.filter_shard(_file(store, raw, "docs.parquet"), source, filters, signature, out),
+                stages.filter_shard(file_uri(store, raw, "docs.parquet"), source, filters, signature, out),
             ),
         )
         context.log.info(f"{name}[{context.partition_key}]: {outcome.metadata['funnel']}")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(outcome.data_version),
             metadata={
-                **filter_metadata(outcome.metadata, store.uri(_file(store, outcome.manifest, stages.DOCS))),
+                **filter_metadata(outcome.metadata, store.uri(file_uri(store, outcome.manifest, stages.DOCS))),
                 "skipped": outcome.skipped,
             },
         )
@@ -145,17 +121,14 @@ def _shard_files(
 ) -> tuple[list[stages.ShardFiles], list[dict]]:
     """The current quality-filtered shards of ``source`` and the MinHash settings each was signed with."""
     asset, shards, settings = f"quality_filtered_{source}_shards", [], []
-    for key in sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name)):
-        manifest = store.current_manifest(asset, key)
-        if manifest is None:
-            context.log.warning(f"{asset}[{key}] has no materialized version; dedup leaves it out")
-            continue
+    keys = sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name))
+    for key, manifest in materialized(context, store, asset, keys, "dedup"):
         shards.append(
             stages.ShardFiles(
                 key,
                 manifest["data_version"],
-                _file(store, manifest, stages.DOCS),
-                _file(store, manifest, stages.MINHASH),
+                file_uri(store, manifest, stages.DOCS),
+                file_uri(store, manifest, stages.MINHASH),
             )
         )
         settings.append(manifest["inputs"]["minhash"])
@@ -196,7 +169,7 @@ def dedup_asset(source: str) -> dg.AssetsDefinition:
         shards, settings = _shard_files(context, store, source)
         if not shards:
             raise dg.Failure(description=f"{name}: no {upstream} partition is materialized yet")
-        signature = _user_error(name, lambda: _signature_config(shards, settings))
+        signature = user_error(name, lambda: _signature_config(shards, settings))
         inputs = {"shards": [(s.shard, s.data_version) for s in shards], "minhash": asdict(signature)}
         outcome = materialize_versioned(
             context,
@@ -211,7 +184,7 @@ def dedup_asset(source: str) -> dg.AssetsDefinition:
                 },
             ),
         )
-        db = _file(store, outcome.manifest, stages.CLUSTER_DB)
+        db = file_uri(store, outcome.manifest, stages.CLUSTER_DB)
         return dg.MaterializeResult(
             data_version=dg.DataVersion(outcome.data_version),
             metadata={**dedup_metadata(outcome.metadata, db), "skipped": outcome.skipped},
@@ -241,7 +214,7 @@ def _annotate(
         prompt, manifest = edu.load_prompt(source), dedups[source]
         docs_paths = {s["shard"]: store.resolve(s["docs"]) for s in manifest["metadata"]["shards"]}
         sample = stages.annotation_sample(
-            pl.read_parquet(_file(store, manifest, stages.DECISIONS)), docs_paths, n, config.seed
+            pl.read_parquet(file_uri(store, manifest, stages.DECISIONS)), docs_paths, n, config.seed
         )
         requests = [
             edu.build_request(prompt, t, max_chars=config.max_doc_chars, max_tokens=config.max_tokens)
@@ -294,8 +267,8 @@ def edu_annotations(
     llm: LLMEngine,
     profile: ProfileResource,
 ) -> dg.MaterializeResult:
-    generator = _current(store, "generator_model")
-    dedups = {s: _current(store, f"dedup_{s}") for s in SOURCES}
+    generator = current(store, "generator_model")
+    dedups = {s: current(store, f"dedup_{s}") for s in SOURCES}
     n = config.docs_per_source or profile.get().sizes.edu_annotations_per_source
     inputs = {
         "model": generator["data_version"],
@@ -317,7 +290,7 @@ def edu_annotations(
     return dg.MaterializeResult(
         data_version=dg.DataVersion(outcome.data_version),
         metadata={
-            **annotation_metadata(outcome.metadata, _file(store, outcome.manifest, "annotations.parquet")),
+            **annotation_metadata(outcome.metadata, file_uri(store, outcome.manifest, "annotations.parquet")),
             "skipped": outcome.skipped,
         },
     )
@@ -332,7 +305,7 @@ class ClassifierTrainConfig(dg.Config):
 
 
 def _train(store: ArtifactStore, annotations: dict, encoder, config: clf.ClassifierConfig, out) -> dict:
-    frame = pl.read_parquet(_file(store, annotations, "annotations.parquet")).filter(
+    frame = pl.read_parquet(file_uri(store, annotations, "annotations.parquet")).filter(
         pl.col("score").is_not_null()
     )
     reports = {}
@@ -368,8 +341,8 @@ def edu_classifier(
     store: ArtifactStore,
     encoder: EncoderResource,
 ) -> dg.MaterializeResult:
-    annotations = _current(store, "edu_annotations")
-    settings = _user_error("edu_classifier", lambda: clf.ClassifierConfig(**config.model_dump()))
+    annotations = current(store, "edu_annotations")
+    settings = user_error("edu_classifier", lambda: clf.ClassifierConfig(**config.model_dump()))
     enc = encoder.get()
     inputs = {"annotations": annotations["data_version"], "encoder": enc.version, "config": asdict(settings)}
     outcome = materialize_versioned(
@@ -379,7 +352,7 @@ def edu_classifier(
         inputs=inputs,
         build=lambda out: Built(
             stable_hash([CLASSIFIER_CODE_VERSION, inputs]),
-            _user_error("edu_classifier", lambda: _train(store, annotations, enc, settings, out)),
+            user_error("edu_classifier", lambda: _train(store, annotations, enc, settings, out)),
         ),
     )
     return dg.MaterializeResult(
@@ -394,14 +367,14 @@ class FilteredCorpusConfig(dg.Config):
 
 
 def _dedup_rows(store: ArtifactStore, source: str, key: str, shard_version: str):
-    dedup_manifest = _current(store, f"dedup_{source}")
+    dedup_manifest = current(store, f"dedup_{source}")
     used = {s["shard"]: s["data_version"] for s in dedup_manifest["metadata"]["shards"]}
     if used.get(key) != shard_version:
         raise dg.Failure(
             description=f"dedup_{source} has not seen quality_filtered_{source}_shards[{key}] "
             f"version {shard_version}; materialize dedup_{source} first"
         )
-    return stages.survivors(pl.read_parquet(_file(store, dedup_manifest, stages.DECISIONS)), key)
+    return stages.survivors(pl.read_parquet(file_uri(store, dedup_manifest, stages.DECISIONS)), key)
 
 
 def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
@@ -428,9 +401,9 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
         decontamination: DecontaminationResource,
     ) -> dg.MaterializeResult:
         key = context.partition_key
-        shard, classifier = _current(store, upstream, key), _current(store, "edu_classifier")
+        shard, classifier = current(store, upstream, key), current(store, "edu_classifier")
         keep_rows = _dedup_rows(store, source, key, shard["data_version"])
-        scanner = _user_error(name, lambda: decontamination.get(encoder))
+        scanner = user_error(name, lambda: decontamination.get(encoder))
         if config.head not in clf.HEADS:
             raise dg.Failure(description=f"{name}: head={config.head!r}; choose one of {clf.HEADS}")
         inputs = {
@@ -442,11 +415,11 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
         }
 
         def build(out):
-            model = clf.EduClassifier.load(_local(store, classifier, source))
+            model = clf.EduClassifier.load(local_copy(store, classifier, source))
             return Built(
                 stable_hash([CORPUS_CODE_VERSION, inputs]),
                 stages.score_shard(
-                    _file(store, shard, stages.DOCS),
+                    file_uri(store, shard, stages.DOCS),
                     keep_rows,
                     shard["metadata"]["funnel"]["kept"],
                     source,
@@ -466,7 +439,7 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             data_version=dg.DataVersion(outcome.data_version),
             metadata={
-                **corpus_metadata(outcome.metadata, _file(store, outcome.manifest, stages.DOCS)),
+                **corpus_metadata(outcome.metadata, file_uri(store, outcome.manifest, stages.DOCS)),
                 "skipped": outcome.skipped,
             },
             check_results=[decontamination_check_result(name, outcome.metadata, scanner.version)],
@@ -475,31 +448,15 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
     return _asset
 
 
-def _local(store: ArtifactStore, manifest: dict, sub: str):
-    """A local copy of a stored directory (the store itself when it is local)."""
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    where = f"{store.version_path(manifest['asset'], manifest['partition'], manifest['data_version'])}/{sub}"
-    if store.is_local:
-        return Path(where)
-    # versions are immutable: one copy per version, shared by every step on this machine
-    dest = Path(tempfile.gettempdir()) / "phi-artifacts" / manifest["asset"] / manifest["data_version"] / sub
-    if not dest.is_dir():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(f".{sub}.{os.getpid()}.partial")
-        store.fs.get(where.rstrip("/") + "/", str(partial), recursive=True)
-        try:
-            os.rename(partial, dest)
-        except OSError:  # another step on this machine got there first
-            shutil.rmtree(partial, ignore_errors=True)
-    return dest
-
-
 filtered_code_corpus = filtered_corpus_asset("code")
 filtered_web_corpus = filtered_corpus_asset("web")
+
+
+def corpus_shards(context, store: ArtifactStore, source: str, reader: str) -> list[tuple[str, dict]]:
+    """(shard, manifest) of every materialized shard of ``filtered_{source}_corpus``, for ``reader``."""
+    keys = sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name))
+    return materialized(context, store, f"filtered_{source}_corpus", keys, reader)
+
 
 CURATION_ASSETS = [
     quality_filtered_code_shards,

@@ -23,6 +23,8 @@ import polars as pl
 
 from resources.llm import Request
 
+VERSIONED_FILES = ("prompts/*.md",)  # the rubrics: part of the annotation asset's code version
+
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 PREFILL = "Educational score:"
 MAX_SCORE = 5

@@ -60,14 +60,14 @@ TOKEN_PATTERN = (
     r"|\.\.+|-{2,}|~{2,}"  # runs spaCy keeps whole (ellipses, rules drawn with - or ~)
     r"|[^\w\s]"
 )
-_WORD_CHAR = _char_class(PUNCTUATION + TERMINAL_PUNCTUATION, negate=True)  # token is a "word"
+WORD_CHAR = _char_class(PUNCTUATION + TERMINAL_PUNCTUATION, negate=True)  # token is a "word"
 # Python's str.splitlines() boundaries (Gopher and C4 count lines like datatrove does).
-_LINE_BREAK = r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]"
-_INLINE_SPACE = r"[^\S\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]"
-_TERMINAL_AT_END = _char_class(TERMINAL_PUNCTUATION) + r"\z"
+LINE_BREAK = r"\r\n|[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]"
+INLINE_SPACE = r"[^\S\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]"
+TERMINAL_AT_END = _char_class(TERMINAL_PUNCTUATION) + r"\z"
 # C4 (TFDS c4_utils / datatrove c4_filters.py): Wikipedia citation markers removed before the
 # end-of-line check, the end marks, and the policy phrases that remove a line.
-_C4_CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
+C4_CITATION = r"\[\d*\]|\[edit\]|\[citation needed\]"
 C4_POLICY_SUBSTRINGS = (
     "terms of use",
     "privacy policy",
@@ -81,7 +81,7 @@ C4_POLICY_SUBSTRINGS = (
 # space; or a "." between a lower- and an upper-case letter, which spaCy's tokenizer splits off.
 # It stands in for the spaCy sentencizer datatrove runs on every kept line (same count on 99% of
 # the kept lines of the benchmark corpus).
-_C4_SENTENCE_BREAK = (
+C4_SENTENCE_BREAK = (
     r"(?:\w\w|\d|[^\w\s.])\.[\"'\u201d\u2019)\]]*\s+"
     r"|[!?]+[\"'\u201d\u2019)\]]*\s+"
     r"|\p{Ll}\.\p{Lu}"
@@ -92,7 +92,7 @@ STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
 # Code: StarCoder2's encoded-data patterns (base64, hex byte lists, \u escapes).
 # ASCII mode ((?-u)): the same matches on these ASCII classes, and a DFA-friendly word boundary
 # (Unicode \b made this one regex 10x slower).
-_ENCODED_DATA = (
+ENCODED_DATA = (
     r"(?-u:[a-zA-Z0-9+/\n=]{64,}"
     r"|(?:\b(?:0x|\\x)?[0-9a-fA-F]{2}(?:,|\b\s*)){8,}"
     r"|(?:\\u[0-9a-fA-F]{4}){8,})"
@@ -105,7 +105,7 @@ _LITERAL = (
     r"|True|False|None|true|false|null|nil)"
 )
 _KEY = r"(?:[A-Za-z_][\w.]*|\"[^\"\n]*\"|'[^'\n]*')"
-_DATA_LINE = (
+DATA_LINE = (
     rf"(?m)^[ \t]*(?:{_KEY}[ \t]*[=:][ \t]*)?[\[\](){{}}, \t]*{_LITERAL}"
     rf"(?:[ \t]*[,:;]?[ \t]*[\[\](){{}}]*[ \t]*[,;]?[ \t]*{_LITERAL})*"
     r"[\[\](){}, \t;:]*(?:(?:#|//).*)?\r?$"

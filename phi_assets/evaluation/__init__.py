@@ -1,1 +1,1 @@
-"""Evaluation: the code-execution sandbox, and later HumanEval/MBPP scoring."""
+"""Evaluation: HumanEval/MBPP pass@k of every checkpoint stage (``eval_scores``) and its model card."""

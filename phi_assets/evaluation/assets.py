@@ -16,7 +16,6 @@ are comparable; ``eval_regression_sensor`` compares only those.
 """
 
 import datetime
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +23,18 @@ import dagster as dg
 import duckdb
 
 from k8s import steps
-from phi_assets import plots
-from phi_assets.curation.assets import _current, _local
-from phi_assets.curation.metadata import md_table
-from phi_assets.evaluation import execute, generate, harness, sandbox, understanding
-from phi_assets.synthetic.assets import generator_model, model_ref
-from phi_assets.training.assets import (
-    _policy_engine,
-    _policy_model,
-    dpo_checkpoint,
-    midtrained_checkpoint,
-    pretrained_checkpoint,
-    sft_checkpoint,
-)
-from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
+from phi_assets import sandbox
+from phi_assets.common import plots
+from phi_assets.common.code_version import code_version
+from phi_assets.common.store import current, file_uri, local_copy
+from phi_assets.common.tables import md_table
+from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
+from phi_assets.evaluation import execute, generate, harness, table1, understanding
+from phi_assets.models.assets import generator_model, model_ref
 from resources import ArtifactStore, DecontaminationResource, LLMEngine, ProfileResource
+from resources.llm.checkpoint import checkpoint_engine, checkpoint_model
 
-CODE_VERSION = code_version_of(sys.modules[__name__], harness, generate, execute, understanding, sandbox)
+CODE_VERSION = code_version(__name__, "eval_scores")
 EVAL_ASSET = "eval_scores"
 #: partition -> the asset whose current version is evaluated
 STAGES = {
@@ -52,25 +46,6 @@ STAGES = {
 }
 eval_stages = dg.StaticPartitionsDefinition(list(STAGES))
 DB = "results.duckdb"
-
-#: Table 1 of "Textbooks Are All You Need" (Gunasekar et al., 2023): pass@1 in percent, None for "-".
-PHI1_TABLE1 = (
-    ("Codex-300M", "300M", "100B", 13.2, None),
-    ("Codex-12B", "12B", "100B", 28.8, None),
-    ("CodeGen-Mono-350M", "350M", "577B", 12.8, None),
-    ("CodeGen-Mono-16.1B", "16.1B", "577B", 29.3, 35.3),
-    ("PaLM-Coder", "540B", "780B", 35.9, 47.0),
-    ("CodeGeeX", "13B", "850B", 22.9, 24.4),
-    ("GPT-3.5", "175B", "N.A.", 47.0, None),
-    ("SantaCoder", "1.1B", "236B", 14.0, 35.0),
-    ("GPT-4", "N.A.", "N.A.", 67.0, None),
-    ("Replit", "2.7B", "525B", 21.9, None),
-    ("StarCoder", "15.5B", "1T", 33.6, 52.7),
-    ("WizardCoder", "16B", "1T", 57.3, 51.8),
-    ("phi-1-base", "1.3B", "7B", 29.0, None),
-    ("phi-1-small", "350M", "7B", 45.0, None),
-    ("phi-1", "1.3B", "7B", 50.6, 55.5),
-)
 
 
 class EvalConfig(dg.Config):
@@ -112,7 +87,7 @@ class _Model:
 
     def __init__(self, stage: str, store: ArtifactStore, llm: LLMEngine, phi_home: str):
         asset = STAGES[stage]
-        self.manifest = _current(store, asset)
+        self.manifest = current(store, asset)
         self.version = self.manifest["data_version"]
         meta = self.manifest["metadata"]
         if stage == "reference":
@@ -122,10 +97,11 @@ class _Model:
             self.num_params = meta["model"]["num_parameters"]
             self.tokens = None
         else:  # a training stage's Hugging Face export, with a context no longer than its positions
-            hf = _local(store, self.manifest, "hf")
-            self.engine, self.owned = _policy_engine(llm, Path(hf)), True
+            hf = local_copy(store, self.manifest, "hf")
+            self.engine, self.owned = checkpoint_engine(llm, Path(hf)), True
             name = f"{stage}-{self.version[:12]}"
-            self.ref = _policy_model(self.engine, store, self.manifest, Path(hf), name)
+            uri = file_uri(store, self.manifest, "hf")
+            self.ref = checkpoint_model(self.engine, name, self.version, Path(hf), uri)
             self.chat = False
             self.num_params = meta["num_params"]
             self.tokens = meta["tokens"]
@@ -169,8 +145,9 @@ def _understanding(model: _Model, judge_llm: LLMEngine, judge, config: EvalConfi
     requests = generate.requests(asked, max_tokens=config.understanding_max_tokens, chat=model.chat)
     answers = model.engine.generate(model.ref, requests, log=log, desc="understanding answers").results
     completions = [row["completion"] for row in generate.samples(asked, answers, chat=model.chat)]
-    limits = sandbox.Limits(timeout_s=config.timeout_s, cpu_s=max(1, round(config.timeout_s)))
-    verdicts = sandbox.run_programs([p.program(c) for p, c in zip(problems, completions, strict=True)], limits)
+    verdicts = sandbox.run_programs(
+        [p.program(c) for p, c in zip(problems, completions, strict=True)], _limits(config)
+    )
     model.close()  # the judge may be another model: free this one first
     references, empties = understanding.calibration(problems)
     n = len(problems)
@@ -281,10 +258,6 @@ def _history(context: dg.AssetExecutionContext, current: dict[str, float], eval_
     return md_table(["materialized", "model", "eval set", *keys], rows)
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}%"
-
-
 def _chain(store: ArtifactStore, stage: str, fresh: dict) -> dict[str, dict]:
     """Every stage's current scores (this stage's fresh ones) as stored in its manifest."""
     out = {}
@@ -295,118 +268,84 @@ def _chain(store: ArtifactStore, stage: str, fresh: dict) -> dict[str, dict]:
     return out
 
 
-def _count(n: float) -> str:
-    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
-
-
-def _table1(chain: dict[str, dict]) -> dg.MarkdownMetadataValue:
-    rows = [[name, size, tokens, _pct(he), _pct(mbpp)] for name, size, tokens, he, mbpp in PHI1_TABLE1]
-    for stage, meta in chain.items():
-        scores = meta["scores"]
-        size = f"{meta['num_params'] / 1e6:.1f}M" if meta.get("num_params") else "-"
-        tokens = _count(meta["tokens"]) if meta.get("tokens") else "-"
-        cells = []
-        for benchmark in ("humaneval", "mbpp"):
-            s = scores.get(benchmark)
-            cells.append(f"**{100 * s['pass@1']:.1f}%** ({s['problems']} problems)" if s else "-")
-        rows.append([f"**phi-factory {stage}** ({meta['model_version'][:8]})", size, tokens, *cells])
-    return md_table(["model", "size", "train tokens", "HumanEval pass@1", "MBPP pass@1"], rows)
-
-
-@dg.asset(
-    partitions_def=eval_stages,
-    deps=[pretrained_checkpoint, midtrained_checkpoint, sft_checkpoint, dpo_checkpoint, generator_model],
-    group_name="evaluation",
-    op_tags=steps.tags("eval"),
-    kinds={"vllm", "duckdb"},
-    code_version=CODE_VERSION,
-    description="HumanEval and MBPP pass@k of one checkpoint stage (or the default engine model), every sample "
-    "executed in the sandbox; per-sample results in DuckDB, the score history, and phi-1's Table 1 beside it.",
-)
-def eval_scores(
-    context: dg.AssetExecutionContext,
-    config: EvalConfig,
-    store: ArtifactStore,
-    profile: ProfileResource,
-    llm: LLMEngine,
-    decontamination: DecontaminationResource,
-) -> dg.MaterializeResult:
-    stage = context.partition_key
-    settings = profile.get()
+def _check_config(config: EvalConfig) -> None:
     unknown = sorted(set(config.benchmarks) - set(harness.BENCHMARKS))
     if unknown or not config.benchmarks or config.samples < 1:
         raise dg.Failure(
             description=f"eval_scores: benchmarks must be a non-empty subset of {harness.BENCHMARKS} "
             f"(got {config.benchmarks}) and samples >= 1 (got {config.samples})"
         )
-    try:
-        problems = _problems(config, settings, decontamination)
-    except ValueError as e:
-        raise dg.Failure(description=f"eval_scores[{stage}]: {e}") from e
-    graded = _understanding_on(config, settings.name)
-    judge_manifest = _current(store, "generator_model") if graded else None
-    model = _Model(stage, store, llm, settings.phi_home)
-    eval_set = fingerprint(config, problems)
-    inputs = {
-        "stage": stage,
-        "model": model.version,
-        "eval_set": eval_set,
-        "config": config.model_dump(),
-        "judge": judge_manifest["data_version"] if judge_manifest else None,
-    }
-    ks = sorted(k for k in set(config.ks) if 1 <= k <= config.samples) or [1]
 
-    def build(out: Path) -> Built:
-        try:
-            samples, engine_errors = _generate(model, problems, config, context.log)
-            limits = sandbox.Limits(timeout_s=config.timeout_s, cpu_s=max(1, round(config.timeout_s)))
-            rows, scores, verdicts = [], {}, {}
-            for benchmark, ps in problems.items():
-                ids = {p.task_id for p in ps}
-                mine = [s for s in samples if s["task_id"] in ids]
-                context.log.info(
-                    f"eval_scores[{stage}]: executing {len(mine)} {benchmark} samples in the sandbox"
-                )
-                report = execute.evaluate(ps, mine, ks, limits, progress=True)
-                seen: dict[str, int] = {}
-                for row in report.rows:
-                    seen[row["task_id"]] = seen.get(row["task_id"], -1) + 1
-                    rows.append({**row, "benchmark": benchmark, "sample": seen[row["task_id"]]})
-                scores[benchmark] = {
-                    **report.pass_at_k,
-                    "problems": len(ps),
-                    "samples": len(mine),
-                    "passed": sum(r["passed"] for r in report.rows),
-                }
-                verdicts[benchmark] = report.verdicts
-            grading = None
-            if graded:
-                judge = model_ref(judge_manifest, store, llm, f"{settings.phi_home}/models")
-                grading = _understanding(model, llm, judge, config, context.log)
-        finally:
-            model.close()
-        _write_db(out / DB, stage, model.version, rows, scores, grading["rows"] if grading else [])
-        meta = {
-            "stage": stage,
-            "model_version": model.version,
-            "model_path": model.ref.path or model.ref.served_name,
-            "chat": model.chat,
-            "num_params": model.num_params,
-            "tokens": model.tokens,
-            "eval_set": eval_set,
-            "scores": scores,
-            "verdicts": verdicts,
-            "engine_errors": engine_errors,
-            "samples": len(rows),
+
+def _limits(config: EvalConfig) -> sandbox.Limits:
+    return sandbox.Limits(timeout_s=config.timeout_s, cpu_s=max(1, round(config.timeout_s)))
+
+
+def _execute(
+    problems: dict[str, list[harness.Problem]],
+    samples: list[dict],
+    ks: list[int],
+    config: EvalConfig,
+    log,
+    stage: str,
+) -> tuple[list[dict], dict[str, dict], dict[str, dict]]:
+    """Every sample run in the sandbox: the result rows (numbered per task), and per benchmark its
+    scores (pass@k, problems, samples, passed) and verdict counts."""
+    rows, scores, verdicts = [], {}, {}
+    for benchmark, ps in problems.items():
+        ids = {p.task_id for p in ps}
+        mine = [s for s in samples if s["task_id"] in ids]
+        log.info(f"eval_scores[{stage}]: executing {len(mine)} {benchmark} samples in the sandbox")
+        report = execute.evaluate(ps, mine, ks, _limits(config), progress=True)
+        seen: dict[str, int] = {}
+        for row in report.rows:
+            seen[row["task_id"]] = seen.get(row["task_id"], -1) + 1
+            rows.append({**row, "benchmark": benchmark, "sample": seen[row["task_id"]]})
+        scores[benchmark] = {
+            **report.pass_at_k,
+            "problems": len(ps),
+            "samples": len(mine),
+            "passed": sum(r["passed"] for r in report.rows),
         }
-        if grading:
-            meta["understanding"] = {k: v for k, v in grading.items() if k != "rows"}
-        body = [(r["task_id"], r["sample"], r["completion"], r["verdict"]) for r in rows]
-        return Built(stable_hash([model.version, body, meta["understanding"] if grading else None]), meta)
+        verdicts[benchmark] = report.verdicts
+    return rows, scores, verdicts
 
-    outcome = materialize_versioned(context, store, code_version=CODE_VERSION, inputs=inputs, build=build)
-    if outcome.skipped:
-        model.close()
+
+def _built(
+    model: _Model,
+    stage: str,
+    eval_set: str,
+    rows: list[dict],
+    scores: dict,
+    verdicts: dict,
+    engine_errors: dict[str, int],
+    grading: dict | None,
+) -> Built:
+    """The version's metadata; its data version hashes the model, every sample's verdict and the grading."""
+    meta = {
+        "stage": stage,
+        "model_version": model.version,
+        "model_path": model.ref.path or model.ref.served_name,
+        "chat": model.chat,
+        "num_params": model.num_params,
+        "tokens": model.tokens,
+        "eval_set": eval_set,
+        "scores": scores,
+        "verdicts": verdicts,
+        "engine_errors": engine_errors,
+        "samples": len(rows),
+    }
+    if grading:
+        meta["understanding"] = {k: v for k, v in grading.items() if k != "rows"}
+    body = [(r["task_id"], r["sample"], r["completion"], r["verdict"]) for r in rows]
+    return Built(stable_hash([model.version, body, meta["understanding"] if grading else None]), meta)
+
+
+def _result(
+    context: dg.AssetExecutionContext, store: ArtifactStore, stage: str, outcome
+) -> dg.MaterializeResult:
+    """The materialization: pass@k floats (plotted across runs), the results database, the score
+    history, Table 1 and the chain's bar chart."""
     meta = outcome.metadata
     floats = {
         f"{b}_{k}": float(v) for b, s in meta["scores"].items() for k, v in s.items() if k.startswith("pass@")
@@ -434,7 +373,7 @@ def eval_scores(
                 "SELECT benchmark, verdict, count(*) FROM results GROUP BY ALL;\n```"
             ),
             "history": _history(context, floats, meta["eval_set"], meta["model_version"]),
-            "phi1_table1": _table1(chain),
+            "phi1_table1": table1.phi1_table1(chain),
             "chain": plots.grouped_bar_plot(
                 list(chain),
                 {
@@ -447,6 +386,70 @@ def eval_scores(
             "skipped": outcome.skipped,
         },
     )
+
+
+@dg.asset(
+    partitions_def=eval_stages,
+    # the training chain's checkpoints by key: evaluation does not import the training stage
+    deps=[
+        dg.AssetKey("pretrained_checkpoint"),
+        dg.AssetKey("midtrained_checkpoint"),
+        dg.AssetKey("sft_checkpoint"),
+        dg.AssetKey("dpo_checkpoint"),
+        generator_model,
+    ],
+    group_name="evaluation",
+    op_tags=steps.tags("eval"),
+    kinds={"vllm", "duckdb"},
+    code_version=CODE_VERSION,
+    description="HumanEval and MBPP pass@k of one checkpoint stage (or the default engine model), every sample "
+    "executed in the sandbox; per-sample results in DuckDB, the score history, and phi-1's Table 1 beside it.",
+)
+def eval_scores(
+    context: dg.AssetExecutionContext,
+    config: EvalConfig,
+    store: ArtifactStore,
+    profile: ProfileResource,
+    llm: LLMEngine,
+    decontamination: DecontaminationResource,
+) -> dg.MaterializeResult:
+    stage = context.partition_key
+    settings = profile.get()
+    _check_config(config)
+    try:
+        problems = _problems(config, settings, decontamination)
+    except ValueError as e:
+        raise dg.Failure(description=f"eval_scores[{stage}]: {e}") from e
+    graded = _understanding_on(config, settings.name)
+    judge_manifest = current(store, "generator_model") if graded else None
+    model = _Model(stage, store, llm, settings.phi_home)
+    eval_set = fingerprint(config, problems)
+    inputs = {
+        "stage": stage,
+        "model": model.version,
+        "eval_set": eval_set,
+        "config": config.model_dump(),
+        "judge": judge_manifest["data_version"] if judge_manifest else None,
+    }
+    ks = sorted(k for k in set(config.ks) if 1 <= k <= config.samples) or [1]
+
+    def build(out: Path) -> Built:
+        try:
+            samples, engine_errors = _generate(model, problems, config, context.log)
+            rows, scores, verdicts = _execute(problems, samples, ks, config, context.log, stage)
+            grading = None
+            if graded:
+                judge = model_ref(judge_manifest, store, llm, f"{settings.phi_home}/models")
+                grading = _understanding(model, llm, judge, config, context.log)
+        finally:
+            model.close()
+        _write_db(out / DB, stage, model.version, rows, scores, grading["rows"] if grading else [])
+        return _built(model, stage, eval_set, rows, scores, verdicts, engine_errors, grading)
+
+    outcome = materialize_versioned(context, store, code_version=CODE_VERSION, inputs=inputs, build=build)
+    if outcome.skipped:
+        model.close()
+    return _result(context, store, stage, outcome)
 
 
 EVALUATION_ASSETS = [eval_scores]

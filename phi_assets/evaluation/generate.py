@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from phi_assets.evaluation.harness import Problem
-from phi_assets.training.preferences import STOPS
 from resources.llm import Request
+from resources.llm.checkpoint import COMPLETION_STOPS
 
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert ", "\n```", "\n#")
 MBPP_STOP = ("```",)
-MBPP_COMPLETION_STOP = STOPS  # what the SFT and DPO stages sample MBPP-style prompts with
+MBPP_COMPLETION_STOP = COMPLETION_STOPS  # what the SFT and DPO stages sample MBPP-style prompts with
 MBPP_INSTRUCTION = "Write a Python function for this task. Answer with the code only.\n"
 
 

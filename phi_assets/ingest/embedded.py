@@ -17,8 +17,8 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from phi_assets.common.profiles import Sizes
 from phi_assets.ingest.readers import Item, ReaderOptions, Record, read_source_files
-from resources.profiles import Sizes
 
 PREFIX = "embedded:"
 EXCLUDED_DISTRIBUTIONS = {"phi-factory"}  # our own package: its README is not third-party docs

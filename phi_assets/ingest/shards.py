@@ -20,6 +20,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from phi_assets.common.profiles import Profile
 from phi_assets.ingest import embedded
 from phi_assets.ingest.readers import (
     READERS,
@@ -32,7 +33,6 @@ from phi_assets.ingest.readers import (
     detect_format,
 )
 from phi_assets.ingest.schema import DOC_SCHEMA, REJECT_SCHEMA, doc_id, meta_json
-from resources.profiles import Profile
 
 DOCS_FILE, REJECTS_FILE = "docs.parquet", "rejects.parquet"
 # C0 controls other than tab, newlines, form feed, and DEL. In UTF-8 these bytes never occur inside

@@ -4,8 +4,8 @@
   parallel steps (pods on Kubernetes). Each samples its mixture from a Dirichlet (``search.py``),
   trains a tiny ``PhiForCausalLM`` on it (``proxy.py``) and records validation loss per source.
 - ``mixture_search``: fans in over the proxies, fits loss ~ weights, and proposes the mixture with
-  the lowest predicted loss under the real run's epoch cap. ``mixture_weights`` takes it with
-  ``weights_from: search``.
+  the lowest predicted loss under the real run's epoch cap. ``mixture_weights`` (``assets.py``)
+  takes it with ``weights_from: search``.
 """
 
 import json
@@ -16,13 +16,14 @@ import dagster as dg
 import polars as pl
 
 from k8s import steps
-from phi_assets import plots
-from phi_assets.curation.assets import _current, _user_error
-from phi_assets.curation.metadata import md_table
+from phi_assets.common import plots
+from phi_assets.common.code_version import code_version
+from phi_assets.common.store import current, materialized, user_error
+from phi_assets.common.tables import md_table
+from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.mixture import loader, proxy, search
 from phi_assets.mixture import weights as mix
-from phi_assets.mixture.assets import (
-    DEFAULT_MAX_EPOCHS,
+from phi_assets.mixture.token_assets import (
     TOKENIZED_ASSETS,
     open_shards,
     shard_versions,
@@ -30,15 +31,13 @@ from phi_assets.mixture.assets import (
     token_counts,
     tokenizer,
 )
-from phi_assets.synthetic.generated import _materialized
-from phi_assets.versioning import Built, code_version_of, materialize_versioned, stable_hash
 from resources import ArtifactStore, ProfileResource, load_profile
 
 SIZES = load_profile().sizes
 PROXIES = dg.StaticPartitionsDefinition([f"proxy-{i:03d}" for i in range(SIZES.mixture_proxies)])
 _HERE = sys.modules[__name__]
-PROXY_CODE_VERSION = code_version_of(_HERE, proxy, search, loader)
-SEARCH_CODE_VERSION = code_version_of(_HERE, search, mix)
+PROXY_CODE_VERSION = code_version(__name__, "mixture_proxies")
+SEARCH_CODE_VERSION = code_version(__name__, "mixture_search")
 
 
 class ProxyTrainingConfig(dg.Config):
@@ -120,9 +119,9 @@ def mixture_proxies(
     profile: ProfileResource,
 ) -> dg.MaterializeResult:
     index = int(context.partition_key.rsplit("-", 1)[1])
-    cfg = _user_error("mixture_proxies", lambda: _proxy_config(config, index, profile))
+    cfg = user_error("mixture_proxies", lambda: _proxy_config(config, index, profile))
     shards = source_shards(context, store, "mixture_proxies")
-    tok = _current(store, "tokenizer")
+    tok = current(store, "tokenizer")
     versions = shard_versions(shards)
     inputs = {
         "shards": versions,
@@ -134,7 +133,7 @@ def mixture_proxies(
 
     def build(out: Path) -> Built:
         opened = open_shards(store, {n: f for n, f in shards.items() if f})
-        prior, mixture, result = _user_error(
+        prior, mixture, result = user_error(
             "mixture_proxies",
             lambda: _train_one(context, opened, config, cfg, index, tok["metadata"]["vocab_size"]),
         )
@@ -178,7 +177,7 @@ class MixtureSearchConfig(dg.Config):
     num_candidates: int = 10_000  # mixtures scored by the regression
     top_k: int = 100  # the proposal averages the best top_k candidates (RegMix)
     token_budget: int = 0  # 0: the profile's size; candidates respect max_epochs at this budget
-    max_epochs: float = DEFAULT_MAX_EPOCHS
+    max_epochs: float = mix.DEFAULT_MAX_EPOCHS
     seed: int = 0
 
 
@@ -238,7 +237,7 @@ def mixture_search(
     profile: ProfileResource,
 ) -> dg.MaterializeResult:
     budget = config.token_budget or profile.get().sizes.token_budget
-    found = _materialized(context, store, "mixture_proxies", PROXIES.get_partition_keys(), "mixture_search")
+    found = materialized(context, store, "mixture_proxies", PROXIES.get_partition_keys(), "mixture_search")
     inputs = {
         "proxies": [(k, m["data_version"]) for k, m in found],
         "config": {**config.model_dump(), "budget": budget},
@@ -246,7 +245,7 @@ def mixture_search(
 
     def build(out: Path) -> Built:
         records = [m["metadata"] for _, m in found]
-        result = _user_error("mixture_search", lambda: run_search(records, config, budget))
+        result = user_error("mixture_search", lambda: run_search(records, config, budget))
         (out / "proposal.json").write_text(json.dumps(result, indent=1))
         rows = [
             {"proxy": k, **{s: r["mixture"].get(s, 0.0) for s in result["sources"]}, "loss": loss, "loo": loo}

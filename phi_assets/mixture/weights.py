@@ -26,6 +26,7 @@ CATEGORY = {
 }
 SOURCES = tuple(CATEGORY)
 TOLERANCE = 1e-9
+DEFAULT_MAX_EPOCHS = 16.0  # Muennighoff et al. (2023): repeated data adds little beyond ~16 epochs
 
 
 def normalise(weights: Mapping[str, float], tokens: Mapping[str, int]) -> dict[str, float]:

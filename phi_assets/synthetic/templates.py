@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+VERSIONED_FILES = ("prompts/*.md",)  # every template: part of the code version of the assets that use them
+
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 _FIELD = re.compile(r"\{([a-z_]+)\}")
 
@@ -59,9 +61,3 @@ def load_all() -> dict[str, Template]:
         "rewrite_textbook": load("rewrite_textbook", needs=("document",)),
     }
 
-
-def prompts_salt() -> str:
-    return (
-        "".join(t.sha256 for t in load_all().values())
-        + hashlib.sha256((PROMPTS_DIR / "topics.txt").read_bytes()).hexdigest()
-    )

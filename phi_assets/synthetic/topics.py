@@ -24,6 +24,8 @@ import polars as pl
 
 from phi_assets.synthetic.templates import PROMPTS_DIR
 
+VERSIONED_FILES = ("prompts/topics.txt",)  # relative to this module's folder: synthetic/
+
 AUDIENCES = ("young children", "high school students", "college students", "researchers")
 FORMATS = ("textbook section", "tutorial", "worked example", "Q&A")
 TOPIC_SCHEMA = {

@@ -18,7 +18,8 @@ BACKENDS = ("flash", "sdpa")
 
 
 @functools.cache
-def _flash_attn():
+def flash_attn_kernels():
+    """flash-attn's (dense, varlen) kernels, or None where it is not installed."""
     try:
         import flash_attn  # noqa: F401
         from flash_attn import flash_attn_func, flash_attn_varlen_func
@@ -30,7 +31,8 @@ def _flash_attn():
 def backend(device: torch.device, dtype: torch.dtype) -> str:
     """The backend for tensors on ``device`` in ``dtype``."""
     wanted = os.environ.get("PHI_ATTENTION", "")
-    usable = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _flash_attn() is not None
+    half = dtype in (torch.float16, torch.bfloat16)
+    usable = device.type == "cuda" and half and flash_attn_kernels() is not None
     if wanted == "flash" and not usable:
         raise ValueError("PHI_ATTENTION=flash needs flash-attn installed, a CUDA device and fp16/bf16 tensors")
     if wanted and wanted not in BACKENDS:
@@ -57,7 +59,7 @@ def attend(
     """Causal attention; returns (batch, heads, seq, head_dim)."""
     batch, heads, seq, dim = q.shape
     if backend(q.device, q.dtype) == "flash":
-        flash, varlen = _flash_attn()
+        flash, varlen = flash_attn_kernels()
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # flash-attn wants (batch, seq, heads, dim)
         if cu_seqlens is None:
             return flash(qt, kt, vt, dropout_p=dropout, causal=True).transpose(1, 2)

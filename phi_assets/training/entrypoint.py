@@ -31,7 +31,8 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from phi_assets.mixture.tokens import TokenShard
@@ -47,12 +48,12 @@ NEEDS = {
 }
 
 
-def _is_uri(path: str) -> bool:
+def is_uri(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
 def read_text(path: str) -> str:
-    if _is_uri(path):
+    if is_uri(path):
         import fsspec
 
         with fsspec.open(path, "r") as f:
@@ -84,7 +85,7 @@ def load_config(path: str | Path) -> dict:
 def localize(path: str, out: Path) -> Path:
     """A local path for an input: itself, or a copy of a URI (file or directory) under ``out/inputs``
     made once and renamed into place."""
-    if not _is_uri(path):
+    if not is_uri(path):
         return Path(str(path).removeprefix("file://"))
     import fsspec
 
@@ -158,87 +159,40 @@ def _frame_rows(path: Path, columns: list[str]) -> list[tuple[str, ...]]:
     return list(frame.select(columns).iter_rows())
 
 
+@dataclass
+class _Stage:
+    """What a stage trains on: its loader, its loss (None: next-token), and what the end reports on."""
+
+    make_loader: Callable[[], object]
+    loss_fn: Callable | None = None
+    sources: dict = field(default_factory=dict)  # pretrain, midtrain: the opened shards
+    weights: dict = field(default_factory=dict)
+    reference: object = None  # dpo: the frozen reference model
+    pairs: int = 0  # dpo: how many pairs
+
+
 def run(config: dict, pipes=None) -> dict:
     from phi_assets.mixture import tokenizer as tk
-    from phi_assets.training.dpo import DPOLoader, dpo_loss, encode_preferences, preference_accuracy
-    from phi_assets.training.sft import SFTLoader, encode_pairs
 
     cfg: trainer.TrainConfig = config["train"]
-    stage = config["stage"]
     out = Path(config["out"])
     out.mkdir(parents=True, exist_ok=True)
     world = _world()
     loaded = tk.load(localize(config["tokenizer"], out))
     init = localize(config["init"], out) if config.get("init") else None
-    summary: dict = {"stage": stage}
-    loss_fn, sources = None, {}
-    if stage in ("pretrain", "midtrain"):
-        sources = {
-            name: [TokenShard.open(localize(p, out)) for p in paths]
-            for name, paths in config["sources"].items()
-        }
-        weights = config["weights"]
-
-        def make_loader():
-            return trainer.mixture_loader(cfg, sources, weights)
-
-        if init is not None:  # the parent's validation losses, to compare with the result's
-            parent = _load_model(init, cfg, loaded.vocab_size)
-            summary["parent_val_loss"] = _val_losses(config, cfg, parent, sources, weights)
-            del parent
-    elif stage == "sft":
-        examples = encode_pairs(
-            loaded, _frame_rows(localize(config["examples"], out), ["prompt", "completion"])
-        )
-
-        def make_loader():
-            return SFTLoader(
-                examples,
-                cfg.seq_len,
-                cfg.micro_batch_size,
-                loaded.eot_id,
-                cfg.seed,
-                world.rank,
-                world.world_size,
-            )
-
-        summary["examples"] = len(examples)
-    else:
-        pairs = encode_preferences(
-            loaded, _frame_rows(localize(config["pairs"], out), ["prompt", "chosen", "rejected"])
-        )
-        reference = _load_model(
-            localize(config.get("reference") or config["init"], out), cfg, loaded.vocab_size
-        )
-        loss_fn = dpo_loss(reference, float(config.get("beta", 0.1)))
-
-        def make_loader():
-            return DPOLoader(
-                pairs, cfg.seq_len, cfg.micro_batch_size, loaded.eot_id, cfg.seed, world.rank, world.world_size
-            )
-
-        summary["pairs"] = len(pairs)
+    summary: dict = {"stage": config["stage"]}
+    stage = _prepare(config, cfg, out, loaded, init, world, summary)
     metrics = (out / "metrics.jsonl").open("a") if world.rank == 0 else None
-
-    def log(entry: trainer.StepLog) -> None:
-        if metrics is None:
-            return
-        row = asdict(entry)
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
-        if pipes is not None:
-            pipes.report_custom_message({"kind": "step", **row})
-
     try:
         model = trainer.train_on(
             cfg,
-            make_loader,
+            stage.make_loader,
             loaded.vocab_size,
             out,
-            log=log,
+            log=_step_logger(metrics, pipes),
             peak_flops=float(config.get("peak_flops", 0.0)) or trainer.peak_flops(cfg.precision),
             init=init,
-            loss_fn=loss_fn,
+            loss_fn=stage.loss_fn,
         )
     finally:
         if metrics is not None:
@@ -250,10 +204,105 @@ def run(config: dict, pipes=None) -> dict:
     )
     if world.rank != 0:
         return summary
-    if sources:
-        summary["val_loss"] = _val_losses(config, cfg, model, sources, weights)
-    if stage == "dpo":
-        summary["preference_accuracy"] = preference_accuracy(model, reference, make_loader(), len(pairs))
+    return _finish(config, cfg, out, model, stage, summary)
+
+
+def _prepare(
+    config: dict, cfg: trainer.TrainConfig, out: Path, loaded, init: Path | None, world, summary: dict
+) -> _Stage:
+    """The stage's data (and, for DPO, its reference model and loss); what it knows before training
+    goes into ``summary``."""
+    if config["stage"] in ("pretrain", "midtrain"):
+        return _mixture_stage(config, cfg, out, loaded, init, summary)
+    if config["stage"] == "sft":
+        return _sft_stage(config, cfg, out, loaded, world, summary)
+    return _dpo_stage(config, cfg, out, loaded, world, summary)
+
+
+def _sft_stage(config: dict, cfg: trainer.TrainConfig, out: Path, loaded, world, summary: dict) -> _Stage:
+    from phi_assets.training.sft import SFTLoader, encode_pairs
+
+    examples = encode_pairs(loaded, _frame_rows(localize(config["examples"], out), ["prompt", "completion"]))
+
+    def make_loader():
+        return SFTLoader(
+            examples,
+            cfg.seq_len,
+            cfg.micro_batch_size,
+            loaded.eot_id,
+            cfg.seed,
+            world.rank,
+            world.world_size,
+        )
+
+    summary["examples"] = len(examples)
+    return _Stage(make_loader)
+
+
+def _dpo_stage(config: dict, cfg: trainer.TrainConfig, out: Path, loaded, world, summary: dict) -> _Stage:
+    """DPO: the pairs, and the frozen reference (``reference``, default the ``init`` checkpoint)."""
+    from phi_assets.training.dpo import DPOLoader, dpo_loss, encode_preferences
+
+    pairs = encode_preferences(
+        loaded, _frame_rows(localize(config["pairs"], out), ["prompt", "chosen", "rejected"])
+    )
+    reference = _load_model(localize(config.get("reference") or config["init"], out), cfg, loaded.vocab_size)
+
+    def make_loader():
+        return DPOLoader(
+            pairs, cfg.seq_len, cfg.micro_batch_size, loaded.eot_id, cfg.seed, world.rank, world.world_size
+        )
+
+    summary["pairs"] = len(pairs)
+    loss_fn = dpo_loss(reference, float(config.get("beta", 0.1)))
+    return _Stage(make_loader, loss_fn, reference=reference, pairs=len(pairs))
+
+
+def _mixture_stage(
+    config: dict, cfg: trainer.TrainConfig, out: Path, loaded, init: Path | None, summary: dict
+) -> _Stage:
+    """Pretraining and midtraining: the mixture's shards; midtraining (``init``) first measures the
+    parent's validation losses, to compare with the result's."""
+    sources = {
+        name: [TokenShard.open(localize(p, out)) for p in paths] for name, paths in config["sources"].items()
+    }
+    weights = config["weights"]
+
+    def make_loader():
+        return trainer.mixture_loader(cfg, sources, weights)
+
+    if init is not None:
+        parent = _load_model(init, cfg, loaded.vocab_size)
+        summary["parent_val_loss"] = _val_losses(config, cfg, parent, sources, weights)
+        del parent
+    return _Stage(make_loader, sources=sources, weights=weights)
+
+
+def _step_logger(metrics, pipes) -> Callable[[trainer.StepLog], None]:
+    """Each step's metrics appended to ``metrics.jsonl`` (rank 0) and, under Pipes, sent as a message."""
+
+    def log(entry: trainer.StepLog) -> None:
+        if metrics is None:
+            return
+        row = asdict(entry)
+        metrics.write(json.dumps(row) + "\n")
+        metrics.flush()
+        if pipes is not None:
+            pipes.report_custom_message({"kind": "step", **row})
+
+    return log
+
+
+def _finish(config: dict, cfg: trainer.TrainConfig, out: Path, model, stage: _Stage, summary: dict) -> dict:
+    """Rank 0 after training: the final evaluations, the export, the summary, and the publication."""
+    if stage.sources:
+        summary["val_loss"] = _val_losses(config, cfg, model, stage.sources, stage.weights)
+    if config["stage"] == "dpo":
+        from phi_assets.training.dpo import preference_accuracy
+
+        summary["preference_accuracy"] = preference_accuracy(
+            model, stage.reference, stage.make_loader(), stage.pairs
+        )
     summary["hf"] = str(export_hf(model, localize(config["tokenizer"], out), out))
     _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     if config.get("publish"):

@@ -2,7 +2,7 @@
 
 A ``Problem`` is a prompt to complete, the assert lines that judge a completion, and optionally a
 reference completion. Every completion is judged the same way: ``prompt + completion`` followed by
-the tests runs in the sandbox (``phi_assets.evaluation.sandbox``), and only ``passed`` counts.
+the tests runs in the sandbox (``phi_assets.sandbox``), and only ``passed`` counts.
 
 Rejection sampling: the policy samples ``n`` completions per problem; each failing sample is paired
 as *rejected* with a passing one as *chosen* (a passing sample, else the reference when it passes).
@@ -29,10 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from phi_assets.curation.eval_tasks import read_mbpp
+from phi_assets.common.benchmarks import read_mbpp
 
-# A completion ends where the judged program's next part would start.
-STOPS = ("\nassert ", "\nprint(", "\nif __name__", '\n"""', "\n```", "\n# Test", "\n<|endoftext|>")
 MBPP_TRAIN = range(601, 975)  # MBPP's training split; its test split (11-510) is for evaluation
 
 

@@ -293,6 +293,21 @@ def train(
     return train_on(cfg, lambda: mixture_loader(cfg, sources, weights), vocab, out, log, peak_flops)
 
 
+@dataclass
+class _Run:
+    """What a training run holds between steps."""
+
+    model: phi.PhiForCausalLM
+    opt: torch.optim.AdamW
+    loader: object
+    runner: distributed.Runner
+    world: distributed.World
+    device: torch.device
+    scaler: torch.amp.GradScaler | None
+    step: int
+    deepspeed: bool  # the DeepSpeed engine accumulates, scales and checkpoints itself
+
+
 def train_on(
     cfg: TrainConfig,
     make_loader: Callable[[], object],
@@ -307,6 +322,42 @@ def train_on(
     SFTLoader); ``init`` starts from an exported model (a parent checkpoint). Under torchrun or the
     deepspeed launcher every rank reads its rows of each global batch; rank 0 logs and checkpoints.
     ``loss_fn(logits, input_ids, labels)`` replaces the next-token loss (DPO)."""
+    run = _start(cfg, make_loader, vocab, out, init)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    autocast_dtype = None if run.deepspeed else dtype  # DeepSpeed keeps bf16 weights itself
+    flops = run.model.flops_per_token(cfg.seq_len)
+    run.model.train()
+    while run.step < cfg.max_steps:
+        start = time.perf_counter()
+        for group in run.runner.optimizer.param_groups:
+            group["lr"] = lr_at(run.step, cfg)
+        total, norm = _optimizer_step(cfg, run, autocast_dtype, loss_fn)
+        run.step += 1
+        step, world = run.step, run.world
+        seconds = time.perf_counter() - start
+        tps = cfg.tokens_per_step * world.world_size / seconds
+        if log and world.rank == 0:
+            log(
+                StepLog(
+                    step,
+                    total,
+                    lr_at(step - 1, cfg),
+                    norm,
+                    step * cfg.tokens_per_step * world.world_size,
+                    tps,
+                    mfu(flops, tps, peak_flops, world.world_size),
+                )
+            )
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            _checkpoint(out, cfg, run)
+    return run.model
+
+
+def _start(
+    cfg: TrainConfig, make_loader: Callable[[], object], vocab: int, out: Path, init: Path | None
+) -> _Run:
+    """Seed, build the model (from ``init``), the optimizer and the loader, and restore the last
+    checkpoint in ``out`` if there is one."""
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -346,61 +397,46 @@ def train_on(
             loader.load_state_dict(state["loader"])
             _set_rng_state(state["rng"])
             step = int(state["step"])
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    autocast_dtype = None if deepspeed else dtype  # DeepSpeed keeps bf16 weights itself
-    flops = model.flops_per_token(cfg.seq_len)
-    model.train()
-    while step < cfg.max_steps:
-        start = time.perf_counter()
-        for group in runner.optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            batch = loader.next_batch()
-            ids = torch.from_numpy(batch.input_ids).to(device, non_blocking=True)
-            labels = torch.from_numpy(batch.labels).to(device, non_blocking=True)
-            kwargs = {}
-            if batch.position_ids is not None:
-                kwargs = {
-                    "position_ids": torch.from_numpy(batch.position_ids).to(device),
-                    "cu_seqlens": torch.from_numpy(batch.cu_seqlens).to(device),
-                }
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = runner.forward(ids, **kwargs)
-                if loss_fn is None:  # next-token loss; labels of -100 (prompts, padding) are ignored
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-                else:
-                    loss = loss_fn(logits, ids, labels)
-            runner.backward(loss if deepspeed else loss / cfg.grad_accum)  # DeepSpeed divides by itself
-            total += loss.item() / cfg.grad_accum
-            if deepspeed:
-                norm = runner.step()  # steps the optimizer at the accumulation boundary only
-        if not deepspeed:
-            norm = runner.step()
-        step += 1
-        seconds = time.perf_counter() - start
-        tps = cfg.tokens_per_step * world.world_size / seconds
-        if log and world.rank == 0:
-            log(
-                StepLog(
-                    step,
-                    total,
-                    lr_at(step - 1, cfg),
-                    norm,
-                    step * cfg.tokens_per_step * world.world_size,
-                    tps,
-                    mfu(flops, tps, peak_flops, world.world_size),
-                )
-            )
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            if deepspeed:  # collective: every rank writes its ZeRO shard
-                runner.save(
-                    out / DEEPSPEED,
-                    {"step": step, "loader": loader.state_dict(), "rng": _rng_state(), "config": asdict(cfg)},
-                )
-            elif world.rank == 0:
-                save_checkpoint(out, model, opt, step, loader, cfg, scaler)
-    return model
+    return _Run(model, opt, loader, runner, world, device, scaler, step, deepspeed)
+
+
+def _optimizer_step(cfg: TrainConfig, run: _Run, autocast_dtype, loss_fn) -> tuple[float, float]:
+    """One optimizer step over ``grad_accum`` micro-batches: (mean loss, gradient norm)."""
+    runner, device, deepspeed = run.runner, run.device, run.deepspeed
+    total = 0.0
+    for _ in range(cfg.grad_accum):
+        batch = run.loader.next_batch()
+        ids = torch.from_numpy(batch.input_ids).to(device, non_blocking=True)
+        labels = torch.from_numpy(batch.labels).to(device, non_blocking=True)
+        kwargs = {}
+        if batch.position_ids is not None:
+            kwargs = {
+                "position_ids": torch.from_numpy(batch.position_ids).to(device),
+                "cu_seqlens": torch.from_numpy(batch.cu_seqlens).to(device),
+            }
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = runner.forward(ids, **kwargs)
+            if loss_fn is None:  # next-token loss; labels of -100 (prompts, padding) are ignored
+                loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+            else:
+                loss = loss_fn(logits, ids, labels)
+        runner.backward(loss if deepspeed else loss / cfg.grad_accum)  # DeepSpeed divides by itself
+        total += loss.item() / cfg.grad_accum
+        if deepspeed:
+            norm = runner.step()  # steps the optimizer at the accumulation boundary only
+    if not deepspeed:
+        norm = runner.step()
+    return total, norm
+
+
+def _checkpoint(out: Path, cfg: TrainConfig, run: _Run) -> None:
+    if run.deepspeed:  # collective: every rank writes its ZeRO shard
+        run.runner.save(
+            out / DEEPSPEED,
+            {"step": run.step, "loader": run.loader.state_dict(), "rng": _rng_state(), "config": asdict(cfg)},
+        )
+    elif run.world.rank == 0:
+        save_checkpoint(out, run.model, run.opt, run.step, run.loader, cfg, run.scaler)
 
 
 # Dense peak FLOP/s per device for bf16 matmuls (vendor data sheets; fp32 uses TF32 peaks off).

@@ -144,7 +144,7 @@ class LLMEngine(dg.ConfigurableResource):
     store: ArtifactStore
     backend: str = "vllm"
     # the backend of a trained checkpoint's engine (empty: this one); "k8s-vllm" on the cluster, where a
-    # checkpoint gets a vLLM server of its own (k8s/model_server.py) for as long as the engine needs it
+    # checkpoint gets a vLLM server of its own (resources/llm/k8s_backend.py) for as long as the engine needs it
     checkpoint_backend: str = ""
     chunk_size: int = 256
     use_cache: bool = True
@@ -192,8 +192,8 @@ class LLMEngine(dg.ConfigurableResource):
                 request_timeout_s=self.request_timeout_s, max_attempts=self.max_attempts,
                 backoff_s=self.backoff_s), log=log)
         if self.backend == "k8s-vllm":
-            from k8s.model_server import ServedModelBackend
             from resources import deployment_profile
+            from resources.llm.k8s_backend import ServedModelBackend
 
             cluster = deployment_profile()
             return ServedModelBackend(

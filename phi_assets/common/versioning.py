@@ -13,20 +13,12 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from resources.artifact_store import ArtifactStore
-
-
-def code_version_of(*modules: ModuleType, salt: str = "") -> str:
-    """A code version that changes whenever the source of any listed module changes."""
-    h = hashlib.sha256(salt.encode())
-    for module in modules:
-        h.update(Path(module.__file__).read_bytes())
-    return h.hexdigest()[:12]
+if TYPE_CHECKING:
+    from resources.artifact_store import ArtifactStore
 
 
 def stable_hash(obj: Any, length: int = 32) -> str:

@@ -13,7 +13,7 @@ training split) and evaluation (its test split) all read MBPP's ``mbpp.jsonl`` (
    ``json.dumps`` formatting) and written atomically to the cache of step 2.
 4. otherwise one ``MBPPUnavailable`` error that names both ways to provide it.
 
-Run ``python -m phi_assets.curation.mbpp_source`` to resolve it once (downloading it if needed and
+Run ``python -m phi_assets.common.mbpp_source`` to resolve it once (downloading it if needed and
 allowed) and print the path; exit 2 with a one-line message when it cannot be had.
 """
 
@@ -52,7 +52,7 @@ def cache_path(home: str | Path | None = None) -> Path:
     """Where a downloaded copy is kept: ``<home>/benchmarks/mbpp/mbpp.jsonl`` (home: the profile's
     ``PHI_HOME``)."""
     if home is None:
-        from resources.profiles import load_profile
+        from phi_assets.common.profiles import load_profile
 
         home = load_profile().phi_home
     return Path(home) / "benchmarks" / "mbpp" / "mbpp.jsonl"
@@ -219,7 +219,7 @@ def write_jsonl_atomically(lines: Iterable[str], dest: Path, scratch: Path | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m phi_assets.curation.mbpp_source",
+    parser = argparse.ArgumentParser(prog="python -m phi_assets.common.mbpp_source",
                                      description="Find MBPP's mbpp.jsonl (downloading it once if needed and "
                                                  "allowed) and print its path.")
     parser.parse_args(argv)

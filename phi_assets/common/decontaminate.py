@@ -17,7 +17,7 @@ embeddings reaches ``min_embedding_similarity``. The cheap checks run first (len
 by the ratio, shared abstracted 5-grams via one sparse product per batch, difflib's upper bounds),
 so only the few survivors are embedded.
 
-Run: ``python -m phi_assets.curation.decontaminate --input FILE --out FLAGGED [--mbpp PATH]
+Run: ``python -m phi_assets.common.decontaminate --input FILE --out FLAGGED [--mbpp PATH]
 [--text-column text] [--code | --no-code] [--no-embeddings]`` (exit 2 on a user error). Without
 ``--mbpp``, MBPP is found like everywhere else (``mbpp_source.py``); when it cannot be had, only
 HumanEval is checked and the output says so.
@@ -39,9 +39,9 @@ from functools import cached_property
 import numpy as np
 import polars as pl
 
-from phi_assets.curation.code_syntax import Function, code_functions
-from phi_assets.curation.embeddings import Encoder
-from phi_assets.curation.eval_tasks import EvalTask
+from phi_assets.common.benchmarks import EvalTask
+from phi_assets.common.code_syntax import Function, code_functions
+from phi_assets.common.embeddings import Encoder
 
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 DROPPED = frozenset("();\\")  # tokens a formatter adds or removes (redundant parentheses, separators)
@@ -360,10 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import argparse
     import sys
 
-    from phi_assets.curation.eval_tasks import load_eval_tasks
-    from phi_assets.curation.mbpp_source import MBPPUnavailable, resolve_mbpp
+    from phi_assets.common.benchmarks import load_eval_tasks
+    from phi_assets.common.mbpp_source import MBPPUnavailable, resolve_mbpp
 
-    parser = argparse.ArgumentParser(prog="python -m phi_assets.curation.decontaminate", description=__doc__
+    parser = argparse.ArgumentParser(prog="python -m phi_assets.common.decontaminate", description=__doc__
                                      .split("\n")[0])
     parser.add_argument("--input", required=True, help="parquet or JSONL (.jsonl, .jsonl.gz) documents")
     parser.add_argument("--out", required=True, help="flagged rows: .parquet, .jsonl or .jsonl.gz")

@@ -38,7 +38,7 @@ def default_model_path() -> Path:
 
 def check_model_dir(path: Path) -> None:
     """Raise ValueError naming ``path`` and what is missing unless it is a sentence-transformers model."""
-    from phi_assets.synthetic.model import WEIGHT_SUFFIXES
+    from phi_assets.common.model_files import WEIGHT_SUFFIXES
 
     if not path.is_dir():
         raise ValueError(f"{path}: encoder model directory not found")
@@ -82,7 +82,7 @@ class Encoder:
     @cached_property
     def version(self) -> str:
         """The first 16 hex digits of the weights' sha256 (computed once per Encoder)."""
-        from phi_assets.synthetic.model import weights_sha256
+        from phi_assets.common.model_files import weights_sha256
 
         return weights_sha256(self.path)[:16]
 

@@ -1,0 +1,278 @@
+"""Code versions computed from what an asset's logic imports, so they cannot go stale.
+
+``code_version(__name__, "my_asset")`` hashes the source an asset's output depends on:
+
+- in the module that defines the asset, the top-level definitions its function (or the factory that makes
+  it) uses, followed name by name: helpers, config classes and constants, not the other assets of the
+  module, and not decorators (descriptions, tags and dependencies are wiring, not logic);
+- every project module those definitions import, whole, with its own imports followed transitively (the
+  import closure inside the repository, lazy imports inside functions included);
+- where a followed name lives in another module that defines assets, only that name's definitions (as in
+  the asset's own module), so an upstream asset's code versions its own output, not this one;
+- the files a followed module declares with a literal ``VERSIONED_FILES = ("prompts/*.md", ...)`` (globs
+  relative to the module), such as prompt templates.
+
+Modules whose source cannot change an output declare it with ``VERSION_EXEMPT = "why"`` and are left out
+(plots, Markdown tables, metadata formatting, pod placement). The analysis reads source files only (``ast``),
+so it runs at import time; every computed version is kept in ``REGISTRY`` with the modules and files it
+covers, which ``tests/test_code_versions.py`` checks against an independent import graph.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("phi_assets", "resources", "jobs", "sensors", "k8s")
+ASSET_DECORATORS = frozenset({"asset", "multi_asset", "graph_asset", "graph_multi_asset"})
+
+
+@dataclass(frozen=True)
+class Covered:
+    """What one code version hashes: whole modules, (module, top-level name) definitions, and data files."""
+
+    version: str
+    module: str  # the asset's module
+    entries: tuple[str, ...]  # the asset's top-level definitions there
+    modules: frozenset[str]  # project modules included whole
+    names: frozenset[tuple[str, str]]  # (module, name) included by definition
+    files: frozenset[str]  # data files, relative to the repository
+
+
+#: every version computed in this process, by version string
+REGISTRY: dict[str, Covered] = {}
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a project module (a package's ``__init__.py``), None for anything else."""
+    if module.split(".")[0] not in PACKAGES:
+        return None
+    base = ROOT.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    tree: ast.Module
+    source: str
+    defs: dict[str, list[ast.stmt]]  # top-level name -> the statements that bind it
+    bound: dict[str, str]  # name bound by an import -> the module or module.attribute it names
+    defines_assets: bool
+    exempt: bool
+    versioned_files: tuple[str, ...]
+
+
+@functools.cache
+def parse(module: str) -> Parsed:
+    path = module_file(module)
+    if path is None:
+        raise ValueError(f"{module}: not a module of this project ({', '.join(PACKAGES)})")
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source, str(path))
+    defs: dict[str, list[ast.stmt]] = {}
+    bound: dict[str, str] = {}
+    exempt, files = False, ()
+    for node in tree.body:
+        for name in _bound_names(node):
+            defs.setdefault(name, []).append(node)
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            bound.update(_import_bindings(module, path, node))
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target = node.targets[0].id
+            if target == "VERSION_EXEMPT":
+                exempt = True
+            elif target == "VERSIONED_FILES":
+                files = tuple(ast.literal_eval(node.value))
+    return Parsed(tree, source, defs, bound, _defines_assets(tree), exempt, files)
+
+
+def _bound_names(node: ast.stmt) -> list[str]:
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [node.name]
+    if isinstance(node, ast.Assign):
+        return [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+    if isinstance(node, ast.AnnAssign | ast.AugAssign) and isinstance(node.target, ast.Name):
+        return [node.target.id]
+    return []
+
+
+def _absolute(module: str, path: Path, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".")
+    package = parts if path.name == "__init__.py" else parts[:-1]
+    base = package[: len(package) - node.level + 1]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def _import_bindings(module: str, path: Path, node: ast.Import | ast.ImportFrom) -> dict[str, str]:
+    if isinstance(node, ast.Import):
+        return {(a.asname or a.name.split(".")[0]): (a.name if a.asname else a.name.split(".")[0])
+                for a in node.names}
+    base = _absolute(module, path, node)
+    return {(a.asname or a.name): f"{base}.{a.name}" for a in node.names if a.name != "*"}
+
+
+def _defines_assets(tree: ast.Module) -> bool:
+    for node in ast.walk(tree):
+        target = node.func if isinstance(node, ast.Call) else node
+        if isinstance(target, ast.Attribute) and target.attr in ASSET_DECORATORS:
+            if isinstance(target.value, ast.Name) and target.value.id in ("dg", "dagster"):
+                return True
+    return False
+
+
+def imported_targets(module: str) -> set[str]:
+    """Every dotted name ``module`` imports anywhere in its source (lazy imports included): ``a.b`` for
+    ``import a.b``, ``a.b.name`` for ``from a.b import name``."""
+    parsed, path = parse(module), module_file(module)
+    out = set()
+    for node in ast.walk(parsed.tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(module, path, node)
+            out.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
+    return out
+
+
+def imported_modules(module: str) -> set[str]:
+    """The project modules ``module`` imports (the modules of ``imported_targets``)."""
+    return {m for m in map(_project_module, imported_targets(module)) if m and m != module}
+
+
+def _project_module(dotted: str) -> str | None:
+    """The longest prefix of ``dotted`` that is a project module (``a.b.name`` -> ``a.b``)."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        if module_file(".".join(parts[:end])) is not None:
+            return ".".join(parts[:end])
+    return None
+
+
+def _local_imports(module: str, nodes: list[ast.stmt]) -> set[str]:
+    """The dotted names imported inside top-level definitions (lazy imports in function bodies)."""
+    out, path = set(), module_file(module)
+    for top in nodes:
+        for node in ast.walk(top):
+            if node is top:
+                continue
+            if isinstance(node, ast.Import):
+                out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(module, path, node)
+                out.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
+    return out
+
+
+def _referenced(nodes: list[ast.stmt]) -> set[str]:
+    """Names a definition uses (the root of every ``a.b.c``), decorators and ``code_version`` calls left out."""
+    seen: set[str] = set()
+    stack: list[ast.AST] = list(nodes)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            children = [c for c in ast.iter_child_nodes(node) if c not in node.decorator_list]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "code_version":
+            continue
+        else:
+            children = list(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Name):
+            seen.add(node.id)
+        stack.extend(children)
+    return seen
+
+
+def _segment(parsed: Parsed, node: ast.stmt) -> str:
+    return ast.get_source_segment(parsed.source, node) or ""
+
+
+class Closure:
+    """The modules and definitions reachable from some top-level definitions (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.modules: set[str] = set()
+        self.names: set[tuple[str, str]] = set()
+
+    def add_names(self, module: str, names: list[str]) -> None:
+        parsed = parse(module)
+        todo = list(names)
+        while todo:
+            name = todo.pop()
+            if (module, name) in self.names:
+                continue
+            if name in parsed.defs:
+                self.names.add((module, name))
+                for used in _referenced(parsed.defs[name]):
+                    if used in parsed.defs or used in parsed.bound:
+                        todo.append(used)
+                for dotted in _local_imports(module, parsed.defs[name]):  # imports inside the definition
+                    self.add_target(dotted)
+            elif name in parsed.bound:
+                self.names.add((module, name))
+                self.add_target(parsed.bound[name])
+
+    def add_target(self, dotted: str) -> None:
+        """What an import binds: a module (included whole) or a name in a module."""
+        target = _project_module(dotted)
+        if target is None:
+            return
+        name = dotted[len(target) + 1:].split(".")[0]
+        if name and name in parse(target).bound:  # a re-export (a package's __init__): follow it
+            self.add_target(parse(target).bound[name])
+        elif name and parse(target).defines_assets:
+            self.add_names(target, [name])
+        else:
+            self.add_module(target)
+
+    def add_module(self, module: str) -> None:
+        if module in self.modules or parse(module).exempt:
+            return
+        self.modules.add(module)
+        for dotted in imported_targets(module):
+            self.add_target(dotted)
+
+
+def files_of(modules: set[str]) -> set[Path]:
+    out = set()
+    for module in modules:
+        base = module_file(module).parent
+        for pattern in parse(module).versioned_files:
+            matched = sorted(base.glob(pattern))
+            if not matched:
+                raise ValueError(f"{module}: VERSIONED_FILES pattern {pattern!r} matches no file")
+            out.update(matched)
+    return out
+
+
+def code_version(module: str, *entries: str, salt: str = "") -> str:
+    """The code version of the asset defined by ``entries`` (its function, or the factory that makes it) in
+    ``module``; 12 hex digits. Raises ValueError when an entry is not a top-level definition there."""
+    parsed = parse(module)
+    missing = [e for e in entries if e not in parsed.defs]
+    if not entries or missing:
+        raise ValueError(f"{module}: code_version needs top-level definitions of it, not {missing or '()'}")
+    closure = Closure()
+    closure.add_names(module, list(entries))
+    names = {(m, n) for m, n in closure.names if m not in closure.modules}
+    files = files_of(closure.modules | {m for m, _ in names})
+    h = hashlib.sha256(salt.encode())
+    for m in sorted(closure.modules):
+        h.update(f"module {m}\n".encode() + module_file(m).read_bytes())
+    for m, n in sorted(names):
+        source = parse(m)
+        text = "\n".join(_segment(source, node) for node in source.defs.get(n, [])) or source.bound.get(n, "")
+        h.update(f"name {m}.{n}\n{text}".encode())
+    for path in sorted(files):
+        h.update(f"file {path.relative_to(ROOT)}\n".encode() + path.read_bytes())
+    version = h.hexdigest()[:12]
+    REGISTRY[version] = Covered(version, module, tuple(entries), frozenset(closure.modules), frozenset(names),
+                                frozenset(str(p.relative_to(ROOT)) for p in files))
+    return version

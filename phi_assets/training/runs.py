@@ -1,0 +1,186 @@
+"""Launching a training run and recording what it produced: what every checkpoint asset shares.
+
+A training asset (``pretraining.py``, ``post_training.py``) derives its ``TrainConfig`` from a recipe
+(``recipe_config``) or from its parent's, and hands it with the entrypoint's inputs to
+``train_and_record``: that writes the entrypoint's config (``phi_assets.training.entrypoint``), starts
+it through the ``training_launcher`` resource (Dagster Pipes: a subprocess on local/ci, a Kubernetes
+Job or PyTorchJob on k8s) unless this exact run is already stored, and records the run.
+
+The run directory is keyed by the work's provenance (code version and inputs), so a retried step
+resumes from the run's last checkpoint. A version holds the Hugging Face export (``hf/``: config,
+safetensors, tokenizer; transformers and vLLM load it), ``metrics.jsonl`` and ``summary.json``; its
+data version is the sha256 of the weights. Metadata: the loss curve, final and validation losses,
+tokens seen, wall time, tokens/s, MFU and lineage: the parent versions the asset names, plus
+``recipe``: ``{"name": the recipe the asset's config chose (midtraining: "midtrain(<pretraining
+recipe>)"), "config": the full TrainConfig the run used}``.
+"""
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from phi_assets.common import plots
+from phi_assets.common.store import current, local_copy
+from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
+from phi_assets.mixture.token_assets import TOKENIZER_SUBDIR
+from phi_assets.training import trainer
+from resources import ArtifactStore
+from resources.training import TrainingLauncher
+
+HF = "hf"
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def stored_input(store: ArtifactStore, manifest: dict, sub: str) -> str:
+    """Where the training process reads a stored directory: a local path, or the store's URI (the
+    entrypoint copies it once into its run directory)."""
+    if store.is_local:
+        return str(local_copy(store, manifest, sub))
+    where = store.version_path(manifest["asset"], manifest["partition"], manifest["data_version"])
+    return store.uri(f"{where}/{sub}")
+
+
+def parent_checkpoint(store: ArtifactStore, asset: str) -> tuple[dict, str]:
+    """The current version of a checkpoint asset, and where the entrypoint reads its export."""
+    manifest = current(store, asset)
+    return manifest, stored_input(store, manifest, HF)
+
+
+def current_tokenizer(store: ArtifactStore) -> tuple[dict, str]:
+    manifest = current(store, "tokenizer")
+    return manifest, stored_input(store, manifest, TOKENIZER_SUBDIR)
+
+
+# --- configs --------------------------------------------------------------------------------------
+
+
+def recipe_config(name: str, overrides: dict) -> trainer.TrainConfig:
+    if name not in trainer.TRAIN_RECIPES:
+        raise dg.Failure(description=f"recipe {name!r} is not one of {sorted(trainer.TRAIN_RECIPES)}")
+    base = trainer.TRAIN_RECIPES[name]()
+    return trainer.TrainConfig(**{**base.__dict__, **overrides})
+
+
+def steps_for(tokens: float, cfg: trainer.TrainConfig) -> int:
+    return max(1, math.ceil(tokens / cfg.tokens_per_step))
+
+
+# --- launching and recording a run --------------------------------------------------------------
+
+
+def train_and_record(
+    context: dg.AssetExecutionContext,
+    store: ArtifactStore,
+    launcher: TrainingLauncher,
+    *,
+    code_version: str,
+    stage: str,
+    spec: dict,
+    cfg: trainer.TrainConfig,
+    recipe: str,
+    inputs: dict,
+    lineage: dict,
+    write_inputs=None,
+) -> dg.MaterializeResult:
+    """Launch the entrypoint for ``spec`` (unless this exact run is already stored) and record it;
+    the lineage gets the ``recipe`` name and the config used beside the versions the asset names.
+    ``code_version``: the calling asset's (``phi_assets.common.code_version``)."""
+    asset = context.asset_key.to_user_string()
+    key = stable_hash([code_version, inputs], 16)
+    runs = f"{store.base_path}/_runs/{asset}/{key}"  # the config and, on a cluster, the published result
+    work = launcher.work_dir(asset, key)  # checkpoints: local disk, or the cluster's checkpoint volume
+    lineage = {**lineage, "recipe": {"name": recipe, "config": dict(cfg.__dict__)}}
+
+    def build(out: Path) -> Built:
+        config = {**spec, "stage": stage, "train": cfg.__dict__, "out": f"{work}/run"}
+        if write_inputs is not None:
+            config.update(write_inputs(runs))
+        if not store.is_local:
+            config["publish"] = store.uri(f"{runs}/result")
+        store.write_json(f"{runs}/config.json", config)  # atomic
+        started = time.perf_counter()
+        messages = launcher.run(context, store.uri(f"{runs}/config.json"), f"{asset}-{key}")
+        wall = time.perf_counter() - started
+        if store.is_local:
+            shutil.copytree(Path(work) / "run" / HF, out / HF)
+            for name in ("metrics.jsonl", "summary.json"):
+                shutil.copyfile(Path(work) / "run" / name, out / name)
+        else:
+            store.fs.get(f"{runs}/result/", str(out), recursive=True)
+        return _recorded(out, messages, wall, lineage)
+
+    outcome = materialize_versioned(context, store, code_version=code_version, inputs=inputs, build=build)
+    return _materialization(store, outcome, stage, inputs["train"])
+
+
+def _recorded(out: Path, messages: list[dict], wall: float, lineage: dict) -> Built:
+    """The stored version of a finished run in ``out``: the weights' digest and the run's numbers."""
+    digest = hashlib.sha256((out / HF / "model.safetensors").read_bytes()).hexdigest()
+    rows = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    rows = [rows[s] for s in sorted(rows)]  # a resumed run logs the steps after its checkpoint again
+    summary = json.loads((out / "summary.json").read_text())
+
+    def median(name: str) -> float:
+        return sorted(r[name] for r in rows)[len(rows) // 2]
+
+    return Built(
+        digest[:32],
+        {
+            "loss": [r["loss"] for r in rows],
+            "lr": [r["lr"] for r in rows],
+            "tokens": summary["tokens"],
+            "steps": summary["steps"],
+            "num_params": summary["num_params"],
+            "tokens_per_s": median("tokens_per_s"),
+            "mfu": median("mfu"),
+            "wall_s": round(wall, 1),
+            "step_messages": sum(1 for m in messages if m.get("kind") == "step"),
+            "summary": summary,
+            "lineage": lineage,
+        },
+    )
+
+
+def _materialization(store: ArtifactStore, outcome, stage: str, train: dict) -> dg.MaterializeResult:
+    meta = outcome.metadata
+    summary = meta["summary"]
+    series = {"train": meta["loss"]}
+    tenth = max(1, len(meta["loss"]) // 10)
+    extra: dict = {}
+    for label in ("val_loss", "parent_val_loss"):
+        for length, value in summary.get(label, {}).items():
+            extra[f"{label}_{length}"] = float(value)
+    if "preference_accuracy" in summary:
+        extra["preference_accuracy"] = float(summary["preference_accuracy"])
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(outcome.data_version),
+        metadata={
+            "first_loss": _mean_loss(meta["loss"][:tenth]),  # single steps are noisy: means of a tenth
+            "final_loss": _mean_loss(meta["loss"][-tenth:]),
+            **extra,
+            "tokens_seen": meta["tokens"],
+            "steps": meta["steps"],
+            "num_params": meta["num_params"],
+            "tokens_per_s": meta["tokens_per_s"],
+            "mfu": meta["mfu"],
+            "wall_time_s": meta["wall_s"],
+            "loss_curve": plots.line_plot(series, f"{stage} loss", "step", "loss"),
+            "train_config": dg.MetadataValue.json(train),
+            "lineage": dg.MetadataValue.json(meta["lineage"]),
+            "path": store.uri(
+                f"{store.version_path(outcome.manifest['asset'], None, outcome.data_version)}/{HF}"
+            ),
+            "skipped": outcome.skipped,
+        },
+    )
+
+
+def _mean_loss(values: list[float]) -> float:
+    return float(sum(values) / len(values))
