@@ -189,8 +189,11 @@ def main() -> None:
     print(f"Python {platform.python_version()}, polars {pl.__version__}; peer: Python {v['python']}, "
           f"datatrove {v['datatrove']}, spaCy {v['spacy']}; pinned to CPU {CPU} (allowed after pinning: "
           f"ours {sorted(os.sched_getaffinity(0))}, peer {peer[0]['cpu_allowed']}); repeats {args.repeats}")
-    stamp = hashlib.sha256((ROOT / "phi_assets" / "curation" / "heuristics.py").read_bytes()).hexdigest()[:12]
-    print(f"code under test (sha256): heuristics.py {stamp}")
+    rules = ("heuristics", "heuristic_checks", "web_heuristics", "ngram_repetition", "code_heuristics",
+             "filter_config")
+    stamp = hashlib.sha256(b"".join((ROOT / "phi_assets" / "curation" / f"{m}.py").read_bytes()
+                                    for m in rules)).hexdigest()[:12]
+    print(f"code under test (sha256): the curation rule modules ({', '.join(rules)}) {stamp}")
     print(f"corpus: {n} documents ({n // args.copies} package descriptions and pydoc topics x {args.copies}), "
           f"{mbytes:.2f} MB UTF-8 text")
     print("docs/s, MB/s and x datatrove use the median CPU seconds (one thread on each side; the wall time on "

@@ -28,8 +28,8 @@ from resources.curation import DecontaminationResource, EncoderResource
 from resources.llm import LLMEngine
 from resources.llm.engine import GenerationStats
 
-# The decontamination, batch selection and the sandbox that decides which exercises are kept are
-# in every code version, with the prompt files.
+# Computed from what each asset's logic imports (the decontamination, batch selection, the sandbox that
+# decides which exercises are kept) and the prompt files (templates.VERSIONED_FILES).
 TEXTBOOKS_CODE_VERSION = code_version(__name__, "synthetic_textbooks")
 EXERCISES_CODE_VERSION = code_version(__name__, "synthetic_exercises")
 
