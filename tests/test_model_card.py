@@ -11,6 +11,7 @@ import uuid
 import dagster as dg
 import pytest
 
+from phi_assets.common.profiles import load_profile
 from phi_assets.common.versioning import stable_hash
 from phi_assets.evaluation.assets import eval_scores, eval_stages
 from phi_assets.evaluation.card_facts import (
@@ -25,6 +26,7 @@ from phi_assets.evaluation.card_facts import (
 from phi_assets.evaluation.card_text import CARD, LINEAGE, evaluation_section, lineage_section, recipe_name
 from phi_assets.evaluation.model_card import card_stages, model_card
 from phi_assets.evaluation.table1 import PHI1_TABLE1
+from phi_assets.mixture import search_assets
 from resources import ArtifactStore
 from tests.support.dagster_runs import step_error
 
@@ -273,7 +275,11 @@ def test_dagster_asset_materialize_writes_the_same_card(demo_run, home_copy, ins
     for copy in (home, home_copy):
         shutil.rmtree(copy / "artifacts" / "model_card", ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k not in HOME_OVERRIDES}
-    env.update(PHI_PROFILE="ci", PHI_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
+    # Partition sets follow the profile the definitions were imported with (this process: usually local,
+    # 16 proxies; the ci home has 8): the CLI imports them under the same profile, so that both walk the
+    # same graph, partitions included, over the same home.
+    imported = next(p for p in ("local", "ci") if load_profile({"PHI_PROFILE": p}).sizes == search_assets.SIZES)
+    env.update(PHI_PROFILE=imported, PHI_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
     config = {"execution": {"config": {"in_process": {}}}}
     done = subprocess.run(
         [
