@@ -143,11 +143,6 @@ def imported_targets(module: str) -> set[str]:
     return out
 
 
-def imported_modules(module: str) -> set[str]:
-    """The project modules ``module`` imports (the modules of ``imported_targets``)."""
-    return {m for m in map(_project_module, imported_targets(module)) if m and m != module}
-
-
 def _project_module(dotted: str) -> str | None:
     """The longest prefix of ``dotted`` that is a project module (``a.b.name`` -> ``a.b``)."""
     parts = dotted.split(".")

@@ -25,7 +25,7 @@ from pathlib import Path
 import dagster as dg
 
 from phi_assets.common import plots
-from phi_assets.common.store import current, local_copy
+from phi_assets.common.store import current, file_uri, local_copy
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.mixture.token_assets import TOKENIZER_SUBDIR
 from phi_assets.training import trainer
@@ -43,8 +43,7 @@ def stored_input(store: ArtifactStore, manifest: dict, sub: str) -> str:
     entrypoint copies it once into its run directory)."""
     if store.is_local:
         return str(local_copy(store, manifest, sub))
-    where = store.version_path(manifest["asset"], manifest["partition"], manifest["data_version"])
-    return store.uri(f"{where}/{sub}")
+    return file_uri(store, manifest, sub)
 
 
 def parent_checkpoint(store: ArtifactStore, asset: str) -> tuple[dict, str]:
