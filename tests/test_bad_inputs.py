@@ -68,6 +68,8 @@ SHARD_FAILURES = {
                                  "wrong schema: no record has the text field"),
     "empty file": ("empty.jsonl", lambda t: b"", "empty file"),
     "only blank lines": ("blank.jsonl", lambda t: b"\n\n  \n", "empty shard: no records"),
+    "only a BOM and blank CRLF lines": ("bom.jsonl", lambda t: b"\xef\xbb\xbf\r\n \r\n",
+                                        "empty shard: no records"),
     "binary junk": ("junk.jsonl", lambda t: os.urandom(4096) + b"\x00" * 16, "binary data"),
     "truncated warc": ("cut.warc.gz", lambda t: _warc_bytes(t)[:5000], "corrupt or truncated WARC"),
     "unknown format": ("notes.docx", lambda t: b"PK\x03\x04", "unknown format"),

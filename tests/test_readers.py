@@ -174,3 +174,99 @@ def test_readers_stream_instead_of_loading_the_shard(tmp_path, suffix):
     peak = _peak_python_bytes(lambda: first.append(next(reader(str(path)))))
     assert first[0].text.startswith("00000000 ")
     assert peak < total / 10, f"peak {peak} bytes for a {total}-byte shard"
+
+
+# Real exports: a UTF-8 byte-order mark, CRLF line ends, no newline after the last line, blank lines.
+BOM = b"\xef\xbb\xbf"
+EXPORT_ROWS = [*real_rows(), {"text": "an escaped CRLF inside a value\r\nis data and stays"}]
+
+
+def _compress(data: bytes, suffix: str) -> bytes:
+    if suffix.endswith(".gz"):
+        import gzip
+
+        return gzip.compress(data)
+    if suffix.endswith(".zst"):
+        return zstandard.ZstdCompressor().compress(data)
+    return data
+
+
+def windows_export(rows: list[dict]) -> bytes:
+    """BOM, CRLF line ends, a blank CRLF line after the first record, no final line end."""
+    lines = [json.dumps(r).encode() for r in rows]
+    return BOM + b"\r\n".join([lines[0], b"", *lines[1:]])
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_jsonl_export_with_bom_crlf_and_no_final_newline(tmp_path, suffix):
+    path = tmp_path / f"export{suffix}"
+    path.write_bytes(_compress(windows_export(EXPORT_ROWS), suffix))
+    got = records(readers.read_jsonl(str(path)))
+    texts = [row.get("content", row.get("text")) for row in EXPORT_ROWS]
+    assert [r.text for r in got] == texts  # every record once, exact; the blank line is no record
+    assert [r.position for r in got] == ["line 1", "line 3", "line 4", "line 5"]
+    assert got[0].uri == "json/decoder.py" and got[-1].uri.endswith("#L5")
+    assert "\r\n" in got[-1].text and not any(t.endswith("\r") for t in texts)
+
+
+def test_jsonl_bom_is_dropped_only_at_the_start_and_positions_stay_right(tmp_path):
+    """Line numbers are unchanged by the BOM; a BOM later on (BOM'd files concatenated) is data."""
+    good = [json.dumps({"text": f"document {i}"}).encode() for i in range(3)]
+    data = BOM + b"\r\n".join([good[0], b'{"text": "unterminated', good[1], BOM + good[2]]) + b"\r\n"
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(data)
+    items = list(readers.read_jsonl(str(path)))
+    assert [(type(i).__name__, i.position) for i in items] == [
+        ("Record", "line 1"), ("Rejected", "line 2"), ("Record", "line 3"), ("Rejected", "line 4")]
+    assert items[0].text == "document 0" and items[2].text == "document 1"
+    assert items[1].reason == "invalid_json" and items[1].raw == b'{"text": "unterminated\r\n'
+    assert items[3].reason == "invalid_json" and "BOM" in items[3].detail
+
+
+@pytest.mark.parametrize("line_end", [b"\n", b"\r\n"])
+def test_jsonl_max_record_bytes_bounds_the_record_without_its_line_end(tmp_path, line_end):
+    record = json.dumps({"text": "x" * 80}).encode()
+    longer = json.dumps({"text": "x" * 81}).encode()
+    path = tmp_path / "bound.jsonl"
+    path.write_bytes(BOM + record + line_end + longer + line_end + record)
+    items = list(readers.read_jsonl(str(path), ReaderOptions(max_record_bytes=len(record))))
+    assert [type(i).__name__ for i in items] == ["Record", "Rejected", "Record"]
+    assert items[0].text == items[2].text == "x" * 80
+    assert items[1].reason == "too_large" and items[1].position == "line 2"
+    assert items[1].raw_len == len(longer + line_end)  # the line as in the file, line end included
+
+
+def test_source_file_with_bom_and_crlf_reads_as_python_does(tmp_path):
+    """Universal newlines: a CRLF (or old-Mac CR) checkout is the same document as the LF one."""
+    text = "def greet(name):\n    return 'hi\\r\\n' + name\n"
+    tree = tmp_path / "checkouts"
+    tree.mkdir()
+    (tree / "unix.py").write_bytes(text.encode())
+    (tree / "windows.py").write_bytes(BOM + text.replace("\n", "\r\n").encode())
+    (tree / "mac.py").write_bytes(text.replace("\n", "\r").encode())
+    got = records(readers.read_source_tree(str(tree)))
+    assert [r.position for r in got] == ["mac.py", "unix.py", "windows.py"]
+    assert [r.text for r in got] == [text] * 3
+    compile(got[2].text, "windows.py", "exec")
+
+
+def test_html_with_bom_and_crlf_needs_no_handling(tmp_path):
+    """Guard: resiliparse drops the BOM and normalises line ends (no fix was needed here)."""
+    path = tmp_path / "help.html"
+    path.write_bytes(BOM + IDLE_HELP.read_bytes().replace(b"\n", b"\r\n"))
+    (got,) = records(readers.read_html(str(path)))
+    assert "Integrated Development and Learning Environment" in got.text
+    assert "\ufeff" not in got.text and "\r" not in got.text and "\ufeff" not in got.meta["title"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_windows_export_ingests_without_rejects(profile, tmp_path, suffix):
+    from phi_assets.ingest.shards import ingest_shard, resolve_shard
+    from tests.support.files import landing
+
+    name = f"export{suffix}"
+    (landing(profile, "code") / name).write_bytes(_compress(windows_export(EXPORT_ROWS), suffix))
+    out = tmp_path / "out"
+    out.mkdir()
+    stats = ingest_shard(resolve_shard("code", name, profile), profile, out, ReaderOptions())
+    assert stats.num_read == stats.num_written == len(EXPORT_ROWS) and stats.num_rejected == 0

@@ -1,14 +1,33 @@
-"""Streaming readers: shard files in, ``Record``s (or per-record ``Rejected``s) out.
+r"""Streaming readers: shard files in, ``Record``s (or per-record ``Rejected``s) out.
 
 Formats: JSONL (plain, .gz, .zst), parquet (Hugging Face datasets layout, text column
 configurable), HTML and WARC (main text extracted with resiliparse), and source trees (``*.py``).
 Readers never load a whole shard: JSONL is read line by line with a bounded line length, parquet
 batch by batch, WARC record by record, source trees file by file. A shard that cannot be read at
 all raises ``ShardError`` naming the file and the reason; a bad record becomes a ``Rejected``.
+
+Framing is not data. What a file adds around its records is removed; what is inside a record is
+kept as it is:
+
+- A UTF-8 byte-order mark at the very start of a JSONL stream (after decompression) or of a source
+  file is dropped, as Python's ``utf-8-sig`` does. A BOM anywhere else is data: at the start of a
+  later JSONL line (BOM'd files concatenated) it is invalid JSON and that line is rejected.
+- JSONL lines end in ``\n`` or ``\r\n``; the last line may have no line end. Blank lines are not
+  records: they are neither read nor rejected (not counted), but they count for line numbers.
+  ``max_record_bytes`` bounds a line without its line end; a reject's raw bytes and length are the
+  line as in the file. A lone ``\r`` does not end a JSONL line.
+- Source files are decoded as Python reads them: the PEP 263 coding cookie, and universal
+  newlines (``\r\n`` and ``\r`` become ``\n``). The Stack keeps the original bytes; here a CRLF and
+  an LF checkout of one file are one document (same text, same id, found by exact dedup), and the
+  model is not taught ``\r``. The document id of a CRLF file is the hash of its LF text.
+- Text inside a JSONL record or a parquet cell is never changed (an escaped ``\r\n`` in a JSON
+  string stays). HTML and WARC bodies need nothing here: resiliparse drops the BOM when it decodes
+  and the text extraction normalises line ends.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import json
@@ -26,6 +45,7 @@ from phi_assets.ingest.schema import RAW_KEEP_BYTES
 TEXT_FIELD_CANDIDATES = ("text", "content")
 URI_FIELDS = ("uri", "url", "path", "max_stars_repo_path")
 LICENSE_FIELDS = ("license", "licenses", "max_stars_repo_licenses")
+BOM = codecs.BOM_UTF8
 
 
 class ShardError(Exception):
@@ -106,15 +126,26 @@ def _license(value: Any) -> str | None:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def _without_line_end(line: bytes) -> bytes:
+    if line.endswith(b"\r\n"):
+        return line[:-2]
+    return line[:-1] if line.endswith(b"\n") else line
+
+
 def _bounded_lines(f: io.BufferedIOBase, limit: int) -> Iterator[tuple[int, bytes, int, str | None]]:
-    """Yield (line number, bytes, full length, sha256 if cut). Overlong lines are not kept whole."""
+    r"""Yield (line number, bytes, full length, sha256 if cut). Overlong lines are not kept whole.
+
+    A line is overlong when it holds more than ``limit`` bytes without its line end (``\n`` or
+    ``\r\n``). The bytes and length yielded are the line's, line end included.
+    """
     number = 0
     while True:
-        line = f.readline(limit + 1)
+        line = f.readline(limit + 2)  # room for a whole record of `limit` bytes and a CRLF
         if not line:
             return
         number += 1
-        if len(line) <= limit or line.endswith(b"\n"):
+        # a line cut by readline has limit + 2 bytes and no "\n": over the limit even less a "\r"
+        if len(_without_line_end(line)) <= limit:
             yield number, line, len(line), None
             continue
         digest, total, prefix = hashlib.sha256(line), len(line), line[:RAW_KEEP_BYTES]
@@ -155,8 +186,11 @@ def _record(obj: dict[str, Any], text_key: str, fallback_uri: str, position: str
 def read_jsonl(uri: str, options: ReaderOptions = ReaderOptions()) -> Iterator[Item]:
     try:
         with _open(uri) as f:
-            _sniff_binary(uri, f.read(8192), "JSONL")
+            head = f.read(8192)
+            _sniff_binary(uri, head, "JSONL")
         with _open(uri) as f:
+            if head.startswith(BOM):
+                f.read(len(BOM))  # the file's encoding mark, not part of the first record
             lines = _bounded_lines(f, options.max_record_bytes)
             for number, line, length, digest in lines:
                 if digest is not None:
@@ -263,9 +297,10 @@ def _oversized(f: io.BufferedIOBase, head: bytes, uri: str, position: str, detai
 
 
 def decode_python_source(raw: bytes) -> str:
-    """Decode Python source with its PEP 263 coding cookie (UTF-8 by default)."""
+    r"""Decode Python source as Python does: its PEP 263 coding cookie (UTF-8 by default), a
+    leading UTF-8 BOM dropped (``utf-8-sig``), universal newlines (``\r\n``, ``\r`` become ``\n``)."""
     encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
-    return raw.decode(encoding)
+    return raw.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _open_plain(path: str) -> io.BufferedIOBase:
