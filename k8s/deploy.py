@@ -78,6 +78,7 @@ class DeploymentProfile:
     vllm_replicas: int = 1
     model_servers: int = 2  # checkpoints served at once (one GPU each) by evaluation / preference steps
     vllm_model_uri: str = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"  # any fsspec URI of an HF directory
+    scale: str = "phi1"  # PHI_SCALE of every pod: how big the runs are (docs/scale.md); "demo" for a first try
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -164,6 +165,7 @@ class DeploymentProfile:
         return {
             "PHI_PROFILE": "k8s",
             "PHI_K8S_PROFILE": self.name,
+            "PHI_SCALE": self.scale,
             "PHI_ARTIFACT_ROOT": self.artifact_root,
             "PHI_LANDING_ROOT": self.landing_root,
             "PHI_SANDBOX_URL": self.sandbox_url,

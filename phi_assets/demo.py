@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         keys = register_shards(instance, profile)
         report = run_all(defs, instance, keys, via_cli=args.cli)
     elapsed = time.time() - start
-    print(f"\nphi-factory demo on profile '{profile.name}' ({elapsed:.0f} s)")
+    print(f"\nphi-factory demo on profile '{profile.name}', scale '{profile.scale}' ({elapsed:.0f} s)")
     print(f"{'source':8} {'shards':>6} {'read':>8} {'docs':>8} {'rejected':>8} {'MB':>8} {'est. tokens':>12}")
     for source, shards, read, docs, rejected, num_bytes, tokens in source_totals(profile.catalog_path):
         print(f"{source:8} {shards:>6} {read:>8} {docs:>8} {rejected:>8} {num_bytes / 1e6:>8.1f} {tokens:>12,}")

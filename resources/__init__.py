@@ -23,16 +23,18 @@ class ProfileResource(dg.ConfigurableResource):
     landing_root: str
     catalog_path: str
     artifact_root: str
+    scale: str = ""  # the Sizes preset (PHI_SCALE); empty: the profile's default
 
     @classmethod
     def from_profile(cls, profile: Profile) -> ProfileResource:
         return cls(name=profile.name, phi_home=profile.phi_home, landing_root=profile.landing_root,
-                   catalog_path=profile.catalog_path, artifact_root=profile.artifact_root)
+                   catalog_path=profile.catalog_path, artifact_root=profile.artifact_root,
+                   scale=profile.scale)
 
     def get(self) -> Profile:
         env = {"PHI_PROFILE": self.name, "PHI_HOME": self.phi_home,
                "PHI_LANDING_ROOT": self.landing_root, "PHI_CATALOG": self.catalog_path,
-               "PHI_ARTIFACT_ROOT": self.artifact_root}
+               "PHI_ARTIFACT_ROOT": self.artifact_root, "PHI_SCALE": self.scale}
         return load_profile(env)
 
 

@@ -1,26 +1,38 @@
-"""Profiles: the one place that turns ``PHI_PROFILE`` into paths, sizes and resources.
+"""Profiles and scale presets: the one place that turns ``PHI_PROFILE`` and ``PHI_SCALE`` into paths,
+sizes and resources.
 
-``local`` (default) keeps everything under ``$PHI_HOME`` (default ``./.phi``): Dagster's SQLite
-instance (``$DAGSTER_HOME``, default ``$PHI_HOME/dagster``), the artifact store, the landing area
-and the DuckDB catalog. ``ci`` is the same with tiny sizes. ``k8s`` keeps artifacts and the landing
-area at fsspec URIs (``PHI_ARTIFACT_ROOT``, ``PHI_LANDING_ROOT``) and runs steps as Kubernetes jobs.
+Two questions, answered separately:
+
+- **Where it runs** (``PHI_PROFILE``): ``local`` (default) keeps everything under ``$PHI_HOME``
+  (default ``./.phi``): Dagster's SQLite instance (``$DAGSTER_HOME``, default ``$PHI_HOME/dagster``),
+  the artifact store, the landing area and the DuckDB catalog. ``ci`` is the same place. ``k8s``
+  keeps artifacts and the landing area at fsspec URIs (``PHI_ARTIFACT_ROOT``, ``PHI_LANDING_ROOT``)
+  and runs steps as Kubernetes jobs.
+- **How big** (``PHI_SCALE``): a named ``Sizes`` preset. ``ci`` (tiny, for the test suite), ``demo``
+  (the embedded corpora on a laptop) and ``phi1`` (the phi-1 paper's numbers; every one is cited in
+  ``docs/scale.md``). Each profile has a default (``local`` -> ``demo``, ``ci`` -> ``ci``, ``k8s`` ->
+  ``phi1``); ``PHI_SCALE`` overrides it, e.g. ``PHI_PROFILE=k8s PHI_SCALE=demo`` for a first run on a
+  small cluster. Partition sets that depend on size (synthetic batches, mixture proxies) are built
+  from the preset when the code location loads, so they follow ``PHI_SCALE`` without a code change.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 PROFILES = ("local", "ci", "k8s")
+DEFAULT_SCALE = {"local": "demo", "ci": "ci", "k8s": "phi1"}
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much of the embedded corpora a profile ingests, and per-document limits."""
+    """How big a run is: corpus sampling, annotation, synthetic data, tokenizer, mixture search,
+    training budget and recipes, evaluation. The defaults are the ``demo`` preset."""
 
-    num_code_shards: int = 8
+    num_code_shards: int = 8  # embedded corpora only: landing-area shards are one partition per file
     code_sample_every: int = 1  # keep every file whose path hash falls in 1/N of the space
     num_web_shards: int = 4
     web_sample_every: int = 1
@@ -40,11 +52,56 @@ class Sizes:
     train_seq_len: int = 128  # the pretraining run's sequence length (its steps follow the token budget)
     preference_problems: int = 24  # problems the DPO policy is sampled on (MBPP train + verified exercises)
     eval_problems: int = 1000  # HumanEval / MBPP problems evaluated per benchmark (1000: all 164 / 500)
+    # trainer recipes (phi_assets/training/trainer.py TRAIN_RECIPES) the training assets use by default
+    pretrain_recipe: str = "debug"
+    finetune_recipe: str = "debug_finetune"
+    dpo_recipe: str = "debug_dpo"
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value < 1:
-                raise ValueError(f"Sizes.{name} must be >= 1, got {value}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and value < 1:
+                raise ValueError(f"Sizes.{f.name} must be >= 1, got {value}")
+            if isinstance(value, str) and not value:
+                raise ValueError(f"Sizes.{f.name} must name a recipe, got an empty string")
+
+    def embedded(self) -> dict[str, int]:
+        """The fields that select the embedded corpora (what their fingerprint depends on)."""
+        return {k: v for k, v in asdict(self).items()
+                if k in ("num_code_shards", "code_sample_every", "num_web_shards", "web_sample_every",
+                         "max_doc_bytes")}
+
+
+DEMO = Sizes()
+CI = Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample_every=1,
+           edu_annotations_per_source=64, synthetic_batches=2, textbooks_per_batch=3,
+           exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
+           synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=8,
+           proxy_steps=20, proxy_seq_len=64, train_seq_len=64,
+           preference_problems=8, eval_problems=10)
+# phi-1 ("Textbooks Are All You Need", arXiv:2306.11644), RegMix (arXiv:2407.01492) and phi-1.5
+# (arXiv:2309.05463): docs/scale.md gives the source of every number.
+PHI1 = replace(
+    DEMO,
+    edu_annotations_per_source=100_000,  # phi-1 §2.1: GPT-4 annotates about 100k samples
+    synthetic_batches=1_000,  # a partition per 1,000 draws: one vLLM-server step each
+    textbooks_per_batch=1_000,  # 1e6 sections x <= 1,000 tokens: phi-1's < 1B tokens of textbooks
+    exercises_per_batch=225,  # x 4 samples x 1,000 batches x ~200 tokens: phi-1's ~180M tokens
+    rewrites_per_batch=1_000,
+    topic_clusters=10_000,  # phi-1.5 §2: 20K topics seed its synthetic data (10K per source here)
+    synthetic_max_tokens=1_000,
+    vocab_size=50_257,  # phi-1 §2.3: codegen-350M-mono's tokenizer (50,257 tokens)
+    token_budget=50_331_648_000,  # phi-1 §2.3: 24,000 steps x 1,024 x 2,048 ("a little over 50B")
+    mixture_proxies=512,  # RegMix trains 512 proxy models
+    proxy_steps=1_000,
+    proxy_seq_len=2_048,
+    train_seq_len=2_048,  # phi-1 §2.3
+    preference_problems=10_000,
+    pretrain_recipe="phi1_pretrain",
+    finetune_recipe="phi1_finetune",
+    dpo_recipe="phi_dpo",
+)
+SCALES: dict[str, Sizes] = {"ci": CI, "demo": DEMO, "phi1": PHI1}
 
 
 @dataclass(frozen=True)
@@ -55,29 +112,28 @@ class Profile:
     artifact_root: str
     landing_root: str
     catalog_path: str
+    scale: str = "demo"
     sizes: Sizes = field(default_factory=Sizes)
 
     def landing_uri(self, source: str) -> str:
         return f"{self.landing_root.rstrip('/')}/{source}"
 
 
-def _sizes_for(name: str) -> Sizes:
-    if name == "ci":
-        return Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample_every=1,
-                     edu_annotations_per_source=64, synthetic_batches=2, textbooks_per_batch=3,
-                     exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
-                     synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=8,
-                     proxy_steps=20, proxy_seq_len=64, train_seq_len=64,
-                     preference_problems=8, eval_problems=10)
-    return Sizes()
+def scale_name(profile: str, env: Mapping[str, str]) -> str:
+    """``PHI_SCALE``, else the profile's default preset."""
+    scale = env.get("PHI_SCALE") or DEFAULT_SCALE[profile]
+    if scale not in SCALES:
+        raise ValueError(f"PHI_SCALE={scale!r} is not a scale preset; choose one of {tuple(SCALES)}")
+    return scale
 
 
 def load_profile(env: Mapping[str, str] | None = None) -> Profile:
-    """Read the profile from the environment (``PHI_PROFILE``, ``PHI_HOME``, ...)."""
+    """Read the profile from the environment (``PHI_PROFILE``, ``PHI_SCALE``, ``PHI_HOME``, ...)."""
     env = os.environ if env is None else env
     name = env.get("PHI_PROFILE", "local") or "local"
     if name not in PROFILES:
         raise ValueError(f"PHI_PROFILE={name!r} is not a profile; choose one of {PROFILES}")
+    scale = scale_name(name, env)
     phi_home = str(Path(env.get("PHI_HOME", ".phi")).expanduser().resolve())
     dagster_home = env.get("DAGSTER_HOME") or f"{phi_home}/dagster"
     if name == "k8s":
@@ -94,5 +150,6 @@ def load_profile(env: Mapping[str, str] | None = None) -> Profile:
         artifact_root=env.get("PHI_ARTIFACT_ROOT") or f"{phi_home}/artifacts",
         landing_root=env.get("PHI_LANDING_ROOT") or f"{phi_home}/landing",
         catalog_path=env.get("PHI_CATALOG") or f"{phi_home}/catalog.duckdb",
-        sizes=_sizes_for(name),
+        scale=scale,
+        sizes=SCALES[scale],
     )

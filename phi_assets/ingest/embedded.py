@@ -122,7 +122,7 @@ def embedded_records(source: str, key: str, sizes: Sizes, options: ReaderOptions
 
 def embedded_fingerprint(source: str, key: str, sizes: Sizes) -> str:
     """Content hash of an embedded shard's inputs, without parsing them."""
-    h = hashlib.sha256(f"{source}|{key}|{sizes}".encode())
+    h = hashlib.sha256(f"{source}|{key}|{sorted(sizes.embedded().items())}".encode())
     if source == "code":
         for path, rel in stdlib_files(_shard_index(key, "stdlib", sizes.num_code_shards), sizes):
             h.update(rel.encode() + b"\0" + Path(path).read_bytes())

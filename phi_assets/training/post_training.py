@@ -80,7 +80,7 @@ SFT_SOURCES = ("exercises", "textbooks", "mbpp_train")
 
 
 class FinetuneConfig(dg.Config):
-    recipe: str = "debug_finetune"  # phi1_finetune on the A100 pool
+    recipe: str = ""  # a trainer recipe; empty: the scale preset's (demo: debug_finetune, phi1: phi1_finetune)
     train: dict = {}  # TrainConfig fields over the recipe's
     sources: list[str] = list(SFT_SOURCES)  # instruction data: synthetic exercises and textbooks, MBPP train
     epochs: float = 2.0  # passes over the examples (steps follow)
@@ -126,7 +126,9 @@ def sft_checkpoint(
     store: ArtifactStore,
     decontamination: DecontaminationResource,
     training_launcher: TrainingLauncher,
+    profile: ProfileResource,
 ) -> dg.MaterializeResult:
+    recipe = config.recipe or profile.get().sizes.finetune_recipe
     parent, init = parent_checkpoint(store, "midtrained_checkpoint")
     tok, tok_path = current_tokenizer(store)
     exercises, textbooks, corpus_version = exercises_and_textbooks(store)
@@ -136,7 +138,7 @@ def sft_checkpoint(
         raise dg.Failure(description=f"sft_checkpoint: no examples in sources {config.sources}")
     counts = dict(examples.group_by("source").len().iter_rows())
     context.log.info(f"sft examples: {counts}")
-    cfg = recipe_config(config.recipe, {**_architecture(parent), **config.train})
+    cfg = recipe_config(recipe, {**_architecture(parent), **config.train})
     cfg = _with_epochs(cfg, config.epochs, examples.height, config.train)
     return train_and_record(
         context,
@@ -146,7 +148,7 @@ def sft_checkpoint(
         stage="sft",
         spec={"tokenizer": tok_path, "init": init},
         cfg=cfg,
-        recipe=config.recipe,
+        recipe=recipe,
         inputs={
             "parent": parent["data_version"],
             "tokenizer": tok["data_version"],
@@ -370,7 +372,7 @@ def preference_pairs(
 
 
 class DPOConfig(dg.Config):
-    recipe: str = "debug_dpo"  # phi_dpo on the A100 pool
+    recipe: str = ""  # a trainer recipe; empty: the scale preset's (demo: debug_dpo, phi1: phi_dpo)
     train: dict = {}  # TrainConfig fields over the recipe's
     beta: float = 0.1  # the DPO temperature
     epochs: float = 2.0  # passes over the pairs
@@ -390,7 +392,9 @@ def dpo_checkpoint(
     config: DPOConfig,
     store: ArtifactStore,
     training_launcher: TrainingLauncher,
+    profile: ProfileResource,
 ) -> dg.MaterializeResult:
+    recipe = config.recipe or profile.get().sizes.dpo_recipe
     parent, init = parent_checkpoint(store, "sft_checkpoint")
     pairs_manifest = current(store, "preference_pairs")
     tok, tok_path = current_tokenizer(store)
@@ -402,7 +406,7 @@ def dpo_checkpoint(
             "failing answer); raise its problems or samples"
         )
     cfg = _with_epochs(
-        recipe_config(config.recipe, {**_architecture(parent), **config.train}),
+        recipe_config(recipe, {**_architecture(parent), **config.train}),
         config.epochs,
         pairs.height,
         config.train,
@@ -415,7 +419,7 @@ def dpo_checkpoint(
         stage="dpo",
         spec={"tokenizer": tok_path, "init": init, "beta": config.beta},
         cfg=cfg,
-        recipe=config.recipe,
+        recipe=recipe,
         inputs={
             "parent": parent["data_version"],
             "pairs": pairs_manifest["data_version"],

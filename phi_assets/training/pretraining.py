@@ -59,7 +59,7 @@ def _document_lengths(store: ArtifactStore, shards: list[dict]):
 
 
 class PretrainConfig(dg.Config):
-    recipe: str = "debug"  # a trainer recipe (debug on CPU; phi1_pretrain on the A100 pool)
+    recipe: str = ""  # a trainer recipe; empty: the scale preset's (demo: debug, phi1: phi1_pretrain)
     train: dict = {}  # TrainConfig fields over the recipe's
     steps: int = 0  # 0: the mixture's token budget / tokens per step
 
@@ -82,7 +82,9 @@ def pretrained_checkpoint(
 ) -> dg.MaterializeResult:
     weights, mixture = _mixture(store)
     tok, tok_path = current_tokenizer(store)
-    cfg = recipe_config(config.recipe, {"seq_len": profile.get().sizes.train_seq_len, **config.train})
+    sizes = profile.get().sizes
+    recipe = config.recipe or sizes.pretrain_recipe
+    cfg = recipe_config(recipe, {"seq_len": sizes.train_seq_len, **config.train})
     cfg = trainer.TrainConfig(
         **{**cfg.__dict__, "max_steps": config.steps or steps_for(mixture["token_budget"], cfg)}
     )
@@ -99,7 +101,7 @@ def pretrained_checkpoint(
             "eval_seq_lens": [cfg.seq_len],
         },
         cfg=cfg,
-        recipe=config.recipe,
+        recipe=recipe,
         inputs={"mixture": weights["data_version"], "tokenizer": tok["data_version"], "train": cfg.__dict__},
         lineage={"mixture": weights["data_version"], "tokenizer": tok["data_version"]},
     )
