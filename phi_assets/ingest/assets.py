@@ -82,6 +82,8 @@ def raw_shards_asset(source: str) -> dg.AssetsDefinition:
         options = readers.ReaderOptions(config.text_field, config.max_record_bytes)
         try:
             spec = shards.resolve_shard(source, key, settings)
+            # listed before the bytes are hashed: a change meanwhile leaves an identity the sensor sees as new
+            identity = shards.shard_identity(spec)
             inputs = {"shard": shards.shard_fingerprint(spec, settings), "config": config.model_dump()}
             outcome = materialize_versioned(
                 context, store, code_version=INGEST_CODE_VERSION, inputs=inputs,
@@ -93,7 +95,8 @@ def raw_shards_asset(source: str) -> dg.AssetsDefinition:
         checks = outcome.metadata["expectations"]
         return dg.MaterializeResult(
             data_version=dg.DataVersion(outcome.data_version),
-            metadata={**_shard_metadata(outcome.manifest, store, name, key), "skipped": outcome.skipped},
+            metadata={**_shard_metadata(outcome.manifest, store, name, key), "skipped": outcome.skipped,
+                      **({shards.IDENTITY_METADATA: identity} if identity else {})},
             check_results=[dg.AssetCheckResult(
                 check_name="great_expectations", passed=checks["success"],
                 severity=dg.AssetCheckSeverity.ERROR,

@@ -8,6 +8,7 @@ parquet, in batches. ``read == written + sum(rejected by reason)`` holds for eve
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections import Counter
@@ -76,6 +77,44 @@ def content_hash(uri: str) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()[:32]
+
+
+#: Listing fields that name one stored version of an object (s3fs ``ETag``; gcsfs and adlfs ``etag``;
+#: gcsfs ``md5Hash``/``generation``; version ids), in the order they are preferred: ``ls(detail=True)``
+#: and ``info`` return the first ones alike. Without any of them, size and modification time identify.
+VERSION_FIELDS = ("ETag", "etag", "md5Hash", "generation", "VersionId", "version_id")
+MTIME_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "modified", "created")
+IDENTITY_METADATA = "shard_identity"  # the raw asset's materialization metadata key
+
+
+def _stamp(info: dict[str, Any]) -> list[str]:
+    for key in VERSION_FIELDS + MTIME_FIELDS:
+        if info.get(key) not in (None, ""):
+            return [str(info.get("size")), str(info[key]).strip('"')]
+    return [str(info.get("size")), ""]
+
+
+def listing_identity(fs: fsspec.AbstractFileSystem, entry: dict[str, Any]) -> str:
+    """A landing object's identity from listing metadata only (an ``ls(detail=True)`` entry or ``info``):
+    its name, size and ETag/version (else mtime); a directory's, from its files' (relative name, size,
+    ETag or mtime) found under it. Never opens an object; independent of the entry's key order."""
+    path = entry["name"].rstrip("/")
+    name = path.rsplit("/", 1)[-1]
+    if entry.get("type") == "directory":
+        found = fs.find(path, detail=True)
+        files = [[p[len(path):], *_stamp(found[p])] for p in sorted(found)]
+        listed = ["directory", name, files]
+    else:
+        listed = ["file", name, _stamp(entry)]
+    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:24]
+
+
+def shard_identity(spec: ShardSpec) -> str | None:
+    """``listing_identity`` of a landed shard (``fs.info``: no body read); None for embedded corpora."""
+    if spec.fmt == "embedded":
+        return None
+    fs, path = fsspec.core.url_to_fs(spec.uri)
+    return listing_identity(fs, fs.info(path))
 
 
 def shard_fingerprint(spec: ShardSpec, profile: Profile) -> str:
