@@ -90,6 +90,7 @@ PEER_PYTHON := $(abspath $(BENCH_VENV))/bin/python
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/bench_readers.py
 	$(BIN)/python benchmarks/llm_engine.py
+	$(BIN)/python benchmarks/llm_cache.py
 	$(BIN)/python benchmarks/heuristic_filters.py --peer-python $(PEER_PYTHON)
 	$(BIN)/python benchmarks/minhash.py --peer-python $(PEER_PYTHON)
 	$(BIN)/python benchmarks/tokenize_throughput.py --peer-python $(PEER_PYTHON)
