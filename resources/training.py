@@ -17,6 +17,8 @@ import sys
 
 import dagster as dg
 
+from resources.pipes import WholeLineTempFileMessageReader
+
 
 class TrainingLauncher(dg.ConfigurableResource):
     """The interface; see the module docstring."""
@@ -47,7 +49,7 @@ class SubprocessLauncher(TrainingLauncher):
         return [sys.executable, *entry]
 
     def run(self, context: dg.AssetExecutionContext, config_uri: str, run_key: str) -> list[dict]:
-        invocation = dg.PipesSubprocessClient().run(
+        invocation = dg.PipesSubprocessClient(message_reader=WholeLineTempFileMessageReader()).run(
             context=context, command=self.command(config_uri), env=dict(self.env) or None
         )
         return invocation.get_custom_messages()
