@@ -6,15 +6,19 @@ import dagster as dg
 
 from k8s.steps import GPU_POOL_TAG
 from phi_assets.curation.assets import (
-    dedup_code,
-    dedup_web,
     edu_annotations,
     edu_classifier,
     filtered_code_corpus,
     filtered_web_corpus,
-    quality_filtered_code_shards,
-    quality_filtered_web_shards,
 )
+from phi_assets.curation.dedup_assets import (
+    BUCKETS,
+    dedup_code,
+    dedup_code_buckets,
+    dedup_web,
+    dedup_web_buckets,
+)
+from phi_assets.curation.filter_assets import quality_filtered_code_shards, quality_filtered_web_shards
 from phi_assets.evaluation.assets import eval_scores, eval_stages
 from phi_assets.evaluation.model_card import card_stages, model_card
 from phi_assets.ingest.assets import (
@@ -54,9 +58,13 @@ generator_model_job = dg.define_asset_job(
     "generator_model_job", selection=[generator_model],
     description="Prepare the generator LLM (convert, hash) and show a sample of its answers.")
 
+dedup_buckets_job = dg.define_asset_job(
+    "dedup_buckets_job", selection=[dedup_code_buckets, dedup_web_buckets], partitions_def=BUCKETS,
+    description="One LSH bucket partition (band group x hash range) of both sources: candidate pairs from "
+                "every shard's slices, confirmed on exact Jaccard similarity.")
 dedup_job = dg.define_asset_job(
     "dedup_job", selection=[dedup_code, dedup_web],
-    description="Exact + MinHash dedup over all quality-filtered shards of each source.")
+    description="Clusters of the confirmed duplicate pairs of each source and a removal list per shard.")
 edu_classifier_job = dg.define_asset_job(
     "edu_classifier_job", selection=[edu_annotations, edu_classifier],
     description="Annotate a sample with the generator LLM and train the educational-value classifiers.")
@@ -135,7 +143,8 @@ model_card_job = dg.define_asset_job(
     description="The model card of one trained stage (after its eval_scores): architecture, recipe, mixture, "
                 "decontamination, scores beside phi-1's, and the data version of everything upstream.")
 
-ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_job, edu_classifier_job,
+ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_buckets_job, dedup_job,
+            edu_classifier_job,
             filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
             synthetic_corpus_job, tokenizer_job, tokenize_code_job, tokenize_web_job, tokenize_synthetic_job,
             mixture_proxy_job, mixture_job, data_refresh_job, training_job, pretrain_job, posttraining_job,

@@ -36,6 +36,7 @@ from jobs import (
     INGEST_JOBS,
     TOKENIZE_JOBS,
     catalog_job,
+    dedup_buckets_job,
     dedup_job,
     edu_classifier_job,
     eval_job,
@@ -50,6 +51,7 @@ from jobs import (
     topics_job,
     training_job,
 )
+from phi_assets.curation.dedup_assets import BUCKETS
 from phi_assets.evaluation.assets import STAGES
 from phi_assets.evaluation.model_card import CARD_STAGES
 from phi_assets.ingest import embedded
@@ -220,6 +222,8 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
     result = _run(defs, instance, report, generator_model_job.name, "generator_model")
     if result.success:
         report.sample = _metadata_text(result, "generator_model", "sample")
+    for key in tqdm(BUCKETS.get_partition_keys(), desc="dedup buckets", unit="partition"):
+        _run(defs, instance, report, dedup_buckets_job.name, f"dedup buckets {key}", key)
     _run(defs, instance, report, dedup_job.name, dedup_job.name)
     result = _run(defs, instance, report, edu_classifier_job.name, edu_classifier_job.name)
     if result.success:

@@ -8,15 +8,22 @@ what the run produced.
 
 from __future__ import annotations
 
+import textwrap
+import uuid
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import fsspec
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from phi_assets.curation import edu
+from phi_assets.curation import edu, heuristics, minhash, stages
 from phi_assets.curation.classifier import EduClassifier
+from phi_assets.curation.filter_assets import QualityFilterConfig
+from phi_assets.ingest.schema import DOC_COLUMNS, DOC_SCHEMA, doc_id
 from resources import ArtifactStore
 
 SHARDS = {
@@ -140,3 +147,176 @@ def test_decontamination_check_ran_and_passed_on_every_shard(run):
         for record in records:
             evaluation = record.event.dagster_event.event_specific_data
             assert record.status.value == "SUCCEEDED" and evaluation.passed, source
+
+
+# --- the filter step in batches (stages.filter_shard), without Dagster -----------------------------
+
+STDLIB = Path(textwrap.__file__).parent
+PROSE = (  # kept by every web rule (tests/test_heuristics.py)
+    "The old lighthouse stood at the edge of the harbour for more than a century. Every evening the "
+    "keeper climbed the narrow stairs to light the lamp, and every morning he wrote a short note in "
+    "his logbook about the weather and the ships that had passed.\n\n"
+    "Over the years the town grew around the harbour. Fishermen built small houses along the shore, "
+    "and a school opened near the market square. Children learned to read the signals of the lamp "
+    "and to tell the direction of the wind from the shape of the waves.\n\n"
+    "When the lighthouse was finally replaced by an automatic beacon, the people of the town decided "
+    "to keep the old tower as a museum. Today visitors can climb the same stairs, read the keeper's "
+    "notes, and look out over the water that he watched for so long."
+)
+
+
+def _raw_shard(path: str, texts: list[str], uris: list[str], row_group_size: int = 7) -> str:
+    """A raw docs.parquet as ingest writes it (DOC_SCHEMA), in small row groups."""
+    rows = {
+        "id": [doc_id(t) for t in texts], "text": texts, "source": ["code"] * len(texts), "uri": uris,
+        "license": [None] * len(texts), "meta": ["{}"] * len(texts),
+    }
+    with fsspec.open(path, "wb") as f:
+        pq.write_table(pa.table(rows, schema=DOC_SCHEMA), f, row_group_size=row_group_size, compression="zstd")
+    return path
+
+
+def _code_texts() -> tuple[list[str], list[str]]:
+    """Stdlib modules (mostly kept) and files each code rule drops, interleaved."""
+    files = sorted(STDLIB.glob("*.py"))[:36]
+    texts = [f.read_text(encoding="utf-8") for f in files]
+    uris = [f"file:///{f.name}" for f in files]
+    bad = [("a,b\n1,2\n", "file:///table.csv"), ("# auto-generated file\nx = 1\n" * 3, "file:///gen.py"),
+           ("x = '" + "a" * 2000 + "'\n", "file:///long.py"), ("pass\n", "file:///short.py"),
+           ("   \n", "file:///blank.py"), ("# " + "é" * 40 + "\n" + "y = 1\n" * 9, "file:///accents.py")]
+    for i, (text, uri) in enumerate(bad):
+        texts.insert(5 * i + 2, text)
+        uris.insert(5 * i + 2, uri)
+    return texts, uris
+
+
+def _web_texts() -> tuple[list[str], list[str]]:
+    texts = [f"{PROSE}\n\nThis is entry number {i} of the town's archive." for i in range(14)]
+    texts[3], texts[7], texts[11] = "too short", "- item\n" * 90, PROSE + "\n\n" + PROSE
+    return texts, [f"https://example.org/{i}" for i in range(len(texts))]
+
+
+def _whole_shard(docs_path: str, source: str, filters, config: minhash.MinHashConfig, out: Path) -> dict:
+    """The filter step as it was before batching, the whole shard at once: the reference."""
+    docs = pl.read_parquet(docs_path, columns=list(DOC_COLUMNS))
+    filtered = heuristics.filter_documents(docs, source, filters)
+    kept = filtered.filter(pl.col("drop_reason").is_null()).select(DOC_COLUMNS)
+    dropped = filtered.filter(pl.col("drop_reason").is_not_null()).select(
+        "id", "uri", pl.col("drop_reason").alias("reason"), pl.col("drop_detail").alias("detail")
+    )
+    out.mkdir()
+    kept.write_parquet(out / "docs.parquet", compression="zstd")
+    dropped.write_parquet(out / "dropped.parquet", compression="zstd")
+    sigs = minhash.signatures(kept["text"].to_list(), config)
+    pq.write_table(minhash.signatures_table(kept["id"].to_list(), sigs, config), out / "minhash.parquet",
+                   compression="zstd")
+    examples = [
+        {"reason": r["reason"], "detail": r["detail"], "uri": r["uri"]}
+        for r in dropped.unique("reason", keep="first", maintain_order=True).head(12).iter_rows(named=True)
+    ]
+    return {"funnel": heuristics.funnel(filtered), "dropped_examples": examples}
+
+
+def _same_outputs(out: Path, ref: Path) -> None:
+    """The three files hold the same rows in the same order, with the same schema (metadata included)."""
+    for name in stages.DOCS, stages.DROPPED, stages.MINHASH:
+        assert pl.read_parquet(out / name).equals(pl.read_parquet(ref / name)), name
+        assert pq.read_schema(out / name).equals(pq.read_schema(ref / name), check_metadata=True), name
+
+
+def _outputs(out: Path) -> dict[str, pl.DataFrame]:
+    return {name: pl.read_parquet(out / f"{name}.parquet") for name in ("docs", "dropped", "minhash")}
+
+
+def _run_filter(tmp_path: Path, name: str, docs_path: str, source: str, filters, limits=None, **kw):
+    out = tmp_path / name
+    out.mkdir()
+    lines: list[str] = []
+    result = stages.filter_shard(docs_path, source, filters, minhash.MinHashConfig(), out, limits=limits,
+                                 progress=lines.append, **kw)
+    return out, result, lines
+
+
+@pytest.mark.parametrize("source", ["code", "web"])
+def test_filter_shard_in_batches_writes_what_the_whole_shard_step_wrote(tmp_path, source):
+    texts, uris = _code_texts() if source == "code" else _web_texts()
+    docs_path = _raw_shard(str(tmp_path / "raw.parquet"), texts, uris)
+    filters = heuristics.CodeFilterConfig() if source == "code" else heuristics.WebFilterConfig()
+    ref = _whole_shard(docs_path, source, filters, minhash.MinHashConfig(), tmp_path / "ref")
+    assert ref["funnel"]["kept"] >= 5 and len(ref["funnel"]["dropped"]) >= 3  # a mixed shard
+    small = stages.FilterBatches(text_bytes=30_000, rows=4)
+    for name, limits in [("one", stages.FilterBatches(1 << 30, 1 << 20)), ("small", small)]:
+        out, result, lines = _run_filter(tmp_path, name, docs_path, source, filters, limits)
+        assert (len(lines) == 1) if name == "one" else (len(lines) >= len(texts) / 4)
+        _same_outputs(out, tmp_path / "ref")
+        assert result == ref
+        ids, sigs = minhash.read_signatures(out / "minhash.parquet", minhash.MinHashConfig())
+        assert ids == _outputs(out)["docs"]["id"].to_list() and sigs.shape == (len(ids), 112)  # row i = doc i
+
+
+def test_filter_batches_bound_what_is_held(tmp_path, monkeypatch):
+    texts, uris = _code_texts()
+    docs_path = _raw_shard(str(tmp_path / "raw.parquet"), texts, uris)
+    seen: list[tuple[int, int]] = []
+    judge = heuristics.filter_documents
+
+    def spy(docs, source, config=None):
+        seen.append((docs.height, int(docs["text"].str.len_bytes().sum())))
+        return judge(docs, source, config)
+
+    monkeypatch.setattr(stages.heuristics, "filter_documents", spy)
+    limits = stages.FilterBatches(text_bytes=20_000, rows=3)
+    out, result, lines = _run_filter(tmp_path, "tiny", docs_path, "code", heuristics.CodeFilterConfig(), limits)
+    assert len(lines) == len(seen) >= len(texts) / 3 and "batch 1:" in lines[0]
+    assert all(rows <= 3 and (size <= 20_000 or rows == 1) for rows, size in seen)
+    assert any(rows == 1 and size > 20_000 for rows, size in seen)  # a big document alone still fits
+    assert sum(rows for rows, _ in seen) == len(texts)
+    funnel = result["funnel"]
+    got = _outputs(out)
+    assert funnel["in"] == len(texts) == funnel["kept"] + sum(funnel["dropped"].values())
+    assert got["docs"].height == got["minhash"].height == funnel["kept"]
+    assert got["dropped"].height == sum(funnel["dropped"].values())
+    assert dict(got["dropped"]["reason"].value_counts().iter_rows()) == funnel["dropped"]
+    assert f"{len(texts):,} documents read" in lines[-1] and f"{funnel['kept']:,} kept" in lines[-1]
+
+
+@pytest.mark.parametrize("source", ["code", "web"])
+def test_filter_batches_follow_the_memory_budget(source):
+    budget = QualityFilterConfig().memory_budget_mb
+    assert budget == stages.DEFAULT_MEMORY_BUDGET_MB == 2048
+    default = stages.FilterBatches.for_budget(budget, source)
+    factor = stages.FILTER_PEAK_PER_TEXT_BYTE[source]
+    assert stages.FILTER_BASELINE_MB + factor * default.text_bytes / 2**20 <= budget
+    assert default.text_bytes >= 32 << 20  # batches big enough to amortise the per-batch work
+    assert stages.FilterBatches.for_budget(8192, source).text_bytes > 4 * default.text_bytes
+    with pytest.raises(ValueError, match="memory_budget_mb=256 is too small"):
+        stages.FilterBatches.for_budget(256, source)
+
+
+def test_filter_shard_reads_a_budgeted_shard_from_a_uri(tmp_path):
+    """The asset passes store URIs (memory://, s3://): read through fsspec, same result."""
+    texts, uris = _web_texts()
+    docs_path = _raw_shard(f"memory://phi-{uuid.uuid4().hex}/raw/docs.parquet", texts, uris)
+    out, result, lines = _run_filter(tmp_path, "uri", docs_path, "web", None, memory_budget_mb=1024)
+    local = _raw_shard(str(tmp_path / "raw.parquet"), texts, uris)
+    ref = _whole_shard(local, "web", None, minhash.MinHashConfig(), tmp_path / "ref")
+    assert len(lines) == 1 and result == ref
+    _same_outputs(out, tmp_path / "ref")
+
+
+@pytest.mark.parametrize("case", ["empty", "all dropped"])
+def test_filter_shard_writes_valid_empty_outputs(tmp_path, case):
+    texts = [] if case == "empty" else ["a,b\n1,2\n", "3,4\n5,6\n", "x,y\n"]
+    uris = [f"file:///t{i}.csv" for i in range(len(texts))]
+    docs_path = _raw_shard(str(tmp_path / "raw.parquet"), texts, uris)
+    ref = _whole_shard(docs_path, "code", None, minhash.MinHashConfig(), tmp_path / "ref")
+    out, result, lines = _run_filter(tmp_path, "out", docs_path, "code", None, stages.FilterBatches(10, 1))
+    assert len(lines) == len(texts)
+    assert result == ref and result["funnel"] == {
+        "in": len(texts), "kept": 0, "dropped": {"code_data_extension": len(texts)} if texts else {}}
+    _same_outputs(out, tmp_path / "ref")
+    got = _outputs(out)
+    assert got["docs"].columns == list(DOC_COLUMNS)
+    assert got["dropped"].columns == ["id", "uri", "reason", "detail"]
+    assert got["docs"].height == 0 and got["dropped"].height == len(texts)
+    assert minhash.read_signatures(out / "minhash.parquet", minhash.MinHashConfig())[0] == []

@@ -20,6 +20,7 @@ from phi_assets.curation.heuristics import (
     WebFilterConfig,
     filter_documents,
     funnel,
+    merge_funnels,
     rule_names,
 )
 
@@ -423,6 +424,32 @@ def test_funnel_reconciles_on_a_mixed_frame():
     assert Counter(r for r in out.get_column("drop_reason").to_list() if r) == Counter(f["dropped"])
     with pytest.raises(ValueError, match="drop_reason"):
         funnel(frame("x"))
+
+
+def test_funnels_of_batches_merge_into_the_funnel_of_the_whole():
+    texts = [PROSE, "", words(30), "\n".join(["- item"] * 80), PROSE + "\n\n" + PROSE, words(10), PROSE,
+             "# " * 300 + PROSE, PROSE.replace(".", "")]
+    whole = funnel(filter_documents(frame(*texts), "web"))
+    for size in (1, 2, 4):
+        parts = [funnel(filter_documents(frame(*texts[i: i + size]), "web"))
+                 for i in range(0, len(texts), size)]
+        merged = merge_funnels(parts)
+        assert merged == whole and list(merged["dropped"]) == list(whole["dropped"])  # same order too
+    assert merge_funnels([]) == funnel(filter_documents(frame(), "web")) == {"in": 0, "kept": 0, "dropped": {}}
+
+
+@pytest.mark.parametrize("source", ["web", "code"])
+def test_frames_of_many_chunks_are_judged_like_one_chunk(source):
+    """A table read in record batches becomes a frame of many chunks (polars 2.1 panicked on those in
+    the web rules' detail expressions); the verdicts are those of the same frame in one chunk."""
+    listing = "\n".join(f"the list of harbour ships number {i} and their captains" for i in range(30))
+    texts = [PROSE, PROSE.replace("\n\n", " ") + "\n" + listing, words(30), PROSE + "\n\n" + PROSE,
+             "x = 1\n" * 12, PROSE.replace(".", "")] * 4
+    one = frame(*texts)
+    for size in (1, 2, 5):
+        many = pl.concat([one.slice(i, size) for i in range(0, one.height, size)], rechunk=False)
+        assert many.n_chunks() == -(-one.height // size)
+        assert filter_documents(many, source).equals(filter_documents(one, source))
 
 
 @pytest.mark.parametrize(("make", "field"), [

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import polars as pl
 import pytest
 
-from phi_assets.curation import stages
-from phi_assets.curation.assets import dedup_code, dedup_web, quality_filtered_web_shards
+from phi_assets.curation import lsh
+from phi_assets.curation.dedup_assets import BUCKETS, dedup_code, dedup_web, dedup_web_buckets, shard_record
+from phi_assets.curation.filter_assets import quality_filtered_web_shards
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
 from resources import ArtifactStore, build_resources, load_profile
 from tests.support.demo_home import ARTICLE, NEAR_COPY
@@ -53,7 +53,9 @@ def _materialize(home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]
     steps: list[tuple[list, dg.AssetsDefinition, str | None]] = [
         *(([raw_web_shards], raw_web_shards, key) for key in WEB_KEYS),
         *(([raw_web_shards, quality_filtered_web_shards], quality_filtered_web_shards, k) for k in WEB_KEYS),
-        ([quality_filtered_web_shards, dedup_web], dedup_web, None),
+        *(([quality_filtered_web_shards, dedup_web_buckets], dedup_web_buckets, k)
+          for k in BUCKETS.get_partition_keys()),
+        ([quality_filtered_web_shards, dedup_web_buckets, dedup_web], dedup_web, None),
         ([raw_catalog, raw_code_shards, raw_web_shards], raw_catalog, None),
     ]
     skipped = {}
@@ -81,10 +83,17 @@ def _catalog(catalog_path: str) -> tuple[int, int, list[str], list[str]]:
     return num_docs, expected, files, stored
 
 
-def _dedup_docs(store: ArtifactStore, asset: str) -> dict[str, str]:
-    """shard -> its docs.parquet, as ``edu_annotations`` reads it from the dedup manifest."""
-    manifest = store.current_manifest(asset, None)
-    return {s["shard"]: store.resolve(s["docs"]) for s in manifest["metadata"]["shards"]}
+def _dedup_read_back(store: ArtifactStore, source: str, shards: list[str]) -> dict[str, tuple[str, str | None]]:
+    """shard -> (its quality-filtered docs.parquet, its removal list in the current dedup or None), as
+    ``edu_annotations`` and ``filtered_*_corpus`` read them: the filter's manifest, then dedup's record."""
+    asset, found = f"quality_filtered_{source}_shards", {}
+    for shard in shards:
+        manifest = store.current_manifest(asset, shard)
+        if manifest is None:
+            continue
+        docs = f"{store.version_path(asset, shard, manifest['data_version'])}/docs.parquet"
+        found[shard] = (docs, shard_record(store, source, shard, manifest["data_version"])[1])
+    return found
 
 
 @pytest.mark.slow  # builds a home through the ingest and curation assets
@@ -112,14 +121,16 @@ def test_a_copied_home_rebuilds_its_catalog_and_reads_only_its_own_files(tmp_pat
     assert stored and not any(os.path.isabs(p) for p in stored), stored
 
     moved = ArtifactStore(root=copied.artifact_root)
-    docs = _dedup_docs(moved, "dedup_web")  # the second read-back: dedup manifest -> its input shards
-    assert sorted(docs) == WEB_KEYS
-    assert all(p.startswith(f"{copy}/artifacts/quality_filtered_web_shards/") and Path(p).is_file()
-               for p in docs.values()), docs
-    where = moved.version_path("dedup_web", None, moved.current_version("dedup_web", None))
-    decisions = pl.read_parquet(f"{where}/{stages.DECISIONS}")
-    sample = stages.annotation_sample(decisions, docs, 10, 0)  # what edu_annotations reads
-    assert sample.height == decisions["keep"].sum() >= 1 and all(sample["text"].str.len_chars() > 100)
+    read = _dedup_read_back(moved, "web", WEB_KEYS)  # the second read-back: filter manifests -> dedup's records
+    assert sorted(read) == WEB_KEYS
+    assert all(d.startswith(f"{copy}/artifacts/quality_filtered_web_shards/") and Path(d).is_file()
+               for d, _ in read.values()), read
+    removals = [r for _, r in read.values() if r]
+    assert removals and all(r.startswith(f"{copy}/artifacts/dedup_web/") for r in removals), removals
+    chosen = lsh.sample_survivors([(k, d, r) for k, (d, r) in read.items()], 10, 0)
+    sample = lsh.read_sample(chosen, {k: d for k, (d, _) in read.items()})  # what edu_annotations reads
+    kept = sum(lsh.survivor_rows(d, r).height for d, r in read.values())
+    assert sample.height == kept >= 1 and all(sample["text"].str.len_chars() > 100)
 
 
 def _strings(value, key: str = "") -> list[tuple[str, str]]:
@@ -156,9 +167,13 @@ def test_copy_the_ci_home_and_query_raw_documents(demo_run, tmp_path, monkeypatc
     assert not any(os.path.isabs(p) for p in stored)
 
     store = ArtifactStore(root=profile.artifact_root)
-    for asset in (dedup_code, dedup_web):  # a second read-back through a manifest, at the copy
-        docs = _dedup_docs(store, asset.key.to_user_string())
-        assert docs and all(p.startswith(f"{copy}/artifacts/") and Path(p).is_file() for p in docs.values())
+    for asset in (dedup_code, dedup_web):  # a second read-back through the manifests and records, at the copy
+        source = asset.key.to_user_string().removeprefix("dedup_")
+        with dg.DagsterInstance.from_config(str(copy / "dagster")) as instance:
+            keys = instance.get_dynamic_partitions(f"{source}_shards")
+        read = _dedup_read_back(store, source, keys)
+        paths = [p for pair in read.values() for p in pair if p]
+        assert read and all(p.startswith(f"{copy}/artifacts/") and Path(p).exists() for p in paths)
 
     # No current manifest names a file of the original's artifacts: the copy cannot follow one back.
     leaks = {}

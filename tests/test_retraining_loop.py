@@ -35,6 +35,7 @@ from tests.support.homes import copy_home
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CURATED = {
     "raw_catalog",
+    "dedup_code_buckets",
     "dedup_code",
     "filtered_code_corpus",
     "tokenized_filtered_code",
@@ -164,7 +165,8 @@ def test_automation_covers_the_curation_path_only():
     }
     assert CURATED <= automated
     assert not automated & NOT_AUTOMATED
-    rollups = {"raw_catalog", "dedup_code", "dedup_web", "mixture_weights"}  # read every partition there is
+    rollups = {"raw_catalog", "dedup_code_buckets", "dedup_web_buckets", "dedup_code", "dedup_web",
+               "mixture_weights"}  # read every partition there is
     for name in automated:
         expected = ON_NEW_PARTITIONS if name in rollups else ON_NEW_DATA
         assert graph.get(dg.AssetKey(name)).automation_condition is expected, name

@@ -1,14 +1,15 @@
 """Declarative automation: which assets follow new data by themselves.
 
 The per-shard curation path and the roll-ups that only count what it produced update when their
-inputs change: a new shard's quality filter, the source's dedup, every filtered-corpus shard (dedup
-decides what each keeps), each filtered shard's tokens, the catalog; the mixture weights (the
+inputs change: a new shard's quality filter, the source's dedup (bucket partitions, then clusters),
+every filtered-corpus shard (dedup decides what each keeps), each filtered shard's tokens, the
+catalog; the mixture weights (the
 token counts feed the epochs table). They run under ``ON_NEW_DATA``: Dagster's ``eager`` condition
 (an input was updated or the partition is new; no input missing or in progress) and only while every
 input's blocking checks pass (the raw shards' Great Expectations suite, the corpora's
 decontamination check), so a shard that fails its expectations stops there. The roll-ups over all
-shards (catalog, dedup, mixture weights) use ``ON_NEW_PARTITIONS``, the same less "no input
-missing": a shard that stopped (or was quarantined) must not hold back the ones after it.
+shards (catalog, dedup's buckets and clusters, mixture weights) use ``ON_NEW_PARTITIONS``, the same
+less "no input missing": a shard that stopped (or was quarantined) must not hold back the ones after it.
 
 Left to people or policies on purpose: the LLM annotations and the classifier, topics and synthetic
 data (expensive, and new text is a decision), the tokenizer (a new one changes every token id), the

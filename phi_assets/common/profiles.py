@@ -52,6 +52,9 @@ class Sizes:
     train_seq_len: int = 128  # the pretraining run's sequence length (its steps follow the token budget)
     preference_problems: int = 24  # problems the DPO policy is sampled on (MBPP train + verified exercises)
     eval_problems: int = 1000  # HumanEval / MBPP problems evaluated per benchmark (1000: all 164 / 500)
+    # dedup's bucket partitions: LSH bands in this many groups x band hashes in this many ranges
+    dedup_band_groups: int = 1
+    dedup_hash_ranges: int = 2
     # trainer recipes (phi_assets/training/trainer.py TRAIN_RECIPES) the training assets use by default
     pretrain_recipe: str = "debug"
     finetune_recipe: str = "debug_finetune"
@@ -97,6 +100,8 @@ PHI1 = replace(
     proxy_seq_len=2_048,
     train_seq_len=2_048,  # phi-1 §2.3
     preference_problems=10_000,
+    dedup_band_groups=15,  # one partition per band (14 LSH bands + the exact-id band) ...
+    dedup_hash_ranges=64,  # ... x 64 ranges: 960 bucket steps of ~1e9 / 64 slices each (docs/scale.md)
     pretrain_recipe="phi1_pretrain",
     finetune_recipe="phi1_finetune",
     dpo_recipe="phi_dpo",

@@ -1,202 +1,55 @@
 """Curation assets (group ``curation``): keep only textbook-quality data.
 
 Per shard (one dynamic partition per raw shard, one pod per shard on Kubernetes):
-``quality_filtered_{code,web}_shards`` (heuristic filters + MinHash signatures) and
-``filtered_{code,web}_corpus`` (classifier scores, threshold, decontamination with a blocking
-check). Fanning in over all shards of a source: ``dedup_{code,web}``. Over both sources:
+``quality_filtered_{code,web}_shards`` (``filter_assets.py``: heuristic filters, MinHash signatures,
+LSH band slices) and ``filtered_{code,web}_corpus`` (classifier scores, threshold, decontamination
+with a blocking check). Dedup in stages (``dedup_assets.py``): ``dedup_{code,web}_buckets`` per
+(band group, hash range), then ``dedup_{code,web}`` over the confirmed pairs. Over both sources:
 ``edu_annotations`` (LLM rubric scores on a sample) and ``edu_classifier``. The work itself lives in
-``phi_assets.curation.stages`` and the modules it calls.
+``phi_assets.curation.stages``, ``lsh`` and the modules they call.
 """
 
 from dataclasses import asdict
-from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from k8s import steps
-from phi_assets.common.automation import ON_NEW_DATA, ON_NEW_PARTITIONS
+from phi_assets.common.automation import ON_NEW_DATA
 from phi_assets.common.code_version import code_version
 from phi_assets.common.store import current, file_uri, local_copy, materialized, user_error
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.curation import classifier as clf
-from phi_assets.curation import (
-    edu,
-    heuristics,
-    minhash,
-    stages,
-)
+from phi_assets.curation import edu, lsh, stages
 from phi_assets.curation.checks import decontamination_check_result, decontamination_check_spec
+from phi_assets.curation.dedup_assets import (
+    DEDUP_ASSETS,
+    dedup_code,
+    dedup_web,
+    filtered_shards,
+    shard_record,
+)
+from phi_assets.curation.filter_assets import (
+    PARTITIONS,
+    quality_filtered_code_shards,
+    quality_filtered_web_shards,
+)
 from phi_assets.curation.metadata import (
     annotation_metadata,
     classifier_metadata,
     corpus_metadata,
-    dedup_metadata,
-    filter_metadata,
 )
-from phi_assets.ingest.assets import PARTITIONS, raw_code_shards, raw_web_shards
 from phi_assets.ingest.schema import SOURCES
 from phi_assets.models.assets import generator_model, model_ref
 from resources import ArtifactStore, ProfileResource
 from resources.curation import DecontaminationResource, EncoderResource
 from resources.llm import LLMEngine
 
-RAW = {"code": raw_code_shards, "web": raw_web_shards}
-FILTER_CODE_VERSION = code_version(__name__, "quality_filtered_asset")
-DEDUP_CODE_VERSION = code_version(__name__, "dedup_asset")
 ANNOTATE_CODE_VERSION = code_version(__name__, "edu_annotations")
 CLASSIFIER_CODE_VERSION = code_version(__name__, "edu_classifier")
 CORPUS_CODE_VERSION = code_version(__name__, "filtered_corpus_asset")
 
 
-class QualityFilterConfig(dg.Config):
-    rules: dict[str, Any] = {}  # overrides of WebFilterConfig / CodeFilterConfig fields
-    shingle_words: int = 5  # MinHash (FineWeb): 5-word shingles, 14 bands x 8 rows
-    num_bands: int = 14
-    rows_per_band: int = 8
-    minhash_seed: int = 1
-
-
-def _filters(source: str, rules: dict[str, Any]):
-    config = heuristics.CodeFilterConfig if source == "code" else heuristics.WebFilterConfig
-    unknown = sorted(set(rules) - set(config.__dataclass_fields__))
-    if unknown:
-        raise ValueError(
-            f"unknown {source} filter setting(s) {unknown}; known: {sorted(config.__dataclass_fields__)}"
-        )
-    return config(**rules)
-
-
-def quality_filtered_asset(source: str) -> dg.AssetsDefinition:
-    name = f"quality_filtered_{source}_shards"
-
-    @dg.asset(
-        name=name,
-        partitions_def=PARTITIONS[source],
-        deps=[RAW[source]],
-        group_name="curation",
-        op_tags=steps.tags("shard"),
-        code_version=FILTER_CODE_VERSION,
-        automation_condition=ON_NEW_DATA,
-        kinds={"parquet", "polars"},
-        description=f"Raw {source} documents that pass the heuristic quality filters (every drop "
-        "has a reason), with the MinHash signatures dedup reads.",
-    )
-    def _asset(
-        context: dg.AssetExecutionContext, config: QualityFilterConfig, store: ArtifactStore
-    ) -> dg.MaterializeResult:
-        raw = current(store, f"raw_{source}_shards", context.partition_key)
-        filters = user_error(name, lambda: _filters(source, config.rules))
-        signature = user_error(
-            name,
-            lambda: minhash.MinHashConfig(
-                config.shingle_words, config.num_bands, config.rows_per_band, config.minhash_seed
-            ),
-        )
-        inputs = {"raw": raw["data_version"], "filters": asdict(filters), "minhash": asdict(signature)}
-        outcome = materialize_versioned(
-            context,
-            store,
-            code_version=FILTER_CODE_VERSION,
-            inputs=inputs,
-            build=lambda out: Built(
-                stable_hash([FILTER_CODE_VERSION, inputs]),
-                stages.filter_shard(file_uri(store, raw, "docs.parquet"), source, filters, signature, out),
-            ),
-        )
-        context.log.info(f"{name}[{context.partition_key}]: {outcome.metadata['funnel']}")
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(outcome.data_version),
-            metadata={
-                **filter_metadata(outcome.metadata, store.uri(file_uri(store, outcome.manifest, stages.DOCS))),
-                "skipped": outcome.skipped,
-            },
-        )
-
-    return _asset
-
-
-def _shard_files(
-    context: dg.AssetExecutionContext, store: ArtifactStore, source: str
-) -> tuple[list[stages.ShardFiles], list[dict]]:
-    """The current quality-filtered shards of ``source`` and the MinHash settings each was signed with."""
-    asset, shards, settings = f"quality_filtered_{source}_shards", [], []
-    keys = sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name))
-    for key, manifest in materialized(context, store, asset, keys, "dedup"):
-        shards.append(
-            stages.ShardFiles(
-                key,
-                manifest["data_version"],
-                file_uri(store, manifest, stages.DOCS),
-                file_uri(store, manifest, stages.MINHASH),
-            )
-        )
-        settings.append(manifest["inputs"]["minhash"])
-    return shards, settings
-
-
-def _persisted(store: ArtifactStore, shard: stages.ShardFiles) -> dict[str, str]:
-    """A shard's files as kept in the dedup manifest: relative to the artifact root (readers
-    ``store.resolve`` them), so a copied home reads its own files."""
-    return {**asdict(shard), "docs": store.relative(shard.docs), "minhash": store.relative(shard.minhash)}
-
-
-def _signature_config(shards: list[stages.ShardFiles], settings: list[dict]) -> minhash.MinHashConfig:
-    seen = {stable_hash(setting): shard.shard for shard, setting in zip(shards, settings, strict=True)}
-    if len(seen) > 1:
-        raise ValueError(
-            f"shards {sorted(seen.values())} were signed with different MinHash settings; "
-            "materialize all quality-filtered shards with the same settings"
-        )
-    return minhash.MinHashConfig(**settings[0])
-
-
-def dedup_asset(source: str) -> dg.AssetsDefinition:
-    name, upstream = f"dedup_{source}", f"quality_filtered_{source}_shards"
-
-    @dg.asset(
-        name=name,
-        deps=[upstream],
-        group_name="curation",
-        op_tags=steps.tags("heavy"),
-        code_version=DEDUP_CODE_VERSION,
-        automation_condition=ON_NEW_PARTITIONS,
-        kinds={"duckdb"},
-        description=f"Exact and MinHash-LSH near-duplicate clusters over all {source} "
-        "shards; one deterministic survivor each; clusters in DuckDB.",
-    )
-    def _asset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        shards, settings = _shard_files(context, store, source)
-        if not shards:
-            raise dg.Failure(description=f"{name}: no {upstream} partition is materialized yet")
-        signature = user_error(name, lambda: _signature_config(shards, settings))
-        inputs = {"shards": [(s.shard, s.data_version) for s in shards], "minhash": asdict(signature)}
-        outcome = materialize_versioned(
-            context,
-            store,
-            code_version=DEDUP_CODE_VERSION,
-            inputs=inputs,
-            build=lambda out: Built(
-                stable_hash([DEDUP_CODE_VERSION, inputs]),
-                {
-                    **stages.dedup_source(shards, signature, out),
-                    "shards": [_persisted(store, s) for s in shards],
-                },
-            ),
-        )
-        db = file_uri(store, outcome.manifest, stages.CLUSTER_DB)
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(outcome.data_version),
-            metadata={**dedup_metadata(outcome.metadata, db), "skipped": outcome.skipped},
-        )
-
-    return _asset
-
-
-quality_filtered_code_shards = quality_filtered_asset("code")
-quality_filtered_web_shards = quality_filtered_asset("web")
-dedup_code = dedup_asset("code")
-dedup_web = dedup_asset("web")
 
 
 class AnnotationConfig(dg.Config):
@@ -206,16 +59,24 @@ class AnnotationConfig(dg.Config):
     seed: int = 0
 
 
+def _sample(context, store: ArtifactStore, source: str, n: int, seed: int) -> pl.DataFrame:
+    """A seeded sample of ``source``'s dedup survivors (shard, row, id, uri, text), each shard read
+    through its own removal list (``lsh.sample_survivors``: a bottom-n merge, 2n rows held)."""
+    shards, _ = filtered_shards(context, store, source, "edu_annotations")
+    entries = [(s.shard, s.docs, shard_record(store, source, s.shard, s.version)[1]) for s in shards]
+    chosen = lsh.sample_survivors(entries, n, seed)
+    docs = {s.shard: s.docs for s in shards}
+    fs = None if store.is_local else store.fs
+    return lsh.read_sample(chosen, docs, fs)
+
+
 def _annotate(
-    context, llm: LLMEngine, model, dedups: dict, store: ArtifactStore, n: int, config: AnnotationConfig, out
+    context, llm: LLMEngine, model, store: ArtifactStore, n: int, config: AnnotationConfig, out
 ) -> dict:
     frames, llm_stats = [], {}
     for source in SOURCES:
-        prompt, manifest = edu.load_prompt(source), dedups[source]
-        docs_paths = {s["shard"]: store.resolve(s["docs"]) for s in manifest["metadata"]["shards"]}
-        sample = stages.annotation_sample(
-            pl.read_parquet(file_uri(store, manifest, stages.DECISIONS)), docs_paths, n, config.seed
-        )
+        prompt = edu.load_prompt(source)
+        sample = _sample(context, store, source, n, config.seed)
         requests = [
             edu.build_request(prompt, t, max_chars=config.max_doc_chars, max_tokens=config.max_tokens)
             for t in sample["text"]
@@ -281,7 +142,7 @@ def edu_annotations(
         model = model_ref(generator, store, llm, f"{profile.get().phi_home}/models")
         return Built(
             stable_hash([ANNOTATE_CODE_VERSION, inputs]),
-            _annotate(context, llm, model, dedups, store, n, config, out),
+            _annotate(context, llm, model, store, n, config, out),
         )
 
     outcome = materialize_versioned(
@@ -366,15 +227,12 @@ class FilteredCorpusConfig(dg.Config):
     head: str = "forest"  # "forest" (phi-1) or "linear" (FineWeb-Edu)
 
 
-def _dedup_rows(store: ArtifactStore, source: str, key: str, shard_version: str):
-    dedup_manifest = current(store, f"dedup_{source}")
-    used = {s["shard"]: s["data_version"] for s in dedup_manifest["metadata"]["shards"]}
-    if used.get(key) != shard_version:
-        raise dg.Failure(
-            description=f"dedup_{source} has not seen quality_filtered_{source}_shards[{key}] "
-            f"version {shard_version}; materialize dedup_{source} first"
-        )
-    return stages.survivors(pl.read_parquet(file_uri(store, dedup_manifest, stages.DECISIONS)), key)
+def dedup_survivors(store: ArtifactStore, source: str, key: str, shard: dict) -> tuple[pl.DataFrame, str]:
+    """The shard's dedup survivors (row, id), from its own removal list only, and that list's digest."""
+    record, removal = shard_record(store, source, key, shard["data_version"])
+    rows = user_error(f"filtered_{source}_corpus", lambda: lsh.survivor_rows(
+        file_uri(store, shard, stages.DOCS), removal))
+    return rows, record["digest"]
 
 
 def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
@@ -402,13 +260,13 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         key = context.partition_key
         shard, classifier = current(store, upstream, key), current(store, "edu_classifier")
-        keep_rows = _dedup_rows(store, source, key, shard["data_version"])
+        keep_rows, removals = dedup_survivors(store, source, key, shard)
         scanner = user_error(name, lambda: decontamination.get(encoder))
         if config.head not in clf.HEADS:
             raise dg.Failure(description=f"{name}: head={config.head!r}; choose one of {clf.HEADS}")
         inputs = {
             "shard": shard["data_version"],
-            "survivors": stable_hash(keep_rows["id"].to_list()),
+            "removals": removals,  # this shard's removal list only: other shards' changes do not re-run it
             "classifier": classifier["data_version"],
             "decontamination": scanner.version,
             "config": config.model_dump(),
@@ -461,8 +319,7 @@ def corpus_shards(context, store: ArtifactStore, source: str, reader: str) -> li
 CURATION_ASSETS = [
     quality_filtered_code_shards,
     quality_filtered_web_shards,
-    dedup_code,
-    dedup_web,
+    *DEDUP_ASSETS,
     edu_annotations,
     edu_classifier,
     filtered_code_corpus,

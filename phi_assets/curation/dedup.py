@@ -1,4 +1,6 @@
-"""Exact and fuzzy (MinHash LSH) deduplication of one source: the corpus stage, over all shards.
+"""Exact and fuzzy (MinHash LSH) deduplication in one process, for sets that fit in memory: the
+synthetic sets (``phi_assets/synthetic/gates.py``). The corpora, which do not fit, are deduplicated in
+stages by ``lsh.py``; this module is also the single-process baseline of ``benchmarks/curation_scale.py``.
 
 What: ``deduplicate`` takes every shard's MinHash signatures (``minhash.py``; row i is document i
 of that shard's docs.parquet) and decides, per document, whether it is kept. ``write_cluster_db``

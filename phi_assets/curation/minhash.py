@@ -3,7 +3,8 @@
 What: for every document, ``num_bands * rows_per_band`` 32-bit MinHash values over the set of its
 ``shingle_words``-word shingles (FineWeb's recipe: 5-word shingles, 14 bands x 8 rows). Two
 documents agree in one position with probability about the Jaccard similarity of their shingle
-sets. The corpus stage (``dedup.py``) reads only these signatures (``signatures_table`` /
+sets. The corpus stages (``lsh.py``; ``dedup.py`` for the small in-memory sets of synthetic data) read
+these signatures (``signatures_table`` /
 ``read_signatures``), never the text.
 
 How, vectorised with numpy over batches of about 1 MiB of text (memory stays bounded on big shards):
@@ -22,7 +23,7 @@ How, vectorised with numpy over batches of about 1 MiB of text (memory stays bou
 
 Edge cases: a document with fewer words than ``shingle_words`` has one shingle, all its words. A
 document with no words after normalisation (empty, or only punctuation) gets ``EMPTY_SIGNATURE``:
-every entry 0xFFFFFFFF; ``dedup.deduplicate`` leaves such documents out of fuzzy matching.
+every entry 0xFFFFFFFF; dedup leaves such documents out of fuzzy matching (exact matching only).
 
 Memory: about 40 bytes per byte of text in the current batch (``batch_bytes``, 1 MiB, plus the
 document that fills it; ingest caps documents at ``Sizes.max_doc_bytes``), a table of powers of P
@@ -289,3 +290,11 @@ def read_signatures(path: str | Path, config: MinHashConfig | None = None) -> tu
     width = column.type.list_size
     sigs = column.flatten().to_numpy(zero_copy_only=False).astype(np.uint32, copy=False).reshape(-1, width)
     return table.column("id").to_pylist(), sigs
+
+
+def shingle_sets(texts: Sequence[str], config: MinHashConfig = MinHashConfig()) -> list[np.ndarray]:
+    """The set of 64-bit shingle hashes of each text (sorted, unique): the sets whose Jaccard
+    similarity the signatures estimate. Dedup confirms candidate pairs on them exactly."""
+    blobs = [t.encode("ascii") if t.isascii() else normalize(t).encode("utf-8") for t in texts]
+    hashes, counts = _shingle_hashes(blobs, config.shingle_words)
+    return [np.unique(part) for part in np.split(hashes, np.cumsum(counts)[:-1])] if blobs else []
