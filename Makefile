@@ -93,6 +93,8 @@ bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python benchmarks/llm_cache.py
 	$(BIN)/python benchmarks/heuristic_filters.py --peer-python $(PEER_PYTHON)
 	$(BIN)/python benchmarks/minhash.py --peer-python $(PEER_PYTHON)
+	$(BIN)/python benchmarks/filter_memory.py
+	$(BIN)/python benchmarks/curation_scale.py
 	$(BIN)/python benchmarks/tokenize_throughput.py --peer-python $(PEER_PYTHON)
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/eval_exec.py

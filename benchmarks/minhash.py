@@ -17,18 +17,26 @@ for all pairs of the corpus (a sparse product of the document x shingle matrix),
    datatrove runs twice: as shipped (spaCy word tokenizer, its default for English) and with
    ``str.split`` as its tokenizer, which shows how much of its time is tokenization.
 2. Quality of ``deduplicate`` (corpus split round-robin into 4 shards) with ``min_similarity`` 0.7
-   (the default), 0.75 and None (plain LSH components). Truth pairs: exact Jaccard >= 0.8; recall =
-   share of them placed in one cluster. Precision = share of the pairs placed in one cluster whose
+   (the default), 0.75 and None (plain LSH components), and of the staged dedup (``lsh``, what the
+   ``dedup_{code,web}_buckets`` and ``dedup_{code,web}`` assets run) on the same 4 shards, as local
+   temp files (docs.parquet per shard, as tests/test_lsh.py ``run_staged``): ``write_bands``, the 2
+   bucket partitions of ``BucketLayout(1, 2)`` (the ci/demo layout), each candidate pair confirmed on
+   the exact Jaccard of its shingle sets read back from the texts, at 0.7 (the default), 0.75 and 0.8,
+   then ``cluster`` (connected components of the confirmed pairs). Truth pairs: exact Jaccard >= 0.8;
+   recall = share of them placed in one cluster. Precision = share of the pairs placed in one cluster whose
    exact Jaccard is >= 0.7: 14 bands of 8 rows put the LSH threshold at (1/14)^(1/8) ~ 0.72, so pairs
    between 0.7 and 0.8 are the expected grey zone of the method, and only pairs below 0.7 count as
    errors. Also: the share of removed documents whose exact Jaccard with their survivor is >= 0.7,
-   and the truth pairs of which both documents are kept (near duplicates left in the output).
-3. Planted pairs by exact Jaccard: how often they end up in one cluster, next to the LSH
-   candidate probability 1 - (1 - s^8)^14, and the error of the signature estimate of Jaccard.
+   and the truth pairs of which both documents are kept (near duplicates left in the output). The
+   speed table also times the staged path at 0.7 from the signatures (bands, buckets, clusters; the
+   docs files are written before the timer).
+3. Planted pairs by exact Jaccard: how often they end up in one cluster (also by the staged path at
+   0.7), next to the LSH candidate probability 1 - (1 - s^8)^14, and the error of the signature
+   estimate of Jaccard.
 
 Run from the repository root:  .venv/bin/python benchmarks/minhash.py [--markdown] [--repeats N]
 [--peer-repeats N] [--peer-python PATH] [--planted N] [--seed S] [--limit-docs N] [--no-peer]
-(about 90 s, most of it datatrove)
+(about 2.5 minutes on a shared core, most of it datatrove)
 """
 
 from __future__ import annotations
@@ -53,8 +61,10 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import duckdb  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 pa.set_cpu_count(1)
 pa.set_io_thread_count(1)
@@ -67,6 +77,7 @@ import peer_env  # noqa: E402  (benchmarks/, the script's own folder)
 from table import format_table  # noqa: E402
 
 from phi_assets.common.profiles import Sizes  # noqa: E402
+from phi_assets.curation import lsh  # noqa: E402
 from phi_assets.curation.dedup import ShardSignatures, deduplicate  # noqa: E402
 from phi_assets.curation.minhash import MinHashConfig, normalize, signatures  # noqa: E402
 from phi_assets.ingest.embedded import package_doc_records, pydoc_topic_records, stdlib_files  # noqa: E402
@@ -74,6 +85,10 @@ from phi_assets.ingest.readers import Record  # noqa: E402
 from phi_assets.ingest.schema import doc_id  # noqa: E402
 
 CONFIG = MinHashConfig()  # 5-word shingles, 14 bands x 8 rows, seed 1: FineWeb's parameters
+SHARDS = 4  # the corpus split round-robin: shard-k row r is text k + 4 r
+LAYOUT = lsh.BucketLayout(1, 2)  # the staged dedup's bucket partitions, as the ci and demo presets
+STAGED_MIN_SIMILARITY = 0.7  # dedup_assets' BucketConfig default (timed)
+STAGED_ALSO = (0.75, 0.8)  # quality only
 
 
 def natural_corpus() -> list[str]:
@@ -170,8 +185,67 @@ def cluster_pairs(labels: np.ndarray) -> set[tuple[int, int]]:
     return {(a, b) for g in groups.values() for k, a in enumerate(g) for b in g[k + 1:]}
 
 
+def write_docs(root: Path, ids: list[str], texts: list[str]) -> dict[str, str]:
+    """Each shard's docs.parquet (id, text), as the quality-filter step leaves it; shard -> path."""
+    docs = {}
+    for k in range(SHARDS):
+        folder = root / f"shard-{k}"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"id": ids[k::SHARDS], "text": texts[k::SHARDS]}), folder / "docs.parquet")
+        docs[f"shard-{k}"] = str(folder / "docs.parquet")
+    return docs
+
+
+def staged(docs: dict[str, str], ids: list[str], sigs: np.ndarray, out: Path, min_similarity: float) -> dict:
+    """The stages of ``lsh`` on local files (as tests/test_lsh.py runs them): bands per shard, every
+    partition of ``LAYOUT`` (candidates confirmed on exact Jaccard), clusters. Returns cluster's result."""
+    bands = {}
+    for k, shard in enumerate(sorted(docs)):
+        bands[shard] = out / "bands" / shard
+        bands[shard].mkdir(parents=True)
+        lsh.write_bands(ids[k::SHARDS], sigs[k::SHARDS], CONFIG, LAYOUT, bands[shard])
+    pair_files = []
+    for key in LAYOUT.keys():
+        group, hash_range = LAYOUT.parse(key)
+        inputs = []
+        for shard, folder in bands.items():
+            path = str(folder / lsh.bands_file(group))
+            slices = lsh.partition_slices(lsh.read_slice_index(path), LAYOUT, group, hash_range,
+                                          CONFIG.num_bands)
+            inputs.append(lsh.ShardInput(shard, docs[shard], path, tuple(x[0] for x in slices)))
+        (out / "buckets" / key).mkdir(parents=True)
+        lsh.bucket_pairs(inputs, CONFIG, min_similarity, out / "buckets" / key, lsh.read_row_groups,
+                         lsh.read_doc_rows)
+        pair_files.append(str(out / "buckets" / key / lsh.PAIRS))
+    (out / "dedup").mkdir()
+    return lsh.cluster(pair_files, sorted(docs), out / "dedup")
+
+
+def staged_decisions(docs: dict[str, str], out: Path, result: dict, n: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Per text index: cluster id (None: in no cluster), kept, survivor's text index; and whether the
+    survivors of every shard (``survivor_rows``) and the removals add up to the corpus."""
+    cluster_of, kept, survivor = np.full(n, None, dtype=object), np.ones(n, dtype=bool), np.arange(n)
+    con = duckdb.connect(str(out / "dedup" / lsh.CLUSTER_DB), read_only=True)
+    try:
+        members = con.execute("""SELECT shard, row, cluster_id, is_survivor, survivor_shard, survivor_row
+            FROM cluster_members""").fetchall()
+    finally:
+        con.close()
+    for shard, row, cluster_id, is_survivor, survivor_shard, survivor_row in members:
+        i = int(shard.removeprefix("shard-")) + SHARDS * row
+        cluster_of[i], kept[i] = cluster_id, is_survivor
+        survivor[i] = int(survivor_shard.removeprefix("shard-")) + SHARDS * survivor_row
+    removals = result["removals"]
+    survivors = sum(lsh.survivor_rows(path, str(out / "dedup" / removals[shard]["file"]) if shard in removals
+                                      else None).height for shard, path in docs.items())
+    removed = result["num_exact_removed"] + result["num_near_removed"]
+    return cluster_of, kept, survivor, survivors + removed == n == int(kept.sum()) + removed
+
+
 def throughput_rows(peers: dict[str, dict], ours: tuple[list[float], list[float]],
-                    dedup: tuple[list[float], list[float]], docs: int, mbytes: float) -> list[list[str]]:
+                    dedup: tuple[list[float], list[float]], stages: tuple[list[float], list[float]],
+                    docs: int, mbytes: float) -> list[list[str]]:
     def row(name: str, n: int, wall: float, cpu: float, mb: str, ratios: list[str], note: str) -> list[str]:
         return [name, str(n), f"{wall:.3f}", f"{cpu:.3f}", f"{n / wall:,.0f}", mb, *ratios, note]
 
@@ -196,6 +270,10 @@ def throughput_rows(peers: dict[str, dict], ours: tuple[list[float], list[float]
     rows.append(row("phi deduplicate (from signatures)", docs, statistics.median(dedup[0]),
                     statistics.median(dedup[1]), "-", ["-", "-"],
                     "corpus stage: exact + LSH + components, 4 shards"))
+    rows.append(row("phi lsh stages (from signatures)", docs, statistics.median(stages[0]),
+                    statistics.median(stages[1]), "-", ["-", "-"],
+                    f"write_bands + {len(LAYOUT.keys())} bucket partitions (exact Jaccard of candidates, "
+                    "texts read back from parquet) + cluster (DuckDB), 4 shards, temp files"))
     return rows
 
 
@@ -226,12 +304,37 @@ def main() -> None:
              else {"error": "skipped (--no-peer)"} for tok in ("default", "whitespace")}
     wall, cpu, sigs = timed(lambda: signatures(texts, CONFIG), args.repeats)
     ids = [doc_id(t) for t in texts]
-    shards = [ShardSignatures(f"shard-{k}", ids[k::4], sigs[k::4]) for k in range(4)]
-    order = np.concatenate([np.arange(k, len(texts), 4) for k in range(4)])  # decisions row -> text index
+    shards = [ShardSignatures(f"shard-{k}", ids[k::SHARDS], sigs[k::SHARDS]) for k in range(SHARDS)]
+    order = np.concatenate([np.arange(k, len(texts), SHARDS) for k in range(SHARDS)])  # decisions row -> text
     d_wall, d_cpu, _ = timed(lambda: deduplicate(shards, CONFIG), args.repeats)
-    speed = throughput_rows(peers, (wall, cpu), (d_wall, d_cpu), len(texts), mbytes)
+    with tempfile.TemporaryDirectory(prefix="phi-bench-lsh-") as tmp:
+        docs, runs = write_docs(Path(tmp) / "docs", ids, texts), iter(range(args.repeats + 1))
+
+        def run_staged() -> tuple[Path, dict]:
+            out = Path(tmp) / f"run-{next(runs)}"
+            return out, staged(docs, ids, sigs, out, STAGED_MIN_SIMILARITY)
+
+        s_wall, s_cpu, (s_out, s_result) = timed(run_staged, args.repeats)
+        staged_runs = {STAGED_MIN_SIMILARITY: (s_result, staged_decisions(docs, s_out, s_result, len(texts)))}
+        for threshold in STAGED_ALSO:
+            out = Path(tmp) / f"min-similarity-{threshold}"
+            result = staged(docs, ids, sigs, out, threshold)
+            staged_runs[threshold] = (result, staged_decisions(docs, out, result, len(texts)))
+    speed = throughput_rows(peers, (wall, cpu), (d_wall, d_cpu), (s_wall, s_cpu), len(texts), mbytes)
 
     truth = {pair for pair, j in jac.items() if j >= 0.8}
+
+    def quality_row(label: str, cluster_of: np.ndarray, kept: np.ndarray, survivor: np.ndarray,
+                    clusters: int, reconciles: bool) -> tuple[list[str], set[tuple[int, int]]]:
+        found = cluster_pairs(cluster_of)
+        good, hits = sum(jac.get(p, 0.0) >= 0.7 for p in found), len(truth & found)
+        left = sum(kept[a] and kept[b] for a, b in truth)
+        removed = np.flatnonzero(~kept)
+        fair = sum(jac.get((min(i, survivor[i]), max(i, survivor[i])), 0.0) >= 0.7 for i in removed)
+        return [label, str(len(truth)), str(hits), f"{hits / max(1, len(truth)):.3f}", str(len(found)),
+                str(good), f"{good / max(1, len(found)):.3f}", f"{fair / max(1, len(removed)):.3f}",
+                str(left), str(clusters), str(len(removed)), str(reconciles)], found
+
     quality, found_by = [], {}
     for label, threshold in (("min_similarity 0.7 (default)", 0.7), ("min_similarity 0.75", 0.75),
                              ("None (plain LSH components)", None)):
@@ -239,18 +342,19 @@ def main() -> None:
         decisions = result.decisions.sort("shard", "row")
         cluster_of, kept = np.empty(len(texts), dtype=object), np.empty(len(texts), dtype=bool)
         cluster_of[order], kept[order] = decisions["cluster_id"].to_numpy(), decisions["keep"].to_numpy()
-        found = found_by[threshold] = cluster_pairs(cluster_of)
-        good, hits = sum(jac.get(p, 0.0) >= 0.7 for p in found), len(truth & found)
-        left = sum(kept[a] and kept[b] for a, b in truth)
         survivor = np.empty(len(texts), dtype=np.int64)
         # shard-k row r holds text k + 4 r (round-robin split)
         shard_no = decisions["survivor_shard"].str.slice(len("shard-")).cast(int).fill_null(0).to_numpy()
-        survivor[order] = shard_no + 4 * decisions["survivor_row"].fill_null(0).to_numpy()
-        removed = np.flatnonzero(~kept)
-        fair = sum(jac.get((min(i, survivor[i]), max(i, survivor[i])), 0.0) >= 0.7 for i in removed)
-        quality.append([label, str(len(truth)), str(hits), f"{hits / max(1, len(truth)):.3f}", str(len(found)),
-                        str(good), f"{good / max(1, len(found)):.3f}", f"{fair / max(1, len(removed)):.3f}",
-                        str(left), str(result.num_clusters), str(len(removed)), str(result.reconciles)])
+        survivor[order] = shard_no + SHARDS * decisions["survivor_row"].fill_null(0).to_numpy()
+        row, found_by[threshold] = quality_row(label, cluster_of, kept, survivor, result.num_clusters,
+                                               result.reconciles)
+        quality.append(row)
+    for threshold, (result, (cluster_of, kept, survivor, ok)) in staged_runs.items():
+        default = " (default)" if threshold == STAGED_MIN_SIMILARITY else ""
+        label = f"lsh stages, exact Jaccard >= {threshold}{default}"
+        row, found_by[f"staged {threshold}"] = quality_row(label, cluster_of, kept, survivor,
+                                                           result["num_clusters"], ok)
+        quality.append(row)
 
     edges = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     pairs_planted = [(min(a, b), max(a, b)) for a, b, _ in planted]
@@ -258,7 +362,8 @@ def main() -> None:
     for lo, hi in zip(edges, edges[1:], strict=False):
         sel = [p for p in pairs_planted if lo <= jac.get(p, 0.0) < hi or (hi == 1.0 and jac.get(p) == 1.0)]
         err = [abs(float(np.mean(sigs[a] == sigs[b])) - jac[a, b]) for a, b in sel]
-        same = [f"{sum(p in found_by[t] for p in sel) / max(1, len(sel)):.3f}" for t in (0.7, 0.75, None)]
+        same = [f"{sum(p in found_by[t] for p in sel) / max(1, len(sel)):.3f}"
+                for t in (0.7, 0.75, None, f"staged {STAGED_MIN_SIMILARITY}")]
         buckets.append([f"[{lo:.1f}, {hi:.1f}{']' if hi == 1.0 else ')'}", str(len(sel)), *same,
                         f"{1 - (1 - ((lo + hi) / 2) ** 8) ** 14:.3f}",
                         f"{statistics.mean(err):.3f}" if err else "-"])
@@ -274,12 +379,13 @@ def main() -> None:
     print(format_table(["stage", "docs", "median s", "cpu s", "docs/s", "MB/s", "x datatrove",
                         "x datatrove (cpu)", "note"],
                        speed, args.markdown) + "\n")
-    print(format_table(["deduplicate", "truth pairs (J>=0.8)", "same cluster", "recall", "same-cluster pairs",
+    print(format_table(["dedup", "truth pairs (J>=0.8)", "same cluster", "recall", "same-cluster pairs",
                         "of them J>=0.7", "precision", "removed with J>=0.7 to survivor",
                         "truth pairs both kept", "clusters", "removed", "reconciles"],
                        quality, args.markdown) + "\n")
     print(format_table(["planted pairs, exact J", "pairs", "same cluster (0.7)", "same cluster (0.75)",
-                        "same cluster (None)", "LSH P(candidate) at midpoint", "mean abs(estimate - J)"],
+                        "same cluster (None)", f"same cluster (lsh stages {STAGED_MIN_SIMILARITY})",
+                        "LSH P(candidate) at midpoint", "mean abs(estimate - J)"],
                        buckets, args.markdown))
     if below:
         print(f"\n({below} planted pairs came out below J = 0.5 and are in no row)")
