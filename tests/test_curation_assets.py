@@ -25,6 +25,7 @@ from phi_assets.curation.classifier import EduClassifier
 from phi_assets.curation.filter_assets import QualityFilterConfig
 from phi_assets.ingest.schema import DOC_COLUMNS, DOC_SCHEMA, doc_id
 from resources import ArtifactStore
+from tests.support.files import PROSE
 
 SHARDS = {
     "code": ["embedded:stdlib-00", "embedded:stdlib-01", "planted.jsonl"],
@@ -152,17 +153,6 @@ def test_decontamination_check_ran_and_passed_on_every_shard(run):
 # --- the filter step in batches (stages.filter_shard), without Dagster -----------------------------
 
 STDLIB = Path(textwrap.__file__).parent
-PROSE = (  # kept by every web rule (tests/test_heuristics.py)
-    "The old lighthouse stood at the edge of the harbour for more than a century. Every evening the "
-    "keeper climbed the narrow stairs to light the lamp, and every morning he wrote a short note in "
-    "his logbook about the weather and the ships that had passed.\n\n"
-    "Over the years the town grew around the harbour. Fishermen built small houses along the shore, "
-    "and a school opened near the market square. Children learned to read the signals of the lamp "
-    "and to tell the direction of the wind from the shape of the waves.\n\n"
-    "When the lighthouse was finally replaced by an automatic beacon, the people of the town decided "
-    "to keep the old tower as a museum. Today visitors can climb the same stairs, read the keeper's "
-    "notes, and look out over the water that he watched for so long."
-)
 
 
 def _raw_shard(path: str, texts: list[str], uris: list[str], row_group_size: int = 7) -> str:

@@ -80,6 +80,14 @@ def _all(instance, resources, graph, shards: list[str]) -> dict[str, list[str]]:
     return logs
 
 
+def _graph(profile):
+    """raw -> quality filter -> buckets -> dedup for code shards, cut for LAYOUT; resources; the store."""
+    qf = quality_filtered_asset("code", LAYOUT)
+    buckets = buckets_asset("code", qf, LAYOUT)
+    graph = (raw_code_shards, qf, buckets, dedup_asset("code", buckets, qf, LAYOUT))
+    return graph, build_resources(profile), ArtifactStore(root=profile.artifact_root)
+
+
 def _computed(logs: dict[str, list[str]]) -> set[str]:
     done = {k for k, messages in logs.items() if any(": computing (code version" in m for m in messages)}
     skipped = {k for k, messages in logs.items() if any("skipping work" in m for m in messages)}
@@ -89,11 +97,8 @@ def _computed(logs: dict[str, list[str]]) -> set[str]:
 
 @pytest.mark.slow  # 120 bucket steps through Dagster
 def test_a_new_shard_recomputes_only_the_bucket_partitions_it_touches(home):
-    qf = quality_filtered_asset("code", LAYOUT)
-    buckets = buckets_asset("code", qf, LAYOUT)
-    graph = (raw_code_shards, qf, buckets, dedup_asset("code", buckets, qf, LAYOUT))
-    resources = build_resources(home)
-    store = ArtifactStore(root=home.artifact_root)
+    graph, resources, store = _graph(home)
+    qf = graph[1]
     with dg.DagsterInstance.from_config(str(Path(home.phi_home) / "dagster")) as instance:
         instance.add_dynamic_partitions("code_shards", ["a.jsonl", "b.jsonl"])
         first = _all(instance, resources, graph, ["a.jsonl", "b.jsonl"])
@@ -123,11 +128,7 @@ def test_a_new_shard_recomputes_only_the_bucket_partitions_it_touches(home):
 
 @pytest.mark.slow  # materializes the curation steps up to dedup
 def test_a_filtered_corpus_step_reads_only_its_own_removals(home, monkeypatch):
-    qf = quality_filtered_asset("code", LAYOUT)
-    buckets = buckets_asset("code", qf, LAYOUT)
-    graph = (raw_code_shards, qf, buckets, dedup_asset("code", buckets, qf, LAYOUT))
-    resources = build_resources(home)
-    store = ArtifactStore(root=home.artifact_root)
+    graph, resources, store = _graph(home)
     with dg.DagsterInstance.from_config(str(Path(home.phi_home) / "dagster")) as instance:
         instance.add_dynamic_partitions("code_shards", ["a.jsonl", "b.jsonl"])
         _all(instance, resources, graph, ["a.jsonl", "b.jsonl"])

@@ -23,18 +23,7 @@ from phi_assets.curation.heuristics import (
     merge_funnels,
     rule_names,
 )
-
-PROSE = (
-    "The old lighthouse stood at the edge of the harbour for more than a century. Every evening the "
-    "keeper climbed the narrow stairs to light the lamp, and every morning he wrote a short note in "
-    "his logbook about the weather and the ships that had passed.\n\n"
-    "Over the years the town grew around the harbour. Fishermen built small houses along the shore, "
-    "and a school opened near the market square. Children learned to read the signals of the lamp "
-    "and to tell the direction of the wind from the shape of the waves.\n\n"
-    "When the lighthouse was finally replaced by an automatic beacon, the people of the town decided "
-    "to keep the old tower as a museum. Today visitors can climb the same stairs, read the keeper's "
-    "notes, and look out over the water that he watched for so long."
-)
+from tests.support.files import PROSE
 
 # Every numeric threshold of a family, so one rule can be tested alone.
 GOPHER_Q = ["gopher_min_words", "gopher_max_words", "gopher_min_mean_word_length",

@@ -42,10 +42,11 @@ class FilteredShard:
 
 
 def filtered_shards(
-    context, store: ArtifactStore, source: str, reader: str, layout: lsh.BucketLayout = LAYOUT
+    context, store: ArtifactStore, source: str, reader: str, layout: lsh.BucketLayout = LAYOUT,
+    required: bool = False,
 ) -> tuple[list[FilteredShard], list]:
     """The current quality-filtered shards of ``source`` and the MinHash settings each was signed with;
-    a Failure for a shard whose band slices were cut for another layout."""
+    a Failure for a shard whose band slices were cut for another layout (and, ``required``, for none)."""
     asset, shards, settings = f"quality_filtered_{source}_shards", [], []
     keys = sorted(context.instance.get_dynamic_partitions(PARTITIONS[source].name))
     for key, manifest in materialized(context, store, asset, keys, reader):
@@ -67,6 +68,8 @@ def filtered_shards(
             )
         )
         settings.append(manifest["inputs"]["minhash"])
+    if required and not shards:
+        raise dg.Failure(description=f"{reader}: no {asset} partition is materialized")
     return shards, settings
 
 
@@ -144,11 +147,7 @@ def buckets_asset(source: str, upstream=None, layout: lsh.BucketLayout = LAYOUT)
     def _asset(
         context: dg.AssetExecutionContext, config: BucketConfig, store: ArtifactStore
     ) -> dg.MaterializeResult:
-        shards, settings = filtered_shards(context, store, source, name, layout)
-        if not shards:
-            raise dg.Failure(
-                description=f"{name}: no quality_filtered_{source}_shards partition is materialized"
-            )
+        shards, settings = filtered_shards(context, store, source, name, layout, required=True)
         signature = user_error(name, lambda: signature_config(shards, settings))
         if not 0.0 < config.min_similarity <= 1.0:
             raise dg.Failure(
@@ -247,11 +246,7 @@ def dedup_asset(
     def _asset(
         context: dg.AssetExecutionContext, config: DedupConfig, store: ArtifactStore
     ) -> dg.MaterializeResult:
-        shards, _ = filtered_shards(context, store, source, name, layout)
-        if not shards:
-            raise dg.Failure(
-                description=f"{name}: no quality_filtered_{source}_shards partition is materialized"
-            )
+        shards, _ = filtered_shards(context, store, source, name, layout, required=True)
         buckets = _buckets(context, store, source, shards, layout)
         inputs = {
             "buckets": {k: m["data_version"] for k, m in buckets.items()},

@@ -42,3 +42,17 @@ def write_warc(path: Path, records: list[tuple[str, bytes, str]], gz: bool) -> P
             rec = warc_record(uri, body, ctype)
             f.write(gzip.compress(rec) if gz else rec)  # one gzip member per record, as CC does
     return path
+
+
+# English prose that every web quality rule keeps (tests/test_heuristics.py checks it).
+PROSE = (
+    "The old lighthouse stood at the edge of the harbour for more than a century. Every evening the "
+    "keeper climbed the narrow stairs to light the lamp, and every morning he wrote a short note in "
+    "his logbook about the weather and the ships that had passed.\n\n"
+    "Over the years the town grew around the harbour. Fishermen built small houses along the shore, "
+    "and a school opened near the market square. Children learned to read the signals of the lamp "
+    "and to tell the direction of the wind from the shape of the waves.\n\n"
+    "When the lighthouse was finally replaced by an automatic beacon, the people of the town decided "
+    "to keep the old tower as a museum. Today visitors can climb the same stairs, read the keeper's "
+    "notes, and look out over the water that he watched for so long."
+)
