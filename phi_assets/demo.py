@@ -51,6 +51,7 @@ from jobs import (
     topics_job,
     training_job,
 )
+from phi_assets.common.profiles import reductions
 from phi_assets.curation.dedup_assets import BUCKETS
 from phi_assets.evaluation.assets import STAGES
 from phi_assets.evaluation.model_card import CARD_STAGES
@@ -269,7 +270,8 @@ def run_evaluation(defs: dg.Definitions, instance: dg.DagsterInstance, report: D
         result = _run(defs, instance, report, eval_job.name, f"eval_scores[{stage}]", stage)
         for event in result.get_asset_materialization_events():
             meta = {k: v.value for k, v in event.materialization.metadata.items()}
-            report.evaluation[stage] = {k: meta[k] for k in ("problems", "verdicts", "engine_errors")}
+            kept = ("problems", "verdicts", "engine_errors", "reduced")
+            report.evaluation[stage] = {k: meta[k] for k in kept}
             report.evaluation[stage].update({k: v for k, v in meta.items() if isinstance(v, float)})
             if meta.get("understanding_detail", {}).get("judge_reliable") is False:
                 report.evaluation[stage]["judge"] = "the understanding judge cannot tell right from empty"
@@ -383,6 +385,7 @@ def _print_evaluation(report: DemoReport) -> None:
         counts = ", ".join(f"{b} {n}" for b, n in m["problems"].items())
         errors = f"; engine errors {m['engine_errors']}" if m["engine_errors"] else ""
         errors += f"; {m['judge']}" if "judge" in m else ""
+        errors += f"; reduced: {m['reduced']}" if m["reduced"] != "none" else ""
         print(f"  {stage:10} {scores}  (problems: {counts}{errors})")
     print("beside phi-1's Table 1:")
     print(_plain_table(report.eval_table.replace("**", "")))
@@ -398,6 +401,26 @@ def _print_assets(report: DemoReport, order: list[str]) -> None:
     total = sum(r["wall"] for r in report.assets.values())
     print(f"{'all steps':32} {sum(r['steps'] for r in report.assets.values()):>5} "
           f"{sum(r['recomputed'] for r in report.assets.values()):>10} {'':>26} {total:>8.1f}")
+
+
+def _print_reductions(profile) -> None:
+    """What this scale preset runs smaller than the phi-1 paper's (the ``phi1`` preset; docs/scale.md)."""
+    reduced = reductions(profile.sizes)
+    if not reduced:
+        return
+    print(f"\nReduced at scale '{profile.scale}' (this run, then the phi1 preset's value; docs/scale.md):")
+    cells = [f"{name} {_value(here)} ({_value(there)})" for name, here, there in reduced]
+    line = " "
+    for cell in cells:
+        if len(line) + len(cell) > 110:
+            print(line.rstrip(","))
+            line = " "
+        line += f" {cell},"
+    print(line.rstrip(","))
+
+
+def _value(value) -> str:
+    return f"{value:,}" if type(value) is int else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Steps: {len(report.recomputed)} recomputed, {len(report.reused)} unchanged "
           "(code and inputs as before: no work done, same data versions)")
     print(f"Wall time: {elapsed:.0f} s{' (every step through dagster asset materialize)' if args.cli else ''}")
+    _print_reductions(profile)
     print("Open the UI: make ui   then http://127.0.0.1:3000 (Assets > View global asset lineage; "
           "plots are in each asset's metadata)")
     for failure in report.failures:

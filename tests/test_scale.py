@@ -107,7 +107,7 @@ def test_partition_sets_follow_the_preset_without_a_code_change(tmp_path):
 
 def test_docs_scale_table_matches_the_presets():
     """docs/scale.md lists every Sizes field with its value in each preset, and a source for phi1's."""
-    text = (ROOT / "docs" / "scale.md").read_text()
+    text = (ROOT / "docs" / "scale.md").read_text().split("## The presets")[1].split("\n## ")[0]
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -131,3 +131,60 @@ def test_k8s_deployment_pods_carry_the_scale():
     env = get_profile("a100x8").env()
     assert env["PHI_SCALE"] == "phi1" and env["PHI_PROFILE"] == "k8s"
     assert load_profile({**env, "PHI_HOME": "/tmp/x"}).sizes == SCALES["phi1"]
+
+
+@pytest.mark.parametrize("name", sorted(SCALES))
+def test_the_reference_gets_the_full_evaluation_and_checkpoints_what_the_preset_says(name, mbpp_path, tmp_path):
+    """The demo preset shortens the trained checkpoints' evaluation (the first N problems, no judge) but
+    never the reference model's; phi1 evaluates every stage on everything; the metadata says what was left
+    out."""
+    from phi_assets.evaluation.assets import EvalConfig, _problems, _reduced, _understanding_on
+    from resources import DecontaminationResource
+
+    profile = load_profile({"PHI_PROFILE": "local", "PHI_SCALE": name, "PHI_HOME": str(tmp_path)})
+    sizes, config = profile.sizes, EvalConfig()
+    decontamination = DecontaminationResource(mbpp_path=str(mbpp_path))
+    reference, totals = _problems(config, profile, decontamination, "reference")
+    checkpoint, _ = _problems(config, profile, decontamination, "sft")
+    assert totals == {"humaneval": 164, "mbpp": 500}
+    for benchmark, total in totals.items():
+        assert len(reference[benchmark]) == min(sizes.eval_problems, total)
+        assert len(checkpoint[benchmark]) == min(sizes.checkpoint_eval_problems, total)
+        assert checkpoint[benchmark] == reference[benchmark][: len(checkpoint[benchmark])]  # the first N
+    assert _understanding_on(config, profile, "reference")
+    assert _understanding_on(config, profile, "sft") == sizes.grade_checkpoints
+    meta = {"benchmark_sizes": totals, "scores": {b: {"problems": len(ps)} for b, ps in checkpoint.items()}}
+    if sizes.grade_checkpoints:
+        meta["understanding"] = {}
+    reduced = _reduced(meta)
+    if name == "phi1":
+        assert reduced == "none"
+    if name == "demo":
+        n = sizes.checkpoint_eval_problems
+        assert reduced == (f"first {n} of 164 humaneval problems; first {n} of 500 mbpp problems; "
+                           "understanding not graded")
+    # an explicit config wins over the preset, for every stage
+    assert len(_problems(EvalConfig(problems=3), profile, decontamination, "reference")[0]["mbpp"]) == 3
+    assert not _understanding_on(EvalConfig(understanding="off"), profile, "reference")
+    assert _understanding_on(EvalConfig(understanding="on"), profile, "sft")
+
+
+def test_sizes_flags_are_booleans_not_counts():
+    assert Sizes(grade_checkpoints=False).grade_checkpoints is False  # a False flag is not "< 1"
+    with pytest.raises(ValueError, match="Sizes.checkpoint_eval_problems must be >= 1"):
+        Sizes(checkpoint_eval_problems=0)
+
+
+def test_reductions_name_every_size_smaller_than_phi1():
+    """What the demo prints under "Reduced at scale": every field below phi1's, a flag turned off, another
+    recipe; nothing for phi1 itself, and nothing for a field at or above phi1's."""
+    from phi_assets.common.profiles import reductions
+
+    assert reductions(SCALES["phi1"]) == []
+    demo = dict((name, (here, there)) for name, here, there in reductions(SCALES["demo"]))
+    assert demo["checkpoint_eval_problems"] == (SCALES["demo"].checkpoint_eval_problems, 1000)
+    assert demo["grade_checkpoints"] == (False, True)
+    assert demo["pretrain_recipe"] == ("debug", "phi1_pretrain")
+    assert "max_doc_bytes" not in demo and "eval_problems" not in demo  # the same as phi1's
+    bigger = dataclasses.replace(SCALES["phi1"], mixture_proxies=1024)
+    assert reductions(bigger) == []

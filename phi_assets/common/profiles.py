@@ -52,6 +52,10 @@ class Sizes:
     train_seq_len: int = 128  # the pretraining run's sequence length (its steps follow the token budget)
     preference_problems: int = 24  # problems the DPO policy is sampled on (MBPP train + verified exercises)
     eval_problems: int = 1000  # HumanEval / MBPP problems evaluated per benchmark (1000: all 164 / 500)
+    # the same for the trained checkpoints; the reference model (generator_model) always gets eval_problems
+    checkpoint_eval_problems: int = 50
+    # whether the trained checkpoints get the LLM-graded understanding score (the reference always does, off ci)
+    grade_checkpoints: bool = False
     # dedup's bucket partitions: LSH bands in this many groups x band hashes in this many ranges
     dedup_band_groups: int = 1
     dedup_hash_ranges: int = 2
@@ -63,7 +67,7 @@ class Sizes:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int) and value < 1:
+            if type(value) is int and value < 1:
                 raise ValueError(f"Sizes.{f.name} must be >= 1, got {value}")
             if isinstance(value, str) and not value:
                 raise ValueError(f"Sizes.{f.name} must name a recipe, got an empty string")
@@ -81,7 +85,7 @@ CI = Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample
            exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
            synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=8,
            proxy_steps=20, proxy_seq_len=64, train_seq_len=64,
-           preference_problems=8, eval_problems=10)
+           preference_problems=8, eval_problems=10, checkpoint_eval_problems=10)
 # phi-1 ("Textbooks Are All You Need", arXiv:2306.11644), RegMix (arXiv:2407.01492) and phi-1.5
 # (arXiv:2309.05463): docs/scale.md gives the source of every number.
 PHI1 = replace(
@@ -100,6 +104,8 @@ PHI1 = replace(
     proxy_seq_len=2_048,
     train_seq_len=2_048,  # phi-1 §2.3
     preference_problems=10_000,
+    checkpoint_eval_problems=1_000,  # every checkpoint on all of HumanEval and MBPP, graded
+    grade_checkpoints=True,
     dedup_band_groups=15,  # one partition per band (14 LSH bands + the exact-id band) ...
     dedup_hash_ranges=64,  # ... x 64 ranges: 960 bucket steps of ~1e9 / 64 slices each (docs/scale.md)
     pretrain_recipe="phi1_pretrain",
@@ -107,6 +113,18 @@ PHI1 = replace(
     dpo_recipe="phi_dpo",
 )
 SCALES: dict[str, Sizes] = {"ci": CI, "demo": DEMO, "phi1": PHI1}
+
+
+def reductions(sizes: Sizes, full: Sizes = PHI1) -> list[tuple[str, object, object]]:
+    """Every size this run has smaller than the phi-1 preset (or turned off): (field, here, phi1), in field
+    order. What a smaller preset leaves out, for the demo's output to say."""
+    out = []
+    for f in fields(sizes):
+        here, there = getattr(sizes, f.name), getattr(full, f.name)
+        smaller = here < there if type(here) is int else (here is False and there is True)
+        if smaller or (isinstance(here, str) and here != there):
+            out.append((f.name, here, there))
+    return out
 
 
 @dataclass(frozen=True)

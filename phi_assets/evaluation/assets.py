@@ -73,13 +73,17 @@ def fingerprint(config: EvalConfig, problems: dict[str, list[harness.Problem]]) 
     )
 
 
-def _problems(config: EvalConfig, profile, decontamination: DecontaminationResource) -> dict[str, list]:
-    limit = config.problems or profile.sizes.eval_problems
-    out = {}
+def _problems(config: EvalConfig, profile, decontamination: DecontaminationResource,
+              stage: str) -> tuple[dict[str, list], dict[str, int]]:
+    """The first N problems of each benchmark for this stage, and each benchmark's size."""
+    sizes = profile.sizes
+    limit = config.problems or (sizes.eval_problems if stage == "reference" else sizes.checkpoint_eval_problems)
+    out, totals = {}, {}
     for benchmark in config.benchmarks:
         mbpp = decontamination.resolved_mbpp_path() if benchmark == "mbpp" else None
-        out[benchmark] = harness.load(benchmark, mbpp)[:limit]
-    return out
+        every = harness.load(benchmark, mbpp)
+        out[benchmark], totals[benchmark] = every[:limit], len(every)
+    return out, totals
 
 
 class _Model:
@@ -111,12 +115,16 @@ class _Model:
             self.engine.close()
 
 
-def _understanding_on(config: EvalConfig, profile_name: str) -> bool:
+def _understanding_on(config: EvalConfig, profile, stage: str) -> bool:
+    """``auto``: graded except on the ci profile, and for a trained checkpoint only where the scale preset
+    grades checkpoints (``Sizes.grade_checkpoints``; the demo's tiny ones answer nothing worth a judge)."""
     if config.understanding not in ("on", "off", "auto"):
         raise dg.Failure(
             description=f"eval_scores: understanding must be on, off or auto, got {config.understanding!r}"
         )
-    return config.understanding == "on" or (config.understanding == "auto" and profile_name != "ci")
+    if config.understanding != "auto":
+        return config.understanding == "on"
+    return profile.name != "ci" and (stage == "reference" or profile.sizes.grade_checkpoints)
 
 
 def _generate(model: _Model, problems, config: EvalConfig, log) -> tuple[list[dict], dict[str, int]]:
@@ -320,9 +328,11 @@ def _built(
     verdicts: dict,
     engine_errors: dict[str, int],
     grading: dict | None,
+    totals: dict[str, int],
 ) -> Built:
     """The version's metadata; its data version hashes the model, every sample's verdict and the grading."""
     meta = {
+        "benchmark_sizes": totals,
         "stage": stage,
         "model_version": model.version,
         "model_path": model.ref.path or model.ref.served_name,
@@ -339,6 +349,16 @@ def _built(
         meta["understanding"] = {k: v for k, v in grading.items() if k != "rows"}
     body = [(r["task_id"], r["sample"], r["completion"], r["verdict"]) for r in rows]
     return Built(stable_hash([model.version, body, meta["understanding"] if grading else None]), meta)
+
+
+def _reduced(meta: dict) -> str:
+    """What this evaluation left out, in words ("none" when every problem was run and the answers graded)."""
+    sizes = meta.get("benchmark_sizes", {})
+    parts = [f"first {s['problems']} of {sizes[b]} {b} problems"
+             for b, s in meta["scores"].items() if b in sizes and s["problems"] < sizes[b]]
+    if "understanding" not in meta:
+        parts.append("understanding not graded")
+    return "; ".join(parts) or "none"
 
 
 def _result(
@@ -363,6 +383,7 @@ def _result(
             "model_path": str(meta["model_path"]),
             "eval_set": meta["eval_set"],
             "problems": {b: s["problems"] for b, s in meta["scores"].items()},
+            "reduced": _reduced(meta),
             "samples": meta["samples"],
             "verdicts": meta["verdicts"],
             "engine_errors": meta["engine_errors"],
@@ -417,10 +438,10 @@ def eval_scores(
     settings = profile.get()
     _check_config(config)
     try:
-        problems = _problems(config, settings, decontamination)
+        problems, totals = _problems(config, settings, decontamination, stage)
     except ValueError as e:
         raise dg.Failure(description=f"eval_scores[{stage}]: {e}") from e
-    graded = _understanding_on(config, settings.name)
+    graded = _understanding_on(config, settings, stage)
     judge_manifest = current(store, "generator_model") if graded else None
     model = _Model(stage, store, llm, settings.phi_home)
     eval_set = fingerprint(config, problems)
@@ -444,7 +465,7 @@ def eval_scores(
         finally:
             model.close()
         _write_db(out / DB, stage, model.version, rows, scores, grading["rows"] if grading else [])
-        return _built(model, stage, eval_set, rows, scores, verdicts, engine_errors, grading)
+        return _built(model, stage, eval_set, rows, scores, verdicts, engine_errors, grading, totals)
 
     outcome = materialize_versioned(context, store, code_version=CODE_VERSION, inputs=inputs, build=build)
     if outcome.skipped:

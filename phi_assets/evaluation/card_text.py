@@ -279,6 +279,11 @@ def _decontamination_section(facts: Facts, settings: dict) -> str:
     return "\n\n".join([method, _md(head, rows) if rows else "No decontaminated corpus upstream.", total])
 
 
+def _of(problems: int, total: int | None) -> str:
+    """``164``, or ``50 of 164 (reduced)`` where the scale preset evaluated the first N only."""
+    return f"{problems} of {total} (reduced)" if total and problems < total else str(problems)
+
+
 def evaluation_section(facts: Facts) -> str:
     meta = facts.eval["metadata"]
     ks = sorted(
@@ -290,7 +295,7 @@ def evaluation_section(facts: Facts) -> str:
         rows.append(
             [
                 benchmark,
-                s["problems"],
+                _of(s["problems"], meta.get("benchmark_sizes", {}).get(benchmark)),
                 s["samples"],
                 s["passed"],
                 *[f"{100 * s[k]:.1f}%" if k in s else "-" for k in ks],
