@@ -149,7 +149,7 @@ class LLMEngine(dg.ConfigurableResource):
     chunk_size: int = 256
     use_cache: bool = True
     # vLLM offline engine
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # bfloat16 where the hardware computes it, else float32 (vllm_backend.resolve_dtype)
     max_model_len: int = 4096
     enforce_eager: bool = True
     cpu_kvcache_gib: int = 2
@@ -216,9 +216,9 @@ class LLMEngine(dg.ConfigurableResource):
 
     def describe(self) -> dict[str, Any]:
         """What generated (for metadata): backend and where, never the key."""
-        where = {"openai": self.base_url, "k8s-vllm": "a vLLM server of its own on the cluster"}.get(
-            self.backend, f"vllm offline, {self.dtype}")
         info = dict(self._engine.backend.info) if self._engine else {}
+        where = {"openai": self.base_url, "k8s-vllm": "a vLLM server of its own on the cluster"}.get(
+            self.backend, f"vllm offline, {info.get('dtype', self.dtype)}")
         return {"llm_backend": self.backend, "llm_where": where, **{f"llm_{k}": v for k, v in info.items()}}
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

@@ -1,0 +1,37 @@
+"""The offline engine's precision: ``auto`` runs bfloat16 only where the hardware computes it."""
+
+from pathlib import Path
+
+from resources.llm.vllm_backend import VLLMSettings, cpu_has_native_bf16, resolve_dtype
+
+PLAIN = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
+BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16\n"
+AMX = "processor\t: 0\nflags\t\t: fpu avx512f amx_tile amx_bf16 amx_int8\n"
+
+
+def test_auto_is_float32_on_a_cpu_that_emulates_bfloat16():
+    assert resolve_dtype("auto", on_cpu=True, cpuinfo=PLAIN) == "float32"
+
+
+def test_auto_is_bfloat16_where_the_hardware_has_it():
+    assert resolve_dtype("auto", on_cpu=True, cpuinfo=BF16) == "bfloat16"
+    assert resolve_dtype("auto", on_cpu=True, cpuinfo=AMX) == "bfloat16"
+    assert resolve_dtype("auto", on_cpu=False, cpuinfo=PLAIN) == "bfloat16"  # a GPU
+
+
+def test_an_explicit_dtype_is_kept():
+    assert resolve_dtype("bfloat16", on_cpu=True, cpuinfo=PLAIN) == "bfloat16"
+    assert resolve_dtype("float16", on_cpu=False) == "float16"
+
+
+def test_this_machine_is_read_from_proc_cpuinfo():
+    """The default reads the real flags: the same answer as parsing the file's text."""
+    text = Path("/proc/cpuinfo").read_text()
+    assert cpu_has_native_bf16() == cpu_has_native_bf16(text)
+    assert cpu_has_native_bf16(text) == any(
+        f in line.split() for line in text.splitlines() if line.startswith("flags")
+        for f in ("avx512_bf16", "amx_bf16"))
+
+
+def test_settings_default_to_auto():
+    assert VLLMSettings().dtype == "auto"
