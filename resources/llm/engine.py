@@ -149,7 +149,8 @@ class LLMEngine(dg.ConfigurableResource):
     chunk_size: int = 256
     use_cache: bool = True
     # vLLM offline engine
-    dtype: str = "auto"  # bfloat16 where the hardware computes it, else float32 (vllm_backend.resolve_dtype)
+    # "auto": bfloat16 where the hardware computes it, else float32 (vllm_backend.resolve_dtype); PHI_LLM_DTYPE
+    dtype: str = "bfloat16"
     max_model_len: int = 4096
     enforce_eager: bool = True
     cpu_kvcache_gib: int = 2
