@@ -11,7 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ("phi_assets", "resources", "jobs", "sensors", "k8s")
-OURS = {*PRODUCT, "tests", "benchmarks"}
+#: the benchmark scripts import one another as top-level modules (``from table import format_table``)
+BENCHMARK_MODULES = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+OURS = {*PRODUCT, "tests", "benchmarks", *BENCHMARK_MODULES}
 #: declared, and needed, though no module imports them: what uses each
 USED_WITHOUT_IMPORT = {
     "dagster-webserver": "`dagster dev` (make ui) and the UI test",
@@ -23,7 +25,7 @@ USED_WITHOUT_IMPORT = {
     "flash-attn": "flash attention on GPU (imported as flash_attn)",
 }
 #: imported by the benchmarks from their own environment (.venv-bench), never by the product
-PEERS = {"datatrove", "peer_env", "table"}
+PEERS = {"datatrove"}
 
 
 def _name(requirement: str) -> str:

@@ -17,6 +17,10 @@ embeddings reaches ``min_embedding_similarity``. The cheap checks run first (len
 by the ratio, shared abstracted 5-grams via one sparse product per batch, difflib's upper bounds),
 so only the few survivors are embedded.
 
+``Decontaminator.scan`` takes every document at once; ``Decontaminator.scanner`` gives the same result
+fed batch by batch (a shard streamed under a memory budget): pass 1 judges each document as it comes,
+pass 2 keeps its few survivors and embeds them at the end.
+
 Run: ``python -m phi_assets.common.decontaminate --input FILE --out FLAGGED [--mbpp PATH]
 [--text-column text] [--code | --no-code] [--no-embeddings]`` (exit 2 on a user error). Without
 ``--mbpp``, MBPP is found like everywhere else (``mbpp_source.py``); when it cannot be had, only
@@ -35,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from difflib import SequenceMatcher
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -48,6 +53,7 @@ DROPPED = frozenset("();\\")  # tokens a formatter adds or removes (redundant pa
 SCHEMA = {"row": pl.Int64, "benchmark": pl.String, "task_id": pl.String, "method": pl.String,
           "score": pl.Float64, "similarity": pl.Float64, "evidence": pl.String}
 EVIDENCE_CHARS = 200
+Survivor = tuple[int, Function, int, float]  # pass 2: (row, function, task function, syntax ratio)
 
 
 @dataclass(frozen=True)
@@ -131,23 +137,15 @@ class Decontaminator:
 
     def scan(self, texts: Sequence[str], *, is_code: bool, desc: str | None = None) -> pl.DataFrame:
         """One row per flagged document (its best match), sorted by ``row``; see ``SCHEMA``."""
-        texts = [text if isinstance(text, str) else "" for text in texts]  # a null document matches nothing
-        best: dict[int, dict] = {}
+        scan = self.scanner(is_code=is_code, desc=desc, total=len(texts))
+        scan.add(texts)
+        return scan.result()
 
-        def offer(found: dict) -> None:
-            current = best.get(found["row"])
-            # Verbatim evidence (pass 1) wins ties: it is the easier one for a reviewer to check.
-            if current is None or found["score"] > current["score"]:
-                best[found["row"]] = found
-
-        for row, text in enumerate(_progress(texts, desc and f"{desc} (n-grams)")):
-            if (found := self._ngram_match(text)) is not None:
-                offer({"row": row, **found})
-        if is_code and self.config.use_embeddings:
-            for found in self._embedding_matches(texts, desc):
-                offer(found)
-        rows = [best[row] for row in sorted(best)]
-        return pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA)
+    def scanner(self, *, is_code: bool, desc: str | None = None, total: int | None = None) -> Scan:
+        """``scan`` fed batch by batch, for a shard streamed under a memory budget: ``add`` each batch
+        of documents in order, then ``result`` is ``scan`` of all of them at once (``row`` counts from
+        the first document added). ``total``: the number of documents, for the progress bars."""
+        return Scan(self, is_code=is_code, desc=desc, total=total)
 
     def _ngram_match(self, text: str) -> dict | None:
         tokens = text_tokens(text)
@@ -187,18 +185,27 @@ class Decontaminator:
         self._ref_sizes = np.array([max(len(r), 1) for r in rows], dtype=np.float32)
         self._ref_lengths = np.array([len(fn.tokens) for _, fn in self._refs], dtype=np.float32)
 
-    def _embedding_matches(self, texts: Sequence[str], desc: str | None) -> list[dict]:
+    def _function_matches(self, texts: Sequence[str], first: int, bar: Any) -> list[Survivor]:
+        """Pass 2's syntax survivors of ``texts`` (rows from ``first``): (row, function, reference, ratio)."""
         if self._refs is None:
             self._build_refs()
         cfg, pending, survivors = self.config, [], []
         # The length guard is on task functions; a document's function only needs to be long enough
         # to reach the ratio threshold against the shortest of them.
         shortest = cfg.min_syntax_tokens * cfg.min_syntax_ratio / (2 - cfg.min_syntax_ratio)
-        for row, text in enumerate(_progress(texts, desc and f"{desc} (functions)")):
-            pending.extend((row, fn) for fn in code_functions(text) if len(fn.tokens) >= shortest)
+        for row, text in enumerate(texts):
+            pending.extend((first + row, fn) for fn in code_functions(text) if len(fn.tokens) >= shortest)
+            # each function is judged on its own, so how they are grouped here does not matter
             if len(pending) >= 4096 or row == len(texts) - 1:
                 survivors.extend(self._syntax_candidates(pending))
                 pending = []
+            if bar is not None:
+                bar.update(1)
+        return survivors
+
+    def _embedding_matches(self, survivors: list[Survivor]) -> list[dict]:
+        """Pass 2's matches: the survivors whose embedding is close enough to their task function's."""
+        cfg = self.config
         if not survivors:
             return []
         missing = sorted({ref for _, _, ref, _ in survivors} - self._ref_vectors.keys())
@@ -217,7 +224,7 @@ class Decontaminator:
                               "similarity": round(similarity, 4), "evidence": _excerpt(fn.text)})
         return found
 
-    def _syntax_candidates(self, pending: list) -> list[tuple[int, Function, int, float]]:
+    def _syntax_candidates(self, pending: list) -> list[Survivor]:
         """(row, function, reference, syntax ratio) for the pending functions that reach
         ``min_syntax_ratio``, checked cheapest first: length bounds and shared abstracted n-grams
         (one sparse product per batch), difflib's upper bounds, the ratio, the renaming check."""
@@ -249,6 +256,49 @@ class Decontaminator:
         return out
 
 
+class Scan:
+    """A scan in progress (``Decontaminator.scanner``). Pass 1 judges each document as it is added;
+    pass 2 keeps the few functions that pass its syntax checks and embeds them all at the end, in one
+    call as ``scan`` does, so the result does not depend on how the documents were split."""
+
+    def __init__(self, owner: Decontaminator, *, is_code: bool, desc: str | None, total: int | None) -> None:
+        self.owner = owner
+        self.embeddings = is_code and owner.config.use_embeddings
+        self.rows = 0  # documents added
+        self.best: dict[int, dict] = {}
+        self.survivors: list[Survivor] = []  # pass 2's, awaiting their embeddings
+        self.bars = {name: _bar(desc and f"{desc} ({name})", total)
+                     for name in ("n-grams", "functions") if name == "n-grams" or self.embeddings}
+
+    def _offer(self, found: dict) -> None:
+        current = self.best.get(found["row"])
+        # Verbatim evidence (pass 1) wins ties: it is the easier one for a reviewer to check.
+        if current is None or found["score"] > current["score"]:
+            self.best[found["row"]] = found
+
+    def add(self, texts: Sequence[str]) -> None:
+        texts = [text if isinstance(text, str) else "" for text in texts]  # a null document matches nothing
+        bar = self.bars["n-grams"]
+        for row, text in enumerate(texts, self.rows):
+            if (found := self.owner._ngram_match(text)) is not None:
+                self._offer({"row": row, **found})
+            if bar is not None:
+                bar.update(1)
+        if self.embeddings:
+            self.survivors += self.owner._function_matches(texts, self.rows, self.bars["functions"])
+        self.rows += len(texts)
+
+    def result(self) -> pl.DataFrame:
+        """One row per flagged document (its best match), sorted by ``row``; see ``SCHEMA``."""
+        for bar in self.bars.values():
+            if bar is not None:
+                bar.close()
+        for found in self.owner._embedding_matches(self.survivors):
+            self._offer(found)
+        rows = [self.best[row] for row in sorted(self.best)]
+        return pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA)
+
+
 def _window_ratio(reference: list[str], tokens: list[str], start: int) -> tuple[float, int, int]:
     """The difflib ratio of ``reference`` against the document window it aligns with at ``start``:
     a slack on each side absorbs insertions and deletions, then the window is trimmed to the span
@@ -263,12 +313,13 @@ def _window_ratio(reference: list[str], tokens: list[str], start: int) -> tuple[
     return SequenceMatcher(None, tokens[lo:hi], reference, autojunk=False).ratio(), lo, hi
 
 
-def _progress(items: Sequence, desc: str | None):
+def _bar(desc: str | None, total: int | None) -> Any:
+    """A tqdm progress bar of documents, or None without ``desc``."""
     if not desc:
-        return items
+        return None
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="doc")
+    return tqdm(total=total, desc=desc, unit="doc")
 
 
 def _renaming_ratio(fn: Function, ref: Function, blocks: Sequence) -> float:

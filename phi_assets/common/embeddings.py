@@ -102,6 +102,14 @@ class Encoder:
             self._model = model
         return self._model
 
+    @property
+    def chunk(self) -> int:
+        """Texts per model call of ``encode`` with a progress bar (one bar update per few batches keeps
+        the overhead negligible). A text's vector depends a little on the others of its call (they are
+        sorted by length and padded together), so a stream embedded ``chunk`` texts a call, counted from
+        its first text, gets the vectors of one ``encode(..., desc=...)`` of the whole stream."""
+        return self.batch_size * 8
+
     def encode(self, texts: Sequence[str], *, desc: str | None = None) -> np.ndarray:
         """Embeddings of ``texts``, shape (len(texts), dim); a tqdm progress bar when ``desc`` is given."""
         texts = list(texts)
@@ -111,7 +119,7 @@ class Encoder:
             return self._encode(texts)
         from tqdm import tqdm
 
-        step = self.batch_size * 8  # one bar update per few batches keeps the overhead negligible
+        step = self.chunk
         parts = []
         with tqdm(total=len(texts), desc=desc, unit="text") as bar:
             for start in range(0, len(texts), step):

@@ -225,6 +225,10 @@ def edu_classifier(
 class FilteredCorpusConfig(dg.Config):
     threshold: float = 3.0  # keep documents whose educational score is at least this
     head: str = "forest"  # "forest" (phi-1) or "linear" (FineWeb-Edu)
+    # Peak memory of the step, whatever the shard size: the shard is scanned, scored and written in
+    # batches sized from it (stages.SCORE_MEMORY). Not an input of the data version: outputs do not
+    # depend on it.
+    memory_budget_mb: int = 2048
 
 
 def dedup_survivors(store: ArtifactStore, source: str, key: str, shard: dict) -> tuple[pl.DataFrame, str]:
@@ -269,7 +273,7 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
             "removals": removals,  # this shard's removal list only: other shards' changes do not re-run it
             "classifier": classifier["data_version"],
             "decontamination": scanner.version,
-            "config": config.model_dump(),
+            "config": config.model_dump(exclude={"memory_budget_mb"}),
         }
 
         def build(out):
@@ -288,6 +292,8 @@ def filtered_corpus_asset(source: str) -> dg.AssetsDefinition:
                     scanner,
                     classifier["metadata"]["max_doc_chars"],
                     out,
+                    memory_budget_mb=config.memory_budget_mb,
+                    progress=context.log.info,
                 ),
             )
 

@@ -247,6 +247,12 @@ def _documents(context, store: ArtifactStore, source: TokenSource) -> tuple[str,
     return file_uri(store, manifest, f"{source.corpus_set}.parquet"), manifest["data_version"], keep
 
 
+class TokenizeConfig(dg.Config):
+    # Peak memory of the step, whatever the shard size: documents are read and encoded in batches sized
+    # from it (tokens.TOKENIZE_MEMORY). Not an input of the data version: outputs do not depend on it.
+    memory_budget_mb: int = 2048
+
+
 def tokenized_asset(source: TokenSource) -> dg.AssetsDefinition:
     shards = (
         "one partition per corpus shard" if source.corpus_set is None else "hash batches of synthetic_corpus"
@@ -264,10 +270,13 @@ def tokenized_asset(source: TokenSource) -> dg.AssetsDefinition:
         description=f"{source.name} as token ids joined with <|endoftext|> ({shards}): tokens.bin "
         "(uint16/uint32, memory-mappable), offsets.bin (document boundaries), documents.parquet (ids).",
     )
-    def _asset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+    def _asset(
+        context: dg.AssetExecutionContext, config: TokenizeConfig, store: ArtifactStore
+    ) -> dg.MaterializeResult:
         uri, upstream_version, keep = _documents(context, store, source)
         directory, tok_version = tokenizer_dir(store)
         inputs = {"documents": upstream_version, "tokenizer": tok_version}
+        limits = user_error(source.asset, lambda: tokfiles.TOKENIZE_MEMORY.batches(config.memory_budget_mb))
 
         def build(out: Path) -> Built:
             loaded = tk.load(directory)
@@ -279,9 +288,10 @@ def tokenized_asset(source: TokenSource) -> dg.AssetsDefinition:
 
             with _open(uri) as f:
                 stats = tokfiles.write_shard(
-                    tokfiles.read_documents(f, keep=keep), loaded, out / SUBDIR, tok_version, progress
+                    tokfiles.read_documents(f, keep=keep, limits=limits), loaded, out / SUBDIR, tok_version,
+                    progress,
                 )
-            lengths = pl.read_parquet(out / SUBDIR / tokfiles.DOCUMENTS)["num_tokens"]
+            lengths = pl.read_parquet(out / SUBDIR / tokfiles.DOCUMENTS, columns=["num_tokens"])["num_tokens"]
             hist = [0] * 24
             for n in lengths.to_list():
                 hist[min(n.bit_length() - 1, 23)] += 1

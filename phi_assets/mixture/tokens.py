@@ -8,8 +8,9 @@ One shard directory holds
 - ``documents.parquet``: ``id`` and ``num_tokens`` per document, in order (lineage back to the corpus);
 - ``tokens.json``: dtype, counts and the tokenizer's version.
 
-``write_shard`` streams: it reads parquet row groups, encodes a batch at a time and appends to the
-files, so a shard larger than memory works. ``TokenShard.open`` maps a written shard.
+``write_shard`` streams: it encodes a batch at a time and appends to the files, so a shard larger than
+memory works; ``read_documents`` gives it batches within a memory budget (``TOKENIZE_MEMORY``).
+``TokenShard.open`` maps a written shard.
 """
 
 from __future__ import annotations
@@ -25,11 +26,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from phi_assets.ingest.batches import Batches, StepMemory, read_batches, rows_only
 from phi_assets.mixture.tokenizer import Loaded, encode_documents
 
 TOKENS, OFFSETS, DOCUMENTS, META = "tokens.bin", "offsets.bin", "documents.parquet", "tokens.json"
 FILES = (TOKENS, OFFSETS, DOCUMENTS, META)
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("num_tokens", pa.int64())])
+# Memory of tokenization (benchmarks/step_memory.py measures it): batches of at most ``text_bytes`` of
+# text, sized so that TOKENIZE_BASELINE_MB + TOKENIZE_PEAK_PER_TEXT_BYTE x text_bytes <= the budget. Per
+# byte of a batch: its texts as Python strings, the tokenizer's encodings of them (ids, tokens, masks:
+# about a hundred bytes per token) and the ids as Python ints, then as one array. The baseline: the
+# interpreter, the tokenizer, the parquet reader and writer. Measured on Python source (2 CPUs, a BPE of
+# 8,192 tokens): peak ~ 400 MiB + 31 to 34 x batch MiB; one factor for every source.
+TOKENIZE_PEAK_PER_TEXT_BYTE = 40
+TOKENIZE_BASELINE_MB = 400
+TOKENIZE_MAX_BATCH_ROWS = 1024  # the tokenizers' thread pool shares a batch's documents out
+TOKENIZE_MEMORY = StepMemory("tokenize", TOKENIZE_BASELINE_MB, TOKENIZE_PEAK_PER_TEXT_BYTE,
+                             TOKENIZE_MAX_BATCH_ROWS)
 
 
 @dataclass(frozen=True)
@@ -61,19 +74,25 @@ def hash_partition(index: int, count: int) -> Callable[[list[str]], list[bool]]:
 
 
 def read_documents(
-    path: str | BinaryIO, *, batch_rows: int = 1024, keep: Callable[[list[str]], list[bool]] | None = None
+    path: str | BinaryIO,
+    *,
+    batch_rows: int = TOKENIZE_MAX_BATCH_ROWS,
+    keep: Callable[[list[str]], list[bool]] | None = None,
+    limits: Batches | None = None,
 ) -> Iterator[tuple[list[str], list[str]]]:
-    """(ids, texts) batches of a parquet file with ``id`` and ``text``, one row group at a time;
-    ``keep`` selects rows by id (a hash partition of a larger file)."""
-    with pq.ParquetFile(path) as f:
-        for batch in f.iter_batches(batch_size=batch_rows, columns=["id", "text"]):
-            ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
-            if keep is not None:
-                mask = keep(ids)
-                ids = [i for i, k in zip(ids, mask, strict=True) if k]
-                texts = [t for t, k in zip(texts, mask, strict=True) if k]
-            if ids:
-                yield ids, texts
+    """(ids, texts) batches of a parquet file with ``id`` and ``text`` (a path, URI or open file), in
+    order, within ``limits`` (default: ``batch_rows`` documents whatever their size; the tokenized
+    assets pass ``TOKENIZE_MEMORY``'s batches for their budget); ``keep`` selects rows by id (a hash
+    partition of a larger file)."""
+    for batch in read_batches(path, limits or rows_only(batch_rows), columns=["id", "text"]):
+        ids, texts = batch.column("id").to_pylist(), batch.column("text").to_pylist()
+        del batch
+        if keep is not None:
+            mask = keep(ids)
+            ids = [i for i, k in zip(ids, mask, strict=True) if k]
+            texts = [t for t, k in zip(texts, mask, strict=True) if k]
+        if ids:
+            yield ids, texts
 
 
 def write_shard(
