@@ -66,8 +66,8 @@ def build_executor(profile: Profile, env: Mapping[str, str] | None = None) -> dg
 def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | None = None) -> LLMEngine:
     """The LLM engine of a profile: vLLM offline on CPU for ``local``/``ci``, the GPU pool's vLLM
     server (``k8s/vllm_server.py``) for ``k8s``. ``PHI_LLM_BACKEND``, ``PHI_LLM_BASE_URL`` and
-    ``PHI_LLM_API_KEY`` point any profile at another OpenAI-compatible endpoint; ``PHI_LLM_DTYPE=auto``
-    runs the offline engine in float32 on a CPU without native bfloat16."""
+    ``PHI_LLM_API_KEY`` point any profile at another OpenAI-compatible endpoint; ``PHI_LLM_DTYPE``
+    sets the offline engine's precision (default ``auto``: float32 on a CPU without native bfloat16)."""
     env = os.environ if env is None else env
     backend = env.get("PHI_LLM_BACKEND") or ("openai" if profile.name == "k8s" else "vllm")
     base_url = env.get("PHI_LLM_BASE_URL", "")
@@ -82,7 +82,7 @@ def build_llm(profile: Profile, store: ArtifactStore, env: Mapping[str, str] | N
         max_model_len=2048 if tiny else 4096,
         cpu_kvcache_gib=int(env.get("PHI_LLM_CPU_KVCACHE_GIB", 1 if tiny else 2)),
         cpu_threads=int(env.get("PHI_LLM_CPU_THREADS", 0)),
-        dtype=env.get("PHI_LLM_DTYPE") or "bfloat16",  # "auto": float32 on a CPU without native bfloat16
+        dtype=env.get("PHI_LLM_DTYPE") or "auto",  # bfloat16 where computed natively, else float32
         enforce_eager=profile.name != "k8s",  # on CPU, torch.compile costs ~50 s at every start
     )
 

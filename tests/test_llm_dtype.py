@@ -33,8 +33,9 @@ def test_this_machine_is_read_from_proc_cpuinfo():
         for f in ("avx512_bf16", "amx_bf16"))
 
 
-def test_settings_keep_bfloat16_unless_asked():
-    assert VLLMSettings().dtype == "bfloat16"
+def test_settings_default_to_auto_and_keep_an_explicit_dtype():
+    assert VLLMSettings().dtype == "auto"
+    assert VLLMSettings(dtype="bfloat16").dtype == "bfloat16"
 
 
 def test_the_profile_engine_takes_phi_llm_dtype(tmp_path):
@@ -42,5 +43,5 @@ def test_the_profile_engine_takes_phi_llm_dtype(tmp_path):
 
     profile = load_profile({"PHI_HOME": str(tmp_path)})
     store = ArtifactStore(root=str(tmp_path / "artifacts"))
-    assert build_llm(profile, store, {}).dtype == "bfloat16"
-    assert build_llm(profile, store, {"PHI_LLM_DTYPE": "auto"}).dtype == "auto"
+    assert build_llm(profile, store, {}).dtype == "auto"
+    assert build_llm(profile, store, {"PHI_LLM_DTYPE": "bfloat16"}).dtype == "bfloat16"

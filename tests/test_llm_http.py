@@ -20,6 +20,7 @@ from resources import ArtifactStore
 from resources.llm import Engine, ModelRef, Request, TransientGenerationError
 from resources.llm.cache import RequestCache
 from resources.llm.http_backend import EndpointAuthError, EndpointUnavailableError, HTTPBackend, HTTPSettings
+from resources.llm.vllm_backend import resolve_dtype
 from tests.support.processes import free_port
 from tests.support.vllm import VLLM_API_KEY, VLLM_SERVED
 
@@ -53,16 +54,16 @@ def test_real_server_chat_and_completion(vllm_server, tmp_path):
 
 def test_real_server_matches_the_offline_engine_greedy(vllm_server, smol_dir, smol_backend):
     """Also for a prefilled answer (a final assistant message the model continues). The offline
-    engine is the session's shared one (the same settings as the server: 512 tokens, bfloat16)."""
+    engine is the session's shared one (the same settings as the server: 512 tokens, dtype auto)."""
     prefilled = Request.chat([{"role": "user", "content": "Rate Python from 0 to 5."},
                               {"role": "assistant", "content": "My rating:"}], max_tokens=8)
     requests = [Request.chat("Write a haiku about Python.", max_tokens=24), prefilled]
     with Engine(HTTPBackend(HTTPSettings(base_url=vllm_server, api_key=API_KEY)), None) as http:
         served = http.generate(endpoint_model(), requests).results
-    assert smol_backend.settings.max_model_len == 512 and smol_backend.settings.dtype == "bfloat16"
+    assert smol_backend.settings.max_model_len == 512 and smol_backend.settings.dtype == "auto"
     offline = Engine(smol_backend, None)  # not closed: the backend outlives this test
     local = offline.generate(ModelRef("smol", "test-smol", path=str(smol_dir)), requests).results
-    assert smol_backend.info["dtype"] == "bfloat16"  # what the server runs in
+    assert smol_backend.info["dtype"] == resolve_dtype("auto", on_cpu=True)  # what the server runs in
     for s, loc in zip(served, local, strict=True):
         assert s.ok and s.text == loc.text and s.num_generated_tokens == loc.num_generated_tokens
     assert prefilled.prefilled and not served[1].text.lstrip().startswith("My rating")  # continued

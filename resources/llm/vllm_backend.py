@@ -55,7 +55,7 @@ def resolve_dtype(dtype: str, on_cpu: bool, cpuinfo: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class VLLMSettings:
-    dtype: str = "bfloat16"  # "auto": resolve_dtype (bfloat16 where the hardware has it, else float32 on CPU)
+    dtype: str = "auto"  # resolve_dtype: bfloat16 where the hardware computes it, else float32 on CPU
     max_model_len: int = 4096
     enforce_eager: bool = True  # no torch.compile: starts in ~25 s instead of ~75 s on CPU
     cpu_kvcache_gib: int = 2

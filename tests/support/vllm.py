@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from resources.llm.vllm_backend import resolve_dtype
 from tests.support.processes import free_port
 
 VLLM_API_KEY = "sk-test-not-a-real-key-1234"
@@ -22,15 +23,15 @@ VLLM_SERVED = "smol"  # the name the ``vllm_server`` fixture serves the model un
 @contextmanager
 def openai_server(model_dir: Path, timeout_s: float = 300) -> Iterator[str]:
     """vLLM's server on loopback with ``model_dir`` served as ``VLLM_SERVED`` (API key ``VLLM_API_KEY``,
-    max_model_len 512, bfloat16 as the offline engine's default); yields its ``/v1`` base URL once healthy,
-    and stops its process group after."""
+    max_model_len 512, the dtype the offline engine's ``auto`` resolves to here); yields its ``/v1`` base
+    URL once healthy, and stops its process group after."""
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
          "--served-model-name", VLLM_SERVED, "--host", "127.0.0.1", "--port", str(port),
          "--max-model-len", "512", "--enforce-eager", "--api-key", VLLM_API_KEY,
-         "--dtype", "bfloat16"],
+         "--dtype", resolve_dtype("auto", on_cpu=True)],
         env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
