@@ -45,7 +45,7 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml mbpp
 BROWSER := PHI_CHROMIUM="$$($(BIN)/python -m tests.support.browser)" && export PHI_CHROMIUM
 
 test: lint
-	$(BROWSER) && $(BIN)/python -m pytest
+	$(BROWSER) && $(BIN)/python -m pytest --durations=25  # the slowest tests, in the log
 
 # Your own loop: lint and the tests that start no vLLM, Chromium, `dagster dev`, DeepSpeed or demo (`slow`).
 test-fast: lint

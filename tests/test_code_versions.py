@@ -244,16 +244,16 @@ def test_what_changes_a_version(tmp_path, monkeypatch, edit, changes):
     monkeypatch.setattr(cv, "ROOT", tmp_path)
     monkeypatch.setattr(cv, "REGISTRY", {})
     _write(tmp_path, PACKAGE)
-    cv.parse.cache_clear()
+    cv.clear_caches()
     before = cv.code_version("phi_assets.stage", "first")
     assert cv.REGISTRY[before].modules == {"phi_assets.helper", "phi_assets.deep"}
     assert cv.REGISTRY[before].files == {"phi_assets/prompts/ask.md"}
     _write(tmp_path, edit)
-    cv.parse.cache_clear()
+    cv.clear_caches()
     try:
         after = cv.code_version("phi_assets.stage", "first")
     finally:
-        cv.parse.cache_clear()
+        cv.clear_caches()
     assert (after != before) is changes
 
 

@@ -44,13 +44,22 @@ def _dir(store: ArtifactStore, asset: str) -> Path:
 @pytest.mark.parametrize("asset", STAGES)
 def test_every_stage_lowers_its_loss_and_records_lineage(store, asset):
     """Each stage trained (the loss fell), every step came back through Pipes, the data version is
-    the weights' sha256, and the lineage names the parent's current version."""
+    the weights' sha256, and the lineage names the parent's current version. Midtraining starts from
+    a model that has already learnt these documents, on a mix of long documents and recall batches
+    whose training losses differ more than a few dozen steps move them, so for it "the loss fell" is
+    the held-out loss on fixed batches, at both lengths, against the parent's."""
     manifest = _manifest(store, asset)
     meta = manifest["metadata"]
     loss = meta["loss"]
     assert len(loss) == meta["steps"] == meta["step_messages"] > 0
-    head, tail = loss[: max(1, len(loss) // 5)], loss[-max(1, len(loss) // 5) :]
-    assert sum(tail) / len(tail) < sum(head) / len(head)
+    if asset == "midtrained_checkpoint":
+        summary = meta["summary"]
+        assert summary["val_loss"].keys() == summary["parent_val_loss"].keys()
+        for length, value in summary["val_loss"].items():
+            assert value < summary["parent_val_loss"][length], length
+    else:
+        head, tail = loss[: max(1, len(loss) // 5)], loss[-max(1, len(loss) // 5) :]
+        assert sum(tail) / len(tail) < sum(head) / len(head)
     weights = (_dir(store, asset) / "hf" / "model.safetensors").read_bytes()
     assert hashlib.sha256(weights).hexdigest()[:32] == manifest["data_version"]
     if asset in PARENT:

@@ -47,6 +47,7 @@ class Covered:
 REGISTRY: dict[str, Covered] = {}
 
 
+@functools.cache
 def module_file(module: str) -> Path | None:
     """The source file of a project module (a package's ``__init__.py``), None for anything else."""
     if module.split(".")[0] not in PACKAGES:
@@ -129,7 +130,8 @@ def _defines_assets(tree: ast.Module) -> bool:
     return False
 
 
-def imported_targets(module: str) -> set[str]:
+@functools.cache
+def imported_targets(module: str) -> frozenset[str]:
     """Every dotted name ``module`` imports anywhere in its source (lazy imports included): ``a.b`` for
     ``import a.b``, ``a.b.name`` for ``from a.b import name``."""
     parsed, path = parse(module), module_file(module)
@@ -140,9 +142,10 @@ def imported_targets(module: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = _absolute(module, path, node)
             out.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
-    return out
+    return frozenset(out)
 
 
+@functools.cache
 def _project_module(dotted: str) -> str | None:
     """The longest prefix of ``dotted`` that is a project module (``a.b.name`` -> ``a.b``)."""
     parts = dotted.split(".")
@@ -152,10 +155,12 @@ def _project_module(dotted: str) -> str | None:
     return None
 
 
-def _local_imports(module: str, nodes: list[ast.stmt]) -> set[str]:
-    """The dotted names imported inside top-level definitions (lazy imports in function bodies)."""
+@functools.cache
+def _local_imports(module: str, name: str) -> frozenset[str]:
+    """The dotted names imported inside the top-level definitions of ``name`` (lazy imports in function
+    bodies)."""
     out, path = set(), module_file(module)
-    for top in nodes:
+    for top in parse(module).defs[name]:
         for node in ast.walk(top):
             if node is top:
                 continue
@@ -164,13 +169,15 @@ def _local_imports(module: str, nodes: list[ast.stmt]) -> set[str]:
             elif isinstance(node, ast.ImportFrom):
                 base = _absolute(module, path, node)
                 out.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
-    return out
+    return frozenset(out)
 
 
-def _referenced(nodes: list[ast.stmt]) -> set[str]:
-    """Names a definition uses (the root of every ``a.b.c``), decorators and ``code_version`` calls left out."""
+@functools.cache
+def _referenced(module: str, name: str) -> frozenset[str]:
+    """Names the definitions of ``name`` use (the root of every ``a.b.c``), decorators and ``code_version``
+    calls left out."""
     seen: set[str] = set()
-    stack: list[ast.AST] = list(nodes)
+    stack: list[ast.AST] = list(parse(module).defs[name])
     while stack:
         node = stack.pop()
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
@@ -182,11 +189,26 @@ def _referenced(nodes: list[ast.stmt]) -> set[str]:
         if isinstance(node, ast.Name):
             seen.add(node.id)
         stack.extend(children)
-    return seen
+    return frozenset(seen)
 
 
-def _segment(parsed: Parsed, node: ast.stmt) -> str:
-    return ast.get_source_segment(parsed.source, node) or ""
+@functools.cache
+def _lines(module: str) -> tuple[str, ...]:
+    """The source's lines with their ends, split as ``ast.get_source_segment`` splits them."""
+    return tuple(ast._splitlines_no_ff(parse(module).source))  # noqa: SLF001  (once per module, not per node)
+
+
+def _segment(module: str, node: ast.stmt) -> str:
+    """``ast.get_source_segment(source, node)`` without splitting the whole source for every node."""
+    lines = _lines(module)
+    if node.end_lineno is None or node.end_col_offset is None:
+        return ""
+    first, last = node.lineno - 1, node.end_lineno - 1
+    if first == last:
+        return lines[first].encode()[node.col_offset:node.end_col_offset].decode()
+    head = lines[first].encode()[node.col_offset:].decode()
+    tail = lines[last].encode()[:node.end_col_offset].decode()
+    return "".join([head, *lines[first + 1:last], tail])
 
 
 class Closure:
@@ -205,10 +227,10 @@ class Closure:
                 continue
             if name in parsed.defs:
                 self.names.add((module, name))
-                for used in _referenced(parsed.defs[name]):
+                for used in _referenced(module, name):
                     if used in parsed.defs or used in parsed.bound:
                         todo.append(used)
-                for dotted in _local_imports(module, parsed.defs[name]):  # imports inside the definition
+                for dotted in _local_imports(module, name):  # imports inside the definition
                     self.add_target(dotted)
             elif name in parsed.bound:
                 self.names.add((module, name))
@@ -233,6 +255,12 @@ class Closure:
         self.modules.add(module)
         for dotted in imported_targets(module):
             self.add_target(dotted)
+
+
+def clear_caches() -> None:
+    """Forget every parsed module (after a source file or ``ROOT`` changed, as tests do)."""
+    for cached in (parse, module_file, imported_targets, _project_module, _local_imports, _referenced, _lines):
+        cached.cache_clear()
 
 
 def files_of(modules: set[str]) -> set[Path]:
@@ -263,7 +291,7 @@ def code_version(module: str, *entries: str, salt: str = "") -> str:
         h.update(f"module {m}\n".encode() + module_file(m).read_bytes())
     for m, n in sorted(names):
         source = parse(m)
-        text = "\n".join(_segment(source, node) for node in source.defs.get(n, [])) or source.bound.get(n, "")
+        text = "\n".join(_segment(m, node) for node in source.defs.get(n, [])) or source.bound.get(n, "")
         h.update(f"name {m}.{n}\n{text}".encode())
     for path in sorted(files):
         h.update(f"file {path.relative_to(ROOT)}\n".encode() + path.read_bytes())
