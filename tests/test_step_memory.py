@@ -2,13 +2,12 @@
 shard in batches sized from ``memory_budget_mb`` (benchmarks/step_memory.py measures their peaks; the
 filter step's tests are in test_curation_assets.py). Here each runs on a small shard with batches forced
 small, in more than one batch, and must give what one batch gives (scoring: what the step gave before it
-was batched, kept inline below)."""
+was batched, ``tests/support/score_before.py``)."""
 
 from __future__ import annotations
 
 import ast
 import builtins
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from phi_assets.mixture import tokens
 from phi_assets.mixture.token_assets import TokenizeConfig
 from phi_assets.mixture.tokenizer import load
 from tests.support.mixture import paragraphs_of, stdlib_corpus, train_tokenizer, write_parquet
+from tests.support.score_before import score_whole_shard
 
 ONE_BATCH = Batches(text_bytes=1 << 40, rows=1 << 20)
 
@@ -138,42 +138,6 @@ def scored_shard(tmp_path_factory, decontaminator: Decontaminator, encoder: Enco
     return str(path), keep, model
 
 
-def _score_whole_shard(docs_path, keep_rows, num_in, source, model, head, threshold, encoder, decontaminator,
-                       max_chars, out):
-    """``stages.score_shard`` as it was before batching: the whole shard at once."""
-    docs = stages.read_rows(docs_path, keep_rows)
-    texts = docs["text"].to_list()
-    is_code = source == "code"
-    flagged = decontaminator.scan(texts, is_code=is_code, desc=f"decontaminate {source}")
-    embeddings = encoder.encode([edu.excerpt(t, max_chars) for t in texts], desc=f"embed {source}")
-    scores = model.score(embeddings, head)
-    decision = np.where(scores >= threshold, "kept", "below_threshold").astype(object)
-    decision[flagged["row"].to_numpy()] = "contaminated"
-    scored = docs.select("row", "id", "uri").with_columns(
-        edu_score=pl.Series(scores, dtype=pl.Float32), decision=pl.Series(decision.tolist(), dtype=pl.String))
-    kept = docs.filter(pl.Series(decision == "kept"))
-    kept.select(DOC_COLUMNS).write_parquet(out / stages.DOCS, compression="zstd")
-    scored.write_parquet(out / stages.SCORES, compression="zstd")
-    picked = flagged["row"].cast(pl.UInt32)
-    listed = flagged.with_columns(id=docs["id"].gather(picked), uri=docs["uri"].gather(picked))
-    listed.write_parquet(out / stages.CONTAMINATED, compression="zstd")
-    counts = Counter(decision.tolist())
-    funnel = {"in": num_in, "dedup_removed": num_in - len(docs), "contaminated": counts["contaminated"],
-              "below_threshold": counts["below_threshold"], "kept": counts["kept"]}
-    recheck = decontaminator.scan(pl.read_parquet(out / stages.DOCS, columns=["text"])["text"].to_list(),
-                                  is_code=is_code)
-
-    def examples(descending: bool) -> list[dict]:
-        best = scored.with_columns(text=docs["text"]).sort("edu_score", "id", descending=[descending, False])
-        return [{"edu_score": round(float(r["edu_score"]), 2), "uri": r["uri"],
-                 "text": stages.preview(r["text"])} for r in best.head(5).iter_rows(named=True)]
-
-    return {"funnel": funnel, "threshold": threshold, "head": head, "recheck_flagged": len(recheck),
-            "score_hist": np.histogram(scores, bins=stages.SCORE_BINS, range=(0, 5))[0].tolist(),
-            "contaminated": listed.select("id", "uri", "benchmark", "task_id", "method", "score")
-            .rows(named=True), "top": examples(True), "bottom": examples(False)}
-
-
 def _same_files(out: Path, ref: Path, names: tuple[str, ...]) -> None:
     for name in names:
         assert pl.read_parquet(out / name).equals(pl.read_parquet(ref / name)), name
@@ -188,7 +152,7 @@ def test_scoring_in_batches_writes_what_the_whole_shard_step_wrote(tmp_path, sco
     docs_path, keep, model = scored_shard
     args = (docs_path, keep, 30, "code", model, head, 2.5, encoder, decontaminator, 200)
     (tmp_path / "ref").mkdir()
-    ref = _score_whole_shard(*args, tmp_path / "ref")
+    ref = score_whole_shard(*args, tmp_path / "ref")
     funnel = ref["funnel"]
     assert funnel["contaminated"] == 2 and funnel["kept"] and funnel["below_threshold"]  # a mixed shard
     assert {r["method"] for r in ref["contaminated"]} == {"ngram", "embedding"}  # both passes find one
@@ -208,7 +172,7 @@ def test_scoring_without_survivors_writes_empty_files_of_the_same_schema(tmp_pat
     args = (docs_path, keep.clear(), 30, "code", model, "forest", 2.5, encoder, decontaminator, 200)
     for name in ("ref", "got"):
         (tmp_path / name).mkdir()
-    ref = _score_whole_shard(*args, tmp_path / "ref")
+    ref = score_whole_shard(*args, tmp_path / "ref")
     assert stages.score_shard(*args, tmp_path / "got") == ref and ref["funnel"]["dedup_removed"] == 30
     _same_files(tmp_path / "got", tmp_path / "ref", (stages.DOCS, stages.SCORES, stages.CONTAMINATED))
 
