@@ -16,7 +16,7 @@ Cases, each run in a fresh child interpreter so that its peak RSS is its own (``
 child's ``ru_maxrss``), one after the other, whole-shard first in odd rounds and batched first in even:
 
 - ``batched``: ``stages.filter_shard`` with ``--budget-mb`` (default: ``QualityFilterConfig``'s 2048),
-  which streams the shard in batches sized from the budget (``stages.FilterBatches.for_budget``).
+  which streams the shard in batches sized from the budget (``stages.FILTER_MEMORY.batches``).
 - ``whole-shard``: the step as it was before batching, inline here: ``pl.read_parquet`` of the whole
   shard, ``heuristics.filter_documents`` on all of it, the kept and dropped rows written with
   ``write_parquet``, ``minhash.signatures`` of all kept texts, ``pq.write_table`` of the signatures.
@@ -148,6 +148,7 @@ def whole_shard(docs_path: str, source: str, out: Path) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     from phi_assets.curation import minhash, stages
+    from phi_assets.ingest.batches import Batches
 
     imported = _rss_mb()
     batches: list[str] = []
@@ -157,11 +158,11 @@ def child(args: argparse.Namespace) -> None:
     else:
         limits = None
         if args.batch_mb:
-            limits = stages.FilterBatches(args.batch_mb << 20, stages.FILTER_MAX_BATCH_ROWS)
+            limits = Batches(args.batch_mb << 20, stages.FILTER_MAX_BATCH_ROWS)
         result = stages.filter_shard(args.docs, args.source, None, minhash.MinHashConfig(), Path(args.out),
                                      memory_budget_mb=args.budget_mb, limits=limits, progress=batches.append)
         result["batches"] = len(batches)
-        limits = limits or stages.FilterBatches.for_budget(args.budget_mb, args.source)
+        limits = limits or stages.FILTER_MEMORY.batches(args.budget_mb, args.source)
         result["batch_text_mb"] = limits.text_bytes / 2**20
     wall = time.perf_counter() - t0
     import polars as pl

@@ -23,6 +23,7 @@ import pytest
 from phi_assets.curation import edu, heuristics, minhash, stages
 from phi_assets.curation.classifier import EduClassifier
 from phi_assets.curation.filter_assets import QualityFilterConfig
+from phi_assets.ingest.batches import Batches
 from phi_assets.ingest.schema import DOC_COLUMNS, DOC_SCHEMA, doc_id
 from resources import ArtifactStore
 from tests.support.files import PROSE
@@ -234,8 +235,8 @@ def test_filter_shard_in_batches_writes_what_the_whole_shard_step_wrote(tmp_path
     filters = heuristics.CodeFilterConfig() if source == "code" else heuristics.WebFilterConfig()
     ref = _whole_shard(docs_path, source, filters, minhash.MinHashConfig(), tmp_path / "ref")
     assert ref["funnel"]["kept"] >= 5 and len(ref["funnel"]["dropped"]) >= 3  # a mixed shard
-    small = stages.FilterBatches(text_bytes=30_000, rows=4)
-    for name, limits in [("one", stages.FilterBatches(1 << 30, 1 << 20)), ("small", small)]:
+    small = Batches(text_bytes=30_000, rows=4)
+    for name, limits in [("one", Batches(1 << 30, 1 << 20)), ("small", small)]:
         out, result, lines = _run_filter(tmp_path, name, docs_path, source, filters, limits)
         assert (len(lines) == 1) if name == "one" else (len(lines) >= len(texts) / 4)
         _same_outputs(out, tmp_path / "ref")
@@ -255,7 +256,7 @@ def test_filter_batches_bound_what_is_held(tmp_path, monkeypatch):
         return judge(docs, source, config)
 
     monkeypatch.setattr(stages.heuristics, "filter_documents", spy)
-    limits = stages.FilterBatches(text_bytes=20_000, rows=3)
+    limits = Batches(text_bytes=20_000, rows=3)
     out, result, lines = _run_filter(tmp_path, "tiny", docs_path, "code", heuristics.CodeFilterConfig(), limits)
     assert len(lines) == len(seen) >= len(texts) / 3 and "batch 1:" in lines[0]
     assert all(rows <= 3 and (size <= 20_000 or rows == 1) for rows, size in seen)
@@ -274,13 +275,13 @@ def test_filter_batches_bound_what_is_held(tmp_path, monkeypatch):
 def test_filter_batches_follow_the_memory_budget(source):
     budget = QualityFilterConfig().memory_budget_mb
     assert budget == stages.DEFAULT_MEMORY_BUDGET_MB == 2048
-    default = stages.FilterBatches.for_budget(budget, source)
+    default = stages.FILTER_MEMORY.batches(budget, source)
     factor = stages.FILTER_PEAK_PER_TEXT_BYTE[source]
     assert stages.FILTER_BASELINE_MB + factor * default.text_bytes / 2**20 <= budget
     assert default.text_bytes >= 32 << 20  # batches big enough to amortise the per-batch work
-    assert stages.FilterBatches.for_budget(8192, source).text_bytes > 4 * default.text_bytes
+    assert stages.FILTER_MEMORY.batches(8192, source).text_bytes > 4 * default.text_bytes
     with pytest.raises(ValueError, match="memory_budget_mb=256 is too small"):
-        stages.FilterBatches.for_budget(256, source)
+        stages.FILTER_MEMORY.batches(256, source)
 
 
 def test_filter_shard_reads_a_budgeted_shard_from_a_uri(tmp_path):
@@ -300,7 +301,7 @@ def test_filter_shard_writes_valid_empty_outputs(tmp_path, case):
     uris = [f"file:///t{i}.csv" for i in range(len(texts))]
     docs_path = _raw_shard(str(tmp_path / "raw.parquet"), texts, uris)
     ref = _whole_shard(docs_path, "code", None, minhash.MinHashConfig(), tmp_path / "ref")
-    out, result, lines = _run_filter(tmp_path, "out", docs_path, "code", None, stages.FilterBatches(10, 1))
+    out, result, lines = _run_filter(tmp_path, "out", docs_path, "code", None, Batches(10, 1))
     assert len(lines) == len(texts)
     assert result == ref and result["funnel"] == {
         "in": len(texts), "kept": 0, "dropped": {"code_data_extension": len(texts)} if texts else {}}

@@ -38,7 +38,7 @@ class QualityFilterConfig(dg.Config):
     rows_per_band: int = 8
     minhash_seed: int = 1
     # Peak memory of the step, whatever the shard size: the shard is filtered in batches sized from it
-    # (stages.FilterBatches.for_budget). Not an input of the data version: outputs do not depend on it.
+    # (stages.FILTER_MEMORY.batches). Not an input of the data version: outputs do not depend on it.
     memory_budget_mb: int = 2048
 
 

@@ -3,7 +3,7 @@
 1. ``filter_shard``: heuristic filters on one raw shard -> ``docs.parquet`` (kept, document
    schema), ``dropped.parquet`` (id, uri, reason, detail) and ``minhash.parquet`` (signatures of
    the kept documents, row i = document i), plus the funnel. The shard is streamed in batches sized
-   from a memory budget (``FilterBatches``), the outputs appended batch by batch.
+   from a memory budget (``FILTER_MEMORY``), the outputs appended batch by batch.
 2. Dedup runs in stages of its own: ``lsh.py``.
 3. ``annotations_frame``: the annotated documents and their parsed scores.
 4. ``score_shard``: a shard's surviving documents scored by the classifier, kept at or above the
@@ -81,16 +81,6 @@ DOCS_ROW_GROUP_ROWS = 512
 Progress = Callable[[str], None]
 
 
-class FilterBatches(Batches):
-    """The filter step's batches: ``Batches`` sized with ``FILTER_MEMORY``."""
-
-    @classmethod
-    def for_budget(cls, memory_budget_mb: int, source: str) -> FilterBatches:
-        """The largest batches of ``source`` documents whose peak stays under ``memory_budget_mb``."""
-        limits = FILTER_MEMORY.batches(memory_budget_mb, source)
-        return cls(text_bytes=limits.text_bytes, rows=limits.rows)
-
-
 class _ParquetOutputs:
     """Parquet files in ``out``, appended batch by batch (zstd), with fixed schemas (``row_groups``: rows
     per row group, per file). Closed writers leave valid files, empty ones included; on an error the
@@ -160,14 +150,14 @@ def filter_shard(
     out: Path,
     *,
     memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB,
-    limits: FilterBatches | None = None,
+    limits: Batches | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The heuristic filters and MinHash signatures of one raw shard, in batches: peak memory about
     ``memory_budget_mb`` whatever the shard size (``limits`` overrides the batches derived from it).
     Every filter judges each document on its own text, so the outputs are those of the whole shard
     at once, row for row. ``progress`` (e.g. ``context.log.info``) gets a line per batch."""
-    limits = limits or FilterBatches.for_budget(memory_budget_mb, source)
+    limits = limits or FILTER_MEMORY.batches(memory_budget_mb, source)
     funnels: list[dict[str, Any]] = []
     examples: dict[str, dict[str, Any]] = {}  # the first dropped row of each reason, in order
     text_bytes = 0
