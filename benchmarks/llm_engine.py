@@ -13,7 +13,8 @@ up to ``--max-tokens`` new tokens each (200), bf16 weights and ``--threads`` CPU
    2-new-token warm-up. Only ``generate`` is timed. Tokens per sequence = new tokens up to and
    including the first EOS (the padding after it is not counted).
 
-vLLM runs first (eager, then torch.compile, by default) and each engine is closed before the next starts,
+vLLM runs first (eager, eager with vLLM's engine core in a process of its own, then torch.compile, by
+default) and each engine is closed before the next starts,
 so no two compete for cores.
 Reported: generated tokens, seconds, tokens/s per side and the ratio vLLM / transformers (goal: >= 5x).
 
@@ -112,9 +113,18 @@ def model_dir_for(arg: str | None) -> Path:
     return out
 
 
-def run_vllm(model: ModelRef, prompts: list[str], max_tokens: int, threads: int, compile_: bool) -> Side:
-    settings = VLLMSettings(dtype="bfloat16", enforce_eager=not compile_, cpu_threads=threads)
-    side = Side(f"vLLM ({'torch.compile' if compile_ else 'eager'})")
+MODES = {  # --vllm-modes: (torch.compile, where vLLM's engine core runs)
+    "eager": (False, "auto"),  # the local/ci profiles' setting: core inside the engine process on CPU
+    "eager-core-process": (False, "process"),  # vLLM's own default: the core in a process of its own
+    "compile": (True, "auto"),
+}
+
+
+def run_vllm(model: ModelRef, prompts: list[str], max_tokens: int, threads: int, mode: str) -> Side:
+    compile_, core = MODES[mode]
+    settings = VLLMSettings(dtype="bfloat16", enforce_eager=not compile_, cpu_threads=threads, engine_core=core)
+    side = Side(f"vLLM ({'torch.compile' if compile_ else 'eager'}"
+                f"{', engine core in its own process' if core == 'process' else ''})")
     engine = Engine(VLLMBackend(settings, log=LOG), cache=None, log=LOG)
     try:
         t0 = time.monotonic()
@@ -193,9 +203,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=200, help="new tokens per prompt (greedy)")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads, both sides")
     ap.add_argument("--hf-batch-size", type=int, default=None, help="transformers batch (default: all)")
-    ap.add_argument("--vllm-modes", default="eager,compile",
-                    help="vLLM runs, in order: eager (the local/ci profiles' setting: fast start-up) and/or "
-                         "compile (torch.compile: slower start-up, faster generation)")
+    ap.add_argument("--vllm-modes", default="eager,eager-core-process,compile",
+                    help="vLLM runs, in order: eager (the local/ci profiles' setting: fast start-up, vLLM's "
+                         "engine core inside the engine process), eager-core-process (vLLM's default of a "
+                         "separate engine-core process) and/or compile (torch.compile: slower start-up)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = ap.parse_args()
@@ -209,9 +220,9 @@ def main() -> None:
     prompts, batch = TOPICS[: args.num_prompts], args.hf_batch_size or args.num_prompts
     LOG.info("%d prompts x %d new tokens, %d threads; vLLM first", len(prompts), args.max_tokens, args.threads)
     modes = [m.strip() for m in args.vllm_modes.split(",") if m.strip()]
-    if not modes or set(modes) - {"eager", "compile"}:
-        ap.error("--vllm-modes is a comma-separated list of eager, compile")
-    runs = [run_vllm(model, prompts, args.max_tokens, args.threads, mode == "compile") for mode in modes]
+    if not modes or set(modes) - set(MODES):
+        ap.error(f"--vllm-modes is a comma-separated list of {', '.join(MODES)}")
+    runs = [run_vllm(model, prompts, args.max_tokens, args.threads, mode) for mode in modes]
     LOG.info("vLLM done and closed; now transformers")
     hf = run_transformers(model_dir, prompts, args.max_tokens, args.threads, batch)
     ratios = {v.engine: v.tokens_per_s / hf.tokens_per_s if hf.tokens_per_s else float("nan") for v in runs}

@@ -45,3 +45,20 @@ def test_the_profile_engine_takes_phi_llm_dtype(tmp_path):
     store = ArtifactStore(root=str(tmp_path / "artifacts"))
     assert build_llm(profile, store, {}).dtype == "auto"
     assert build_llm(profile, store, {"PHI_LLM_DTYPE": "bfloat16"}).dtype == "bfloat16"
+
+
+def test_the_engine_core_runs_inside_the_engine_process_on_cpu_only(monkeypatch):
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    assert VLLMSettings().in_process_core(on_cpu=True)
+    assert not VLLMSettings().in_process_core(on_cpu=False)  # a GPU keeps vLLM's separate core process
+    assert not VLLMSettings(engine_core="process").in_process_core(on_cpu=True)
+    assert VLLMSettings(engine_core="in_process").in_process_core(on_cpu=False)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the caller's own choice wins over auto
+    assert not VLLMSettings().in_process_core(on_cpu=True)
+
+
+def test_an_unknown_engine_core_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="engine_core must be one of auto, in_process, process, got 'thread'"):
+        VLLMSettings(engine_core="thread")

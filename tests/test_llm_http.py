@@ -64,6 +64,7 @@ def test_real_server_matches_the_offline_engine_greedy(vllm_server, smol_dir, sm
     offline = Engine(smol_backend, None)  # not closed: the backend outlives this test
     local = offline.generate(ModelRef("smol", "test-smol", path=str(smol_dir)), requests).results
     assert smol_backend.info["dtype"] == resolve_dtype("auto", on_cpu=True)  # what the server runs in
+    assert smol_backend.info["engine_core"] == "in_process"  # the server's core has a process of its own
     for s, loc in zip(served, local, strict=True):
         assert s.ok and s.text == loc.text and s.num_generated_tokens == loc.num_generated_tokens
     assert prefilled.prefilled and not served[1].text.lstrip().startswith("My rating")  # continued
