@@ -30,30 +30,31 @@ DEFAULT_SCALE = {"local": "demo", "ci": "ci", "k8s": "phi1"}
 @dataclass(frozen=True)
 class Sizes:
     """How big a run is: corpus sampling, annotation, synthetic data, tokenizer, mixture search,
-    training budget and recipes, evaluation. The defaults are the ``demo`` preset."""
+    training budget and recipes, evaluation. The defaults are the ``demo`` preset, sized for a cold
+    ``make demo`` within 20 minutes on 2 cores (docs/scale.md)."""
 
     num_code_shards: int = 8  # embedded corpora only: landing-area shards are one partition per file
     code_sample_every: int = 1  # keep every file whose path hash falls in 1/N of the space
     num_web_shards: int = 4
     web_sample_every: int = 1
     max_doc_bytes: int = 1_000_000  # The Stack and phi-1 drop files above ~1 MB
-    edu_annotations_per_source: int = 200  # documents the LLM annotates per source
-    synthetic_batches: int = 2  # partitions of each synthetic set (one step, one engine start each)
-    textbooks_per_batch: int = 16  # (topic, audience, format) draws per batch
-    exercises_per_batch: int = 24  # exercise draws per batch (each sampled `samples` times)
-    rewrites_per_batch: int = 12  # at most this many web documents rewritten per batch
+    edu_annotations_per_source: int = 80  # documents the LLM annotates per source
+    synthetic_batches: int = 1  # partitions of each synthetic set (one step, one engine start each)
+    textbooks_per_batch: int = 8  # (topic, audience, format) draws per batch
+    exercises_per_batch: int = 12  # exercise draws per batch (each sampled `samples` times)
+    rewrites_per_batch: int = 6  # at most this many web documents rewritten per batch
     topic_clusters: int = 12  # topics mined from clusters of each filtered corpus
-    synthetic_max_tokens: int = 320  # tokens per generated textbook section or rewrite
+    synthetic_max_tokens: int = 256  # tokens per generated textbook section or rewrite
     vocab_size: int = 8192  # the trained BPE tokenizer's vocabulary (phi-1's has 50,257)
-    token_budget: int = 2_000_000  # tokens the pretraining run reads (mixture epochs are counted for it)
-    mixture_proxies: int = 16  # proxy models of the mixture search (RegMix trains 512)
-    proxy_steps: int = 100  # training steps per proxy
+    token_budget: int = 800_000  # tokens the pretraining run reads (mixture epochs are counted for it)
+    mixture_proxies: int = 8  # proxy models of the mixture search (RegMix trains 512)
+    proxy_steps: int = 60  # training steps per proxy
     proxy_seq_len: int = 128
     train_seq_len: int = 128  # the pretraining run's sequence length (its steps follow the token budget)
     preference_problems: int = 24  # problems the DPO policy is sampled on (MBPP train + verified exercises)
     eval_problems: int = 1000  # HumanEval / MBPP problems evaluated per benchmark (1000: all 164 / 500)
     # the same for the trained checkpoints; the reference model (generator_model) always gets eval_problems
-    checkpoint_eval_problems: int = 50
+    checkpoint_eval_problems: int = 20
     # whether the trained checkpoints get the LLM-graded understanding score (the reference always does, off ci)
     grade_checkpoints: bool = False
     # dedup's bucket partitions: LSH bands in this many groups x band hashes in this many ranges
