@@ -10,15 +10,21 @@ import os
 import shutil
 from pathlib import Path
 
-import dagster as dg
-import pytest
+# The suite reads and extends the graph of the ``ci`` profile (``demo_run``: what ``make ci-graph`` built),
+# and the partition sets that depend on size (synthetic batches, proxies, dedup buckets) follow the scale
+# the definitions are imported with. So this process imports them on ``ci`` too, unless told otherwise;
+# tests that need another profile set PHI_PROFILE themselves (monkeypatch, or a child's environment).
+os.environ.setdefault("PHI_PROFILE", "ci")
 
-from phi_assets.common.profiles import Profile
-from resources import ArtifactStore, build_resources, load_profile
-from tests.support.demo_home import plant, run_demo
-from tests.support.homes import use_ci_home
-from tests.support.tiers import MARKER, SLOW_FIXTURES
-from tests.support.vllm import openai_server
+import dagster as dg  # noqa: E402
+import pytest  # noqa: E402
+
+from phi_assets.common.profiles import Profile  # noqa: E402
+from resources import ArtifactStore, build_resources, load_profile  # noqa: E402
+from tests.support.demo_home import plant, run_demo  # noqa: E402
+from tests.support.homes import use_ci_home  # noqa: E402
+from tests.support.tiers import MARKER, SLOW_FIXTURES  # noqa: E402
+from tests.support.vllm import openai_server  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -277,9 +277,9 @@ def test_dagster_asset_materialize_writes_the_same_card(demo_run, home_copy, ins
     for copy in (home, home_copy):
         shutil.rmtree(copy / "artifacts" / "model_card", ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k not in HOME_OVERRIDES}
-    # Partition sets follow the profile the definitions were imported with (this process: usually local,
-    # 16 proxies; the ci home has 8): the CLI imports them under the same profile, so that both walk the
-    # same graph, partitions included, over the same home.
+    # Partition sets follow the profile the definitions were imported with (this process: ci, as
+    # conftest.py sets unless PHI_PROFILE says otherwise): the CLI imports them under the same profile,
+    # so that both walk the same graph, partitions included, over the same home.
     imported = next(p for p in ("local", "ci") if load_profile({"PHI_PROFILE": p}).sizes == search_assets.SIZES)
     env.update(PHI_PROFILE=imported, PHI_HOME=str(home), DAGSTER_HOME=str(home / "dagster"))
     config = {"execution": {"config": {"in_process": {}}}}
