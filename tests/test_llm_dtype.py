@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from resources.llm.vllm_backend import VLLMSettings, cpu_has_native_bf16, resolve_dtype
 
 PLAIN = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
@@ -58,7 +60,5 @@ def test_the_engine_core_runs_inside_the_engine_process_on_cpu_only(monkeypatch)
 
 
 def test_an_unknown_engine_core_is_refused():
-    import pytest
-
     with pytest.raises(ValueError, match="engine_core must be one of auto, in_process, process, got 'thread'"):
         VLLMSettings(engine_core="thread")

@@ -53,6 +53,9 @@ def resolve_dtype(dtype: str, on_cpu: bool, cpuinfo: str | None = None) -> str:
     return "bfloat16" if not on_cpu or cpu_has_native_bf16(cpuinfo) else "float32"
 
 
+ENGINE_CORE = ("auto", "in_process", "process")  # VLLMSettings.engine_core
+
+
 @dataclass(frozen=True)
 class VLLMSettings:
     dtype: str = "auto"  # resolve_dtype: bfloat16 where the hardware computes it, else float32 on CPU
@@ -108,9 +111,6 @@ class VLLMSettings:
             env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
             env["OMP_NUM_THREADS"] = str(len(cpus))
         return env
-
-
-ENGINE_CORE = ("auto", "in_process", "process")
 
 
 class EngineStartError(RuntimeError):
@@ -322,18 +322,19 @@ def _serve(conn: Connection) -> None:
     try:
         from vllm.platforms import current_platform
 
+        on_cpu = current_platform.is_cpu()
         # read by vLLM when the engine starts, so set before LLM() (vllm.envs evaluates it on access)
-        in_process = settings.in_process_core(current_platform.is_cpu())
+        in_process = settings.in_process_core(on_cpu)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
         import vllm
         from vllm import LLM
 
-        dtype = resolve_dtype(settings.dtype, current_platform.is_cpu())
+        dtype = resolve_dtype(settings.dtype, on_cpu)
         llm = LLM(model=setup["model"], dtype=dtype, max_model_len=settings.max_model_len,
                   enforce_eager=settings.enforce_eager, seed=0,
                   gpu_memory_utilization=settings.gpu_memory_utilization,
                   tensor_parallel_size=settings.tensor_parallel_size,
-                  **_scheduler_args(current_platform.is_cpu(), settings.max_model_len))
+                  **_scheduler_args(on_cpu, settings.max_model_len))
         tokenizer = llm.get_tokenizer()
     except BaseException:
         conn.send(("error", traceback.format_exc()))
