@@ -1,5 +1,5 @@
-"""Dedup in stages (``phi_assets/curation/lsh.py``) at 1e5, 1e6 and 1e7 documents: peak memory per task
-and time per stage, beside the single-process ``dedup.deduplicate`` where it fits.
+"""Dedup in stages (``phi_assets/curation/lsh.py``, ``lsh_pairs.py``) at 1e5, 1e6 and 1e7 documents:
+peak memory per task and time per stage, beside the single-process ``dedup.deduplicate`` where it fits.
 
 Corpus, per size N: shards of ``SHARD_DOCS`` (1e5) documents (1, 10 and 100 shards). Most documents
 are generated: a random 32-hex id, an empty text in ``docs.parquet`` (never read: they have no
@@ -17,15 +17,14 @@ numpy, pyarrow, pandas, polars, duckdb and ``lsh``; ``max_tasks_per_child=1``), 
   rows, as the filter step writes them) and the planted documents' signatures.
 - bands, per shard: ``write_bands`` of the shard's ids and signatures (timed: that call; the task
   first reads the ids and rebuilds the signatures, which the filter step has in memory).
-- buckets, per partition of ``BucketLayout(15, max(1, N // 250_000))``: 15 band groups (one band
-  each, the id band included) x 1, 4, 40 hash ranges, so a partition holds about 250,000 band hashes
-  at 1e6 and 1e7 (1e5 at 1e5). As ``dedup_assets`` does: every shard's slice index and average text
-  size from its footers, ``chunk_pairs_for`` a 2048 MB budget, ``bucket_pairs`` at min_similarity 0.7.
-  When there are more than ``--timed-buckets`` partitions (default 60; at 1e7: 600), a sample runs
-  this way, one process each: every band group at every k-th hash range (k = 10 at 1e7); the stage's
-  work is that sample's sum x k, marked "est.". The other partitions are only computed for their
-  pairs ("buckets_rest", 2 processes that read each footer and docs file once and keep them: same
-  output, not how a partition runs, neither timed as the stage nor counted in its RSS).
+- buckets, per partition of ``BucketLayout(15, max(1, N // 1_000_000))``: 15 band groups (one band
+  each, the id band included) x 1, 1, 10 hash ranges, so a partition holds about 1M band hashes at 1e6
+  and 1e7 (1e5 at 1e5). As ``dedup_buckets`` does: every shard's slice index from its footer, then
+  ``bucket_candidates`` (candidate pairs and the rows they need).
+- shingles, per shard: ``wanted_rows`` from every partition, ``write_shingles`` (its candidate rows read
+  once, one batch per partition); counts the rows of the row groups that hold them (all decoded).
+- pairs, per partition: each named shard's record (its average set size), ``confirm_candidates`` (its
+  batch of each shard, exact Jaccard) at min_similarity 0.7, chunks sized from a 2048 MB budget.
 - clusters: ``cluster`` over every partition's pairs (DuckDB, memory_limit_mb 2048, 2 threads).
 - survivors, per shard: ``survivor_rows`` of its docs and removal list.
 - old: ``dedup.deduplicate`` of all shards' signatures in one process (timed: that call), up to
@@ -34,11 +33,11 @@ numpy, pyarrow, pandas, polars, duckdb and ``lsh``; ``max_tasks_per_child=1``), 
 Per task: wall and CPU seconds of the timed part (``time.perf_counter``, ``time.process_time``) and
 peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end of the task, in the child; it
 includes the forkserver's imports: the "idle task" in the header). Goals: max per-task peak RSS at 1e7 /
-at 1e6 within 1.1, and total task time (sum over the four dedup stages) at 1e7 / (10 x at 1e6) within 1.2.
+at 1e6 within 1.1, and total task time (sum over the six dedup stages) at 1e7 / (10 x at 1e6) within 1.2.
 
 Run from the repository root:  .venv/bin/python benchmarks/curation_scale.py [--sizes 1e5,1e6,1e7]
-[--workers 2] [--seed 0] [--old-max 1e6] [--timed-buckets 60] [--work-dir DIR] [--markdown]
-(about 10 minutes on 2 shared cores, 1e7 most of it; 2.4 GB of temp files at 1e7)
+[--workers 2] [--seed 0] [--old-max 1e6] [--work-dir DIR] [--markdown]
+(about 5 minutes on 2 cores, 1e7 most of it; 3.2 GB of temp files at 1e7)
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ os.environ["POLARS_MAX_THREADS"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
-import functools  # noqa: E402
+import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
@@ -80,13 +79,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repo root, without install
 from table import format_table  # noqa: E402
 
-from phi_assets.curation import dedup, lsh, minhash, stages  # noqa: E402
+from phi_assets.curation import dedup, lsh, lsh_pairs, minhash, stages  # noqa: E402
 from phi_assets.ingest.schema import doc_id  # noqa: E402
 
 CONFIG = minhash.MinHashConfig()  # 14 bands x 8 rows: 112 uint32 per document
 SHARD_DOCS = 100_000
 DOCS_ROW_GROUP = stages.DOCS_ROW_GROUP_ROWS  # as the filter step writes docs.parquet
-HASHES_PER_PARTITION = 250_000  # hash_ranges = max(1, N // this): band hashes per bucket partition
+HASHES_PER_PARTITION = 1_000_000  # hash_ranges = max(1, N // this): band hashes per bucket partition
 BAND_GROUPS = CONFIG.num_bands + 1  # one partition column per band, the id band included
 MIN_SIMILARITY = 0.7
 BUDGET_MB = 2048  # dedup_assets' BucketConfig.memory_budget_mb and DedupConfig.memory_limit_mb
@@ -137,7 +136,7 @@ def plan(n_docs: int, shards: int, shard_docs: int, pool: list[str], seed: int
         exact += first_exact
         near += copies - first_exact
         sets = minhash.shingle_sets(members, CONFIG)
-        similar += sum(lsh.jaccard(sets[0], other) >= MIN_SIMILARITY for other in sets[1 + first_exact:])
+        similar += sum(lsh_pairs.jaccard(sets[0], other) >= MIN_SIMILARITY for other in sets[1 + first_exact:])
         targets = rng.sample(range(shards), len(members)) if shards >= len(members) else \
             [rng.randrange(shards) for _ in members]
         for text, s in zip(members, targets, strict=True):
@@ -214,71 +213,59 @@ def bands_shard(root: str, seed: int, s: int, n: int, layout: lsh.BucketLayout) 
             "slices": sum(len(v) for v in written.values())}
 
 
-def bucket_partition(root: str, key: str, layout: lsh.BucketLayout, shards: int, shard_docs: int,
-                     read_index=lsh.read_slice_index, read_groups=lsh.read_row_groups,
-                     read_rows=lsh.read_doc_rows) -> dict:
-    """One bucket partition, as ``dedup_assets`` runs it (every shard has slices in every partition).
-    Also counts the docs rows confirmation asks for, the rows of the row groups that hold them (all
-    decoded by ``read_doc_rows``), and the CPU time spent reading them."""
+def bucket_partition(root: str, key: str, layout: lsh.BucketLayout, shards: int) -> dict:
+    """One bucket partition, as ``dedup_buckets`` runs it (every shard has slices in every partition):
+    every shard's slice index from its footer, then ``bucket_candidates``."""
     group, hash_range = layout.parse(key)
-    inputs, sizes = [], []
+    inputs = []
     for s in range(shards):
-        folder = Path(root) / "shards" / shard_key(s)
-        bands, docs = str(folder / lsh.bands_file(group)), str(folder / "docs.parquet")
-        slices = lsh.partition_slices(read_index(bands), layout, group, hash_range, CONFIG.num_bands)
-        inputs.append(lsh.ShardInput(shard_key(s), docs, bands, tuple(x[0] for x in slices)))
-        sizes.append(lsh.avg_text_bytes(docs))
+        bands = str(Path(root) / "shards" / shard_key(s) / lsh.bands_file(group))
+        slices = lsh.partition_slices(lsh.read_slice_index(bands), layout, group, hash_range, CONFIG.num_bands)
+        inputs.append(lsh.ShardInput(shard_key(s), bands, tuple(x[0] for x in slices)))
     out = Path(root) / "buckets" / key
     out.mkdir(parents=True)
-    chunk = lsh.chunk_pairs_for(BUDGET_MB << 20, max(sizes))
-    reads = {"rows_wanted": 0, "rows_decoded": 0, "read_cpu": 0.0}
-
-    def counted(path: str, rows: np.ndarray) -> tuple[list[str], list[str]]:
-        groups = np.unique(rows // DOCS_ROW_GROUP)
-        reads["rows_wanted"] += len(rows)
-        reads["rows_decoded"] += int(np.minimum(DOCS_ROW_GROUP, shard_docs - groups * DOCS_ROW_GROUP).sum())
-        c0 = time.process_time()
-        got = read_rows(path, rows)
-        reads["read_cpu"] += time.process_time() - c0
-        return got
-
-    stats = lsh.bucket_pairs(inputs, CONFIG, MIN_SIMILARITY, out, read_groups, counted, chunk_pairs=chunk)
-    return {**stats, **reads}
+    return lsh.bucket_candidates(inputs, lsh.read_row_groups, out)
 
 
-def bucket_rest(root: str, keys: list[str], layout: lsh.BucketLayout, shards: int, shard_docs: int) -> dict:
-    """The partitions left out of the timed sample, only for their pairs (the clusters stage needs them
-    all): the same ``bucket_pairs``, but this one process reads each slice index and docs.parquet once
-    and keeps them, and keeps band files open (not how a partition runs; neither timed as the stage
-    nor counted in its RSS)."""
-    files: dict[str, pq.ParquetFile] = {}
-    docs: dict[str, pa.Table] = {}
+def shingles_shard(root: str, s: int, keys: list[str], shard_docs: int) -> dict:
+    """One shard's shingle sets, as ``dedup_shingles`` runs it: the rows every bucket partition wants
+    from it, read once (counted: the rows wanted and the rows of the row groups that hold them, all
+    decoded), one batch per partition."""
+    folder = Path(root) / "shards" / shard_key(s)
+    wanted = [lsh.wanted_rows(str(Path(root) / "buckets" / k / lsh.WANTED), shard_key(s)) for k in keys]
+    out = Path(root) / "shingles" / shard_key(s)
+    out.mkdir(parents=True)
+    stats = lsh_pairs.write_shingles(str(folder / "docs.parquet"), wanted, CONFIG, out)
+    (out / "meta.json").write_text(json.dumps(stats))  # what the pairs step reads from the manifest
+    union = np.unique(np.concatenate(wanted))
+    groups = np.unique(union // DOCS_ROW_GROUP)
+    decoded = int(np.minimum(DOCS_ROW_GROUP, shard_docs - groups * DOCS_ROW_GROUP).sum())
+    return {**stats, "rows_decoded": decoded}
 
-    def parquet(path: str) -> pq.ParquetFile:
-        if path not in files and len(files) >= 256:  # few open files at a time
-            files.clear()
-        return files.setdefault(path, pq.ParquetFile(path))
 
-    read_index = functools.lru_cache(maxsize=None)(lsh.read_slice_index)
-
-    def read_groups(path: str, groups) -> pa.Table:
-        return parquet(path).read_row_groups(list(groups), columns=["band", "hash", "row"])
-
-    def read_rows(path: str, rows: np.ndarray) -> tuple[list[str], list[str]]:
-        if path not in docs:
-            docs[path] = pq.read_table(path, columns=["id", "text"])
-        picked = docs[path].take(pa.array(rows))
-        return picked["id"].to_pylist(), picked["text"].to_pylist()
-
-    stats = [bucket_partition(root, k, layout, shards, shard_docs, read_index, read_groups, read_rows)
-             for k in keys]
-    return {k: sum(x[k] for x in stats) for k in ("candidates", "confirmed", "exact")}
+def pairs_partition(root: str, key: str, index: int) -> dict:
+    """One partition's candidates confirmed, as ``dedup_pairs`` runs it: each named shard's record
+    (its average set size), then ``confirm_candidates`` reading the partition's batch of each."""
+    candidates = pq.read_table(Path(root) / "buckets" / key / lsh.CANDIDATES)
+    involved = sorted(set(candidates["u_shard"].to_pylist()) | set(candidates["v_shard"].to_pylist()))
+    folders = {s: Path(root) / "shingles" / s for s in involved}
+    records = [json.loads((f / "meta.json").read_text()) for f in folders.values()]
+    avg = max([r["avg_set_bytes"] for r in records], default=1.0)
+    out = Path(root) / "pairs" / key
+    out.mkdir(parents=True)
+    return lsh_pairs.confirm_candidates(
+        candidates,
+        lambda s: lsh_pairs.read_batch(str(folders[s] / lsh_pairs.SHINGLES), index),
+        MIN_SIMILARITY,
+        out,
+        lsh_pairs.chunk_pairs_for(BUDGET_MB << 20, avg),
+    )
 
 
 def cluster_all(root: str, keys: list[str], shards: int) -> dict:
     out = Path(root) / "dedup"
     out.mkdir()
-    pairs = [str(Path(root) / "buckets" / k / lsh.PAIRS) for k in keys]
+    pairs = [str(Path(root) / "pairs" / k / lsh.PAIRS) for k in keys]
     result = lsh.cluster(pairs, [shard_key(s) for s in range(shards)], out, memory_limit_mb=BUDGET_MB)
     result["removal_paths"] = {k: str(out / r["file"]) for k, r in result.pop("removals").items()}
     return result
@@ -301,18 +288,17 @@ def old_dedup(root: str, seed: int, shards: int, n: int) -> dict:
 # --- driver -----------------------------------------------------------------------------------------
 
 class Stage:
-    """The results of a stage's tasks; ``scale``: tasks of the stage / tasks run (a timed sample)."""
+    """The results of a stage's tasks."""
 
-    def __init__(self, name: str, results: list[dict], elapsed: float, scale: float = 1.0) -> None:
-        self.name, self.results, self.elapsed, self.scale = name, results, elapsed, scale
+    def __init__(self, name: str, results: list[dict], elapsed: float) -> None:
+        self.name, self.results, self.elapsed = name, results, elapsed
 
     def total(self, field: str) -> float:
         """Sum over the tasks run."""
         return sum(r[field] for r in self.results)
 
     def work(self, field: str) -> float:
-        """Sum over all tasks of the stage (estimated from the sample when one was run)."""
-        return self.total(field) * self.scale
+        return self.total(field)
 
     def rss(self) -> tuple[float, float]:
         values = [r["rss_mb"] for r in self.results]
@@ -330,13 +316,6 @@ def run_stage(pool: ProcessPoolExecutor, name: str, calls: list[tuple], log: Cal
     stage = Stage(name, results, time.perf_counter() - t0)
     log(f"  {name}: {len(calls)} tasks in {stage.elapsed:.1f} s, max RSS {stage.rss()[0]:.0f} MB")
     return stage
-
-
-def timed_keys(layout: lsh.BucketLayout, most: int) -> list[str]:
-    """The bucket partitions run (and timed) one process each: all, or when there are more than
-    ``most`` (0: no limit), every band group at every k-th hash range, k = ceil(partitions / most)."""
-    step = max(1, -(-len(layout.keys()) // most)) if most else 1
-    return [k for k in layout.keys() if layout.parse(k)[1] % step == 0]
 
 
 def run_size(pool: ProcessPoolExecutor, n_docs: int, args: argparse.Namespace, texts: list[str],
@@ -357,15 +336,12 @@ def run_size(pool: ProcessPoolExecutor, n_docs: int, args: argparse.Namespace, t
         stages["bands"] = run_stage(pool, "bands", [(bands_shard, root, args.seed, s, shard_docs, layout)
                                                     for s in range(shards)], log)
         keys = layout.keys()
-        timed = timed_keys(layout, args.timed_buckets)
-        stages["buckets"] = run_stage(pool, "buckets", [(bucket_partition, root, k, layout, shards, shard_docs)
-                                                        for k in timed], log)
-        stages["buckets"].scale = len(keys) / len(timed)
-        rest = [k for k in keys if k not in set(timed)]
-        if rest:
-            stages["buckets_rest"] = run_stage(pool, "buckets_rest", [
-                (bucket_rest, root, rest[i::args.workers], layout, shards, shard_docs)
-                for i in range(args.workers)], log)
+        stages["buckets"] = run_stage(pool, "buckets", [(bucket_partition, root, k, layout, shards)
+                                                        for k in keys], log)
+        stages["shingles"] = run_stage(pool, "shingles", [(shingles_shard, root, s, keys, shard_docs)
+                                                          for s in range(shards)], log)
+        stages["pairs"] = run_stage(pool, "pairs", [(pairs_partition, root, k, i) for i, k in enumerate(keys)],
+                                    log)
         stages["clusters"] = run_stage(pool, "clusters", [(cluster_all, root, keys, shards)], log)
         removals = stages["clusters"].results[0]["removal_paths"]
         stages["survivors"] = run_stage(pool, "survivors", [
@@ -382,14 +358,15 @@ def run_size(pool: ProcessPoolExecutor, n_docs: int, args: argparse.Namespace, t
 STAGE_NOTES = {
     "prep": "data generation (not dedup): docs.parquet + planted signatures",
     "bands": "write_bands (ids read and signatures rebuilt before the timer)",
-    "buckets": "slice index + avg text size per shard, bucket_pairs (candidates, exact Jaccard)",
-    "buckets_rest": "not a stage: the untimed partitions' pairs, for clusters (slice indexes and docs read "
-                    "once per process and kept)",
+    "buckets": "slice index per shard, bucket_candidates (candidate pairs and the rows they need)",
+    "shingles": "wanted_rows from every partition, write_shingles (candidate rows read once, one batch per "
+                "partition)",
+    "pairs": "each shard's record, confirm_candidates (its batch of each shard, exact Jaccard)",
     "clusters": "cluster (DuckDB, memory_limit 2048 MB, 2 threads)",
     "survivors": "survivor_rows",
     "old": "dedup.deduplicate, all signatures in one process (loading them before the timer)",
 }
-DEDUP_STAGES = ("bands", "buckets", "clusters", "survivors")
+DEDUP_STAGES = ("bands", "buckets", "shingles", "pairs", "clusters", "survivors")
 
 
 def stage_rows(run: dict) -> list[list[str]]:
@@ -398,25 +375,19 @@ def stage_rows(run: dict) -> list[list[str]]:
         top, mid = stage.rss()
         note = STAGE_NOTES[name]
         tasks, wall, cpu = str(len(stage.results)), f"{stage.work('wall'):.1f}", f"{stage.work('cpu'):.1f}"
-        if name.startswith("buckets"):
+        if name == "buckets":
+            counts = [int(stage.total(k)) for k in ("candidates", "candidate_rows")]
+            note += f"; {counts[0]:,} candidate pairs naming {counts[1]:,} rows"
+        if name == "shingles":
+            wanted, decoded = stage.total("candidate_rows"), stage.total("rows_decoded")
+            written = int(stage.total("rows_written"))
+            note += (f"; {int(wanted):,} candidate rows read once ({int(decoded):,} rows of the row groups "
+                     f"holding them decoded, {decoded / max(1, wanted):,.0f}x), {written:,} written over the "
+                     "batches")
+        if name == "pairs":
             counts = [int(stage.total(k)) for k in ("candidates", "confirmed", "exact")]
             note += f"; {counts[0]:,} candidates, {counts[1]:,} confirmed ({counts[2]:,} exact)"
-        if name == "buckets":
-            wanted, decoded = stage.total("rows_wanted"), stage.total("rows_decoded")
-            note += (f"; confirmation read {decoded / len(stage.results):,.0f} docs rows per partition for "
-                     f"{wanted / len(stage.results):,.0f} wanted ({decoded / max(1, wanted):,.0f}x), "
-                     f"{stage.total('read_cpu') / max(stage.total('cpu'), 1e-9):.0%} of the CPU time")
-        if name == "buckets" and stage.scale != 1:
-            partitions = round(len(stage.results) * stage.scale)
-            tasks = f"{len(stage.results)} of {partitions}"
-            wall, cpu = f"{wall} (est.)", f"{cpu} (est.)"
-            step = run["layout"].hash_ranges * run["layout"].band_groups // len(stage.results)
-            note += (f"; timed: the {len(stage.results)} partitions of every band group at hash ranges "
-                     f"r % {step} == 0, {stage.total('wall'):.1f} s wall, {stage.total('cpu'):.1f} s CPU, "
-                     f"x {stage.scale:.0f} for all {partitions}")
         rss = [f"{top:.0f}", f"{mid:.0f}"]
-        if name == "buckets_rest":
-            wall, cpu, rss = f"({wall})", f"({cpu})", ["-", "-"]
         if name == "clusters":
             r = stage.results[0]
             note += (f"; {r['num_pairs']:,} pairs, {r['num_clusters']:,} clusters, removed "
@@ -429,12 +400,10 @@ def stage_rows(run: dict) -> list[list[str]]:
             note += f"; removed {r['removed']:,} ({r['exact_removed']:,} exact), {r['clusters']:,} clusters"
         rows.append([name, tasks, wall, cpu, f"{stage.elapsed:.1f}", *rss, note])
     t, stages = totals(run), [run["stages"][s] for s in DEDUP_STAGES]
-    sampled = any(s.scale != 1 for s in stages)
-    elapsed = "-" if sampled else f"{sum(s.elapsed for s in stages):.1f}"
-    rows.append(["total (4 dedup stages)", str(sum(round(len(s.results) * s.scale) for s in stages)),
-                 f"{t['wall']:.1f}" + " (est.)" * sampled, f"{t['cpu']:.1f}" + " (est.)" * sampled, elapsed,
+    rows.append([f"total ({len(DEDUP_STAGES)} dedup stages)", str(sum(len(s.results) for s in stages)),
+                 f"{t['wall']:.1f}", f"{t['cpu']:.1f}", f"{sum(s.elapsed for s in stages):.1f}",
                  f"{t['rss']:.0f}", "-",
-                 f"bands + buckets + clusters + survivors; {run['disk_mb']:.0f} MB on disk"])
+                 f"{' + '.join(DEDUP_STAGES)}; {run['disk_mb']:.0f} MB on disk"])
     return rows
 
 
@@ -507,9 +476,6 @@ def main() -> None:
                     help="seed of the generated signatures and the planted copies (default 0)")
     ap.add_argument("--old-max", type=parse_size, default=10**6,
                     help="largest size at which the single-process deduplicate runs (default 1e6; 0: never)")
-    ap.add_argument("--timed-buckets", type=int, default=60,
-                    help="at most this many bucket partitions run one process each, timed; the others only "
-                         "make their pairs (default 60; 0: all)")
     ap.add_argument("--work-dir", default=None, help="where the shards are written (default: the temp dir)")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
     args = ap.parse_args()

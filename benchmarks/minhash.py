@@ -17,12 +17,13 @@ for all pairs of the corpus (a sparse product of the document x shingle matrix),
    datatrove runs twice: as shipped (spaCy word tokenizer, its default for English) and with
    ``str.split`` as its tokenizer, which shows how much of its time is tokenization.
 2. Quality of ``deduplicate`` (corpus split round-robin into 4 shards) with ``min_similarity`` 0.7
-   (the default), 0.75 and None (plain LSH components), and of the staged dedup (``lsh``, what the
-   ``dedup_{code,web}_buckets`` and ``dedup_{code,web}`` assets run) on the same 4 shards, as local
+   (the default), 0.75 and None (plain LSH components), and of the staged dedup (``lsh`` and
+   ``lsh_pairs``, what the ``dedup_{code,web}_*`` assets run) on the same 4 shards, as local
    temp files (docs.parquet per shard, as tests/test_lsh.py ``run_staged``): ``write_bands``, the 2
    bucket partitions of ``BucketLayout(1, 2)`` (the ci/demo layout), each candidate pair confirmed on
-   the exact Jaccard of its shingle sets read back from the texts, at 0.7 (the default), 0.75 and 0.8,
-   then ``cluster`` (connected components of the confirmed pairs). Truth pairs: exact Jaccard >= 0.8;
+   the exact Jaccard of its shingle sets (computed once per shard from the texts), at 0.7 (the
+   default), 0.75 and 0.8, then ``cluster`` (connected components of the confirmed pairs). Truth
+   pairs: exact Jaccard >= 0.8;
    recall = share of them placed in one cluster. Precision = share of the pairs placed in one cluster whose
    exact Jaccard is >= 0.7: 14 bands of 8 rows put the LSH threshold at (1/14)^(1/8) ~ 0.72, so pairs
    between 0.7 and 0.8 are the expected grey zone of the method, and only pairs below 0.7 count as
@@ -77,7 +78,7 @@ import peer_env  # noqa: E402  (benchmarks/, the script's own folder)
 from table import format_table  # noqa: E402
 
 from phi_assets.common.profiles import Sizes  # noqa: E402
-from phi_assets.curation import lsh  # noqa: E402
+from phi_assets.curation import lsh, lsh_pairs  # noqa: E402
 from phi_assets.curation.dedup import ShardSignatures, deduplicate  # noqa: E402
 from phi_assets.curation.minhash import MinHashConfig, normalize, signatures  # noqa: E402
 from phi_assets.ingest.embedded import package_doc_records, pydoc_topic_records, stdlib_files  # noqa: E402
@@ -198,25 +199,15 @@ def write_docs(root: Path, ids: list[str], texts: list[str]) -> dict[str, str]:
 
 def staged(docs: dict[str, str], ids: list[str], sigs: np.ndarray, out: Path, min_similarity: float) -> dict:
     """The stages of ``lsh`` on local files (as tests/test_lsh.py runs them): bands per shard, every
-    partition of ``LAYOUT`` (candidates confirmed on exact Jaccard), clusters. Returns cluster's result."""
-    bands = {}
+    partition of ``LAYOUT`` (candidates, shingle sets per shard, pairs confirmed on exact Jaccard),
+    clusters. Returns cluster's result."""
+    shards = {}
     for k, shard in enumerate(sorted(docs)):
-        bands[shard] = out / "bands" / shard
-        bands[shard].mkdir(parents=True)
-        lsh.write_bands(ids[k::SHARDS], sigs[k::SHARDS], CONFIG, LAYOUT, bands[shard])
-    pair_files = []
-    for key in LAYOUT.keys():
-        group, hash_range = LAYOUT.parse(key)
-        inputs = []
-        for shard, folder in bands.items():
-            path = str(folder / lsh.bands_file(group))
-            slices = lsh.partition_slices(lsh.read_slice_index(path), LAYOUT, group, hash_range,
-                                          CONFIG.num_bands)
-            inputs.append(lsh.ShardInput(shard, docs[shard], path, tuple(x[0] for x in slices)))
-        (out / "buckets" / key).mkdir(parents=True)
-        lsh.bucket_pairs(inputs, CONFIG, min_similarity, out / "buckets" / key, lsh.read_row_groups,
-                         lsh.read_doc_rows)
-        pair_files.append(str(out / "buckets" / key / lsh.PAIRS))
+        folder = out / "bands" / shard
+        folder.mkdir(parents=True)
+        lsh.write_bands(ids[k::SHARDS], sigs[k::SHARDS], CONFIG, LAYOUT, folder)
+        shards[shard] = (docs[shard], str(folder))
+    pair_files, _ = lsh_pairs.run_local(shards, LAYOUT, CONFIG, min_similarity, out)
     (out / "dedup").mkdir()
     return lsh.cluster(pair_files, sorted(docs), out / "dedup")
 

@@ -15,8 +15,12 @@ from phi_assets.curation.dedup_assets import (
     BUCKETS,
     dedup_code,
     dedup_code_buckets,
+    dedup_code_pairs,
+    dedup_code_shingles,
     dedup_web,
     dedup_web_buckets,
+    dedup_web_pairs,
+    dedup_web_shingles,
 )
 from phi_assets.curation.filter_assets import quality_filtered_code_shards, quality_filtered_web_shards
 from phi_assets.evaluation.assets import eval_scores, eval_stages
@@ -61,7 +65,17 @@ generator_model_job = dg.define_asset_job(
 dedup_buckets_job = dg.define_asset_job(
     "dedup_buckets_job", selection=[dedup_code_buckets, dedup_web_buckets], partitions_def=BUCKETS,
     description="One LSH bucket partition (band group x hash range) of both sources: candidate pairs from "
-                "every shard's slices, confirmed on exact Jaccard similarity.")
+                "every shard's slices, and the rows they need.")
+dedup_shingles_code_job = dg.define_asset_job(
+    "dedup_shingles_code_job", selection=[dedup_code_shingles], partitions_def=code_shards,
+    description="One code shard's candidate rows, read once, as shingle sets for every bucket partition.")
+dedup_shingles_web_job = dg.define_asset_job(
+    "dedup_shingles_web_job", selection=[dedup_web_shingles], partitions_def=web_shards,
+    description="One web shard's candidate rows, read once, as shingle sets for every bucket partition.")
+dedup_pairs_job = dg.define_asset_job(
+    "dedup_pairs_job", selection=[dedup_code_pairs, dedup_web_pairs], partitions_def=BUCKETS,
+    description="One bucket partition of both sources: its candidate pairs confirmed on the exact Jaccard "
+                "similarity of their shingle sets.")
 dedup_job = dg.define_asset_job(
     "dedup_job", selection=[dedup_code, dedup_web],
     description="Clusters of the confirmed duplicate pairs of each source and a removal list per shard.")
@@ -143,7 +157,9 @@ model_card_job = dg.define_asset_job(
     description="The model card of one trained stage (after its eval_scores): architecture, recipe, mixture, "
                 "decontamination, scores beside phi-1's, and the data version of everything upstream.")
 
-ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_buckets_job, dedup_job,
+SHINGLES_JOBS = {"code": dedup_shingles_code_job, "web": dedup_shingles_web_job}
+ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_buckets_job,
+            dedup_shingles_code_job, dedup_shingles_web_job, dedup_pairs_job, dedup_job,
             edu_classifier_job,
             filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
             synthetic_corpus_job, tokenizer_job, tokenize_code_job, tokenize_web_job, tokenize_synthetic_job,

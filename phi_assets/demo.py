@@ -34,10 +34,12 @@ from jobs import (
     ALL_JOBS,
     CORPUS_JOBS,
     INGEST_JOBS,
+    SHINGLES_JOBS,
     TOKENIZE_JOBS,
     catalog_job,
     dedup_buckets_job,
     dedup_job,
+    dedup_pairs_job,
     edu_classifier_job,
     eval_job,
     generator_model_job,
@@ -225,6 +227,11 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
         report.sample = _metadata_text(result, "generator_model", "sample")
     for key in tqdm(BUCKETS.get_partition_keys(), desc="dedup buckets", unit="partition"):
         _run(defs, instance, report, dedup_buckets_job.name, f"dedup buckets {key}", key)
+    for source, job in SHINGLES_JOBS.items():
+        for key in tqdm(keys[source], desc=f"dedup {source} shingle sets", unit="shard"):
+            _run(defs, instance, report, job.name, f"dedup_{source}_shingles[{key}]", key)
+    for key in tqdm(BUCKETS.get_partition_keys(), desc="dedup pairs", unit="partition"):
+        _run(defs, instance, report, dedup_pairs_job.name, f"dedup pairs {key}", key)
     _run(defs, instance, report, dedup_job.name, dedup_job.name)
     result = _run(defs, instance, report, edu_classifier_job.name, edu_classifier_job.name)
     if result.success:

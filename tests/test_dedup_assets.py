@@ -1,8 +1,9 @@
 """The staged dedup assets in Dagster, on a small home of real Python source (ci profile).
 
-The bucket partitions here follow a layout of 15 band groups x 4 hash ranges (60 partitions), so that a
-one-document shard, which has one slice per band (14 LSH bands + the exact-id band), lands in at most 15
-of them; the scale presets use the same assets with their own layout.
+The bucket partitions of the new-shard test follow a layout of 15 band groups x 2 hash ranges (30
+partitions), so that a one-document shard, which has one slice per band (14 LSH bands + the exact-id
+band), lands in at most 15 of them; the read-back test uses 1 x 2. The scale presets use the same assets
+with their own layout.
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ import polars as pl
 import pytest
 
 from phi_assets.curation import assets, lsh
-from phi_assets.curation.dedup_assets import buckets_asset, dedup_asset, shard_record
+from phi_assets.curation.dedup_assets import (
+    buckets_asset,
+    dedup_asset,
+    pairs_asset,
+    shard_record,
+    shingles_asset,
+)
 from phi_assets.curation.filter_assets import quality_filtered_asset
 from phi_assets.ingest.assets import raw_code_shards
 from resources import ArtifactStore, build_resources, load_profile
 from tests.support.files import landing, write_jsonl
 
-LAYOUT = lsh.BucketLayout(15, 4)
+LAYOUT = lsh.BucketLayout(15, 2)
+SMALL = lsh.BucketLayout(1, 2)
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 FILES = sorted((STDLIB / "json").glob("*.py")) + sorted((STDLIB / "email").glob("_*.py"))
 
@@ -68,23 +76,32 @@ def _run(instance, resources, selection, target, key=None) -> tuple[bool, list[s
     return event.materialization.metadata["skipped"].value, messages
 
 
-def _all(instance, resources, graph, shards: list[str]) -> dict[str, list[str]]:
-    raw, qf, buckets, dedup = graph
+def _all(instance, resources, graph, shards: list[str], every_shard: list[str] | None = None) -> dict:
+    """Ingest and filter ``shards``, then every dedup step (shingle sets for ``every_shard``); each
+    step's log messages by stage and partition."""
+    (raw, qf, buckets, shingles, pairs, dedup), layout = graph[:6], graph[6]
     for key in shards:
         _run(instance, resources, [raw], raw, key)
         _run(instance, resources, [raw, qf], qf, key)
-    logs = {}
-    for key in LAYOUT.keys():
-        _, logs[key] = _run(instance, resources, [qf, buckets], buckets, key)
-    _run(instance, resources, [qf, buckets, dedup], dedup)
+    logs: dict[str, dict] = {"buckets": {}, "shingles": {}, "pairs": {}}
+    for key in layout.keys():
+        _, logs["buckets"][key] = _run(instance, resources, [qf, buckets], buckets, key)
+    for key in every_shard or shards:
+        _, logs["shingles"][key] = _run(instance, resources, [qf, buckets, shingles], shingles, key)
+    for key in layout.keys():
+        _, logs["pairs"][key] = _run(instance, resources, [buckets, shingles, pairs], pairs, key)
+    _run(instance, resources, [qf, pairs, dedup], dedup)
     return logs
 
 
-def _graph(profile):
-    """raw -> quality filter -> buckets -> dedup for code shards, cut for LAYOUT; resources; the store."""
-    qf = quality_filtered_asset("code", LAYOUT)
-    buckets = buckets_asset("code", qf, LAYOUT)
-    graph = (raw_code_shards, qf, buckets, dedup_asset("code", buckets, qf, LAYOUT))
+def _graph(profile, layout: lsh.BucketLayout = LAYOUT):
+    """raw -> quality filter -> buckets -> shingle sets -> pairs -> dedup for code shards, cut for
+    ``layout`` (the graph's last item); resources; the store."""
+    qf = quality_filtered_asset("code", layout)
+    buckets = buckets_asset("code", qf, layout)
+    shingles = shingles_asset("code", buckets, qf, layout)
+    pairs = pairs_asset("code", buckets, shingles, qf, layout)
+    graph = (raw_code_shards, qf, buckets, shingles, pairs, dedup_asset("code", pairs, qf, layout), layout)
     return graph, build_resources(profile), ArtifactStore(root=profile.artifact_root)
 
 
@@ -95,14 +112,15 @@ def _computed(logs: dict[str, list[str]]) -> set[str]:
     return done
 
 
-@pytest.mark.slow  # 120 bucket steps through Dagster
+@pytest.mark.slow  # 120 bucket and pairs steps through Dagster
 def test_a_new_shard_recomputes_only_the_bucket_partitions_it_touches(home):
     graph, resources, store = _graph(home)
     qf = graph[1]
     with dg.DagsterInstance.from_config(str(Path(home.phi_home) / "dagster")) as instance:
         instance.add_dynamic_partitions("code_shards", ["a.jsonl", "b.jsonl"])
         first = _all(instance, resources, graph, ["a.jsonl", "b.jsonl"])
-        assert _computed(first) == set(LAYOUT.keys())
+        assert _computed(first["buckets"]) == _computed(first["pairs"]) == set(LAYOUT.keys())
+        assert _computed(first["shingles"]) == {"a.jsonl", "b.jsonl"}
         before = {
             k: shard_record(store, "code", k, store.current_manifest(qf.key.path[-1], k)["data_version"])
             for k in ("a.jsonl", "b.jsonl")
@@ -113,13 +131,17 @@ def test_a_new_shard_recomputes_only_the_bucket_partitions_it_touches(home):
         new = STDLIB / "colorsys.py"
         write_jsonl(landing(home, "code") / "c.jsonl", _rows([new]))
         instance.add_dynamic_partitions("code_shards", ["c.jsonl"])
-        second = _all(instance, resources, graph, ["c.jsonl"])
+        second = _all(instance, resources, graph, ["c.jsonl"], ["a.jsonl", "b.jsonl", "c.jsonl"])
         touched = store.current_manifest("quality_filtered_code_shards", "c.jsonl")["metadata"]["bands"][
             "touched"
         ]
         expected = {k for i, k in enumerate(LAYOUT.keys()) if lsh.touches(touched, i)}
         assert 1 <= len(expected) <= 15
-        assert _computed(second) == expected  # the other partitions log that they skip
+        assert _computed(second["buckets"]) == expected  # the other partitions log that they skip
+        # colorsys.py duplicates nothing: no old shard's candidate rows change, so only the new shard's
+        # shingle sets are made, and only the partitions whose buckets changed confirm again
+        assert _computed(second["shingles"]) == {"c.jsonl"}
+        assert _computed(second["pairs"]) == expected
 
         for key, (record, _) in before.items():  # nothing new to remove there: same removal lists
             version = store.current_manifest("quality_filtered_code_shards", key)["data_version"]
@@ -128,7 +150,7 @@ def test_a_new_shard_recomputes_only_the_bucket_partitions_it_touches(home):
 
 @pytest.mark.slow  # materializes the curation steps up to dedup
 def test_a_filtered_corpus_step_reads_only_its_own_removals(home, monkeypatch):
-    graph, resources, store = _graph(home)
+    graph, resources, store = _graph(home, SMALL)
     with dg.DagsterInstance.from_config(str(Path(home.phi_home) / "dagster")) as instance:
         instance.add_dynamic_partitions("code_shards", ["a.jsonl", "b.jsonl"])
         _all(instance, resources, graph, ["a.jsonl", "b.jsonl"])

@@ -15,12 +15,15 @@ from phi_assets.common.profiles import CI
 from resources import ArtifactStore
 
 # 3 code + 5 web shards x (raw, quality-filtered, filtered corpus), the catalog, generator_model,
-# 2 sources x (band groups x hash ranges) dedup bucket partitions, 2 dedups, the annotations and the
+# 2 sources x (band groups x hash ranges) dedup bucket partitions, 8 shards' shingle sets, 2 sources x
+# (band groups x hash ranges) pairs partitions, 2 dedups, the annotations and the
 # classifier, topics, 2 batches x 3 synthetic sets, synthetic_corpus, the tokenizer, 8 tokenized shards,
 # 2 batches x 3 tokenized synthetic sets, 8 proxies, the search and the weights, the training chain
 # (4 checkpoints and the preference pairs), eval_scores for 5 stages, 4 model cards
 BUCKETS = CI.dedup_band_groups * CI.dedup_hash_ranges
-NUM_STEPS = 8 * 3 + 1 + 1 + 2 * BUCKETS + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3 + 8 + 2 + 5 + 5 + 4
+NUM_STEPS = (
+    8 * 3 + 1 + 1 + 2 * BUCKETS + 8 + 2 * BUCKETS + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3 + 8 + 2 + 5 + 5 + 4
+)
 
 
 def current_versions(home: Path) -> dict[str, str]:

@@ -20,7 +20,15 @@ import duckdb
 import pytest
 
 from phi_assets.curation import lsh
-from phi_assets.curation.dedup_assets import BUCKETS, dedup_code, dedup_web, dedup_web_buckets, shard_record
+from phi_assets.curation.dedup_assets import (
+    BUCKETS,
+    dedup_code,
+    dedup_web,
+    dedup_web_buckets,
+    dedup_web_pairs,
+    dedup_web_shingles,
+    shard_record,
+)
 from phi_assets.curation.filter_assets import quality_filtered_web_shards
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
 from resources import ArtifactStore, build_resources, load_profile
@@ -55,7 +63,11 @@ def _materialize(home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]
         *(([raw_web_shards, quality_filtered_web_shards], quality_filtered_web_shards, k) for k in WEB_KEYS),
         *(([quality_filtered_web_shards, dedup_web_buckets], dedup_web_buckets, k)
           for k in BUCKETS.get_partition_keys()),
-        ([quality_filtered_web_shards, dedup_web_buckets, dedup_web], dedup_web, None),
+        *(([quality_filtered_web_shards, dedup_web_buckets, dedup_web_shingles], dedup_web_shingles, k)
+          for k in WEB_KEYS),
+        *(([dedup_web_buckets, dedup_web_shingles, dedup_web_pairs], dedup_web_pairs, k)
+          for k in BUCKETS.get_partition_keys()),
+        ([quality_filtered_web_shards, dedup_web_pairs, dedup_web], dedup_web, None),
         ([raw_catalog, raw_code_shards, raw_web_shards], raw_catalog, None),
     ]
     skipped = {}

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from phi_assets.curation import lsh, minhash
+from phi_assets.curation import lsh, lsh_pairs, minhash
 from phi_assets.ingest.schema import doc_id
 
 CONFIG = minhash.MinHashConfig()
@@ -60,22 +60,9 @@ def run_staged(
     shards: dict[str, list[str]], layout: lsh.BucketLayout, root: Path, order=None, min_similarity: float = 0.7
 ) -> dict:
     files = {k: write_shard(root / "shards", k, shards[k], layout) for k in (order or sorted(shards))}
-    pair_files, stats = [], {}
-    for key in layout.keys():
-        group, hash_range = layout.parse(key)
-        inputs = []
-        for shard, (docs, folder) in files.items():  # arrival order, as given
-            bands = f"{folder}/{lsh.bands_file(group)}"
-            slices = lsh.partition_slices(
-                lsh.read_slice_index(bands), layout, group, hash_range, CONFIG.num_bands
-            )
-            inputs.append(lsh.ShardInput(shard, docs, bands, tuple(s[0] for s in slices)))
-        out = root / "buckets" / key
-        out.mkdir(parents=True)
-        stats[key] = lsh.bucket_pairs(
-            inputs, CONFIG, min_similarity, out, lsh.read_row_groups, lsh.read_doc_rows
-        )
-        pair_files.append(str(out / lsh.PAIRS))
+    pair_files, stats = lsh_pairs.run_local(
+        files, layout, CONFIG, min_similarity, root
+    )  # arrival order, as given
     out = root / "dedup"
     out.mkdir()
     result = lsh.cluster(pair_files, list(files), out)
@@ -93,7 +80,7 @@ def brute_force(shards: dict[str, list[str]], min_similarity: float) -> set[tupl
     for i in range(len(docs)):
         for j in range(i + 1, len(docs)):
             same = docs[i][2] == docs[j][2]
-            if same or lsh.jaccard(sets[i], sets[j]) >= min_similarity:
+            if same or lsh_pairs.jaccard(sets[i], sets[j]) >= min_similarity:
                 found.add((docs[i][:2], docs[j][:2]))
     return found
 
@@ -131,7 +118,7 @@ def test_every_similar_pair_is_clustered_and_no_dissimilar_pair_is_linked(tmp_pa
         exact = (
             1.0
             if p["u_id"] == p["v_id"]
-            else lsh.jaccard(sets[(p["u_shard"], p["u_row"])], sets[(p["v_shard"], p["v_row"])])
+            else lsh_pairs.jaccard(sets[(p["u_shard"], p["u_row"])], sets[(p["v_shard"], p["v_row"])])
         )
         assert p["similarity"] == pytest.approx(exact, abs=1e-6)
     kinds = {row[3] for rows in staged["removed"].values() for row in rows}  # (row, id, cluster_id, kind, ...)
@@ -242,3 +229,93 @@ def _duck(out: Path):
     import duckdb
 
     return duckdb.connect(str(out / lsh.CLUSTER_DB), read_only=True)
+
+
+def test_texts_are_read_once_per_shard_and_each_partition_gets_exactly_its_rows(tmp_path, monkeypatch):
+    """The confirmation is a shuffle: every candidate row's text is read once, by its own shard's
+    step (not once per bucket partition that names it), and batch i of a shard's shingle sets holds
+    exactly the rows bucket partition i wants from it."""
+    shards, layout = corpus(), lsh.BucketLayout(3, 2)
+    files = {k: write_shard(tmp_path / "shards", k, shards[k], layout) for k in sorted(shards)}
+    read: dict[str, list[int]] = {}
+    real_take = lsh.take_rows
+
+    def counting(path, rows, columns, fs=None):
+        read.setdefault(path, []).extend(rows.tolist())
+        return real_take(path, rows, columns, fs)
+
+    monkeypatch.setattr(lsh, "take_rows", counting)
+    lsh_pairs.run_local(files, layout, CONFIG, 0.7, tmp_path)
+    for shard, (docs, _) in files.items():
+        wanted = [lsh.wanted_rows(str(tmp_path / "buckets" / k / lsh.WANTED), shard) for k in layout.keys()]
+        union = np.unique(np.concatenate(wanted))
+        assert sorted(read.get(docs, [])) == union.tolist()  # each candidate row once, nothing else
+        path = str(tmp_path / "shingles" / shard / lsh_pairs.SHINGLES)
+        for index, rows in enumerate(wanted):
+            batch = lsh_pairs.read_batch(path, index)
+            assert batch.column("row").to_pylist() == rows.tolist()
+            ids = batch.column("id").to_pylist()
+            assert ids == [doc_id(shards[shard][r]) for r in rows.tolist()]
+    assert sum(len(v) for v in read.values()) < sum(
+        len(lsh.wanted_rows(str(tmp_path / "buckets" / k / lsh.WANTED), s))
+        for k in layout.keys()
+        for s in files
+    )  # rows several partitions want were still read once
+
+
+def test_sets_made_for_other_candidates_are_an_error_naming_the_shard(tmp_path):
+    shards, layout = corpus(), lsh.BucketLayout(1, 1)
+    files = {k: write_shard(tmp_path / "shards", k, shards[k], layout) for k in sorted(shards)}
+    lsh_pairs.run_local(files, layout, CONFIG, 0.7, tmp_path / "run")
+    candidates = pq.read_table(tmp_path / "run" / "buckets" / "g00-r000" / lsh.CANDIDATES)
+    victim = candidates["u_shard"][0].as_py()
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    lsh_pairs.write_shingles(files[victim][0], [np.empty(0, np.int64)], CONFIG, stale)  # wanted nothing
+
+    def read_sets(shard):
+        path = stale if shard == victim else tmp_path / "run" / "shingles" / shard
+        return lsh_pairs.read_batch(str(path / lsh_pairs.SHINGLES), 0)
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ValueError, match=f"shingle sets of shard {victim} lack"):
+        lsh_pairs.confirm_candidates(candidates, read_sets, 0.7, tmp_path / "out")
+    with pytest.raises(ValueError, match="written for another bucket layout"):
+        lsh_pairs.read_batch(str(stale / lsh_pairs.SHINGLES), 1)
+
+
+def test_wanted_rows_found_across_many_batches(tmp_path, monkeypatch):
+    """With a few rows per batch of ``wanted.arrow``, each shard still gets exactly its rows (the
+    batches it reads are chosen from the first and last shard the footer lists)."""
+    shards, layout = corpus(), lsh.BucketLayout(1, 1)
+    files = {k: write_shard(tmp_path / "shards", k, shards[k], layout) for k in sorted(shards)}
+    lsh_pairs.run_local(files, layout, CONFIG, 0.7, tmp_path / "whole")
+    monkeypatch.setattr(lsh, "WANTED_BATCH_ROWS", 5)
+    lsh_pairs.run_local(files, layout, CONFIG, 0.7, tmp_path / "small")
+    for shard in files:
+        a, b = (
+            lsh.wanted_rows(str(tmp_path / r / "buckets" / "g00-r000" / lsh.WANTED), shard)
+            for r in ("whole", "small")
+        )
+        assert len(a) and a.tolist() == b.tolist()
+    assert (
+        lsh.wanted_rows(str(tmp_path / "small" / "buckets" / "g00-r000" / lsh.WANTED), "no-such-shard").size
+        == 0
+    )
+
+
+def test_confirmation_in_small_chunks_gives_the_same_pairs(tmp_path):
+    shards, layout = corpus(), lsh.BucketLayout(1, 1)
+    files = {k: write_shard(tmp_path / "shards", k, shards[k], layout) for k in sorted(shards)}
+    lsh_pairs.run_local(files, layout, CONFIG, 0.7, tmp_path / "run")
+    candidates = pq.read_table(tmp_path / "run" / "buckets" / "g00-r000" / lsh.CANDIDATES)
+    (tmp_path / "chunked").mkdir()
+    stats = lsh_pairs.confirm_candidates(
+        candidates,
+        lambda s: lsh_pairs.read_batch(str(tmp_path / "run" / "shingles" / s / lsh_pairs.SHINGLES), 0),
+        0.7,
+        tmp_path / "chunked",
+        chunk_pairs=3,
+    )
+    whole = pq.read_table(tmp_path / "run" / "pairs" / "g00-r000" / lsh.PAIRS)
+    assert stats["candidates"] > 3 and pq.read_table(tmp_path / "chunked" / lsh.PAIRS).equals(whole)

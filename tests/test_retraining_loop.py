@@ -36,6 +36,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CURATED = {
     "raw_catalog",
     "dedup_code_buckets",
+    "dedup_code_shingles",
+    "dedup_code_pairs",
     "dedup_code",
     "filtered_code_corpus",
     "tokenized_filtered_code",
@@ -165,7 +167,8 @@ def test_automation_covers_the_curation_path_only():
     }
     assert CURATED <= automated
     assert not automated & NOT_AUTOMATED
-    rollups = {"raw_catalog", "dedup_code_buckets", "dedup_web_buckets", "dedup_code", "dedup_web",
+    rollups = {"raw_catalog", "dedup_code_buckets", "dedup_web_buckets", "dedup_code_pairs", "dedup_web_pairs",
+               "dedup_code", "dedup_web",
                "mixture_weights"}  # read every partition there is
     for name in automated:
         expected = ON_NEW_PARTITIONS if name in rollups else ON_NEW_DATA
@@ -223,7 +226,7 @@ def test_a_new_shard_flows_to_retraining_and_evaluation(loop_home):
         # 2. Automation ticks (the daemon's, every 30 s) request the curation path down to the mixture weights,
         # each tick what became stale through the previous one's runs, until nothing is left.
         ran: dict[str, set] = {}
-        for _ in range(6):
+        for _ in range(8):
             requested, auto_cursor = _automation(defs, instance, auto_cursor)
             if not requested:
                 break
@@ -231,7 +234,7 @@ def test_a_new_shard_flows_to_retraining_and_evaluation(loop_home):
             for name, partitions in requested.items():
                 ran.setdefault(name, set()).update(partitions)
         else:
-            pytest.fail(f"automation did not settle in 6 ticks: {requested}")
+            pytest.fail(f"automation did not settle in 8 ticks: {requested}")
         assert set(ran) == CURATED, ran
         code_shards = set(instance.get_dynamic_partitions("code_shards")) - {"corrupt.jsonl"}
         assert ran["filtered_code_corpus"] == code_shards  # dedup decides what every shard keeps

@@ -4,6 +4,7 @@ Per shard (one dynamic partition per raw shard, one pod per shard on Kubernetes)
 ``quality_filtered_{code,web}_shards`` (``filter_assets.py``: heuristic filters, MinHash signatures,
 LSH band slices) and ``filtered_{code,web}_corpus`` (classifier scores, threshold, decontamination
 with a blocking check). Dedup in stages (``dedup_assets.py``): ``dedup_{code,web}_buckets`` per
+(band group, hash range), ``dedup_{code,web}_shingles`` per shard, ``dedup_{code,web}_pairs`` per
 (band group, hash range), then ``dedup_{code,web}`` over the confirmed pairs. Over both sources:
 ``edu_annotations`` (LLM rubric scores on a sample) and ``edu_classifier``. The work itself lives in
 ``phi_assets.curation.stages``, ``lsh`` and the modules they call.

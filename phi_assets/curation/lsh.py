@@ -1,20 +1,24 @@
 """Deduplication in stages that each fit a fixed memory budget (Dagster-free).
 
 The corpus-wide step of fuzzy dedup cannot hold every signature of The Stack in one process (1e9
-documents x 112 hashes x 4 bytes = 448 GB), so it runs as four stages, each partitioned or bounded:
+documents x 112 hashes x 4 bytes = 448 GB), so it runs in stages, each partitioned or bounded:
 
 1. **Bands, per shard** (``write_bands``, in the shard's quality-filter step). For every document and
    every LSH band (``rows_per_band`` signature entries), a 64-bit hash of the band's values, plus one
    more "band" holding the first 64 bits of the document id (exact duplicates; documents without
    words take part in this one only). Each (band, hash range) slice is one row group of
    ``bands.parquet``, so a bucket step reads exactly its slices and nothing else of the shard.
-2. **Buckets, per (band group, hash range)** (``bucket_pairs``; partitions ``BucketLayout.keys()``).
-   Reads its slices from every shard, groups equal band hashes, and links each member of a group to
-   the group's first member (by shard key, then row: independent of arrival order). Every candidate
-   pair is then **confirmed on the exact Jaccard similarity of the two shingle sets**
-   (``minhash.shingle_sets``: the very sets the signatures estimate), read from the shards' texts in
-   chunks; only pairs at or above ``min_similarity`` leave the step. A new shard changes only the
-   partitions where it has slices (with many ranges, a small shard touches few of them).
+2. **Buckets, per (band group, hash range)** (``bucket_candidates``; partitions
+   ``BucketLayout.keys()``). Reads its slices from every shard, groups equal band hashes, and links
+   each member of a group to the group's first member (by shard key, then row: independent of arrival
+   order): the candidate pairs, and the (shard, row) they need. No text is read. A new shard changes
+   only the partitions where it has slices (with many ranges, a small shard touches few of them).
+   Then ``lsh_pairs`` confirms them in two more partitioned steps: **shingle sets, per shard**
+   (``write_shingles``: each shard reads its candidate rows once and writes their shingle sets, one
+   record batch per bucket partition) and **pairs, per bucket partition** (``confirm_candidates``:
+   every candidate pair on the **exact Jaccard similarity of the two shingle sets**, the very sets the
+   signatures estimate; only pairs at or above ``min_similarity`` go on). That is a shuffle: texts
+   are read once per shard, not once per (partition, shard) a candidate row sits in.
 3. **Clusters, over confirmed pairs only** (``cluster``). Connected components of the confirmed
    pairs in DuckDB under a memory limit (it spills to disk past it): nodes are the documents of
    confirmed pairs, not every document, so the work follows the number of duplicates. Survivor: the
@@ -48,9 +52,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from phi_assets.curation import edu
-from phi_assets.curation.minhash import EMPTY_SIGNATURE, MinHashConfig, shingle_sets
+from phi_assets.curation.minhash import EMPTY_SIGNATURE, MinHashConfig
 
 PAIRS, CLUSTER_DB, REMOVALS = "pairs.parquet", "clusters.duckdb", "removals"
+CANDIDATES, WANTED = "candidates.parquet", "wanted.arrow"
+WANTED_BATCH_ROWS = 65_536
+_WANTED_META = b"phi.lsh_wanted"
 _BANDS_META = b"phi.lsh_bands"
 _M1, _M2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
 PAIR_SCHEMA = pa.schema(
@@ -64,6 +71,10 @@ PAIR_SCHEMA = pa.schema(
         ("similarity", pa.float32()),
     ]
 )
+CANDIDATE_SCHEMA = pa.schema(
+    [("u_shard", pa.string()), ("u_row", pa.int64()), ("v_shard", pa.string()), ("v_row", pa.int64())]
+)
+WANTED_SCHEMA = pa.schema([("shard", pa.string()), ("row", pa.int64())])
 REMOVAL_SCHEMA = pa.schema(
     [
         ("row", pa.int64()),
@@ -234,9 +245,8 @@ def touches(bitmap: str, index: int) -> bool:
 @dataclass(frozen=True)
 class ShardInput:
     shard: str  # the partition key
-    docs: str  # path/URI of the shard's quality-filtered docs.parquet (id, text, ...)
-    bands: str  # path/URI of its bands.parquet
-    row_groups: tuple[int, ...]  # the row groups of bands.parquet that belong to this bucket partition
+    bands: str  # path/URI of its bands file for this partition's group
+    row_groups: tuple[int, ...]  # the row groups of that file that belong to this bucket partition
 
 
 def candidate_edges(
@@ -268,109 +278,71 @@ def candidate_edges(
     return pairs[:, 0], pairs[:, 1], np.array([shards[i].shard for i in order], dtype=object)
 
 
-def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Exact Jaccard similarity of two sorted unique arrays (two empty sets: 0, nothing in common)."""
-    if not len(a) and not len(b):
-        return 0.0
-    inter = len(np.intersect1d(a, b, assume_unique=True))
-    return inter / (len(a) + len(b) - inter)
+def _node_columns(nodes: np.ndarray, shard_keys: np.ndarray) -> tuple[pa.Array, pa.Array]:
+    return (
+        pa.array(shard_keys[nodes >> np.int64(32)].tolist(), pa.string()),
+        pa.array(nodes & np.int64(0xFFFFFFFF), pa.int64()),
+    )
 
 
-def confirm_pairs(
-    u: np.ndarray,
-    v: np.ndarray,
-    shard_keys: np.ndarray,
-    docs: dict[str, str],
-    read_rows: Callable[[str, np.ndarray], tuple[list[str], list[str]]],
-    config: MinHashConfig,
-    min_similarity: float,
-    chunk_pairs: int = 20_000,
-) -> pa.Table:
-    """The pairs whose exact shingle-set Jaccard similarity reaches ``min_similarity`` (same id: 1.0),
-    computed ``chunk_pairs`` pairs at a time: only the texts of one chunk are held."""
-    out = []
-    for start in range(0, len(u), chunk_pairs):
-        cu, cv = u[start : start + chunk_pairs], v[start : start + chunk_pairs]
-        nodes = np.unique(np.concatenate([cu, cv]))
-        ids, sets = {}, {}
-        for shard_index in np.unique(nodes >> np.int64(32)):
-            rows = np.sort(nodes[(nodes >> np.int64(32)) == shard_index] & np.int64(0xFFFFFFFF))
-            got_ids, texts = read_rows(docs[shard_keys[shard_index]], rows)
-            keys = (np.int64(shard_index) << np.int64(32)) | rows
-            ids.update(zip(keys.tolist(), got_ids, strict=True))
-            sets.update(zip(keys.tolist(), shingle_sets(texts, config), strict=True))
-        sim = np.array(
-            [
-                1.0 if ids[a] == ids[b] else jaccard(sets[a], sets[b])
-                for a, b in zip(cu.tolist(), cv.tolist(), strict=True)
-            ],
-            dtype=np.float32,
-        )
-        keep = sim >= min_similarity
-        cu, cv, sim = cu[keep], cv[keep], sim[keep]
-        out.append(
-            pa.table(
-                {
-                    "u_shard": pa.array(shard_keys[cu >> np.int64(32)].tolist(), pa.string()),
-                    "u_row": pa.array(cu & np.int64(0xFFFFFFFF), pa.int64()),
-                    "u_id": pa.array([ids[a] for a in cu.tolist()], pa.string()),
-                    "v_shard": pa.array(shard_keys[cv >> np.int64(32)].tolist(), pa.string()),
-                    "v_row": pa.array(cv & np.int64(0xFFFFFFFF), pa.int64()),
-                    "v_id": pa.array([ids[b] for b in cv.tolist()], pa.string()),
-                    "similarity": pa.array(sim, pa.float32()),
-                },
-                schema=PAIR_SCHEMA,
-            )
-        )
-    return pa.concat_tables(out) if out else PAIR_SCHEMA.empty_table()
-
-
-def chunk_pairs_for(budget_bytes: int, avg_doc_bytes: float) -> int:
-    """Pairs confirmed at a time: a chunk holds up to two documents per pair, as text and as shingle
-    hashes (8 bytes per word, about the text's size again) with temporaries: ~6x the text."""
-    return int(min(50_000, max(64, budget_bytes // (2 * 6 * max(avg_doc_bytes, 1.0)))))
-
-
-def avg_text_bytes(path: str, fs=None) -> float:
-    """Average uncompressed bytes of the ``text`` column per row, from the parquet footer only."""
-    with fs.open(path, "rb") if fs is not None else open(path, "rb") as f:
-        meta = pq.ParquetFile(f).metadata
-    index = meta.schema.to_arrow_schema().get_field_index("text")
-    total = sum(meta.row_group(g).column(index).total_uncompressed_size for g in range(meta.num_row_groups))
-    return total / max(meta.num_rows, 1)
-
-
-def bucket_pairs(
+def bucket_candidates(
     shards: Sequence[ShardInput],
-    config: MinHashConfig,
-    min_similarity: float,
-    out: Path,
     read_groups: Callable[[str, Sequence[int]], pa.Table],
-    read_rows: Callable[[str, np.ndarray], tuple[list[str], list[str]]],
+    out: Path,
     log: Callable[[str], None] = lambda _: None,
-    chunk_pairs: int = 20_000,
 ) -> dict:
-    """One bucket partition: candidates from the given slices, confirmed -> ``pairs.parquet``."""
+    """One bucket partition: its candidate pairs (``CANDIDATES``, sorted by u then v) and the rows
+    they need (``WANTED``: distinct (shard, row), sorted, in Arrow IPC batches whose first and last
+    shard the footer lists, so a shard reads only the batches that hold its rows: Arrow IPC rather than
+    parquet because every shard opens every partition's file, and an IPC read costs a fraction of a
+    parquet read's fixed cost). No text is read here; ``lsh_pairs`` confirms the pairs."""
     u, v, keys = candidate_edges(shards, read_groups)
-    log(f"{len(u):,} candidate pairs from {sum(bool(s.row_groups) for s in shards)} shards")
-    docs = {s.shard: s.docs for s in shards}
-    pairs = confirm_pairs(u, v, keys, docs, read_rows, config, min_similarity, chunk_pairs)
-    pq.write_table(pairs, out / PAIRS, compression="zstd")
-    exact = pc.sum(pc.equal(pairs["u_id"], pairs["v_id"])).as_py() or 0
-    log(f"{pairs.num_rows:,} confirmed ({exact:,} exact), {len(u) - pairs.num_rows:,} below {min_similarity}")
-    return {
-        "candidates": int(len(u)),
-        "confirmed": pairs.num_rows,
-        "exact": exact,
-        "below_threshold": int(len(u)) - pairs.num_rows,
-        "min_similarity": min_similarity,
+    u_shard, u_row = _node_columns(u, keys)
+    v_shard, v_row = _node_columns(v, keys)
+    pq.write_table(
+        pa.table([u_shard, u_row, v_shard, v_row], schema=CANDIDATE_SCHEMA),
+        out / CANDIDATES,
+        compression="zstd",
+    )
+    nodes = np.unique(np.concatenate([u, v]))
+    shard, row = _node_columns(nodes, keys)
+    wanted = pa.table([shard, row], schema=WANTED_SCHEMA)
+    batches = wanted.to_batches(max_chunksize=WANTED_BATCH_ROWS)
+    bounds = {
+        "first": [b["shard"][0].as_py() for b in batches],
+        "last": [b["shard"][-1].as_py() for b in batches],
     }
+    schema = WANTED_SCHEMA.with_metadata({_WANTED_META: json.dumps(bounds).encode()})
+    with pa.OSFile(str(out / WANTED), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+    with_rows = len(np.unique(nodes >> np.int64(32)))
+    log(f"{len(u):,} candidate pairs over {len(nodes):,} rows of {with_rows} of {len(shards)} shards")
+    return {"candidates": int(len(u)), "candidate_rows": int(len(nodes)), "shards_with_candidates": with_rows}
+
+
+def wanted_rows(path: str, shard: str, fs=None) -> np.ndarray:
+    """The sorted rows of ``shard`` in a bucket partition's ``WANTED`` file (Arrow IPC, sorted by
+    shard): only the record batches whose first and last shard (in the footer) can hold it are read."""
+    reader = pa.ipc.open_file(fs.open(path, "rb") if fs is not None else pa.memory_map(path))
+    bounds = json.loads(reader.schema.metadata[_WANTED_META])
+    parts = [
+        reader.get_batch(i)
+        for i, (first, last) in enumerate(zip(bounds["first"], bounds["last"], strict=True))
+        if first <= shard <= last
+    ]
+    if not parts:
+        return np.empty(0, np.int64)
+    table = pa.Table.from_batches(parts)
+    return table.filter(pc.equal(table["shard"], shard))["row"].to_numpy().astype(np.int64)
 
 
 def read_row_groups(path: str, groups: Sequence[int], fs=None) -> pa.Table:
     f = fs.open(path, "rb") if fs is not None else open(path, "rb")
     with f:
-        return pq.ParquetFile(f).read_row_groups(list(groups), columns=["band", "hash", "row"])
+        return pq.ParquetFile(f).read_row_groups(
+            list(groups), columns=["band", "hash", "row"], use_threads=False
+        )
 
 
 def take_rows(path: str, rows: np.ndarray, columns: Sequence[str], fs=None) -> pa.Table:
@@ -390,12 +362,6 @@ def take_rows(path: str, rows: np.ndarray, columns: Sequence[str], fs=None) -> p
             for g in np.unique(group_of)
         ]
     return pa.concat_tables(parts) if parts else pf.schema_arrow.empty_table().select(list(columns))
-
-
-def read_doc_rows(path: str, rows: np.ndarray, fs=None) -> tuple[list[str], list[str]]:
-    """(ids, texts) of the given sorted rows of a docs.parquet (``take_rows``)."""
-    table = take_rows(path, rows, ("id", "text"), fs)
-    return table["id"].to_pylist(), table["text"].to_pylist()
 
 
 def read_sample(chosen: pl.DataFrame, docs: dict[str, str], fs=None) -> pl.DataFrame:
