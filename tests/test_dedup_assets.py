@@ -100,7 +100,7 @@ def _graph(profile, layout: lsh.BucketLayout = LAYOUT):
     qf = quality_filtered_asset("code", layout)
     buckets = buckets_asset("code", qf, layout)
     shingles = shingles_asset("code", buckets, qf, layout)
-    pairs = pairs_asset("code", buckets, shingles, qf, layout)
+    pairs = pairs_asset("code", buckets, shingles, layout)
     graph = (raw_code_shards, qf, buckets, shingles, pairs, dedup_asset("code", pairs, qf, layout), layout)
     return graph, build_resources(profile), ArtifactStore(root=profile.artifact_root)
 

@@ -193,13 +193,15 @@ def _wanted(context, store: ArtifactStore, source: str, shard: FilteredShard, la
     naming the partitions not materialized."""
     asset, wanted, missing = f"dedup_{source}_buckets", [], []
     for index, key in enumerate(layout.keys()):
-        version = store.current_version(asset, key) if lsh.touches(shard.touched, index) else None
+        wanted.append(np.empty(0, np.int64))
+        if not lsh.touches(shard.touched, index):
+            continue
+        version = store.current_version(asset, key)
         if version is None:
-            missing += [key] if lsh.touches(shard.touched, index) else []
-            wanted.append(np.empty(0, np.int64))
+            missing.append(key)
             continue
         path = store.uri(f"{store.version_path(asset, key, version)}/{lsh.WANTED}")
-        wanted.append(lsh.wanted_rows(path, shard.shard, _fs(store)))
+        wanted[-1] = lsh.wanted_rows(path, shard.shard, _fs(store))
     if missing:
         raise dg.Failure(
             description=f"dedup_{source}_shingles[{shard.shard}]: {asset} partitions {missing} are not "
@@ -307,7 +309,6 @@ def pairs_asset(
     source: str,
     buckets: dg.AssetsDefinition,
     shingles: dg.AssetsDefinition,
-    upstream=None,
     layout: lsh.BucketLayout = LAYOUT,
 ) -> dg.AssetsDefinition:
     """Per bucket partition: its candidates confirmed on the exact Jaccard similarity of their sets."""
