@@ -144,6 +144,42 @@ def _version(record) -> str:
     return record.asset_materialization.tags["dagster/data_version"]
 
 
+def _land_a_new_and_a_corrupt_shard(defs, instance, profile, shard_cursor):
+    """Step 1 of the loop: a good code shard and a corrupt one land; the shard sensor registers both and
+    requests one ingest run each; the corrupt one's run fails naming it, the good one ingests every record."""
+    from sensors.shard_sensor import shard_sensor
+
+    landing = Path(profile.landing_uri("code"))
+    docs = _new_code_shard(landing / "tqdm-sources.jsonl")
+    (landing / "corrupt.jsonl").write_bytes(b"\x00\x01binary\x00" * 64)
+    requests, result, shard_cursor = _tick(shard_sensor, instance, defs, shard_cursor)
+    by_shard = {r.partition_key: r for r in requests}
+    assert sorted(by_shard) == ["corrupt.jsonl", "tqdm-sources.jsonl"]
+    assert {r.job_name for r in requests} == {"ingest_code_job"}
+    for partitions in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys))
+    failed = _execute(defs, instance, by_shard["corrupt.jsonl"], success=False)
+    assert "binary data" in step_error(failed) and "corrupt.jsonl" in step_error(failed)
+    _execute(defs, instance, by_shard["tqdm-sources.jsonl"])
+    raw = _latest(instance, "raw_code_shards", "tqdm-sources.jsonl").asset_materialization.metadata
+    assert raw["num_read"].value == docs and raw["dagster/row_count"].value > docs // 2
+    return shard_cursor
+
+
+def _settle(defs, instance, cursor, ticks: int = 8) -> tuple[dict[str, set], str]:
+    """Automation ticks, each running what it requested, until a tick requests nothing: {asset: the
+    partitions run} and the cursor. Fails the test if ``ticks`` ticks do not settle it."""
+    ran: dict[str, set] = {}
+    for _ in range(ticks):
+        requested, cursor = _automation(defs, instance, cursor)
+        if not requested:
+            return ran, cursor
+        _run_requested(defs, instance, requested)
+        for name, partitions in requested.items():
+            ran.setdefault(name, set()).update(partitions)
+    pytest.fail(f"automation did not settle in {ticks} ticks: {requested}")
+
+
 @pytest.fixture
 def loop_home(demo_run, tmp_path, monkeypatch) -> Path:
     home = tmp_path / "phi"
@@ -208,33 +244,11 @@ def test_a_new_shard_flows_to_retraining_and_evaluation(loop_home):
 
         # 1. A new shard lands, and a corrupt one beside it: both registered, one ingest run each. The corrupt
         # one is quarantined and its run fails, naming the file; it must not hold the good one back.
-        landing = Path(profile.landing_uri("code"))
-        docs = _new_code_shard(landing / "tqdm-sources.jsonl")
-        (landing / "corrupt.jsonl").write_bytes(b"\x00\x01binary\x00" * 64)
-        requests, result, shard_cursor = _tick(shard_sensor, instance, defs, shard_cursor)
-        by_shard = {r.partition_key: r for r in requests}
-        assert sorted(by_shard) == ["corrupt.jsonl", "tqdm-sources.jsonl"]
-        assert {r.job_name for r in requests} == {"ingest_code_job"}
-        for partitions in result.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(partitions.partitions_def_name, list(partitions.partition_keys))
-        failed = _execute(defs, instance, by_shard["corrupt.jsonl"], success=False)
-        assert "binary data" in step_error(failed) and "corrupt.jsonl" in step_error(failed)
-        _execute(defs, instance, by_shard["tqdm-sources.jsonl"])
-        raw = _latest(instance, "raw_code_shards", "tqdm-sources.jsonl").asset_materialization.metadata
-        assert raw["num_read"].value == docs and raw["dagster/row_count"].value > docs // 2
+        shard_cursor = _land_a_new_and_a_corrupt_shard(defs, instance, profile, shard_cursor)
 
         # 2. Automation ticks (the daemon's, every 30 s) request the curation path down to the mixture weights,
         # each tick what became stale through the previous one's runs, until nothing is left.
-        ran: dict[str, set] = {}
-        for _ in range(8):
-            requested, auto_cursor = _automation(defs, instance, auto_cursor)
-            if not requested:
-                break
-            _run_requested(defs, instance, requested)
-            for name, partitions in requested.items():
-                ran.setdefault(name, set()).update(partitions)
-        else:
-            pytest.fail(f"automation did not settle in 8 ticks: {requested}")
+        ran, auto_cursor = _settle(defs, instance, auto_cursor)
         assert set(ran) == CURATED, ran
         code_shards = set(instance.get_dynamic_partitions("code_shards")) - {"corrupt.jsonl"}
         assert ran["filtered_code_corpus"] == code_shards  # dedup decides what every shard keeps
