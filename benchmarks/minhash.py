@@ -17,22 +17,22 @@ for all pairs of the corpus (a sparse product of the document x shingle matrix),
    datatrove runs twice: as shipped (spaCy word tokenizer, its default for English) and with
    ``str.split`` as its tokenizer, which shows how much of its time is tokenization.
 2. Quality of ``deduplicate`` (corpus split round-robin into 4 shards) with ``min_similarity`` 0.7
-   (the default), 0.75 and None (plain LSH components), and of the staged dedup (``lsh`` and
+   (its default), 0.75 and None (plain LSH components), and of the staged dedup (``lsh`` and
    ``lsh_pairs``, what the ``dedup_{code,web}_*`` assets run) on the same 4 shards, as local
    temp files (docs.parquet per shard, as tests/test_lsh.py ``run_staged``): ``write_bands``, the 2
-   bucket partitions of ``BucketLayout(1, 2)`` (the ci/demo layout), each candidate pair confirmed on
-   the exact Jaccard of its shingle sets (computed once per shard from the texts), at 0.7 (the
-   default), 0.75 and 0.8, then ``cluster`` (connected components of the confirmed pairs). Truth
-   pairs: exact Jaccard >= 0.8;
+   bucket partitions of ``BucketLayout(1, 2)`` (the ci/demo layout: candidates, each shard's shingle
+   sets of the rows they need, each candidate pair confirmed on the exact Jaccard of its shingle
+   sets), at 0.7, 0.75 and 0.8 (``PairsConfig``'s default), then ``cluster`` (connected components
+   of the confirmed pairs). Truth pairs: exact Jaccard >= 0.8;
    recall = share of them placed in one cluster. Precision = share of the pairs placed in one cluster whose
    exact Jaccard is >= 0.7: 14 bands of 8 rows put the LSH threshold at (1/14)^(1/8) ~ 0.72, so pairs
    between 0.7 and 0.8 are the expected grey zone of the method, and only pairs below 0.7 count as
    errors. Also: the share of removed documents whose exact Jaccard with their survivor is >= 0.7,
    and the truth pairs of which both documents are kept (near duplicates left in the output). The
-   speed table also times the staged path at 0.7 from the signatures (bands, buckets, clusters; the
-   docs files are written before the timer).
+   speed table also times the staged path at its default from the signatures (bands, buckets,
+   shingles, pairs, clusters; the docs files are written before the timer).
 3. Planted pairs by exact Jaccard: how often they end up in one cluster (also by the staged path at
-   0.7), next to the LSH candidate probability 1 - (1 - s^8)^14, and the error of the signature
+   its default), next to the LSH candidate probability 1 - (1 - s^8)^14, and the error of the signature
    estimate of Jaccard.
 
 Run from the repository root:  .venv/bin/python benchmarks/minhash.py [--markdown] [--repeats N]
@@ -80,6 +80,7 @@ from table import format_table  # noqa: E402
 from phi_assets.common.profiles import Sizes  # noqa: E402
 from phi_assets.curation import lsh, lsh_pairs  # noqa: E402
 from phi_assets.curation.dedup import ShardSignatures, deduplicate  # noqa: E402
+from phi_assets.curation.dedup_assets import PairsConfig  # noqa: E402
 from phi_assets.curation.minhash import MinHashConfig, normalize, signatures  # noqa: E402
 from phi_assets.ingest.embedded import package_doc_records, pydoc_topic_records, stdlib_files  # noqa: E402
 from phi_assets.ingest.readers import Record  # noqa: E402
@@ -88,8 +89,8 @@ from phi_assets.ingest.schema import doc_id  # noqa: E402
 CONFIG = MinHashConfig()  # 5-word shingles, 14 bands x 8 rows, seed 1: FineWeb's parameters
 SHARDS = 4  # the corpus split round-robin: shard-k row r is text k + 4 r
 LAYOUT = lsh.BucketLayout(1, 2)  # the staged dedup's bucket partitions, as the ci and demo presets
-STAGED_MIN_SIMILARITY = 0.7  # dedup_assets' BucketConfig default (timed)
-STAGED_ALSO = (0.75, 0.8)  # quality only
+STAGED_MIN_SIMILARITY = PairsConfig().min_similarity  # the dedup_*_pairs assets' default (timed)
+STAGED_ALSO = tuple(t for t in (0.7, 0.75, 0.8) if t != STAGED_MIN_SIMILARITY)  # quality only
 
 
 def natural_corpus() -> list[str]:
@@ -261,10 +262,10 @@ def throughput_rows(peers: dict[str, dict], ours: tuple[list[float], list[float]
     rows.append(row("phi deduplicate (from signatures)", docs, statistics.median(dedup[0]),
                     statistics.median(dedup[1]), "-", ["-", "-"],
                     "corpus stage: exact + LSH + components, 4 shards"))
+    note = (f"write_bands + {len(LAYOUT.keys())} bucket partitions (candidates; shingle sets per shard; "
+            f"exact Jaccard >= {STAGED_MIN_SIMILARITY}) + cluster (DuckDB), 4 shards, temp files")
     rows.append(row("phi lsh stages (from signatures)", docs, statistics.median(stages[0]),
-                    statistics.median(stages[1]), "-", ["-", "-"],
-                    f"write_bands + {len(LAYOUT.keys())} bucket partitions (exact Jaccard of candidates, "
-                    "texts read back from parquet) + cluster (DuckDB), 4 shards, temp files"))
+                    statistics.median(stages[1]), "-", ["-", "-"], note))
     return rows
 
 
@@ -281,6 +282,89 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
+def time_staged(ids: list[str], texts: list[str], sigs: np.ndarray, repeats: int) -> tuple[tuple, dict]:
+    """The staged path timed at ``STAGED_MIN_SIMILARITY``, and run once at each of ``STAGED_ALSO`` (for
+    quality only): ((wall, cpu), {threshold: (result, (cluster_of, kept, survivor, reconciles))})."""
+    with tempfile.TemporaryDirectory(prefix="phi-bench-lsh-") as tmp:
+        docs, runs = write_docs(Path(tmp) / "docs", ids, texts), iter(range(repeats + 1))
+
+        def run_staged() -> tuple[Path, dict]:
+            out = Path(tmp) / f"run-{next(runs)}"
+            return out, staged(docs, ids, sigs, out, STAGED_MIN_SIMILARITY)
+
+        s_wall, s_cpu, (s_out, s_result) = timed(run_staged, repeats)
+        runs_by = {STAGED_MIN_SIMILARITY: (s_result, staged_decisions(docs, s_out, s_result, len(texts)))}
+        for threshold in STAGED_ALSO:
+            out = Path(tmp) / f"min-similarity-{threshold}"
+            result = staged(docs, ids, sigs, out, threshold)
+            runs_by[threshold] = (result, staged_decisions(docs, out, result, len(texts)))
+    return (s_wall, s_cpu), runs_by
+
+
+def quality_row(label: str, jac: dict, truth: set, cluster_of: np.ndarray, kept: np.ndarray,
+                survivor: np.ndarray, clusters: int, reconciles: bool) -> tuple[list[str], set]:
+    """One row of the quality table, and the pairs the run placed in one cluster."""
+    found = cluster_pairs(cluster_of)
+    good, hits = sum(jac.get(p, 0.0) >= 0.7 for p in found), len(truth & found)
+    left = sum(kept[a] and kept[b] for a, b in truth)
+    removed = np.flatnonzero(~kept)
+    fair = sum(jac.get((min(i, survivor[i]), max(i, survivor[i])), 0.0) >= 0.7 for i in removed)
+    return [label, str(len(truth)), str(hits), f"{hits / max(1, len(truth)):.3f}", str(len(found)),
+            str(good), f"{good / max(1, len(found)):.3f}", f"{fair / max(1, len(removed)):.3f}",
+            str(left), str(clusters), str(len(removed)), str(reconciles)], found
+
+
+def in_process(shards: list[ShardSignatures], order: np.ndarray, n: int, threshold: float | None):
+    """``deduplicate`` over the shards, its decisions put back in text order: (result, cluster of each
+    text, kept, the survivor's text index)."""
+    result = deduplicate(shards, CONFIG, min_similarity=threshold)
+    decisions = result.decisions.sort("shard", "row")
+    cluster_of, kept = np.empty(n, dtype=object), np.empty(n, dtype=bool)
+    cluster_of[order], kept[order] = decisions["cluster_id"].to_numpy(), decisions["keep"].to_numpy()
+    survivor = np.empty(n, dtype=np.int64)
+    # shard-k row r holds text k + 4 r (round-robin split)
+    shard_no = decisions["survivor_shard"].str.slice(len("shard-")).cast(int).fill_null(0).to_numpy()
+    survivor[order] = shard_no + SHARDS * decisions["survivor_row"].fill_null(0).to_numpy()
+    return result, cluster_of, kept, survivor
+
+
+def quality_rows(shards: list[ShardSignatures], order: np.ndarray, n: int, jac: dict, truth: set,
+                 staged_runs: dict) -> tuple[list[list[str]], dict]:
+    """The quality table (in-process at 0.7, 0.75 and None, then the staged path at each threshold), and
+    the same-cluster pairs of each run."""
+    quality, found_by = [], {}
+    for label, threshold in (("min_similarity 0.7 (default)", 0.7), ("min_similarity 0.75", 0.75),
+                             ("None (plain LSH components)", None)):
+        result, cluster_of, kept, survivor = in_process(shards, order, n, threshold)
+        row, found_by[threshold] = quality_row(label, jac, truth, cluster_of, kept, survivor,
+                                               result.num_clusters, result.reconciles)
+        quality.append(row)
+    for threshold, (result, (cluster_of, kept, survivor, ok)) in sorted(staged_runs.items()):
+        default = " (default)" if threshold == STAGED_MIN_SIMILARITY else ""
+        label = f"lsh stages, exact Jaccard >= {threshold}{default}"
+        row, found_by[f"staged {threshold}"] = quality_row(label, jac, truth, cluster_of, kept, survivor,
+                                                           result["num_clusters"], ok)
+        quality.append(row)
+    return quality, found_by
+
+
+def planted_rows(planted: list, jac: dict, sigs: np.ndarray, found_by: dict) -> tuple[list[list[str]], int]:
+    """Planted pairs by exact Jaccard range: how often each run put them in one cluster, the LSH candidate
+    probability at the midpoint, the signature estimate's error; and how many fell below J = 0.5."""
+    edges = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    pairs_planted = [(min(a, b), max(a, b)) for a, b, _ in planted]
+    rows = []
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        sel = [p for p in pairs_planted if lo <= jac.get(p, 0.0) < hi or (hi == 1.0 and jac.get(p) == 1.0)]
+        err = [abs(float(np.mean(sigs[a] == sigs[b])) - jac[a, b]) for a, b in sel]
+        same = [f"{sum(p in found_by[t] for p in sel) / max(1, len(sel)):.3f}"
+                for t in (0.7, 0.75, None, f"staged {STAGED_MIN_SIMILARITY}")]
+        rows.append([f"[{lo:.1f}, {hi:.1f}{']' if hi == 1.0 else ')'}", str(len(sel)), *same,
+                     f"{1 - (1 - ((lo + hi) / 2) ** 8) ** 14:.3f}",
+                     f"{statistics.mean(err):.3f}" if err else "-"])
+    return rows, sum(jac.get(p, 0.0) < 0.5 for p in pairs_planted)
+
+
 def main() -> None:
     args = parse_args()
     if not args.no_peer:
@@ -290,6 +374,7 @@ def main() -> None:
     planted = plant(texts, args.planted, random.Random(args.seed))
     mbytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     jac, sharing = exact_jaccard(texts)
+    truth = {pair for pair, j in jac.items() if j >= 0.8}
 
     peers = {tok: run_peer(args.peer_python, texts, args.peer_repeats, tok) if not args.no_peer
              else {"error": "skipped (--no-peer)"} for tok in ("default", "whitespace")}
@@ -298,67 +383,10 @@ def main() -> None:
     shards = [ShardSignatures(f"shard-{k}", ids[k::SHARDS], sigs[k::SHARDS]) for k in range(SHARDS)]
     order = np.concatenate([np.arange(k, len(texts), SHARDS) for k in range(SHARDS)])  # decisions row -> text
     d_wall, d_cpu, _ = timed(lambda: deduplicate(shards, CONFIG), args.repeats)
-    with tempfile.TemporaryDirectory(prefix="phi-bench-lsh-") as tmp:
-        docs, runs = write_docs(Path(tmp) / "docs", ids, texts), iter(range(args.repeats + 1))
-
-        def run_staged() -> tuple[Path, dict]:
-            out = Path(tmp) / f"run-{next(runs)}"
-            return out, staged(docs, ids, sigs, out, STAGED_MIN_SIMILARITY)
-
-        s_wall, s_cpu, (s_out, s_result) = timed(run_staged, args.repeats)
-        staged_runs = {STAGED_MIN_SIMILARITY: (s_result, staged_decisions(docs, s_out, s_result, len(texts)))}
-        for threshold in STAGED_ALSO:
-            out = Path(tmp) / f"min-similarity-{threshold}"
-            result = staged(docs, ids, sigs, out, threshold)
-            staged_runs[threshold] = (result, staged_decisions(docs, out, result, len(texts)))
-    speed = throughput_rows(peers, (wall, cpu), (d_wall, d_cpu), (s_wall, s_cpu), len(texts), mbytes)
-
-    truth = {pair for pair, j in jac.items() if j >= 0.8}
-
-    def quality_row(label: str, cluster_of: np.ndarray, kept: np.ndarray, survivor: np.ndarray,
-                    clusters: int, reconciles: bool) -> tuple[list[str], set[tuple[int, int]]]:
-        found = cluster_pairs(cluster_of)
-        good, hits = sum(jac.get(p, 0.0) >= 0.7 for p in found), len(truth & found)
-        left = sum(kept[a] and kept[b] for a, b in truth)
-        removed = np.flatnonzero(~kept)
-        fair = sum(jac.get((min(i, survivor[i]), max(i, survivor[i])), 0.0) >= 0.7 for i in removed)
-        return [label, str(len(truth)), str(hits), f"{hits / max(1, len(truth)):.3f}", str(len(found)),
-                str(good), f"{good / max(1, len(found)):.3f}", f"{fair / max(1, len(removed)):.3f}",
-                str(left), str(clusters), str(len(removed)), str(reconciles)], found
-
-    quality, found_by = [], {}
-    for label, threshold in (("min_similarity 0.7 (default)", 0.7), ("min_similarity 0.75", 0.75),
-                             ("None (plain LSH components)", None)):
-        result = deduplicate(shards, CONFIG, min_similarity=threshold)
-        decisions = result.decisions.sort("shard", "row")
-        cluster_of, kept = np.empty(len(texts), dtype=object), np.empty(len(texts), dtype=bool)
-        cluster_of[order], kept[order] = decisions["cluster_id"].to_numpy(), decisions["keep"].to_numpy()
-        survivor = np.empty(len(texts), dtype=np.int64)
-        # shard-k row r holds text k + 4 r (round-robin split)
-        shard_no = decisions["survivor_shard"].str.slice(len("shard-")).cast(int).fill_null(0).to_numpy()
-        survivor[order] = shard_no + SHARDS * decisions["survivor_row"].fill_null(0).to_numpy()
-        row, found_by[threshold] = quality_row(label, cluster_of, kept, survivor, result.num_clusters,
-                                               result.reconciles)
-        quality.append(row)
-    for threshold, (result, (cluster_of, kept, survivor, ok)) in staged_runs.items():
-        default = " (default)" if threshold == STAGED_MIN_SIMILARITY else ""
-        label = f"lsh stages, exact Jaccard >= {threshold}{default}"
-        row, found_by[f"staged {threshold}"] = quality_row(label, cluster_of, kept, survivor,
-                                                           result["num_clusters"], ok)
-        quality.append(row)
-
-    edges = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    pairs_planted = [(min(a, b), max(a, b)) for a, b, _ in planted]
-    buckets = []
-    for lo, hi in zip(edges, edges[1:], strict=False):
-        sel = [p for p in pairs_planted if lo <= jac.get(p, 0.0) < hi or (hi == 1.0 and jac.get(p) == 1.0)]
-        err = [abs(float(np.mean(sigs[a] == sigs[b])) - jac[a, b]) for a, b in sel]
-        same = [f"{sum(p in found_by[t] for p in sel) / max(1, len(sel)):.3f}"
-                for t in (0.7, 0.75, None, f"staged {STAGED_MIN_SIMILARITY}")]
-        buckets.append([f"[{lo:.1f}, {hi:.1f}{']' if hi == 1.0 else ')'}", str(len(sel)), *same,
-                        f"{1 - (1 - ((lo + hi) / 2) ** 8) ** 14:.3f}",
-                        f"{statistics.mean(err):.3f}" if err else "-"])
-    below = sum(jac.get(p, 0.0) < 0.5 for p in pairs_planted)
+    staged_time, staged_runs = time_staged(ids, texts, sigs, args.repeats)
+    speed = throughput_rows(peers, (wall, cpu), (d_wall, d_cpu), staged_time, len(texts), mbytes)
+    quality, found_by = quality_rows(shards, order, len(texts), jac, truth, staged_runs)
+    buckets, below = planted_rows(planted, jac, sigs, found_by)
 
     print(f"Python {platform.python_version()}, numpy {np.__version__}; pinned to CPU {CPU} "
           f"(allowed after pinning: {sorted(os.sched_getaffinity(0))}); repeats: ours {args.repeats}, "
