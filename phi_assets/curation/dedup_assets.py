@@ -340,8 +340,7 @@ def pairs_asset(
 
         def build(out) -> Built:
             fs = _fs(store)
-            path = file_uri(store, bucket, lsh.CANDIDATES)
-            with fs.open(path, "rb") if fs is not None else open(path, "rb") as f:
+            with lsh.open_input(file_uri(store, bucket, lsh.CANDIDATES), fs) as f:
                 candidates = pq.read_table(f)
             involved = sorted(set(candidates["u_shard"].to_pylist()) | set(candidates["v_shard"].to_pylist()))
             seen = {s: v for s, v, _ in bucket["inputs"]["shards"]}

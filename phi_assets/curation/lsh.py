@@ -210,9 +210,17 @@ def write_bands(
     return written
 
 
+def open_input(path: str, fs=None, mapped: bool = False):
+    """A stage's input file, opened for reading: through ``fs`` when it is given (an object store), else
+    the local path, memory-mapped when ``mapped`` (Arrow IPC batches then reference the map, no copy)."""
+    if fs is not None:
+        return fs.open(path, "rb")
+    return pa.memory_map(path) if mapped else open(path, "rb")
+
+
 def read_slice_index(path: str, fs=None) -> dict[str, list]:
     """The slice map ``write_bands`` stored in a bands file's footer."""
-    with fs.open(path, "rb") if fs is not None else open(path, "rb") as f:
+    with open_input(path, fs) as f:
         meta = pq.ParquetFile(f).schema_arrow.metadata
     return json.loads(meta[_BANDS_META])["slices"]
 
@@ -324,7 +332,7 @@ def bucket_candidates(
 def wanted_rows(path: str, shard: str, fs=None) -> np.ndarray:
     """The sorted rows of ``shard`` in a bucket partition's ``WANTED`` file (Arrow IPC, sorted by
     shard): only the record batches whose first and last shard (in the footer) can hold it are read."""
-    reader = pa.ipc.open_file(fs.open(path, "rb") if fs is not None else pa.memory_map(path))
+    reader = pa.ipc.open_file(open_input(path, fs, mapped=True))
     bounds = json.loads(reader.schema.metadata[_WANTED_META])
     parts = [
         reader.get_batch(i)
@@ -338,8 +346,7 @@ def wanted_rows(path: str, shard: str, fs=None) -> np.ndarray:
 
 
 def read_row_groups(path: str, groups: Sequence[int], fs=None) -> pa.Table:
-    f = fs.open(path, "rb") if fs is not None else open(path, "rb")
-    with f:
+    with open_input(path, fs) as f:
         return pq.ParquetFile(f).read_row_groups(
             list(groups), columns=["band", "hash", "row"], use_threads=False
         )
@@ -347,7 +354,7 @@ def read_row_groups(path: str, groups: Sequence[int], fs=None) -> pa.Table:
 
 def take_rows(path: str, rows: np.ndarray, columns: Sequence[str], fs=None) -> pa.Table:
     """``columns`` of the given sorted rows of a docs.parquet, reading only the row groups that hold them."""
-    with fs.open(path, "rb") if fs is not None else open(path, "rb") as f:
+    with open_input(path, fs) as f:
         pf = pq.ParquetFile(f)
         sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
         bounds = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)

@@ -101,8 +101,7 @@ def write_shingles(
 
 def read_batch(path: str, index: int, fs=None) -> pa.RecordBatch:
     """Batch ``index`` (a bucket partition's rows) of a shard's ``SHINGLES`` file."""
-    source = fs.open(path, "rb") if fs is not None else pa.memory_map(path)
-    reader = pa.ipc.open_file(source)
+    reader = pa.ipc.open_file(lsh.open_input(path, fs, mapped=True))
     if index >= reader.num_record_batches:
         raise ValueError(
             f"{path}: {reader.num_record_batches} bucket partitions' batches, partition {index} asked "
