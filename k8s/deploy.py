@@ -16,11 +16,20 @@ NetworkPolicy denies all egress and admits requests only from evaluation steps. 
 Postgres, the Kubernetes API and, outside the cluster, the object store over HTTPS; no other private
 address, never the cloud metadata address. Credentials come only from Kubernetes Secrets (``envFrom``),
 read as environment variables (``dagster.EnvVar`` for the engine's API key).
+
+Sandbox isolation: under the restricted standard (RuntimeDefault seccomp, no capabilities) the sandbox
+cannot create its own namespaces in a runc pod, so ``sandbox_isolation`` says what isolates the programs:
+``gvisor`` (the default: the pods run under gVisor, RuntimeClass ``sandbox_runtime_class``, which
+implements the namespaces itself and stands between the programs and the node's kernel),
+``user-namespaces`` (``hostUsers: false``: the pod's uids are unprivileged on the node) or ``none``. The
+last two leave the programs unisolated inside the pod, which the sandbox refuses unless
+``sandbox_allow_unisolated`` renders ``PHI_SANDBOX_ALLOW_UNISOLATED=1`` into its pods (docs/sandbox.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +50,12 @@ GPU_POOL_TAG = steps.GPU_POOL_TAG
 GPU_POOL = steps.GPU_POOL
 SA_DAGSTER, SA_TRAINING, SA_SANDBOX, SA_VLLM = "phi-dagster", "phi-training", "phi-sandbox", "phi-vllm"
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
+SANDBOX_ISOLATIONS = ("gvisor", "user-namespaces", "none")
+# phi_assets.sandbox.ALLOW_UNISOLATED_ENV, spelled out: k8s imports none of the project's other packages
+SANDBOX_ALLOW_ENV = "PHI_SANDBOX_ALLOW_UNISOLATED"
+USER_NAMESPACES_SINCE = (1, 33)  # hostUsers: false, on by default (UserNamespacesSupport beta, enabled)
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,17 @@ class DeploymentProfile:
     sandbox_cpu: str = "4"
     sandbox_memory: str = "8Gi"
     sandbox_port: int = 8080
+    # What isolates the generated programs in the sandbox pods (SANDBOX_ISOLATIONS; docs/sandbox.md, "On the
+    # cluster"). "gvisor": runtimeClassName sandbox_runtime_class; gVisor (runsc) must be installed on the
+    # nodes that run the sandbox. "user-namespaces": hostUsers: false (Kubernetes >= 1.33). "none": neither.
+    sandbox_isolation: str = "gvisor"
+    sandbox_runtime_class: str = "gvisor"
+    # the RuntimeClass's handler (containerd's runtime name for runsc); empty: the cluster already has the
+    # RuntimeClass (GKE Sandbox's "gvisor") and none is rendered
+    sandbox_runtime_handler: str = "runsc"
+    # PHI_SANDBOX_ALLOW_UNISOLATED=1 in the sandbox pods: run programs even where the sandbox cannot isolate
+    # them inside the pod (required with "user-namespaces" and "none", where it never can)
+    sandbox_allow_unisolated: bool = False
     vllm_replicas: int = 1
     model_servers: int = 2  # checkpoints served at once (one GPU each) by evaluation / preference steps
     vllm_model_uri: str = "hf://HuggingFaceTB/SmolLM2-135M-Instruct"  # any fsspec URI of an HF directory
@@ -96,6 +122,40 @@ class DeploymentProfile:
             raise ValueError(
                 f"DeploymentProfile.nodes_per_run ({self.nodes_per_run}) exceeds gpu_nodes "
                 f"({self.gpu_nodes}): no training run could ever be scheduled"
+            )
+        self._check_sandbox_isolation()
+
+    def _check_sandbox_isolation(self) -> None:
+        choice = self.sandbox_isolation
+        if choice not in SANDBOX_ISOLATIONS:
+            raise ValueError(
+                f"DeploymentProfile.sandbox_isolation must be one of {', '.join(SANDBOX_ISOLATIONS)}, "
+                f"got {choice!r}"
+            )
+        if choice == "gvisor":
+            if not _DNS_SUBDOMAIN.fullmatch(self.sandbox_runtime_class):
+                raise ValueError(
+                    f"DeploymentProfile.sandbox_runtime_class {self.sandbox_runtime_class!r} is not a valid "
+                    "RuntimeClass name (lowercase letters, digits, '-' and '.')"
+                )
+            if self.sandbox_runtime_handler and not _DNS_LABEL.fullmatch(self.sandbox_runtime_handler):
+                raise ValueError(
+                    f"DeploymentProfile.sandbox_runtime_handler {self.sandbox_runtime_handler!r} is not a "
+                    "valid RuntimeClass handler (lowercase letters, digits and '-', at most 63)"
+                )
+            return
+        if choice == "user-namespaces" and _version(self.kubernetes_version) < USER_NAMESPACES_SINCE:
+            raise ValueError(
+                f"DeploymentProfile.sandbox_isolation 'user-namespaces' needs Kubernetes "
+                f"{'.'.join(map(str, USER_NAMESPACES_SINCE))} or later (hostUsers: false on by default), but "
+                f"kubernetes_version is {self.kubernetes_version!r}"
+            )
+        if not self.sandbox_allow_unisolated:
+            raise ValueError(
+                f"DeploymentProfile.sandbox_isolation {choice!r} leaves the programs unisolated inside the "
+                "sandbox pods (under the restricted standard's RuntimeDefault seccomp profile the sandbox "
+                "cannot create its namespaces there), so the service would refuse every program: set "
+                "sandbox_allow_unisolated=True to run them anyway, or choose 'gvisor'"
             )
 
     # -- derived settings (what the code on the cluster uses) -------------------------------------------
@@ -185,6 +245,15 @@ class DeploymentProfile:
             "pod_spec_config": {"security_context": pod_security(), "service_account_name": SA_DAGSTER},
             "pod_template_spec_metadata": {"labels": self.labels("dagster-step")},
         }
+
+
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        raise ValueError(
+            f"DeploymentProfile.kubernetes_version {text!r} is not a version like '1.33'"
+        ) from None
 
 
 PROFILES: dict[str, DeploymentProfile] = {
@@ -343,8 +412,24 @@ def network_policies(p: DeploymentProfile) -> list[dict[str, Any]]:
     return [sandbox, restricted]
 
 
+def sandbox_runtime_class(p: DeploymentProfile) -> list[dict[str, Any]]:
+    """The RuntimeClass the sandbox pods run under with ``sandbox_isolation="gvisor"`` (cluster-scoped;
+    applying it needs cluster-admin), unless the cluster provides it (``sandbox_runtime_handler`` empty)."""
+    if p.sandbox_isolation != "gvisor" or not p.sandbox_runtime_handler:
+        return []
+    return [
+        {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": _meta(p, p.sandbox_runtime_class, "sandbox", namespaced=False),
+            "handler": p.sandbox_runtime_handler,
+        }
+    ]
+
+
 def sandbox_service(p: DeploymentProfile) -> list[dict[str, Any]]:
-    """The pods that execute generated code (``phi_assets.sandbox.service``)."""
+    """The pods that execute generated code (``phi_assets.sandbox.service``), isolated as the profile's
+    ``sandbox_isolation`` says."""
     labels = {**p.labels("sandbox"), "app.kubernetes.io/name": "phi-sandbox", steps.NETWORK_LABEL: "none"}
     selector = {"app.kubernetes.io/name": "phi-sandbox", "app.kubernetes.io/part-of": PART_OF}
     probe = {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10}
@@ -360,7 +445,7 @@ def sandbox_service(p: DeploymentProfile) -> list[dict[str, Any]]:
             "--port",
             str(p.sandbox_port),
         ],
-        "env": [{"name": k, "value": v} for k, v in WRITABLE_ENV.items()],
+        "env": [{"name": k, "value": v} for k, v in _sandbox_env(p).items()],
         "ports": [{"name": "http", "containerPort": p.sandbox_port}],
         "resources": {
             "requests": {"cpu": p.sandbox_cpu, "memory": p.sandbox_memory},
@@ -379,6 +464,10 @@ def sandbox_service(p: DeploymentProfile) -> list[dict[str, Any]]:
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}],
     }
+    if p.sandbox_isolation == "gvisor":
+        pod["runtimeClassName"] = p.sandbox_runtime_class
+    elif p.sandbox_isolation == "user-namespaces":
+        pod["hostUsers"] = False
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -399,6 +488,13 @@ def sandbox_service(p: DeploymentProfile) -> list[dict[str, Any]]:
         },
     }
     return [deployment, service]
+
+
+def _sandbox_env(p: DeploymentProfile) -> dict[str, str]:
+    env = dict(WRITABLE_ENV)
+    if p.sandbox_allow_unisolated:
+        env[SANDBOX_ALLOW_ENV] = "1"
+    return env
 
 
 def training_pod_template(p: DeploymentProfile) -> dict[str, Any]:
@@ -430,6 +526,7 @@ def manifests(p: DeploymentProfile) -> list[dict[str, Any]]:
         checkpoint_volume(p),
         gpu_quota(p),
         *network_policies(p),
+        *sandbox_runtime_class(p),  # before the pods that name it: admission refuses an unknown class
         *sandbox_service(p),
         *vllm,
         training_pod_template(p),

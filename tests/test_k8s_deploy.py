@@ -8,6 +8,7 @@ checked as files (no Docker daemon here to build them).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -27,6 +28,7 @@ from k8s.deploy import (
     GPU_POOL,
     GPU_POOL_TAG,
     PROFILES,
+    SANDBOX_ALLOW_ENV,
     DeploymentProfile,
     get_profile,
     manifests,
@@ -37,6 +39,8 @@ from k8s.deploy import (
 from k8s.helm import DAGSTER_VERSION, helm_values
 from k8s.security import violations
 from k8s.training_job import job_manifest, pytorchjob_manifest
+from phi_assets.sandbox import ALLOW_UNISOLATED_ENV
+from phi_assets.sandbox.policy import unisolated_allowed
 from resources import ArtifactStore, build_llm, build_training_launcher, load_profile
 from resources.launcher import K8sTrainingLauncher
 
@@ -180,6 +184,96 @@ def test_sandbox_pods_are_denied_all_egress_and_admit_only_evaluation_steps(prof
     assert profile.sandbox_url.endswith(
         f"phi-sandbox.{profile.namespace}.svc.cluster.local:{profile.sandbox_port}"
     )
+
+
+def sandbox_pod(objects: list[dict]) -> dict:
+    [deployment] = [o for o in by_kind(objects, "Deployment") if o["metadata"]["name"] == "phi-sandbox"]
+    return deployment["spec"]["template"]["spec"]
+
+
+def test_the_sandbox_pods_run_under_gvisor_through_a_runtime_class(profile, stream):
+    """The default: the sandbox pods run under gVisor (runsc), where the sandbox isolates each program; the
+    RuntimeClass comes before the pods that name it, and nothing lets programs run unisolated."""
+    [runtime] = by_kind(stream, "RuntimeClass")
+    assert runtime["apiVersion"] == "node.k8s.io/v1" and runtime["handler"] == "runsc"
+    assert runtime["metadata"]["name"] == profile.sandbox_runtime_class == "gvisor"
+    assert "namespace" not in runtime["metadata"]  # cluster-scoped
+    kubernetes_validate.validate(runtime, f"{profile.kubernetes_version}.0", strict=True)
+    order = [(o["kind"], o["metadata"]["name"]) for o in stream]
+    assert order.index(("RuntimeClass", "gvisor")) < order.index(("Deployment", "phi-sandbox"))
+    pod = sandbox_pod(stream)
+    assert pod["runtimeClassName"] == "gvisor" and "hostUsers" not in pod
+    assert violations(pod) == []
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert SANDBOX_ALLOW_ENV not in env  # under gVisor the sandbox isolates the programs, or refuses them
+    others = [p for o in stream for p in pod_specs(o) if p is not pod]
+    assert others and not any("runtimeClassName" in p for p in others)  # the GPU pods stay on runc
+
+
+@pytest.mark.parametrize(
+    ("settings", "runtime_classes", "runtime_class", "host_users", "allowed"),
+    [
+        ({"sandbox_runtime_handler": ""}, [], "gvisor", None, False),  # the cluster's own (GKE Sandbox)
+        (
+            {"sandbox_runtime_class": "gvisor-sandbox", "sandbox_allow_unisolated": True},
+            ["gvisor-sandbox"],
+            "gvisor-sandbox",
+            None,
+            True,
+        ),
+        ({"sandbox_isolation": "user-namespaces", "sandbox_allow_unisolated": True}, [], None, False, True),
+        ({"sandbox_isolation": "none", "sandbox_allow_unisolated": True}, [], None, None, True),
+    ],
+    ids=["gvisor-cluster-class", "gvisor-allowing", "user-namespaces", "none"],
+)
+def test_each_sandbox_isolation_renders_valid_restricted_manifests(
+    settings, runtime_classes, runtime_class, host_users, allowed
+):
+    p = dataclasses.replace(PROFILES["a100x8"], **settings)
+    objects = manifests(p)  # refuses any pod that breaks the restricted standard
+    for obj in objects:  # what the choice changes (the other objects: the render test)
+        if obj["kind"] == "RuntimeClass" or obj["metadata"]["name"] == "phi-sandbox":
+            kubernetes_validate.validate(obj, f"{p.kubernetes_version}.0", strict=True)
+    assert [o["metadata"]["name"] for o in by_kind(objects, "RuntimeClass")] == runtime_classes
+    pod = sandbox_pod(objects)
+    assert pod.get("runtimeClassName") == runtime_class and pod.get("hostUsers") == host_users
+    assert violations(pod) == []
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert unisolated_allowed(env) is allowed  # what the service in that pod will read
+
+
+def test_the_rendered_allow_setting_is_the_one_the_sandbox_reads():
+    assert SANDBOX_ALLOW_ENV == ALLOW_UNISOLATED_ENV
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        (
+            {"sandbox_isolation": "kata"},
+            "sandbox_isolation must be one of gvisor, user-namespaces, none, got 'kata'",
+        ),
+        ({"sandbox_isolation": "none"}, "sandbox_isolation 'none' leaves the programs unisolated"),
+        ({"sandbox_isolation": "user-namespaces"}, "set sandbox_allow_unisolated=True to run them anyway"),
+        (
+            {
+                "sandbox_isolation": "user-namespaces",
+                "sandbox_allow_unisolated": True,
+                "kubernetes_version": "1.30",
+            },
+            "needs Kubernetes 1.33 or later (hostUsers: false on by default), but kubernetes_version is '1.30'",
+        ),
+        (
+            {"sandbox_runtime_class": "gVisor"},
+            "sandbox_runtime_class 'gVisor' is not a valid RuntimeClass name",
+        ),
+        ({"sandbox_runtime_handler": "run_sc"}, "sandbox_runtime_handler 'run_sc' is not a valid RuntimeClass"),
+    ],
+    ids=["unknown", "none-unallowed", "userns-unallowed", "userns-old-k8s", "class-name", "handler"],
+)
+def test_sandbox_isolation_settings_are_checked_naming_the_field(settings, error):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        dataclasses.replace(PROFILES["a100x8"], **settings)
 
 
 def test_evaluation_steps_reach_no_private_range_or_metadata_address(profile):

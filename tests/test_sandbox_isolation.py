@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from phi_assets import sandbox
-from phi_assets.sandbox import Limits, isolation, pool, run_programs
+from phi_assets.sandbox import Limits, isolation, pool, run_program, run_programs
 from phi_assets.sandbox.worker import serve
 from tests.support.sandbox import (
     IS_ROOT,
@@ -292,6 +292,7 @@ def test_without_namespaces_it_says_so_and_still_limits(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_leftovers
 ) -> None:
     monkeypatch.setattr("phi_assets.sandbox.handle.USE_NAMESPACES", False)
+    monkeypatch.setenv(sandbox.ALLOW_UNISOLATED_ENV, "1")  # else it refuses (the next test)
     monkeypatch.setattr("phi_assets.sandbox.verdicts.warned", False)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.warns(UserWarning, match="NOT isolated"):
@@ -304,6 +305,58 @@ def test_without_namespaces_it_says_so_and_still_limits(
     assert run(tree, timeout_s=1).kind == "timeout"  # its process group killed (no_leftovers)
     assert run("import os\nwhile True:\n    os.fork()").kind == "killed"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def witness_dir():
+    """A world-writable directory in /tmp: a program run without namespaces, as any uid, can write there."""
+    path = Path(tempfile.mkdtemp(prefix="phi-witness-", dir="/tmp"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_without_namespaces_it_refuses_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, witness_dir: Path, no_leftovers
+) -> None:
+    """Where nothing isolates the programs, none runs unless PHI_SANDBOX_ALLOW_UNISOLATED says so: the run
+    raises (an error of the run, never a verdict) naming the setting and the reason; isolation() still
+    reports what holds. With the setting, the same program runs, reported NOT isolated."""
+    monkeypatch.setattr("phi_assets.sandbox.handle.USE_NAMESPACES", False)
+    monkeypatch.setattr("phi_assets.sandbox.pool._isolation_cache", None)
+    monkeypatch.setattr("phi_assets.sandbox.verdicts.warned", True)  # the warning is the other test's
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    witness = witness_dir / "ran"  # what the program leaves if it runs
+    program = f"open({str(witness)!r}, 'w').write('x')\nprint('ran')"
+    monkeypatch.setenv(sandbox.ALLOW_UNISOLATED_ENV, "0")
+    with pytest.raises(sandbox.SandboxRefused) as refused:
+        run_programs([program, "print('also')"], workers=2)
+    message = str(refused.value)
+    assert "PHI_SANDBOX_ALLOW_UNISOLATED=1" in message, message
+    assert "NOT isolated: namespaces switched off" in message, message
+    assert isinstance(refused.value, sandbox.SandboxError)  # what callers already treat as a broken sandbox
+    assert refused.value.notes["network"].startswith("NOT isolated"), refused.value.notes
+    assert not witness.exists()  # the program never ran
+    with pytest.raises(sandbox.SandboxRefused, match=sandbox.ALLOW_UNISOLATED_ENV):
+        pool.execute("pass", Limits())
+    notes = isolation()  # the probe is refused too, yet says what holds and that programs are refused
+    assert notes["processes"].startswith("NOT isolated: namespaces switched off"), notes
+    assert notes["unisolated"] == "programs are refused: PHI_SANDBOX_ALLOW_UNISOLATED is not set", notes
+
+    monkeypatch.setenv(sandbox.ALLOW_UNISOLATED_ENV, "1")
+    verdict, notes = pool.execute(program, Limits())
+    assert (verdict.kind, verdict.stdout) == ("passed", "ran\n"), verdict
+    assert notes["network"].startswith("NOT isolated"), notes
+    assert witness.read_text() == "x"
+    assert isolation()["unisolated"] == "programs run anyway: PHI_SANDBOX_ALLOW_UNISOLATED=1"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "yes please"])
+def test_a_bad_allow_setting_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(sandbox.ALLOW_UNISOLATED_ENV, value)
+    with pytest.raises(ValueError, match=f"PHI_SANDBOX_ALLOW_UNISOLATED={value!r}: expected 1"):
+        run_program("pass")
 
 
 def test_non_root_mode(canaries: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:

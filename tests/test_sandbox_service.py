@@ -51,9 +51,18 @@ class Service:
         return [int(n) for n in re.findall(r"(\d+) programs in ", self.log_text()[since:])]
 
 
-def start_service(log: Path, *args: str) -> Service:
-    env = {k: v for k, v in os.environ.items() if k != sandbox.SERVICE_URL_ENV}
-    command = [sys.executable, "-m", "phi_assets.sandbox.service", "--host", "127.0.0.1"]
+# The service with its namespaces switched off, as where it cannot create them (a restricted pod under runc).
+WITHOUT_NAMESPACES = (
+    "import sys\nfrom phi_assets.sandbox import handle, service\n"
+    "handle.USE_NAMESPACES = False\nsys.exit(service.main(sys.argv[1:]))"
+)
+
+
+def start_service(log: Path, *args: str, namespaces: bool = True) -> Service:
+    skip = (sandbox.SERVICE_URL_ENV, sandbox.ALLOW_UNISOLATED_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in skip}
+    main = ["-m", "phi_assets.sandbox.service"] if namespaces else ["-c", WITHOUT_NAMESPACES]
+    command = [sys.executable, *main, "--host", "127.0.0.1"]
     with log.open("wb") as out:  # a file, not a pipe: nobody has to drain it
         proc = subprocess.Popen(
             [*command, "--port", "0", *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
@@ -375,3 +384,29 @@ def test_sigterm_lets_the_request_in_progress_finish(tmp_path: Path) -> None:
     assert "stopped" in running.log_text()
     with pytest.raises(ConnectionRefusedError):
         request(running.url, "GET", sandbox_client.HEALTH_PATH)
+
+
+def test_a_service_that_cannot_isolate_refuses_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No namespaces and no PHI_SANDBOX_ALLOW_UNISOLATED: the service comes up and says so (its log, its
+    /healthz), and answers every run with 403 naming the setting; the client raises at once (no retries),
+    so the programs are never scored."""
+    running = start_service(tmp_path / "service.log", "--workers", "1", namespaces=False)
+    try:
+        status, health = request(running.url, "GET", sandbox_client.HEALTH_PATH)
+        assert status == 200 and health["isolation"]["network"].startswith("NOT isolated"), health
+        refused = "programs are refused: PHI_SANDBOX_ALLOW_UNISOLATED is not set"
+        assert health["isolation"]["unisolated"] == refused, health
+        status, answer = post(running.url, {"programs": ["print(1)"]})
+        assert (status, answer["field"]) == (403, "isolation"), answer
+        assert "set PHI_SANDBOX_ALLOW_UNISOLATED=1" in answer["error"], answer
+        assert "NOT isolated: namespaces switched off" in answer["error"], answer
+        monkeypatch.setenv(sandbox.SERVICE_URL_ENV, running.url)
+        started = time.monotonic()
+        with pytest.raises(SandboxError, match=r"HTTP 403: isolation: .*PHI_SANDBOX_ALLOW_UNISOLATED=1"):
+            run_programs(["print(2)", "print(3)"])
+        assert time.monotonic() - started < sandbox_client.BACKOFF_S  # refused, not retried
+        assert "refusing every program" in running.log_text()
+    finally:
+        assert stop_service(running) == 0, running.log_text()

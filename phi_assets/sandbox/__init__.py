@@ -5,7 +5,9 @@ pairs' answers) and says how each ended (docs/sandbox.md).
 passed (ran to the end), failed (uncaught AssertionError), error (any other uncaught exception, a
 SyntaxError included), timeout (wall clock) or killed (a resource limit ended it). ``run_programs`` runs
 many in parallel through a ``SandboxPool``, or on the sandbox service when ``PHI_SANDBOX_URL`` is set;
-``isolation()`` says what isolation is in effect.
+``isolation()`` says what isolation is in effect. Where the sandbox cannot isolate programs (no namespaces)
+it refuses to run them (``SandboxRefused``, an error of the run, never a verdict) unless
+``PHI_SANDBOX_ALLOW_UNISOLATED=1`` (``ALLOW_UNISOLATED_ENV``) is set.
 
 The sandbox protects the host from the program, not the verdict from a cheating program: ``sys.exit(0)``
 or ``os._exit(0)`` before a failing assert counts as passed.
@@ -18,20 +20,23 @@ Modules, each importing only those below it:
 - ``pool``: ``SandboxPool``, pre-forked workers on this machine, and ``local_isolation``;
 - ``handle``: the evaluator's end of one worker: start it, hand it a program, pump the pipes, the deadline;
 - ``verdicts``: from what a worker reported to a ``Verdict``;
+- ``policy``: ``PHI_SANDBOX_ALLOW_UNISOLATED``, whether programs run where nothing isolates them;
 - ``progress``: the progress bar;
-- ``types``: ``Limits``, ``Verdict``, ``VERDICTS``, ``SandboxError``;
+- ``types``: ``Limits``, ``Verdict``, ``VERDICTS``, ``SandboxError``, ``SandboxRefused``;
 - ``worker``: the code that runs in the child processes (namespaces, mounts, the program): standard
   library only, it imports nothing of the project.
 """
 
 from phi_assets.sandbox.api import isolation, run_program, run_programs
 from phi_assets.sandbox.client import SERVICE_URL_ENV, service_url
+from phi_assets.sandbox.policy import ALLOW_UNISOLATED_ENV
 from phi_assets.sandbox.pool import SandboxPool, default_workers
 from phi_assets.sandbox.progress import PROGRESS_DELAY_S, Progress
-from phi_assets.sandbox.types import DEFAULT_LIMITS, VERDICTS, Limits, SandboxError, Verdict
+from phi_assets.sandbox.types import DEFAULT_LIMITS, VERDICTS, Limits, SandboxError, SandboxRefused, Verdict
 from phi_assets.sandbox.worker.protocol import SANDBOX_GID, SANDBOX_UID, scrubbed_env
 
 __all__ = [
+    "ALLOW_UNISOLATED_ENV",
     "DEFAULT_LIMITS",
     "PROGRESS_DELAY_S",
     "SANDBOX_GID",
@@ -42,6 +47,7 @@ __all__ = [
     "Progress",
     "SandboxError",
     "SandboxPool",
+    "SandboxRefused",
     "Verdict",
     "default_workers",
     "isolation",

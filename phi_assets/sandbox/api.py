@@ -24,6 +24,8 @@ def run_programs(
     """Run programs in parallel on ``workers`` pre-forked workers; verdicts come back in input order.
 
     With ``PHI_SANDBOX_URL`` set, the sandbox service there runs them (its own workers; ``workers`` unused).
+    Where the sandbox cannot isolate them and ``PHI_SANDBOX_ALLOW_UNISOLATED`` is not set, none runs: it
+    raises ``SandboxRefused`` (locally) or ``SandboxError`` (from the service), naming the setting.
     """
     programs = list(programs)
     if not programs:
@@ -38,8 +40,9 @@ def isolation() -> dict[str, str]:
     """What isolation holds, as reported by a probe run (once per process).
 
     Keys: mode, user, network, filesystem, processes, ipc, limits, environment. A value starting with
-    "NOT isolated" names what is missing and why. With ``PHI_SANDBOX_URL`` set: the service's, where
-    ``run_programs`` runs the programs.
+    "NOT isolated" names what is missing and why; then ``unisolated`` says whether programs run anyway
+    (``PHI_SANDBOX_ALLOW_UNISOLATED=1``) or are refused (``SandboxRefused``). With ``PHI_SANDBOX_URL`` set:
+    the service's, where ``run_programs`` runs the programs.
     """
     if url := service_url():
         return remote_isolation(url)

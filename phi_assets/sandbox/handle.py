@@ -6,7 +6,8 @@ program it makes the program's pipes (code, stdout, stderr, status) and hands th
 worker with the request; it feeds the code, reads stdout and stderr concurrently, keeping only the last
 ``output_bytes`` of each, and at the deadline SIGKILLs the supervisor through a pidfd the worker sent back
 (the PID namespace dies with its PID 1). A worker that does not answer is killed (its whole PID namespace
-with it) and replaced by the pool.
+with it) and replaced by the pool. A worker that cannot create its namespaces refuses every program unless
+``PHI_SANDBOX_ALLOW_UNISOLATED`` was set when it started (``policy``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from phi_assets.sandbox.policy import unisolated_allowed
 from phi_assets.sandbox.types import Limits, Verdict
 from phi_assets.sandbox.verdicts import Run, verdict
 from phi_assets.sandbox.worker.protocol import (
@@ -56,6 +58,7 @@ class WorkerHandle:
     def __init__(self) -> None:
         import subprocess
 
+        allow_unisolated = unisolated_allowed()  # a bad value fails here, before anything starts
         self.workdir = _make_workdir()
         self.healthy = True
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -77,7 +80,13 @@ class WorkerHandle:
         finally:
             theirs.close()
         self.sock = ours
-        config = {"workdir": self.workdir, "uid": os.getuid(), "homes": _homes(), "namespaces": USE_NAMESPACES}
+        config = {
+            "workdir": self.workdir,
+            "uid": os.getuid(),
+            "homes": _homes(),
+            "namespaces": USE_NAMESPACES,
+            "allow_unisolated": allow_unisolated,  # else, without namespaces, it refuses every program
+        }
         send_message(self.sock, config)  # it reads it first; programs can be queued behind it at once
         self.sock.setblocking(False)
 

@@ -1,8 +1,9 @@
 """``SandboxPool``: pre-forked sandbox workers on this machine, reused across runs; ``local_isolation()``.
 
 A ``SandboxPool(limits, workers)`` keeps one pre-forked worker (``handle.WorkerHandle``) per parallel slot.
-Where namespaces cannot be created the programs still run, with rlimits, a scrubbed environment and (as
-root) uid 65534, and ``local_isolation()`` reports ``NOT isolated: <reason>``.
+Where namespaces cannot be created the programs are refused (``SandboxRefused``, naming
+``PHI_SANDBOX_ALLOW_UNISOLATED`` and the reason); with that setting they still run, with rlimits, a scrubbed
+environment and (as root) uid 65534. Either way ``local_isolation()`` reports ``NOT isolated: <reason>``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import os
 from collections.abc import Sequence
 
 from phi_assets.sandbox.handle import WorkerGone, WorkerHandle, close_workers
+from phi_assets.sandbox.policy import with_policy
 from phi_assets.sandbox.progress import Progress
-from phi_assets.sandbox.types import DEFAULT_LIMITS, Limits, SandboxError, Verdict
+from phi_assets.sandbox.types import DEFAULT_LIMITS, Limits, SandboxError, SandboxRefused, Verdict
 
 _isolation_lock = _thread.allocate_lock()
 _isolation_cache: dict[str, str] | None = None
@@ -128,10 +130,15 @@ def local_isolation() -> dict[str, str]:
     """What isolation holds on this machine, as reported by a probe run (once per process).
 
     Keys: mode, user, network, filesystem, processes, ipc, limits, environment. A value starting with
-    "NOT isolated" names what is missing and why.
+    "NOT isolated" names what is missing and why; then ``unisolated`` says whether programs run anyway
+    (``PHI_SANDBOX_ALLOW_UNISOLATED``, read at each call) or are refused.
     """
     global _isolation_cache
     with _isolation_lock:
         if _isolation_cache is None:
-            _isolation_cache = execute("pass", Limits(timeout_s=60))[1]
-        return dict(_isolation_cache)
+            try:
+                _isolation_cache = execute("pass", Limits(timeout_s=60))[1]
+            except SandboxRefused as exc:  # the probe is refused like any program; its notes say what holds
+                _isolation_cache = dict(exc.notes)
+        notes = dict(_isolation_cache)
+    return with_policy(notes)

@@ -5,7 +5,9 @@
 - ``POST /v1/run`` with ``{"programs": [str, ...], "limits": {<Limits fields>}}``: runs every program in
   the sandbox and answers ``{"verdicts": [<Verdict as a dict>, ...], "isolation": {...}}`` in input
   order. A malformed request gets 400 (413 when over the size caps) and ``{"error", "field", "reason"}``;
-  a sandbox failure 500; a busy or stopping service 503.
+  a sandbox that cannot isolate the programs and is not allowed to run them anyway 403 (field
+  ``isolation``, the error naming ``PHI_SANDBOX_ALLOW_UNISOLATED``); a sandbox failure 500; a busy or
+  stopping service 503.
 - ``GET /healthz``: 200 and ``{"status": "ok", "workers": N, "isolation": isolation()}`` (a readiness
   probe; the isolation probe has run before the service listens).
 
@@ -33,9 +35,10 @@ from dataclasses import asdict, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from phi_assets.sandbox.client import HEALTH_PATH, RUN_PATH, SERVICE_URL_ENV
+from phi_assets.sandbox.policy import ALLOW_UNISOLATED_ENV, refuses, unisolated_allowed
 from phi_assets.sandbox.pool import SandboxPool, local_isolation
 from phi_assets.sandbox.pool import default_workers as affinity_cores
-from phi_assets.sandbox.types import DEFAULT_LIMITS, VERDICTS, Limits, SandboxError, Verdict
+from phi_assets.sandbox.types import DEFAULT_LIMITS, VERDICTS, Limits, SandboxError, SandboxRefused, Verdict
 
 DEFAULT_MAX_PROGRAMS = 1024  # per request
 DEFAULT_MAX_REQUEST_BYTES = 32 << 20
@@ -235,6 +238,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             started = time.monotonic()
             verdicts = service.run(programs, limits)
+        except SandboxRefused as exc:  # not isolated, not allowed: no program ran; retrying cannot help
+            log.error("%d programs refused: %s", len(programs), exc)
+            return self._error(RequestError(403, "isolation", str(exc)))
         except SandboxError as exc:
             status = 503 if service.closing else 500
             log.error("%d programs: %s", len(programs), exc)
@@ -323,12 +329,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.pop(SERVICE_URL_ENV, None):  # this process is the service: run locally
         log.info("ignoring %s: the service runs programs itself", SERVICE_URL_ENV)
     try:
+        unisolated_allowed()  # a bad value stops it here, naming the setting
         notes = local_isolation()  # before listening: a sandbox that cannot run never becomes ready
-    except SandboxError as exc:
+    except (SandboxError, ValueError) as exc:
         log.error("the sandbox does not work here: %s", exc)
         return 1
     for key, value in notes.items():
         log.info("isolation %s: %s", key, value)
+    if refuses(notes):  # it still serves: every caller gets the refusal (403), naming the setting
+        log.error(
+            "refusing every program: the sandbox cannot isolate them here; set %s=1 to run them anyway",
+            ALLOW_UNISOLATED_ENV,
+        )
     service = SandboxService(
         args.workers, args.max_programs, args.max_request_bytes, args.max_pools, args.max_requests
     )

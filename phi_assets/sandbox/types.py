@@ -1,4 +1,5 @@
-"""The sandbox's values: ``Limits`` of a program, its ``Verdict`` (one of ``VERDICTS``), ``SandboxError``."""
+"""The sandbox's values: ``Limits`` of a program, its ``Verdict`` (one of ``VERDICTS``), ``SandboxError`` and
+``SandboxRefused``."""
 
 from __future__ import annotations
 
@@ -47,3 +48,12 @@ class Verdict:
 
 class SandboxError(RuntimeError):
     """The sandbox itself failed (not the program): no verdict can be given."""
+
+
+class SandboxRefused(SandboxError):
+    """The sandbox cannot isolate programs here and ``PHI_SANDBOX_ALLOW_UNISOLATED`` does not allow running
+    them anyway (``policy``): no program ran. ``notes`` is what the isolation probe found (``isolation()``)."""
+
+    def __init__(self, message: str, notes: dict[str, str]) -> None:
+        super().__init__(message)
+        self.notes = notes

@@ -1,7 +1,8 @@
 """From what a worker reported to a ``Verdict``: the exit status or signal, the uncaught exception, the limits.
 
 ``Run`` is the evaluator's state of one program's run (``handle.WorkerHandle`` fills it in); ``verdict``
-turns it, with the supervisor's status report and the output, into the verdict and the isolation notes.
+turns it, with the supervisor's status report and the output, into the verdict and the isolation notes, or
+raises ``SandboxError`` (``SandboxRefused`` where the worker refused to run the program: ``policy``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import errno
 import json
 import signal
 
-from phi_assets.sandbox.types import Limits, SandboxError, Verdict
+from phi_assets.sandbox.policy import refusal
+from phi_assets.sandbox.types import Limits, SandboxError, SandboxRefused, Verdict
 from phi_assets.sandbox.worker.protocol import SCRUBBED_ENV_KEYS
 
 _warned_lock = _thread.allocate_lock()
@@ -42,6 +44,8 @@ def verdict(
         raise SandboxError(f"sandbox setup failed: {report['setup_error']}\n{stderr[-2000:]}")
     notes = dict(report.get("isolation", {}))
     notes["environment"] = "scrubbed: only " + ", ".join(SCRUBBED_ENV_KEYS)
+    if "refused" in report:  # an error of the run, never a verdict: the program did not run
+        raise SandboxRefused(refusal(str(report["refused"])), notes)
     _warn_if_not_isolated(notes)
     done = run.done or {}
     if "wait" in report:

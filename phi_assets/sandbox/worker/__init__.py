@@ -24,6 +24,11 @@ again for each program:
   pipe to the supervisor and the exit status is 1; the verdict comes from the exit status or signal plus
   that report, never from what the program prints.
 
+Where the launcher cannot create the namespaces, the worker runs the programs without them only if the
+evaluator's configuration allows it (``allow_unisolated``: ``PHI_SANDBOX_ALLOW_UNISOLATED``, read by the
+evaluator); otherwise the program process confines itself and reports what holds but never runs the code,
+and the supervisor reports the refusal (``refused``: the reason), which the evaluator raises.
+
 Modules (each imports only the standard library and the ones above it): ``protocol`` (what the evaluator
 and the worker share), ``kernel`` (ctypes on libc), ``mounts`` (the file tree), ``program``,
 ``supervisor``, ``serve`` (launcher and worker loop), ``__main__`` (the entry point).

@@ -45,6 +45,8 @@ def program_main(config: dict, root: bool, status_fd: int, report_fd: int) -> No
         _send(report_fd, {"setup_error": f"{type(exc).__name__}: {exc}"})
         os._exit(1)
     _send(report_fd, {"setup": setup})
+    if config["refuse"]:  # not isolated, and not allowed to run anyway: the code is never compiled
+        os._exit(0)
     _run(config["code"], report_fd)
 
 

@@ -55,7 +55,7 @@ def launch(sock_fd: int) -> None:
     notes: dict[str, str] = {}
     namespaced = config["namespaces"] and _enter_namespaces(root, notes)
     if not namespaced:
-        notes.update(_not_isolated(root, notes.get("reason", "switched off")))
+        notes.update(_not_isolated(root, notes.setdefault("reason", "namespaces switched off")))
         _serve(sock, config, root, False, notes)
     pid = os.fork()
     if pid == 0:

@@ -52,6 +52,9 @@ def _supervise(sock: socket.socket, context: dict, limits: dict, fds: list[int],
         low = keep + 1
     os.closerange(low, 1 << 16)
     config, root, notes = context["config"], context["root"], dict(context["notes"])
+    # Not isolated and not allowed to run anyway (the evaluator's PHI_SANDBOX_ALLOW_UNISOLATED): the program
+    # process confines itself and reports what holds, but never runs the code.
+    refused = None if context["namespaced"] or config.get("allow_unisolated") else notes["reason"]
     try:
         code = _read_all(code_r).decode("utf-8", "surrogatepass")
         os.close(code_r)
@@ -61,6 +64,7 @@ def _supervise(sock: socket.socket, context: dict, limits: dict, fds: list[int],
     except Exception as exc:  # reported to the evaluator, which raises SandboxError
         _fail_setup(status_fd, exc)
     program = {"code": code, "workdir": config["workdir"], "uid": config["uid"], "limits": limits}
+    program["refuse"] = refused is not None
     pid = os.fork()
     if pid == 0:
         try:
@@ -85,6 +89,8 @@ def _supervise(sock: socket.socket, context: dict, limits: dict, fds: list[int],
             notes.update(line["setup"])
         elif index > 0 and "exception" in line:
             result["exception"] = line
+    if refused is not None and "setup_error" not in result:
+        result = {"refused": refused}  # from the supervisor itself: no program can forge or hide it
     result["isolation"] = {key: value for key, value in notes.items() if key != "reason"}
     _write_all(status_fd, json.dumps(result).encode())
     os._exit(0)
