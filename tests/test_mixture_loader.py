@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
 
 from phi_assets.mixture import tokenizer
-from phi_assets.mixture.loader import LoaderConfig, MixtureLoader, split_documents
+from phi_assets.mixture.loader import LoaderConfig, MixtureLoader, Source, split_documents
 from phi_assets.mixture.proxy import ProxyConfig, lr_at, train_proxy
+from phi_assets.mixture.tokens import TokenShard
 from tests.support.mixture import (
     assert_same_batches,
     batches,
@@ -24,6 +26,7 @@ from tests.support.mixture import (
     train_tokenizer,
     write,
 )
+from tests.support.token_shards import as_format_1, numpy_shard
 
 
 @pytest.fixture(scope="module")
@@ -246,13 +249,17 @@ def test_train_and_val_splits_partition_the_documents(sources, fraction):
     val = MixtureLoader(sources, HALF, LoaderConfig(**cfg, split="val")).sources
     for name, shards in sources.items():
         masks = split_documents([s.ids() for s in shards], fraction)
-        assert sum(len(d) for d in val[name].docs) >= 1
+        assert val[name].counts.sum() >= 1
         if fraction < 1e-9:
-            assert sum(len(d) for d in val[name].docs) == 1  # at least one when there are two documents
+            assert val[name].counts.sum() == 1  # at least one when there are two documents
         for k, shard in enumerate(shards):
-            t, v = set(train[name].docs[k].tolist()), set(val[name].docs[k].tolist())
+            t, v = set(train[name].documents(k).tolist()), set(val[name].documents(k).tolist())
             assert not t & v and t | v == set(range(shard.num_docs))
             assert v == set(np.flatnonzero(masks[k]).tolist())
+            assert (len(t), len(v)) == (train[name].counts[k], val[name].counts[k])
+        lengths = [np.diff(s.offsets) for s in shards]
+        val_tokens = sum(int(n[m].sum()) for n, m in zip(lengths, masks, strict=True))
+        assert val[name].num_tokens == val_tokens
         assert train[name].num_tokens + val[name].num_tokens == sum(s.stats.num_tokens for s in shards)
 
 
@@ -267,6 +274,58 @@ def test_val_loader_reads_only_validation_documents(sources):
     np.testing.assert_array_equal(
         stream, np.tile(tokens_of_doc, len(stream) // len(tokens_of_doc) + 1)[: len(stream)]
     )
+
+
+def test_shards_written_before_the_split_index_give_the_same_batches(sources, tmp_path):
+    """Format-1 shards (no split.bin) are split by hashing their ids on open: the same documents, the
+    same batches and a state either loader resumes from."""
+    old = {n: [as_format_1(s, tmp_path / f"{n}{k}") for k, s in enumerate(ss)] for n, ss in sources.items()}
+    for split in ("train", "val"):
+        cfg = LoaderConfig(seq_len=16, batch_size=4, seed=2, split=split, val_fraction=0.3)
+        new_loader, old_loader = MixtureLoader(sources, HALF, cfg), MixtureLoader(old, HALF, cfg)
+        assert_same_batches(batches(new_loader, 12), batches(old_loader, 12))
+        assert new_loader.state_dict() == old_loader.state_dict()
+    assert all(s.computed_split is not None for shards in old.values() for s in shards)
+    assert all(s.computed_split is None for shards in sources.values() for s in shards)
+
+
+def test_a_source_builds_document_arrays_only_for_the_shard_it_reads(tmp_path, monkeypatch):
+    """Opening reads no id and allocates far less than one shard's document index; reading builds the
+    document list of the shard reached, and of no other."""
+    docs = 20_000
+    shards = [numpy_shard(tmp_path / f"s{k}", np.full(docs, 3), f"s{k}") for k in range(4)]
+    monkeypatch.setattr(TokenShard, "ids", lambda self: pytest.fail(f"{self.path}: ids read (hashed on open)"))
+    built: list[int] = []
+    documents = Source.documents
+    monkeypatch.setattr(Source, "documents", lambda self, k: built.append(k) or documents(self, k))
+    tracemalloc.start()
+    try:
+        loader = MixtureLoader({"s": shards}, {"s": 1.0}, LoaderConfig(seq_len=31, batch_size=4))
+        opened = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert built == [] and opened < docs * 8 / 4  # an index is 8 bytes a document
+    batches(loader, 10)  # 10 x 4 x 32 tokens: a few hundred documents of the first shard
+    assert built == [int(loader.sources["s"]._shard_order(0)[0])]
+
+
+def test_the_loader_unmaps_a_shard_once_the_batch_that_finishes_it_is_read(tmp_path, monkeypatch):
+    """Released after the batch's rows are read (reading them would map the shard back in), each once."""
+    shards = [numpy_shard(tmp_path / f"s{k}", np.full(40, 4), f"s{k}") for k in range(3)]
+    events: list[str] = []
+    monkeypatch.setattr(TokenShard, "release", lambda self: events.append(self.path.name))
+    read = Source.read
+    monkeypatch.setattr(Source, "read", lambda self, spans: events.append("read") or read(self, spans))
+    loader = MixtureLoader({"s": shards}, {"s": 1.0}, LoaderConfig(seq_len=29, batch_size=2, split="all"))
+    order = [f"s{k}" for k in loader.sources["s"]._shard_order(0)]
+    released: list[str] = []
+    for _ in range(7):  # 160 tokens a shard, 60 a batch: the first two shards end inside batches 3 and 6
+        events.clear()
+        batches(loader, 1)
+        assert events[:2] == ["read", "read"]
+        released += events[2:]
+        assert released == order[: loader.cursors["s"]["shard"]]
+    assert released == order[:2]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,9 @@ Python standard-library source (tests/support/mixture.py), shards written with i
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
 import shutil
 import tracemalloc
@@ -17,6 +20,7 @@ import pytest
 from phi_assets.mixture import tokenizer, tokens
 from phi_assets.mixture.tokens import TokenShard
 from tests.support.mixture import encode, paragraphs_of, stdlib_corpus, train_tokenizer, write, write_parquet
+from tests.support.token_shards import as_format_1, numpy_shard, random_lengths
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +163,59 @@ def test_shard_reconciles_documents_tokens_and_offsets(loaded, paragraphs, tmp_p
     documents = pq.read_table(tmp_path / "shard" / tokens.DOCUMENTS)
     assert documents.column("num_tokens").to_pylist() == np.diff(shard.offsets).tolist()
     assert sum(documents.column("num_tokens").to_pylist()) == stats.num_tokens
+    lengths = np.diff(shard.offsets)
+    buckets = [int(n).bit_length() - 1 for n in lengths]
+    assert stats.shard_format == tokens.FORMAT and len(stats.length_docs) == max(buckets) + 1
+    assert stats.length_docs == [buckets.count(b) for b in range(max(buckets) + 1)]
+    assert stats.length_tokens == [int(lengths[np.array(buckets) == b].sum()) for b in range(max(buckets) + 1)]
+    index = shard.split_index()  # documents by ascending score, with running token counts
+    scores = tokens.split_scores(ids)
+    np.testing.assert_array_equal(index.score, np.sort(scores))
+    np.testing.assert_array_equal(scores[index.doc], index.score)
+    np.testing.assert_array_equal(index.tokens, np.cumsum(lengths[index.doc]))
+    for fraction in (0.0, 0.1, 0.5):
+        n = index.below(fraction)
+        assert sorted(index.doc[:n].tolist()) == np.flatnonzero(scores < fraction).tolist()
+        assert index.tokens_of_first(n) == int(lengths[scores < fraction].sum())
+
+
+def test_split_scores_are_the_blake2b_of_the_id():
+    """The stored scores keep the split of shards written before them: blake2b-64 of ``split:<id>``."""
+    ids = [f"doc-{i}" for i in range(500)] + ["", "café 😀", "a:b"]
+    expected = [
+        int.from_bytes(hashlib.blake2b(f"split:{i}".encode(), digest_size=8).digest(), "big") / 2**64
+        for i in ids
+    ]
+    assert tokens.split_scores(ids).tolist() == expected
+
+
+def test_length_histogram_buckets_by_powers_of_two():
+    lengths = np.array([1, 2, 3, 4, 7, 8, 1023, 1024, 2**40])
+    assert tokens.length_buckets(lengths).tolist() == [0, 1, 1, 2, 2, 3, 9, 10, 40]
+    docs, toks = tokens.length_histogram(np.array([1, 2, 3, 5, 100]))
+    assert docs.tolist() == [1, 2, 1, 0, 0, 0, 1] and toks.tolist() == [1, 5, 5, 0, 0, 0, 100]
+    assert tokens.add_histograms([1, 2], [0, 1, 1]).tolist() == [1, 3, 1]
+
+
+def test_shard_files_do_not_depend_on_batching(tmp_path):
+    lengths = random_lengths(300, 100)
+    flat = np.random.default_rng(1).integers(1, 512, int(lengths.sum())).astype(np.uint16)
+    ids = [f"d{i}" for i in range(300)]
+    tokens.write_encoded(iter([(ids, flat, lengths, 0)]), tmp_path / "one", np.uint16, 512, 0, "v")
+    cut, at = 123, int(lengths[:123].sum())
+    two = iter([(ids[:cut], flat[:at], lengths[:cut], 0), (ids[cut:], flat[at:], lengths[cut:], 0)])
+    tokens.write_encoded(two, tmp_path / "two", np.uint16, 512, 0, "v")
+    for name in (tokens.TOKENS, tokens.OFFSETS, tokens.SPLIT, tokens.META):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == sorted((*tokens.FILES, tokens.SPLIT))
+
+
+def test_a_batch_that_does_not_add_up_is_refused(tmp_path):
+    flat, out = np.array([5, 0, 6, 7, 0], dtype=np.uint16), tmp_path / "s"
+    with pytest.raises(ValueError, match=f"token shard {re.escape(str(out))}: .* as many lengths as ids"):
+        tokens.write_encoded(iter([(["a", "b"], flat, np.array([2, 2]), 0)]), out, np.uint16, 512, 0, "v")
+    with pytest.raises(ValueError, match="of dtype uint32"):
+        tokens.write_encoded(iter([(["a", "b"], flat, np.array([2, 3]), 0)]), out, np.uint32, 512, 0, "v")
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
@@ -196,9 +253,66 @@ def test_torn_shard_is_refused(loaded, paragraphs, tmp_path, name, cut):
 
 def test_shard_with_a_missing_file_is_refused(loaded, paragraphs, tmp_path):
     write(loaded, tmp_path / "shard", paragraphs[:3], "d")
+    (tmp_path / "shard" / tokens.SPLIT).unlink()
+    with pytest.raises(ValueError, match="missing split.bin"):
+        TokenShard.open(tmp_path / "shard")
     (tmp_path / "shard" / tokens.META).unlink()
     with pytest.raises(ValueError, match="missing tokens.json"):
         TokenShard.open(tmp_path / "shard")
+
+
+def test_torn_split_index_or_histogram_is_refused(tmp_path):
+    shard = numpy_shard(tmp_path / "shard", [3, 5, 9], "d")
+    split = shard.path / tokens.SPLIT
+    split.write_bytes(split.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="torn write"):
+        TokenShard.open(shard.path)
+    shard = numpy_shard(tmp_path / "other", [3, 5, 9], "d")
+    meta = json.loads((shard.path / tokens.META).read_text())
+    (shard.path / tokens.META).write_text(json.dumps({**meta, "length_docs": [0, 1, 1]}))
+    with pytest.raises(ValueError, match="torn write"):
+        TokenShard.open(shard.path)
+
+
+def test_a_shard_written_before_the_split_index_opens_and_hashes_its_ids(tmp_path):
+    shard = numpy_shard(tmp_path / "new", random_lengths(200, 50), "d")
+    old = as_format_1(shard, tmp_path / "old")
+    assert old.stats.shard_format == 1 and old.stats.length_docs is None and old.computed_split is None
+    index, computed = shard.split_index(), old.split_index()
+    for field in ("score", "doc", "tokens"):
+        np.testing.assert_array_equal(getattr(index, field), getattr(computed, field))
+    assert old.split_index() is computed  # hashed once per opened shard
+
+
+def _resident_kb(path) -> int:
+    """This process's resident memory mapped from ``path`` (Linux: /proc/self/smaps)."""
+    total, current = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                current = line.rstrip().endswith(str(path))
+            elif current and line.startswith("Rss:"):
+                total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+def test_release_unmaps_the_pages_a_shard_has_read(tmp_path):
+    shard = numpy_shard(tmp_path / "shard", np.full(100_000, 4), "d")  # 800 KB of tokens
+    assert _resident_kb(shard.path / tokens.TOKENS) == 0  # opening maps nothing in
+    assert int(shard.tokens.astype(np.int64).sum()) > 0 and int(shard.offsets[-1]) == 400_000
+    assert _resident_kb(shard.path / tokens.TOKENS) > 700
+    shard.release()
+    assert _resident_kb(shard.path / tokens.TOKENS) == _resident_kb(shard.path / tokens.OFFSETS) == 0
+    np.testing.assert_array_equal(shard.document(7), shard.tokens[28:32])  # still readable
+
+
+def test_a_shard_of_a_newer_format_is_refused(tmp_path):
+    shard = numpy_shard(tmp_path / "shard", [3, 5], "d")
+    meta = json.loads((shard.path / tokens.META).read_text())
+    (shard.path / tokens.META).write_text(json.dumps({**meta, "shard_format": tokens.FORMAT + 1}))
+    with pytest.raises(ValueError, match=f"format {tokens.FORMAT + 1}, this code reads up to {tokens.FORMAT}"):
+        TokenShard.open(shard.path)
 
 
 @pytest.mark.slow  # tokenizes 8 MB under tracemalloc

@@ -4,8 +4,14 @@ Each sequence of a batch comes from one source, drawn with the mixture weights; 
 with ``seq_len + 1`` consecutive tokens of that source's documents (phi-1 packs documents joined by
 ``<|endoftext|>`` without masking; ``document_boundaries=True`` adds per-document position ids and
 flash-attn ``cu_seqlens`` for masked attention). A source is read document by document in an
-order shuffled per epoch (shards shuffled, then documents within a shard), so memory stays at one
-shard's document index whatever the corpus size.
+order shuffled per epoch (shards shuffled, then documents within a shard).
+
+Memory is proportional to the shards being read, not to the corpus: opening a source reads each
+shard's split index (``tokens.SplitIndex``, memory-mapped ``split.bin``) with one binary search,
+which gives the shard's documents and tokens in the split, and keeps per shard only those counts; the
+list of a shard's documents in the split, and its shuffled order, are built when the loader reaches
+that shard and dropped when it moves to the next; the pages of a shard it has finished are unmapped
+after the batch (``TokenShard.release``), so a long run's resident memory stays at the shards being read.
 
 Deterministic and resumable: the batches are a function of (seed, data, weights, shapes), and
 ``state_dict()`` (JSON: the RNG state plus each source's epoch, shard, document and offset) put in
@@ -13,8 +19,12 @@ a checkpoint and passed to ``load_state_dict`` continues with exactly the batche
 loader would have produced. With ``world_size > 1`` every rank plans the whole global batch (from
 document offsets only) and reads just its rows, so all ranks stay in step.
 
-The ``val`` split holds a stable ``val_fraction`` of each source's documents (by a hash of the
-document id; at least one when a source has two or more), the ``train`` split the rest.
+The ``val`` split holds a stable ``val_fraction`` of each source's documents: those whose split score
+(``tokens.split_scores``, a hash of the document id stored in the shard) is below it, so the same
+documents whatever the sharding; when none is but the source has two documents or more, the one of
+lowest score. The ``train`` split is the rest. Shards written before ``split.bin`` (format 1) still
+load: their scores are computed when the source is opened, hashing every id (the loader's time and
+memory before the index: a float and an index per document, kept on the shard).
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phi_assets.mixture.tokens import TokenShard
+from phi_assets.mixture.tokens import TokenShard, split_scores
 
 SPLITS = ("train", "val", "all")
 STATE_VERSION = 1
@@ -69,19 +79,6 @@ def _stable_int(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
 
 
-def split_scores(ids: list[str]) -> np.ndarray:
-    """A stable number in [0, 1) per document id: the validation split is those below val_fraction."""
-    return np.array([_stable_int("split", i) / 2**64 for i in ids], dtype=np.float64)
-
-
-def _shard_scores(shard: TokenShard) -> np.ndarray:
-    """``split_scores`` of a shard's ids, computed once per opened shard (every split and loader
-    over it needs them)."""
-    if shard.split_scores is None:
-        shard.split_scores = split_scores(shard.ids())
-    return shard.split_scores
-
-
 def split_documents(ids_per_shard: list[list[str]], val_fraction: float) -> list[np.ndarray]:
     """Per shard, a boolean mask of the validation documents (stable under re-sharding)."""
     return _split_masks([split_scores(ids) for ids in ids_per_shard], val_fraction)
@@ -96,20 +93,56 @@ def _split_masks(scores: list[np.ndarray], val_fraction: float) -> list[np.ndarr
     return masks
 
 
+def _validation(shards: list[TokenShard], val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per shard, how many of its documents are in the validation split (the first of its split index)
+    and their tokens: one binary search each. When none scores below ``val_fraction`` but the shards
+    hold two documents or more, the document of lowest score is (the first shard's on a tie)."""
+    count, tokens = np.zeros(len(shards), dtype=np.int64), np.zeros(len(shards), dtype=np.int64)
+    lowest, first = np.full(len(shards), np.inf), np.zeros(len(shards), dtype=np.int64)
+    for k, shard in enumerate(shards):
+        if shard.num_docs:
+            index = shard.split_index()
+            count[k] = index.below(val_fraction)
+            tokens[k] = index.tokens_of_first(int(count[k]))
+            lowest[k], first[k] = index.score[0], index.tokens[0]
+    if val_fraction > 0 and sum(s.num_docs for s in shards) >= 2 and not count.any():
+        k = int(np.argmin(lowest))
+        count[k], tokens[k] = 1, first[k]
+    return count, tokens
+
+
 class Source:
     """One source's documents in one split, read in a per-epoch shuffled order."""
 
     def __init__(self, name: str, shards: list[TokenShard], split: str, val_fraction: float, seed: int):
-        self.name, self.shards, self.seed = name, shards, seed
-        if split == "all":
-            self.docs = [np.arange(s.num_docs) for s in shards]
-        else:
-            masks = _split_masks([_shard_scores(s) for s in shards], val_fraction)
-            self.docs = [np.flatnonzero(m if split == "val" else ~m) for m in masks]
-        self.num_tokens = sum(int(np.diff(s.offsets)[d].sum()) for s, d in zip(shards, self.docs, strict=True))
+        self.name, self.shards, self.split, self.seed = name, shards, split, seed
+        docs = np.array([s.num_docs for s in shards], dtype=np.int64)
+        tokens = np.array([s.stats.num_tokens for s in shards], dtype=np.int64)
+        self._val = np.zeros(len(shards), dtype=np.int64)  # shard k's val documents: split_index().doc[:n]
+        if split != "all":
+            self._val, val_tokens = _validation(shards, val_fraction)
+            docs, tokens = (
+                (self._val, val_tokens) if split == "val" else (docs - self._val, tokens - val_tokens)
+            )
+        self.counts = docs  # the split's documents in each shard
+        self.num_tokens = int(tokens.sum())
         self._key = _stable_int(name) % 2**32  # orders depend on the source's name, not its position
         self._order_key: tuple | None = None
         self._shards_epoch: int | None = None
+        self._done: list[int] = []  # shards finished since the last release_done
+
+    def documents(self, shard: int) -> np.ndarray:
+        """The split's documents of ``shard``, ascending; built when asked (the loader asks for the
+        shard it reaches), from the shard's split index."""
+        num_docs = self.shards[shard].num_docs
+        if self.split == "all":
+            return np.arange(num_docs)
+        val = np.sort(np.array(self.shards[shard].split_index().doc[: self._val[shard]]))
+        if self.split == "val":
+            return val
+        train = np.ones(num_docs, dtype=bool)
+        train[val] = False
+        return np.flatnonzero(train)
 
     def _shard_order(self, epoch: int) -> np.ndarray:
         if self._shards_epoch != epoch:
@@ -119,9 +152,9 @@ class Source:
 
     def _doc_order(self, epoch: int, shard: int) -> np.ndarray:
         key = (epoch, shard)
-        if self._order_key != key:  # one shard's order in memory at a time
+        if self._order_key != key:  # one shard's documents in memory at a time
             rng = np.random.default_rng([self.seed, self._key, epoch, shard + 1])
-            self._order, self._order_key = rng.permutation(self.docs[shard]), key
+            self._order, self._order_key = rng.permutation(self.documents(shard)), key
         return self._order
 
     def take(self, cursor: dict, n: int) -> list[tuple[int, int, int]]:
@@ -129,12 +162,13 @@ class Source:
         spans: list[tuple[int, int, int]] = []
         while n > 0:
             shard = int(self._shard_order(cursor["epoch"])[cursor["shard"]])
-            order = self._doc_order(cursor["epoch"], shard)
-            if cursor["doc"] >= len(order):  # next shard, or next epoch
+            if cursor["doc"] >= self.counts[shard]:  # next shard, or next epoch
+                self._done.append(shard)
                 cursor.update(shard=cursor["shard"] + 1, doc=0, offset=0)
                 if cursor["shard"] >= len(self.shards):
                     cursor.update(epoch=cursor["epoch"] + 1, shard=0)
                 continue
+            order = self._doc_order(cursor["epoch"], shard)
             offsets = self.shards[shard].offsets
             doc = int(order[cursor["doc"]])
             start = int(offsets[doc]) + cursor["offset"]
@@ -149,6 +183,12 @@ class Source:
 
     def read(self, spans: list[tuple[int, int, int]]) -> np.ndarray:
         return np.concatenate([self.shards[k].tokens[a:b] for k, a, b in spans]).astype(np.int64)
+
+    def release_done(self) -> None:
+        """Unmap the pages of the shards ``take`` has moved past (once the batch that ends them is read)."""
+        for shard in self._done:
+            self.shards[shard].release()
+        self._done.clear()
 
 
 class MixtureLoader:
@@ -196,9 +236,13 @@ class MixtureLoader:
         out = {}
         for s, c in self.cursors.items():
             src = self.sources[s]
-            done = sum(len(src.docs[int(k)]) for k in src._shard_order(c["epoch"])[: c["shard"]])
-            out[s] = c["epoch"] + (done + c["doc"]) / max(sum(len(d) for d in src.docs), 1)
+            done = int(src.counts[src._shard_order(c["epoch"])[: c["shard"]]].sum())
+            out[s] = c["epoch"] + (done + c["doc"]) / max(int(src.counts.sum()), 1)
         return out
+
+    def sequences_seen(self) -> int:
+        """Sequences drawn so far by all ranks together (every rank plans each global batch)."""
+        return self.step * self.config.batch_size
 
     def next_batch(self) -> Batch:
         cfg = self.config
@@ -210,6 +254,8 @@ class MixtureLoader:
         per_rank = cfg.batch_size // cfg.world_size
         mine = plans[cfg.rank * per_rank : (cfg.rank + 1) * per_rank]
         rows = np.stack([self.sources[name].read(spans) for name, spans in mine])
+        for source in self.sources.values():
+            source.release_done()
         self.step += 1
         batch = Batch(rows[:, :-1], rows[:, 1:], [name for name, _ in mine])
         if cfg.document_boundaries:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import dagster as dg
 import fsspec
-import polars as pl
 
 from k8s import steps
 from phi_assets.common import plots
@@ -268,7 +267,8 @@ def tokenized_asset(source: TokenSource) -> dg.AssetsDefinition:
         code_version=TOKENIZE_CODE_VERSION,
         automation_condition=ON_NEW_DATA if source.corpus_set is None else None,
         description=f"{source.name} as token ids joined with <|endoftext|> ({shards}): tokens.bin "
-        "(uint16/uint32, memory-mappable), offsets.bin (document boundaries), documents.parquet (ids).",
+        "(uint16/uint32, memory-mappable), offsets.bin (document boundaries), split.bin (the validation "
+        "split's index), documents.parquet (ids), tokens.json (counts, length histogram).",
     )
     def _asset(
         context: dg.AssetExecutionContext, config: TokenizeConfig, store: ArtifactStore
@@ -288,13 +288,14 @@ def tokenized_asset(source: TokenSource) -> dg.AssetsDefinition:
 
             with _open(uri) as f:
                 stats = tokfiles.write_shard(
-                    tokfiles.read_documents(f, keep=keep, limits=limits), loaded, out / SUBDIR, tok_version,
+                    tokfiles.read_documents(f, keep=keep, limits=limits),
+                    loaded,
+                    out / SUBDIR,
+                    tok_version,
                     progress,
                 )
-            lengths = pl.read_parquet(out / SUBDIR / tokfiles.DOCUMENTS, columns=["num_tokens"])["num_tokens"]
-            hist = [0] * 24
-            for n in lengths.to_list():
-                hist[min(n.bit_length() - 1, 23)] += 1
+            per_bucket = stats.length_docs or []
+            hist = (per_bucket + [0] * 23)[:23] + [sum(per_bucket[23:])]  # 24 plot bins, the last open
             return Built(
                 stable_hash([TOKENIZE_CODE_VERSION, stats.content_sha256]),
                 {**stats.__dict__, "bytes_per_token": round(stats.bytes_per_token, 3), "length_hist": hist},

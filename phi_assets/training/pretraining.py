@@ -14,7 +14,7 @@ from phi_assets.common.code_version import code_version
 from phi_assets.common.store import current, file_uri
 from phi_assets.mixture.assets import mixture_weights
 from phi_assets.mixture.token_assets import SUBDIR, tokenizer
-from phi_assets.training import trainer
+from phi_assets.training import long_context, trainer
 from phi_assets.training.runs import (
     current_tokenizer,
     parent_checkpoint,
@@ -43,16 +43,27 @@ def _sources(store: ArtifactStore, mixture: dict) -> dict[str, list[str]]:
     }
 
 
-def _document_lengths(store: ArtifactStore, shards: list[dict]):
-    """Token counts of every document of a source's shards (their ``documents.parquet``)."""
-    import numpy as np
-    import pyarrow.parquet as pq
+def _long_tokens(store: ArtifactStore, shards: list[dict], min_tokens: int, log) -> long_context.LongTokens:
+    """A source's tokens and those in documents of >= ``min_tokens``, from its shards' ``tokens.json``
+    (the length histogram; ``long_context`` says when a shard's ``documents.parquet`` is streamed)."""
+    from phi_assets.mixture import tokens
 
-    parts = []
-    for s in shards:
-        with store.fs.open(file_uri(store, s, f"{SUBDIR}/documents.parquet"), "rb") as f:
-            parts.append(pq.read_table(f, columns=["num_tokens"])["num_tokens"].to_numpy())
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    def shard(s: dict):
+        meta = json.loads(store.fs.cat_file(file_uri(store, s, f"{SUBDIR}/{tokens.META}")))
+        stats = tokens.ShardStats(**meta)
+        if stats.length_docs is None:
+            log(
+                f"{s['asset']}[{s['partition']}]: no length histogram (written before it); its "
+                "documents.parquet is streamed instead: re-materialize the partition to skip this"
+            )
+
+        def lengths():
+            with store.fs.open(file_uri(store, s, f"{SUBDIR}/{tokens.DOCUMENTS}"), "rb") as f:
+                yield from tokens.document_lengths(f)
+
+        return stats, lengths
+
+    return long_context.source_long_tokens(map(shard, shards), min_tokens)
 
 
 # --- pretraining ----------------------------------------------------------------------------------
@@ -67,7 +78,8 @@ class PretrainConfig(dg.Config):
 @dg.asset(
     deps=[mixture_weights, tokenizer],
     group_name="training",
-    op_tags=steps.tags("light"), pool=steps.GPU_POOL,
+    op_tags=steps.tags("light"),
+    pool=steps.GPU_POOL,
     kinds={"pytorch"},
     code_version=PRETRAINED_CHECKPOINT_CODE_VERSION,
     description="Pretraining on the mixture: the Phi model trained by the training entrypoint (Dagster Pipes), "
@@ -145,7 +157,8 @@ def _midtrain_config(parent: dict, config: MidtrainConfig, token_budget: int) ->
 @dg.asset(
     deps=[pretrained_checkpoint, mixture_weights, tokenizer],
     group_name="training",
-    op_tags=steps.tags("light"), pool=steps.GPU_POOL,
+    op_tags=steps.tags("light"),
+    pool=steps.GPU_POOL,
     kinds={"pytorch"},
     code_version=MIDTRAINED_CHECKPOINT_CODE_VERSION,
     description="Context extension as phi-4 did it: a higher RoPE base, longer sequences, a mix weighted "
@@ -162,8 +175,8 @@ def midtrained_checkpoint(
     tok, tok_path = current_tokenizer(store)
     cfg = _midtrain_config(parent, config, mixture["token_budget"])
     sources = _sources(store, mixture)
-    lengths = {name: _document_lengths(store, mixture["shards"][name]) for name in sources}
-    mixed, long_share = trainer.long_context_weights(lengths, mixture["weights"], cfg.seq_len, config.long_mix)
+    long = {n: _long_tokens(store, mixture["shards"][n], cfg.seq_len, context.log.warning) for n in sources}
+    mixed, long_share = long_context.long_context_weights(long, mixture["weights"], config.long_mix)
     context.log.info(
         "midtraining mix (long-document share in brackets): "
         + ", ".join(f"{n} {w:.3f} ({long_share[n]:.2f})" for n, w in mixed.items())
