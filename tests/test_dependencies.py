@@ -24,6 +24,13 @@ USED_WITHOUT_IMPORT = {
     "vllm": "the vLLM engine on GPU",
     "flash-attn": "flash attention on GPU (imported as flash_attn)",
 }
+#: dev tools the tests run as commands, never import
+DEV_COMMANDS = {
+    "pytest-timeout": "pytest's --timeout",
+    "ruff": "make lint",
+    "import-linter": "lint-imports (make lint)",
+    "moto": "the tests' S3 server, `python -m moto.server` (tests/support/object_store.py)",
+}
 #: imported by the benchmarks from their own environment (.venv-bench), never by the product
 PEERS = {"datatrove"}
 
@@ -79,7 +86,7 @@ def test_every_declared_package_is_used():
     unused = deps["main"] - product - set(USED_WITHOUT_IMPORT)
     assert unused == set(), f"declared in [project] dependencies but never imported: {sorted(unused)}"
     dev = set().union(*distributions(imports(["tests", "benchmarks"]) - PEERS).values())
-    unused_dev = deps["dev"] - dev - product - {"pytest-timeout", "ruff", "import-linter"}
+    unused_dev = deps["dev"] - dev - product - set(DEV_COMMANDS)
     assert unused_dev == set(), f"declared in the dev extra but never imported: {sorted(unused_dev)}"
     stale = set(USED_WITHOUT_IMPORT) - deps["main"] - deps["cpu"] - deps["gpu"]
     assert stale == set(), f"USED_WITHOUT_IMPORT names packages that are no longer declared: {stale}"

@@ -1,4 +1,4 @@
-"""Post-training without a GPU: the SFT and DPO loaders across ranks, midtraining weights, MFU and the
+"""Post-training without a GPU: the SFT and DPO loaders across ranks, MFU and the
 entrypoint's config, inputs and publishing. (Preference pairs: tests/test_preference_pairs.py.)"""
 
 from __future__ import annotations
@@ -154,24 +154,6 @@ def test_preference_accuracy_counts_pairs_whose_reward_prefers_the_chosen_answer
 # --- trainer helpers ----------------------------------------------------------------------------------------
 
 
-def test_long_context_weights_move_long_mix_onto_long_documents():
-    lengths = {"a": np.array([10, 500, 600]), "b": np.array([10, 20])}
-    mixed, share = trainer.long_context_weights(lengths, {"a": 0.5, "b": 0.5}, min_tokens=100, long_mix=0.3)
-    assert share == pytest.approx({"a": 1100 / 1110, "b": 0.0})
-    assert sum(mixed.values()) == pytest.approx(1.0)
-    assert mixed["b"] == pytest.approx(0.7 * 0.5)
-    assert mixed["a"] == pytest.approx(0.7 * 0.5 + 0.3)
-
-
-def test_long_context_weights_keep_normalised_weights_without_long_documents():
-    lengths = {"a": [10, 20], "b": [30]}
-    mixed, share = trainer.long_context_weights(lengths, {"a": 2.0, "b": 6.0}, min_tokens=100)
-    assert mixed == pytest.approx({"a": 0.25, "b": 0.75}) and share == {"a": 0.0, "b": 0.0}
-    for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError, match="long_mix"):
-            trainer.long_context_weights(lengths, {"a": 1.0, "b": 1.0}, 100, long_mix=bad)
-
-
 def test_mfu_and_peak_flops():
     assert trainer.mfu(6e9, 2000.0, 1e14, 4) == pytest.approx(6e9 * 2000.0 / (1e14 * 4))
     assert trainer.mfu(6e9, 2000.0, 1e14, 1) == pytest.approx(4 * trainer.mfu(6e9, 2000.0, 1e14, 4))
@@ -278,34 +260,6 @@ def memory_root():
     yield fs, root
     if fs.exists(root):
         fs.rm(root, recursive=True)
-
-
-def test_localize_copies_a_uri_once(tmp_path, memory_root):
-    fs, root = memory_root
-    fs.pipe(
-        {f"{root}/tok/vocab.json": b'{"a": 1}', f"{root}/tok/sub/merges.txt": b"a b", f"{root}/f.bin": b"F"}
-    )
-    out = tmp_path / "run"
-    local = entrypoint.localize(f"memory://{root}/tok", out)
-    assert local.parent == out / "inputs"
-    assert (local / "vocab.json").read_bytes() == b'{"a": 1}' and (
-        local / "sub/merges.txt"
-    ).read_bytes() == b"a b"
-    single = entrypoint.localize(f"memory://{root}/f.bin", out)
-    assert single.is_file() and single.read_bytes() == b"F" and single != local
-    assert sorted(p.name for p in (out / "inputs").iterdir()) == sorted(
-        [local.name, single.name]
-    )  # no partials
-
-    fs.rm(root, recursive=True)  # a second call must not copy again
-    assert entrypoint.localize(f"memory://{root}/tok", out) == local
-    assert (local / "vocab.json").read_bytes() == b'{"a": 1}'
-
-
-def test_localize_returns_local_paths_unchanged(tmp_path):
-    assert entrypoint.localize(str(tmp_path / "tok"), tmp_path / "run") == tmp_path / "tok"
-    assert entrypoint.localize(f"file://{tmp_path}/tok", tmp_path / "run") == tmp_path / "tok"
-    assert not (tmp_path / "run").exists()
 
 
 def _run_dir(tmp_path: Path, version: str) -> Path:

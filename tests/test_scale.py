@@ -57,9 +57,8 @@ def test_preset_recipes_exist_and_match_the_preset_context(name):
 def test_phi1_token_budget_is_the_papers_steps_times_batch():
     """phi-1 §2.3: the released checkpoint is the one after 24,000 steps of 1,024 x 2,048 tokens."""
     pretrain = trainer.TRAIN_RECIPES[SCALES["phi1"].pretrain_recipe]()
-    global_batch = pretrain.micro_batch_size * pretrain.grad_accum  # sequences per optimizer step
-    assert global_batch == 1024
-    assert SCALES["phi1"].token_budget == 24_000 * global_batch * pretrain.seq_len
+    assert pretrain.global_batch_size == 1024  # sequences per optimizer step, whatever the world size
+    assert SCALES["phi1"].token_budget == 24_000 * pretrain.tokens_per_step == 24_000 * 1024 * 2048
 
 
 def test_sizes_reject_non_positive_numbers_and_empty_recipes():

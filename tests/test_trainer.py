@@ -38,7 +38,7 @@ def _cfg(**kw) -> trainer.TrainConfig:
     base = {
         "seq_len": 32,
         "micro_batch_size": 4,
-        "grad_accum": 2,
+        "global_batch_size": 8,
         "max_steps": 12,
         "warmup_steps": 2,
         "checkpoint_every": 4,
@@ -95,11 +95,25 @@ def test_schedule_warms_up_then_decays_to_the_floor(schedule):
 
 
 def test_recipes_follow_the_papers():
+    """The papers' batches are global (sequences per optimizer step over all GPUs): phi-1 pretrains
+    at 1024 x 2048 whether on 1 GPU, 8, or 4 nodes of 8; only the accumulation changes."""
     p = trainer.phi1_pretrain()
-    assert (p.lr, p.warmup_steps, p.weight_decay, p.micro_batch_size * p.grad_accum) == (1e-3, 750, 0.1, 1024)
+    assert (p.lr, p.warmup_steps, p.weight_decay, p.global_batch_size) == (1e-3, 750, 0.1, 1024)
+    assert p.tokens_per_step == 1024 * 2048
+    assert [p.grad_accum(w) for w in (1, 8, 32)] == [128, 16, 4]  # micro-batch 8 per GPU
     f = trainer.phi1_finetune()
-    assert (f.lr, f.warmup_steps, f.weight_decay, f.micro_batch_size * f.grad_accum) == (1e-4, 50, 0.01, 256)
+    assert (f.lr, f.warmup_steps, f.weight_decay, f.global_batch_size) == (1e-4, 50, 0.01, 256)
     assert trainer.phi1_5_pretrain().lr == 2e-4 and trainer.phi1_5_pretrain().warmup_steps == 0
+    assert trainer.phi1_5_pretrain().global_batch_size == 2048
+
+
+def test_a_global_batch_the_world_cannot_split_is_refused():
+    with pytest.raises(ValueError, match="global_batch_size 12 must be a multiple of micro_batch_size 8"):
+        trainer.TrainConfig(micro_batch_size=8, global_batch_size=12)
+    cfg = trainer.TrainConfig(micro_batch_size=4, global_batch_size=8)
+    assert cfg.grad_accum(2) == 1
+    with pytest.raises(ValueError, match="micro_batch_size 4 x world_size 4"):
+        cfg.grad_accum(4)
 
 
 def test_bf16_autocast_and_activation_checkpointing_train(shards, tmp_path):
@@ -133,7 +147,7 @@ def _entry_config(shards, tok_dir: Path, out: Path) -> Path:
         "train": {
             "seq_len": 64,
             "micro_batch_size": 8,
-            "grad_accum": 2,
+            "global_batch_size": 16,
             "max_steps": 40,
             "checkpoint_every": 10,
             "warmup_steps": 4,
@@ -216,10 +230,11 @@ def test_sigkilled_run_resumes_to_the_same_exported_weights(shards, tmp_path):
 
 @pytest.mark.slow  # DeepSpeed under torchrun
 def test_deepspeed_zero2_trains_on_two_cpu_ranks_and_resumes(shards, tmp_path):
-    """DeepSpeed for real, on CPU (DS_ACCELERATOR=cpu, gloo): two ranks under torchrun, ZeRO stage 2;
-    rank 0 logs every step, the loss goes down, and DeepSpeed writes its checkpoints. Rolled back to
-    its step-4 checkpoint (as after a lost pod), the run resumes there (engine, ZeRO optimizer shards,
-    loader position, RNG) and repeats steps 5-8 with the same losses."""
+    """DeepSpeed for real, on CPU (DS_ACCELERATOR=cpu, gloo): two ranks under torchrun, ZeRO stage 2
+    with a user's ds_config.json merged over the derived config; rank 0 logs every step, the loss goes
+    down, and DeepSpeed writes its checkpoints. Rolled back to its step-4 checkpoint (as after a lost
+    pod), the run resumes there (engine, ZeRO optimizer shards, loader position, RNG) and repeats
+    steps 5-8 with the same losses."""
     import json
     import shutil
     import subprocess
@@ -230,6 +245,10 @@ def test_deepspeed_zero2_trains_on_two_cpu_ranks_and_resumes(shards, tmp_path):
     config = json.loads(_entry_config(shards, shards["code"][0].path.parent / "tok", out).read_text())
     config["train"].update(
         max_steps=8, backend="deepspeed", zero_stage=2, checkpoint_every=4, micro_batch_size=4, lr=3e-3
+    )
+    config["ds_config"] = str(tmp_path / "ds_config.json")  # a user's file over the derived config
+    (tmp_path / "ds_config.json").write_text(
+        json.dumps({"zero_optimization": {"reduce_bucket_size": 1_000_000}})
     )
     path = tmp_path / "ds.json"
     path.write_text(json.dumps(config))
@@ -251,8 +270,11 @@ def test_deepspeed_zero2_trains_on_two_cpu_ranks_and_resumes(shards, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))  # rank 0 only
-    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["tokens"] == 8 * 64 * 4 * 2 * 2
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["tokens"] == 8 * 64 * 16  # 8 steps of 16 x 64
     assert {p.name for p in (out / "deepspeed").iterdir()} >= {"global_step4", "global_step8", "latest"}
+    given = json.loads((out / "deepspeed_config.json").read_text())  # what deepspeed.initialize got
+    assert given["zero_optimization"]["reduce_bucket_size"] == 1_000_000  # the file's
+    assert given["zero_optimization"]["stage"] == 2 and given["train_batch_size"] == 16  # the config's
 
     shutil.rmtree(out / "deepspeed" / "global_step8")
     (out / "deepspeed" / "latest").write_text("global_step4")
@@ -305,7 +327,7 @@ def test_sft_from_a_parent_checkpoint_learns_the_completions(shards, tmp_path):
         {k: v.contiguous() for k, v in parent.state_dict().items()}, tmp_path / "export" / "model.safetensors"
     )
     examples = sft.encode_pairs(loaded, _pairs())
-    cfg = _cfg(max_steps=40, lr=3e-3, grad_accum=1, micro_batch_size=8)
+    cfg = _cfg(max_steps=40, lr=3e-3, global_batch_size=8, micro_batch_size=8)
     logs = []
     model = trainer.train_on(
         cfg,
@@ -336,7 +358,7 @@ def test_dpo_prefers_the_chosen_answers_and_leaves_the_reference_frozen(shards, 
     before = {k: v.clone() for k, v in reference.state_dict().items()}
     triples = [(f"def add_{i}(x):\n", f"    return x + {i}\n", f"    return x - {i}\n") for i in range(40)]
     pairs = dpo.encode_preferences(loaded, triples)
-    cfg = _cfg(max_steps=30, lr=1e-3, grad_accum=1, micro_batch_size=4, dropout=False)
+    cfg = _cfg(max_steps=30, lr=1e-3, global_batch_size=4, micro_batch_size=4, dropout=False)
     make = lambda: dpo.DPOLoader(pairs, cfg.seq_len, 4, loaded.eot_id, seed=2)  # noqa: E731
     logs = []
     policy = trainer.train_on(

@@ -52,6 +52,9 @@ def test_every_stage_lowers_its_loss_and_records_lineage(store, asset):
     meta = manifest["metadata"]
     loss = meta["loss"]
     assert len(loss) == meta["steps"] == meta["step_messages"] > 0
+    train, summary = manifest["inputs"]["train"], meta["summary"]  # the global batch, measured by the loader
+    assert summary["sequences_seen"] == meta["steps"] * train["global_batch_size"]
+    assert meta["tokens"] == meta["steps"] * train["global_batch_size"] * train["seq_len"]
     if asset == "midtrained_checkpoint":
         summary = meta["summary"]
         assert summary["val_loss"].keys() == summary["parent_val_loss"].keys()

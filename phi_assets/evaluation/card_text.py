@@ -103,7 +103,7 @@ def _recipe(facts: Facts) -> str:
                 _num(meta.get("steps")),
                 _num(meta.get("tokens")),
                 t["seq_len"],
-                f"{t['micro_batch_size']} x {t['grad_accum']}",
+                _batch(t),
                 f"{t['lr']:g} (min x{t['min_lr_ratio']:g})",
                 f"{t['schedule']}, warmup {t['warmup_steps']}",
                 f"{t['weight_decay']:g}",
@@ -140,7 +140,7 @@ def _recipe(facts: Facts) -> str:
         "steps",
         "tokens",
         "seq len",
-        "batch (micro x accum)",
+        "global batch (micro)",
         "peak lr",
         "schedule",
         "weight decay",
@@ -401,3 +401,11 @@ def render(facts: Facts, decontamination: dict, max_rows: int = 64) -> str:
         lineage_section(facts, max_rows),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _batch(train: dict) -> str:
+    """The global batch (sequences per optimizer step) and the per-rank micro-batch; a config recorded
+    before global batches were stated shows its per-rank micro-batch x accumulation."""
+    if "global_batch_size" in train:
+        return f"{train['global_batch_size']} (micro {train['micro_batch_size']})"
+    return f"{train['micro_batch_size']} x {train['grad_accum']} per rank"

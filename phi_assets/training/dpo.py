@@ -66,6 +66,10 @@ class DPOLoader:
     def epochs(self) -> dict[str, float]:
         return self.chosen.epochs()
 
+    def sequences_seen(self) -> int:
+        """Pairs drawn so far by all ranks together."""
+        return self.chosen.sequences_seen()
+
     def state_dict(self) -> dict:
         return self.chosen.state_dict()
 

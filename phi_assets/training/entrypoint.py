@@ -15,9 +15,12 @@ and writes:
      "examples": "path/to/sft.parquet"                 (sft: columns prompt, completion)
      "pairs": "path/to/pairs.parquet", "beta": 0.1     (dpo: prompt, chosen, rejected; the frozen
                                                         reference is "reference", default "init")
-     "publish": "s3://.../run"                         (optional: hf/ and metrics.jsonl copied there)}
+     "publish": "s3://.../run"                         (optional: hf/ and metrics.jsonl copied there)
+     "ds_config": "path/to/ds_config.json"             (optional, backend deepspeed: keys over the
+                                                        derived DeepSpeed config; or --ds-config)}
 
-Inputs given as URIs are copied once into ``out/inputs/``. It writes ``out/metrics.jsonl`` (one
+Inputs given as URIs are staged before training, once per node (``staging.py``: local rank 0 copies
+them into ``out/inputs/``, the other ranks wait at a barrier). It writes ``out/metrics.jsonl`` (one
 line per step), ``out/checkpoint/`` (atomic, for resume) and, at the end, ``out/hf/`` (config.json,
 model.safetensors and the tokenizer files, which transformers and vLLM load) and
 ``out/summary.json``. Running the same config again resumes from the checkpoint.
@@ -26,7 +29,6 @@ model.safetensors and the tokenizer files, which transformers and vLLM load) and
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -36,7 +38,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from phi_assets.mixture.tokens import TokenShard
-from phi_assets.training import trainer
+from phi_assets.training import staging, trainer
 
 PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
 STAGES = ("pretrain", "midtrain", "sft", "dpo")
@@ -48,8 +50,7 @@ NEEDS = {
 }
 
 
-def is_uri(path: str) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
+is_uri = staging.is_uri
 
 
 def read_text(path: str) -> str:
@@ -61,7 +62,10 @@ def read_text(path: str) -> str:
     return Path(path).read_text()
 
 
-def load_config(path: str | Path) -> dict:
+def load_config(path: str | Path, ds_config: str | None = None) -> dict:
+    """The run's config, its ``train`` a ``TrainConfig``; a DeepSpeed config file (``ds_config``, or
+    the config's own ``"ds_config"`` key) goes into ``train.ds_config``, so it is recorded with the run
+    and checked on resume."""
     raw = json.loads(read_text(str(path)))
     stage = raw.get("stage", "pretrain")
     if stage not in STAGES:
@@ -73,6 +77,15 @@ def load_config(path: str | Path) -> dict:
         if raw["recipe"] not in trainer.TRAIN_RECIPES:
             raise ValueError(f"{path}: recipe must be one of {sorted(trainer.TRAIN_RECIPES)}")
     train = dict(raw.get("train", {}))
+    ds_file = ds_config or raw.get("ds_config")
+    if ds_file:
+        try:
+            overrides = json.loads(read_text(str(ds_file)))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"ds_config {ds_file}: not JSON ({exc})") from exc
+        if not isinstance(overrides, dict):
+            raise ValueError(f"ds_config {ds_file}: must hold a JSON object, got {type(overrides).__name__}")
+        train["ds_config"] = {**train.get("ds_config", {}), **overrides}
     if "betas" in train:
         train["betas"] = tuple(train["betas"])
     if "recipe" in raw:
@@ -82,22 +95,23 @@ def load_config(path: str | Path) -> dict:
     return {**raw, "stage": stage, "train": cfg}
 
 
-def localize(path: str, out: Path) -> Path:
-    """A local path for an input: itself, or a copy of a URI (file or directory) under ``out/inputs``
-    made once and renamed into place."""
-    if not is_uri(path):
-        return Path(str(path).removeprefix("file://"))
-    import fsspec
+def _with_local_inputs(config: dict, located: dict[str, Path]) -> dict:
+    """``config`` reading every input from its local path (staged copies in place of URIs)."""
+    local = {
+        k: str(located[config[k]])
+        for k in ("tokenizer", "init", "reference", "examples", "pairs")
+        if config.get(k)
+    }
+    if "sources" in config:
+        local["sources"] = {n: [str(located[p]) for p in ps] for n, ps in config["sources"].items()}
+    return {**config, **local}
 
-    dest = out / "inputs" / hashlib.sha256(path.encode()).hexdigest()[:16]
-    if not dest.exists():
-        fs, root = fsspec.core.url_to_fs(path)
-        partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        fs.get(root.rstrip("/") + ("/" if fs.isdir(root) else ""), str(partial), recursive=fs.isdir(root))
-        os.rename(partial, dest)
-    return dest
+
+def inputs(config: dict) -> list[str]:
+    """Every input path or URI the config names."""
+    paths = [config["tokenizer"], *(config.get(k) for k in ("init", "reference", "examples", "pairs"))]
+    paths += [p for shards in config.get("sources", {}).values() for p in shards]
+    return [p for p in paths if p]
 
 
 def publish(out: Path, uri: str) -> None:
@@ -113,17 +127,27 @@ def publish(out: Path, uri: str) -> None:
         fs.put_file(str(out / name), f"{root.rstrip('/')}/{name}")
 
 
-def export_hf(model, tokenizer_dir: Path, out: Path) -> Path:
-    """A Hugging Face directory, written beside and renamed into place."""
+EXPORT_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def export_hf(model, tokenizer_dir: Path, out: Path, dtype: str = "fp32") -> Path:
+    """A Hugging Face directory, written beside and renamed into place; weights in ``dtype`` (fp32 or
+    bf16), which config.json's ``torch_dtype`` states (transformers and vLLM load them as such)."""
     import torch
     from safetensors.torch import save_file
 
+    if dtype not in EXPORT_TORCH_DTYPES:
+        raise ValueError(f"export dtype must be one of {sorted(EXPORT_TORCH_DTYPES)}, got {dtype!r}")
+    torch_dtype = EXPORT_TORCH_DTYPES[dtype]
     final, tmp = out / "hf", out / f".hf.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, tmp / "model.safetensors")  # float32, as config.json says, from any device
-    (tmp / "config.json").write_text(json.dumps(model.cfg.hf_config(), indent=1))
+    weights = {
+        k: v.detach().to("cpu", getattr(torch, torch_dtype)).contiguous() for k, v in model.state_dict().items()
+    }
+    save_file(weights, tmp / "model.safetensors")  # from any device, in the dtype config.json states
+    config = {**model.cfg.hf_config(), "torch_dtype": torch_dtype}
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
     for f in tokenizer_dir.iterdir():
         if f.is_file():
             shutil.copyfile(f, tmp / f.name)
@@ -173,20 +197,30 @@ class _Stage:
 
 def run(config: dict, pipes=None) -> dict:
     from phi_assets.mixture import tokenizer as tk
+    from phi_assets.training import distributed
 
     cfg: trainer.TrainConfig = config["train"]
     out = Path(config["out"])
     out.mkdir(parents=True, exist_ok=True)
     world = _world()
-    loaded = tk.load(localize(config["tokenizer"], out))
-    init = localize(config["init"], out) if config.get("init") else None
+    cfg.grad_accum(world.world_size)  # a global batch this world cannot split fails before staging
+    distributed.init_process_group(world)
+    config = _with_local_inputs(config, staging.stage(inputs(config), out, world))
+    loaded = tk.load(Path(config["tokenizer"]))
+    init = Path(config["init"]) if config.get("init") else None
     summary: dict = {"stage": config["stage"]}
     stage = _prepare(config, cfg, out, loaded, init, world, summary)
     metrics = (out / "metrics.jsonl").open("a") if world.rank == 0 else None
+    made: list = []  # the loader the run trained on, to read how far it went
+
+    def make_loader():
+        made.append(stage.make_loader())
+        return made[-1]
+
     try:
         model = trainer.train_on(
             cfg,
-            stage.make_loader,
+            make_loader,
             loaded.vocab_size,
             out,
             log=_step_logger(metrics, pipes),
@@ -199,7 +233,11 @@ def run(config: dict, pipes=None) -> dict:
             metrics.close()
     summary.update(
         steps=cfg.max_steps,
-        tokens=cfg.max_steps * cfg.tokens_per_step * world.world_size,
+        global_batch_size=cfg.global_batch_size,
+        grad_accum=cfg.grad_accum(world.world_size),
+        world_size=world.world_size,
+        tokens=cfg.max_steps * cfg.tokens_per_step,
+        sequences_seen=made[-1].sequences_seen(),  # measured: where the loader stands, all ranks together
         num_params=model.num_params(),
     )
     if world.rank != 0:
@@ -222,7 +260,7 @@ def _prepare(
 def _sft_stage(config: dict, cfg: trainer.TrainConfig, out: Path, loaded, world, summary: dict) -> _Stage:
     from phi_assets.training.sft import SFTLoader, encode_pairs
 
-    examples = encode_pairs(loaded, _frame_rows(localize(config["examples"], out), ["prompt", "completion"]))
+    examples = encode_pairs(loaded, _frame_rows(Path(config["examples"]), ["prompt", "completion"]))
 
     def make_loader():
         return SFTLoader(
@@ -243,10 +281,8 @@ def _dpo_stage(config: dict, cfg: trainer.TrainConfig, out: Path, loaded, world,
     """DPO: the pairs, and the frozen reference (``reference``, default the ``init`` checkpoint)."""
     from phi_assets.training.dpo import DPOLoader, dpo_loss, encode_preferences
 
-    pairs = encode_preferences(
-        loaded, _frame_rows(localize(config["pairs"], out), ["prompt", "chosen", "rejected"])
-    )
-    reference = _load_model(localize(config.get("reference") or config["init"], out), cfg, loaded.vocab_size)
+    pairs = encode_preferences(loaded, _frame_rows(Path(config["pairs"]), ["prompt", "chosen", "rejected"]))
+    reference = _load_model(Path(config.get("reference") or config["init"]), cfg, loaded.vocab_size)
 
     def make_loader():
         return DPOLoader(
@@ -263,9 +299,7 @@ def _mixture_stage(
 ) -> _Stage:
     """Pretraining and midtraining: the mixture's shards; midtraining (``init``) first measures the
     parent's validation losses, to compare with the result's."""
-    sources = {
-        name: [TokenShard.open(localize(p, out)) for p in paths] for name, paths in config["sources"].items()
-    }
+    sources = {name: [TokenShard.open(Path(p)) for p in paths] for name, paths in config["sources"].items()}
     weights = config["weights"]
 
     def make_loader():
@@ -303,7 +337,7 @@ def _finish(config: dict, cfg: trainer.TrainConfig, out: Path, model, stage: _St
         summary["preference_accuracy"] = preference_accuracy(
             model, stage.reference, stage.make_loader(), stage.pairs
         )
-    summary["hf"] = str(export_hf(model, localize(config["tokenizer"], out), out))
+    summary["hf"] = str(export_hf(model, Path(config["tokenizer"]), out, cfg.export_dtype))
     _write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     if config.get("publish"):
         publish(out, config["publish"])
@@ -325,9 +359,10 @@ def _write_atomic(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
+    ap.add_argument("--ds-config", help="a DeepSpeed config (JSON) whose keys override the derived ones")
     args = ap.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, args.ds_config)
     except (ValueError, TypeError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

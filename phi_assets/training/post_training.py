@@ -39,10 +39,9 @@ DPO_CHECKPOINT_CODE_VERSION = code_version(__name__, "dpo_checkpoint")
 
 
 def _with_epochs(cfg: trainer.TrainConfig, epochs: float, rows: int, overrides: dict) -> trainer.TrainConfig:
-    """``epochs`` passes over ``rows`` examples (one per sequence), unless max_steps is given."""
-    steps = overrides.get("max_steps") or max(
-        1, math.ceil(epochs * rows / (cfg.micro_batch_size * cfg.grad_accum))
-    )
+    """``epochs`` passes over ``rows`` examples (one per sequence; DPO: one per pair), unless max_steps
+    is given: steps of the global batch, whatever the world size."""
+    steps = overrides.get("max_steps") or max(1, math.ceil(epochs * rows / cfg.global_batch_size))
     return trainer.TrainConfig(**{**cfg.__dict__, "max_steps": steps})
 
 
@@ -114,7 +113,8 @@ def sft_examples(
 @dg.asset(
     deps=[midtrained_checkpoint, synthetic_corpus],
     group_name="training",
-    op_tags=steps.tags("light"), pool=steps.GPU_POOL,
+    op_tags=steps.tags("light"),
+    pool=steps.GPU_POOL,
     kinds={"pytorch"},
     code_version=SFT_CHECKPOINT_CODE_VERSION,
     description="Supervised finetuning (phi-1's CodeExercises step) on verified synthetic exercises, "
@@ -381,7 +381,8 @@ class DPOConfig(dg.Config):
 @dg.asset(
     deps=[sft_checkpoint, preference_pairs],
     group_name="training",
-    op_tags=steps.tags("light"), pool=steps.GPU_POOL,
+    op_tags=steps.tags("light"),
+    pool=steps.GPU_POOL,
     kinds={"pytorch"},
     code_version=DPO_CHECKPOINT_CODE_VERSION,
     description="DPO on the preference pairs against the frozen SFT checkpoint as reference; reports the "

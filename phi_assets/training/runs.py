@@ -15,7 +15,6 @@ tokens seen, wall time, tokens/s, MFU and lineage: the parent versions the asset
 recipe>)"), "config": the full TrainConfig the run used}``.
 """
 
-import hashlib
 import json
 import math
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 import dagster as dg
 
 from phi_assets.common import plots
+from phi_assets.common.model_files import file_sha256
 from phi_assets.common.store import current, file_uri, local_copy
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.mixture.token_assets import TOKENIZER_SUBDIR
@@ -121,7 +121,7 @@ def train_and_record(
 
 def _recorded(out: Path, messages: list[dict], wall: float, lineage: dict) -> Built:
     """The stored version of a finished run in ``out``: the weights' digest and the run's numbers."""
-    digest = hashlib.sha256((out / HF / "model.safetensors").read_bytes()).hexdigest()
+    digest = file_sha256(out / HF / "model.safetensors")  # streamed: the weights never sit in memory
     rows = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
     rows = [rows[s] for s in sorted(rows)]  # a resumed run logs the steps after its checkpoint again
     summary = json.loads((out / "summary.json").read_text())
@@ -164,8 +164,10 @@ def _materialization(store: ArtifactStore, outcome, stage: str, train: dict) -> 
             "first_loss": _mean_loss(meta["loss"][:tenth]),  # single steps are noisy: means of a tenth
             "final_loss": _mean_loss(meta["loss"][-tenth:]),
             **extra,
-            "tokens_seen": meta["tokens"],
+            "tokens_seen": meta["tokens"],  # steps x seq_len x global batch: all ranks together
             "steps": meta["steps"],
+            # a run recorded before batches were global has none of these
+            **{k: summary[k] for k in ("global_batch_size", "world_size", "sequences_seen") if k in summary},
             "num_params": meta["num_params"],
             "tokens_per_s": meta["tokens_per_s"],
             "mfu": meta["mfu"],

@@ -92,6 +92,10 @@ class SFTLoader:
     def epochs(self) -> dict[str, float]:
         return {"sft": self.epoch + self.position / len(self.examples)}
 
+    def sequences_seen(self) -> int:
+        """Rows drawn so far by all ranks together (every rank walks the same global order)."""
+        return self.epoch * len(self.examples) + self.position
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "num_examples": len(self.examples)}
 

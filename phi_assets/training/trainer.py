@@ -6,10 +6,15 @@ the step, every RNG state (python, numpy, torch, cuda) and the loader's state, w
 hidden directory and renamed into place, so a run killed at any moment (SIGKILL included) resumes
 from its last checkpoint and, on CPU, ends with bit-identical weights.
 
+Batches are stated globally: ``global_batch_size`` sequences per optimizer step over all ranks, of
+which each rank runs ``micro_batch_size`` per forward pass; gradient accumulation is what is left,
+``global_batch_size / (micro_batch_size x world_size)`` (``grad_accum``), so a recipe trains the
+same tokens per step, the same steps and the same schedule on 1 GPU, 8, or 4 nodes of 8.
+
 Recipes are named functions deriving from each other: ``phi1_pretrain()`` (the phi-1 paper: lr 1e-3,
-750 warmup steps, weight decay 0.1, batch 1024 x 2048), ``phi1_finetune()`` (lr 1e-4, 50 warmup
-steps, weight decay 0.01, batch 256), ``phi1_5_pretrain()`` (lr 2e-4, no warmup, batch 2048), and
-``debug()`` for CPU.
+750 warmup steps, weight decay 0.1, global batch 1024 x 2048), ``phi1_finetune()`` (lr 1e-4, 50
+warmup steps, weight decay 0.01, global batch 256), ``phi1_5_pretrain()`` (lr 2e-4, no warmup,
+global batch 2048), and ``debug()`` for CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from phi_assets.training import model as phi
 
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 with a dynamic loss scaler (torch.amp.GradScaler)
+EXPORT_DTYPES = ("fp32", "bf16")
 CHECKPOINT = "checkpoint"
 DEEPSPEED = "deepspeed"  # the DeepSpeed engine's checkpoint directory
 
@@ -43,8 +49,8 @@ DEEPSPEED = "deepspeed"  # the DeepSpeed engine's checkpoint directory
 class TrainConfig:
     model: str = "debug_tiny"  # a recipe of model.RECIPES
     seq_len: int = 128
-    micro_batch_size: int = 8  # sequences per forward pass
-    grad_accum: int = 1  # micro-batches per optimizer step
+    micro_batch_size: int = 8  # sequences per forward pass, per rank
+    global_batch_size: int = 8  # sequences per optimizer step, all ranks together
     max_steps: int = 100
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
@@ -63,6 +69,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     backend: str = "torch"  # torch (DDP under torchrun) or deepspeed (ZeRO zero_stage)
     zero_stage: int = 2
+    ds_config: dict = field(default_factory=dict)  # DeepSpeed config keys over the derived ones
+    export_dtype: str = "fp32"  # the Hugging Face export's weights: fp32 or bf16
     overrides: dict = field(default_factory=dict)  # model config fields, e.g. {"rope_theta": 250000}
 
     def __post_init__(self) -> None:
@@ -78,9 +86,16 @@ class TrainConfig:
                 f"schedule in {SCHEDULES} and precision in {PRECISIONS}, got "
                 f"{self.schedule!r}, {self.precision!r}"
             )
-        for name in ("seq_len", "micro_batch_size", "grad_accum", "max_steps", "checkpoint_every"):
+        for name in ("seq_len", "micro_batch_size", "global_batch_size", "max_steps", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} must be a multiple of micro_batch_size "
+                f"{self.micro_batch_size}"
+            )
+        if self.export_dtype not in EXPORT_DTYPES:
+            raise ValueError(f"export_dtype must be one of {EXPORT_DTYPES}, got {self.export_dtype!r}")
         if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(
                 f"lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {self.lr}, "
@@ -89,7 +104,19 @@ class TrainConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.seq_len * self.micro_batch_size * self.grad_accum
+        """Tokens per optimizer step, all ranks together (whatever the world size)."""
+        return self.seq_len * self.global_batch_size
+
+    def grad_accum(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each of ``world_size`` ranks."""
+        per_pass = self.micro_batch_size * world_size
+        if self.global_batch_size % per_pass:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size "
+                f"{self.micro_batch_size} x world_size {world_size}: choose a micro-batch or a world size "
+                "that divides it"
+            )
+        return self.global_batch_size // per_pass
 
     def model_config(self, vocab_size: int) -> phi.PhiConfig:
         cfg = phi.RECIPES[self.model]()
@@ -109,12 +136,14 @@ def debug() -> TrainConfig:
 
 
 def phi1_pretrain() -> TrainConfig:
-    """phi-1: AdamW, lr 1e-3 after 750 warmup steps, weight decay 0.1, 1024 x 2048 tokens, 36k steps."""
+    """phi-1 (Gunasekar et al. 2023, "Textbooks Are All You Need", section 2.3): AdamW, lr 1e-3 after
+    750 warmup steps, weight decay 0.1, a global batch of 1024 sequences of 2048 tokens, 36k steps
+    (the paper's checkpoint was taken at 24k steps, about 8 passes over its 7B tokens)."""
     return TrainConfig(
         model="phi1",
         seq_len=2048,
         micro_batch_size=8,
-        grad_accum=128,
+        global_batch_size=1024,
         max_steps=36_000,
         lr=1e-3,
         warmup_steps=750,
@@ -125,13 +154,17 @@ def phi1_pretrain() -> TrainConfig:
 
 
 def phi1_finetune() -> TrainConfig:
-    """phi-1 on CodeExercises: lr 1e-4, 50 warmup steps, weight decay 0.01, batch 256, 6k steps."""
-    return replace(phi1_pretrain(), grad_accum=32, max_steps=6000, lr=1e-4, warmup_steps=50, weight_decay=0.01)
+    """phi-1 on CodeExercises: lr 1e-4, 50 warmup steps, weight decay 0.01, global batch 256, 6k steps."""
+    return replace(
+        phi1_pretrain(), global_batch_size=256, max_steps=6000, lr=1e-4, warmup_steps=50, weight_decay=0.01
+    )
 
 
 def phi1_5_pretrain() -> TrainConfig:
-    """phi-1.5: lr 2e-4, no warmup, weight decay 0.1, batch 2048 x 2048."""
-    return replace(phi1_pretrain(), model="phi1_5", grad_accum=256, lr=2e-4, warmup_steps=0, max_steps=72_000)
+    """phi-1.5: lr 2e-4, no warmup, weight decay 0.1, global batch 2048 x 2048."""
+    return replace(
+        phi1_pretrain(), model="phi1_5", global_batch_size=2048, lr=2e-4, warmup_steps=0, max_steps=72_000
+    )
 
 
 def debug_finetune() -> TrainConfig:
@@ -238,6 +271,12 @@ def save_checkpoint(
     return final
 
 
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
 def _check_config(path: Path, saved: dict, cfg: TrainConfig) -> None:
     if json.loads(json.dumps(saved)) != json.loads(json.dumps(asdict(cfg))):
         raise ValueError(f"{path} was written with another training config; resume needs the same one")
@@ -306,6 +345,7 @@ class _Run:
     scaler: torch.amp.GradScaler | None
     step: int
     deepspeed: bool  # the DeepSpeed engine accumulates, scales and checkpoints itself
+    accum: int  # micro-batches per optimizer step on this rank (the global batch over the world)
 
 
 def train_on(
@@ -335,7 +375,7 @@ def train_on(
         run.step += 1
         step, world = run.step, run.world
         seconds = time.perf_counter() - start
-        tps = cfg.tokens_per_step * world.world_size / seconds
+        tps = cfg.tokens_per_step / seconds  # all ranks together
         if log and world.rank == 0:
             log(
                 StepLog(
@@ -343,7 +383,7 @@ def train_on(
                     total,
                     lr_at(step - 1, cfg),
                     norm,
-                    step * cfg.tokens_per_step * world.world_size,
+                    step * cfg.tokens_per_step,
                     tps,
                     mfu(flops, tps, peak_flops, world.world_size),
                 )
@@ -365,6 +405,7 @@ def _start(
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     world = distributed.World.from_env()
+    accum = cfg.grad_accum(world.world_size)  # before anything is built: a clear error first
     device = distributed.device(world)
     model = phi.PhiForCausalLM(cfg.model_config(vocab))
     if init is not None:
@@ -385,26 +426,30 @@ def _start(
         backend=cfg.backend,
         zero_stage=cfg.zero_stage,
         grad_clip=cfg.grad_clip,
-        accum=cfg.grad_accum,
+        accum=accum,
         micro_batch=cfg.micro_batch_size,
         precision=cfg.precision,
         scaler=scaler,
+        ds_config=cfg.ds_config,
     )
+    runner.settle(torch.zeros((cfg.micro_batch_size, cfg.seq_len), dtype=torch.long, device=device))
     if deepspeed:
+        if world.rank == 0:  # what DeepSpeed was given: the derived config with the user's ds_config over it
+            _write_json(out / "deepspeed_config.json", runner.config)
         state = runner.load(out / DEEPSPEED)  # the engine's own checkpoint: ZeRO shards, optimizer, step
         if state is not None:
             _check_config(out / DEEPSPEED, state["config"], cfg)
             loader.load_state_dict(state["loader"])
             _set_rng_state(state["rng"])
             step = int(state["step"])
-    return _Run(model, opt, loader, runner, world, device, scaler, step, deepspeed)
+    return _Run(model, opt, loader, runner, world, device, scaler, step, deepspeed, accum)
 
 
 def _optimizer_step(cfg: TrainConfig, run: _Run, autocast_dtype, loss_fn) -> tuple[float, float]:
-    """One optimizer step over ``grad_accum`` micro-batches: (mean loss, gradient norm)."""
+    """One optimizer step over ``run.accum`` micro-batches: (mean loss, gradient norm)."""
     runner, device, deepspeed = run.runner, run.device, run.deepspeed
     total = 0.0
-    for _ in range(cfg.grad_accum):
+    for _ in range(run.accum):
         batch = run.loader.next_batch()
         ids = torch.from_numpy(batch.input_ids).to(device, non_blocking=True)
         labels = torch.from_numpy(batch.labels).to(device, non_blocking=True)
@@ -420,8 +465,8 @@ def _optimizer_step(cfg: TrainConfig, run: _Run, autocast_dtype, loss_fn) -> tup
                 loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
             else:
                 loss = loss_fn(logits, ids, labels)
-        runner.backward(loss if deepspeed else loss / cfg.grad_accum)  # DeepSpeed divides by itself
-        total += loss.item() / cfg.grad_accum
+        runner.backward(loss if deepspeed else loss / run.accum)  # DeepSpeed divides by itself
+        total += loss.item() / run.accum
         if deepspeed:
             norm = runner.step()  # steps the optimizer at the accumulation boundary only
     if not deepspeed:
@@ -508,27 +553,3 @@ def midtrain(
         lr=base.lr * lr_factor,
         overrides={**base.overrides, "rope_theta": rope_theta},
     )
-
-
-def long_context_weights(
-    lengths: Mapping[str, np.ndarray], weights: Mapping[str, float], min_tokens: int, long_mix: float = 0.3
-) -> tuple[dict[str, float], dict[str, float]]:
-    """phi-4's midtraining mix: ``1 - long_mix`` of the pretraining weights (recall) plus ``long_mix``
-    spread over the sources in proportion to their weight times their share of tokens in documents of
-    at least ``min_tokens`` (phi-4 upsampled documents over 8K tokens into 30% of its midtraining
-    tokens). ``lengths`` holds each source's document lengths in tokens. Returns (weights, each
-    source's long-token share). With no long document anywhere the pretraining weights are kept."""
-    if not 0 <= long_mix <= 1:
-        raise ValueError(f"long_mix must be in [0, 1], got {long_mix}")
-    share = {}
-    for name, doc_lengths in lengths.items():
-        doc_lengths = np.asarray(doc_lengths)
-        total = float(doc_lengths.sum())
-        share[name] = float(doc_lengths[doc_lengths >= min_tokens].sum()) / total if total else 0.0
-    base = sum(weights.get(n, 0.0) for n in lengths) or 1.0
-    longs = {n: weights.get(n, 0.0) * share[n] for n in lengths}
-    norm = sum(longs.values())
-    if norm == 0:
-        return {n: weights.get(n, 0.0) / base for n in lengths}, share
-    mixed = {n: (1 - long_mix) * weights.get(n, 0.0) / base + long_mix * longs[n] / norm for n in lengths}
-    return mixed, share
