@@ -460,7 +460,7 @@ def dedup_asset(
                 filesystem=_fs(store),
             )
             _write_records(store, shards, result.pop("removals"), out)
-            lsh.add_cluster_texts(out / lsh.CLUSTER_DB, {s.shard: s.docs for s in shards})
+            lsh.add_cluster_texts(out / lsh.CLUSTER_DB, {s.shard: s.docs for s in shards}, _fs(store))
             num_docs = sum(s.kept for s in shards)
             removed = result["num_exact_removed"] + result["num_near_removed"]
             return Built(

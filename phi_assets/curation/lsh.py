@@ -510,11 +510,15 @@ def _write_removals(con: duckdb.DuckDBPyConnection, out: Path, keys: list[str], 
     }
 
 
-def add_cluster_texts(db: Path, docs_paths: dict[str, str]) -> None:
+def add_cluster_texts(db: Path, docs_paths: dict[str, str], filesystem=None) -> None:
     """The ``cluster_texts`` view: members with their text, read from the shards' docs at query time
-    (local paths or URLs DuckDB reads)."""
+    (local paths or URLs DuckDB reads). Shards on an object store are read through ``filesystem`` (the
+    store's fsspec) while the view is made, as ``cluster`` reads the pair files; a later query of the view
+    needs DuckDB's httpfs or that filesystem registered on its connection."""
     con = duckdb.connect(str(db))
     try:
+        if filesystem is not None:
+            con.register_filesystem(filesystem)
         con.execute("CREATE OR REPLACE TABLE shard_files (shard VARCHAR PRIMARY KEY, path VARCHAR NOT NULL)")
         con.executemany("INSERT INTO shard_files VALUES (?, ?)", sorted(docs_paths.items()))
         if not docs_paths:

@@ -39,6 +39,7 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.spec import AbstractBufferedFile
 
 from phi_assets.ingest.schema import RAW_KEEP_BYTES
 
@@ -97,9 +98,12 @@ def _open(uri: str) -> io.BufferedIOBase:
     """Open a file or URI for binary reading, decompressing .gz and .zst by suffix.
 
     zstd goes through backports.zstd (the Python 3.14 ``compression.zstd`` API): it streams with
-    bounded memory and raises ``EOFError`` on a truncated stream, as gzip does.
+    bounded memory and raises ``EOFError`` on a truncated stream, as gzip does. An object store's file
+    (s3fs, gcsfs: an fsspec ``AbstractBufferedFile``) has no ``readline(size)``; it comes wrapped in an
+    ``io.BufferedReader``, which has.
     """
-    return fsspec.open(uri, "rb", compression="infer").open()
+    f = fsspec.open(uri, "rb", compression="infer").open()
+    return io.BufferedReader(f) if isinstance(f, AbstractBufferedFile) else f
 
 
 def _compression_error(uri: str, exc: Exception) -> ShardError:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO
 
 from tests.support.processes import free_port
 
@@ -43,15 +45,17 @@ def s3_server() -> Iterator[S3Server]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
     }
+    # moto logs every request to stderr: to a file, never a pipe nobody drains (the server would block on a
+    # full pipe after about a thousand requests)
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log,
     )
     saved = {k: os.environ.get(k) for k in env}
     try:
-        _wait_ready(proc, endpoint)
+        _wait_ready(proc, endpoint, log)
         os.environ.update(env)
         yield S3Server(endpoint, env)
     finally:
@@ -62,16 +66,19 @@ def s3_server() -> Iterator[S3Server]:
                 os.environ[key] = value
         proc.terminate()
         proc.wait(timeout=30)
+        log.close()
         import s3fs
 
         s3fs.S3FileSystem.clear_instance_cache()  # instances bound to this server's endpoint
 
 
-def _wait_ready(proc: subprocess.Popen, endpoint: str, timeout_s: float = 60) -> None:
+def _wait_ready(proc: subprocess.Popen, endpoint: str, log: IO[bytes], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto's S3 server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            log.seek(0)
+            stderr = log.read().decode(errors="replace")
+            raise RuntimeError(f"moto's S3 server exited with {proc.returncode}: {stderr[-2000:]}")
         try:
             urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
             return
