@@ -11,24 +11,15 @@ import pytest
 import torch
 
 from phi_assets.mixture import tokenizer as tk
-from phi_assets.mixture import tokens
 from phi_assets.mixture.tokens import TokenShard
 from phi_assets.training import trainer
+from tests.support import training_data
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> dict[str, list[TokenShard]]:
-    root = tmp_path_factory.mktemp("train")
-    texts = [Path(os.__file__).parent.joinpath(n).read_text() for n in ("textwrap.py", "string.py", "shlex.py")]
-    tk.save(tk.train_bpe(iter(texts), 512), root / "tok")
-    loaded = tk.load(root / "tok")
-    docs = [p for t in texts for p in t.split("\n\n") if p.strip()]
-    out = {}
-    for name, part in (("code", docs[::2]), ("web", docs[1::2])):
-        ids = [f"{name}-{i}" for i in range(len(part))]
-        tokens.write_shard(iter([(ids, part)]), loaded, root / name, "t")
-        out[name] = [TokenShard.open(root / name)]
-    return out
+    paths = training_data.stdlib_shards(tmp_path_factory.mktemp("train"))
+    return {name: [TokenShard.open(p) for p in found] for name, found in paths.items()}
 
 
 WEIGHTS = {"code": 0.7, "web": 0.3}

@@ -47,14 +47,11 @@ class TrainingData:
         return {"stage": stage, "train": {**SHAPE, **train}, "out": str(out), **inputs, **paths}
 
 
-def make(root: Path) -> TrainingData:
-    import polars as pl
-    import torch
-
+def stdlib_shards(root: Path) -> dict[str, list[Path]]:
+    """A 512-token BPE tokenizer (``root/tok``) and two one-shard sources, ``code`` and ``web``
+    (``root/code``, ``root/web``), of paragraphs from three standard-library modules."""
     from phi_assets.mixture import tokenizer as tk
     from phi_assets.mixture import tokens
-    from phi_assets.training import entrypoint, trainer
-    from phi_assets.training import model as phi
 
     texts = [Path(os.__file__).parent.joinpath(n).read_text() for n in ("textwrap.py", "string.py", "shlex.py")]
     tk.save(tk.train_bpe(iter(texts), 512), root / "tok")
@@ -65,6 +62,19 @@ def make(root: Path) -> TrainingData:
         ids = [f"{name}-{i}" for i in range(len(part))]
         tokens.write_shard(iter([(ids, part)]), loaded, root / name, "t")
         shards[name] = [root / name]
+    return shards
+
+
+def make(root: Path) -> TrainingData:
+    import polars as pl
+    import torch
+
+    from phi_assets.mixture import tokenizer as tk
+    from phi_assets.training import entrypoint, trainer
+    from phi_assets.training import model as phi
+
+    shards = stdlib_shards(root)
+    loaded = tk.load(root / "tok")
     rows = 37  # not a multiple of the global batch: the last step runs into the next epoch
     prompts = [f'def add_{i}(x):\n    """Return x plus {i}."""\n' for i in range(rows)]
     pl.DataFrame(
