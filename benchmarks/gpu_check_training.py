@@ -366,18 +366,20 @@ def vllm_greedy(s: Settings) -> dict:
         checkpoint_every=10**6,
         threads=1 if s.smoke else 0,
         precision="bf16" if s.cuda else "fp32",
-        export_dtype="bf16" if s.cuda else "fp32",  # vLLM serves bf16 on a GPU
+        export_dtype="bf16",  # the half-size export; vLLM serves it in bf16 on a GPU, upcast on a CPU
     )
     model = trainer.train(cfg, sources, WEIGHTS, s.work / "vllm-train").eval()
     dtype = cfg.export_dtype
     hf_dir = entrypoint.export_hf(model, tokenizer_dir, s.work / "vllm-export", dtype=dtype)
     encoder = tk.load(tokenizer_dir).tokenizer
     prompts = [encoder.encode(p, add_special_tokens=False).ids for p in PROMPTS]
-    reference = copy.deepcopy(model).to(torch.bfloat16) if dtype == "bf16" else model
+    reference = copy.deepcopy(model).to(torch.bfloat16)  # the exported weights
+    if not s.cuda:
+        reference = reference.to(torch.float32)  # as vLLM on a CPU computes with them
     ours = greedy(reference, prompts, s.greedy_tokens)
     request = {
         "model": str(hf_dir),
-        "dtype": {"bf16": "bfloat16", "fp32": "float32"}[dtype],
+        "dtype": "bfloat16" if s.cuda else "float32",
         "max_model_len": model.cfg.max_position_embeddings,
         "max_tokens": s.greedy_tokens,
         "prompts": prompts,
