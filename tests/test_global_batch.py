@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from phi_assets.training import post_training, runs, trainer
+from phi_assets.training import entrypoint, post_training, runs, trainer
 from tests.support import training_data
 from tests.support.processes import free_port
 
@@ -47,18 +46,20 @@ def _configs(data: training_data.TrainingData, out: Path) -> list[Path]:
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_tokens_and_epochs_seen_equal_the_budget_at_every_world_size(data, tmp_path, world):
     configs = [str(p) for p in _configs(data, tmp_path)]
-    module = ["-m", "tests.support.run_stages", *configs]
-    command = [sys.executable, *module] if world == 1 else training_data.torchrun(world, free_port(), *module)
-    done = subprocess.run(
-        command,
-        cwd=training_data.ROOT,
-        env=training_data.child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    pretrain, sft, dpo = json.loads(done.stdout.strip().splitlines()[-1])
+    if world == 1:  # in this process: no process group
+        pretrain, sft, dpo = (entrypoint.run(entrypoint.load_config(c)) for c in configs)
+    else:
+        command = training_data.torchrun(world, free_port(), "-m", "tests.support.run_stages", *configs)
+        done = subprocess.run(
+            command,
+            cwd=training_data.ROOT,
+            env=training_data.child_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        pretrain, sft, dpo = json.loads(done.stdout.strip().splitlines()[-1])
     step = 8 * 32  # tokens per optimizer step: the global batch of 8 sequences of 32
     for summary in (pretrain, sft, dpo):
         assert summary["world_size"] == world and summary["global_batch_size"] == 8

@@ -21,7 +21,7 @@ from tests.support import training_data
 from tests.support.object_store import s3_server
 from tests.support.processes import free_port
 
-STEPS, EVERY, KILL_AFTER = 60, 10, 15  # the kill lands after the step-10 checkpoint, well before the end
+STEPS, EVERY, KILL_AFTER = 40, 8, 12  # the kill lands after the step-8 checkpoint, well before the end
 
 
 def _upload(fs, data: training_data.TrainingData, bucket: str) -> dict:
