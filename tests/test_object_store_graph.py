@@ -299,6 +299,7 @@ def test_the_slice_from_ingest_to_tokens_runs_on_s3_as_on_a_local_store(demo_run
     assert _on_local_store(monkeypatch, tmp_path / "local", demo, rows) == (versions, seeds)
 
 
+@pytest.mark.slow  # starts an S3 server process
 def test_a_jsonl_shard_reads_from_an_s3_server_as_from_a_local_file(tmp_path):
     """An s3fs file has no ``readline(size)``; the JSONL reader bounds lines with it (readers._open)."""
     data = b'{"text": "first"}\r\n\n{"text": "' + b"x" * 300 + b'"}\nnot json\n{"text": "last"}'
@@ -315,6 +316,7 @@ def test_a_jsonl_shard_reads_from_an_s3_server_as_from_a_local_file(tmp_path):
     assert strip(remote) == strip(expected)
 
 
+@pytest.mark.slow  # starts an S3 server process
 def test_the_cluster_texts_view_reads_shards_on_an_object_store(tmp_path):
     """``dedup_*``'s ``cluster_texts`` view over shards at ``s3://`` URIs, made and read through the store's
     fsspec filesystem (DuckDB has no S3 of its own without httpfs)."""
