@@ -5,7 +5,6 @@ tests/test_object_store_training.py."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from pathlib import Path
 
@@ -53,23 +52,31 @@ def test_uris_are_copied_once_and_a_second_stager_reuses_them(tmp_path, memory_r
     assert second["copied"] == [] and sorted(second["reused"]) == sorted([tok, single])
 
 
+def _stage_in_a_process(uri: str, dest: str, barrier, results) -> None:
+    barrier.wait()
+    results.put(staging.copy_in(uri, Path(dest)))
+
+
 def test_racing_stagers_end_with_one_complete_copy(tmp_path, memory_root):
-    """Stagers of several nodes sharing the run directory: every copy is renamed into place whole,
-    the first rename wins, the others discard theirs, and no partial is left behind."""
+    """Stagers of several nodes sharing the run directory (four processes here, each with its own copy
+    of the store): every copy is renamed into place whole, the first rename wins, the others discard
+    theirs, and no partial is left behind."""
+    import multiprocessing
+
     _, root = memory_root
     dest = tmp_path / "inputs" / "tok"
-    results, barrier = [], threading.Barrier(4)
-
-    def stager():
-        barrier.wait()
-        results.append(staging.copy_in(f"memory://{root}/tok", dest))
-
-    threads = [threading.Thread(target=stager) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results.count(True) == 1 and len(results) == 4
+    fork = multiprocessing.get_context("fork")
+    barrier, results = fork.Barrier(4), fork.Queue()
+    procs = [
+        fork.Process(target=_stage_in_a_process, args=(f"memory://{root}/tok", str(dest), barrier, results))
+        for _ in range(4)
+    ]
+    for proc in procs:
+        proc.start()
+    copied = [results.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert copied.count(True) == 1 and len(copied) == 4
     assert sorted(p.name for p in (tmp_path / "inputs").iterdir()) == ["tok"]
     assert (dest / "sub" / "merges.txt").read_bytes() == b"a b"
 
