@@ -95,13 +95,13 @@ def load_config(path: str | Path, ds_config: str | None = None) -> dict:
     return {**raw, "stage": stage, "train": cfg}
 
 
+#: The config's keys that name one input each (``sources`` names lists of them).
+INPUT_KEYS = ("tokenizer", "init", "reference", "examples", "pairs")
+
+
 def _with_local_inputs(config: dict, located: dict[str, Path]) -> dict:
     """``config`` reading every input from its local path (staged copies in place of URIs)."""
-    local = {
-        k: str(located[config[k]])
-        for k in ("tokenizer", "init", "reference", "examples", "pairs")
-        if config.get(k)
-    }
+    local = {k: str(located[config[k]]) for k in INPUT_KEYS if config.get(k)}
     if "sources" in config:
         local["sources"] = {n: [str(located[p]) for p in ps] for n, ps in config["sources"].items()}
     return {**config, **local}
@@ -109,7 +109,7 @@ def _with_local_inputs(config: dict, located: dict[str, Path]) -> dict:
 
 def inputs(config: dict) -> list[str]:
     """Every input path or URI the config names."""
-    paths = [config["tokenizer"], *(config.get(k) for k in ("init", "reference", "examples", "pairs"))]
+    paths = [config.get(k) for k in INPUT_KEYS]
     paths += [p for shards in config.get("sources", {}).values() for p in shards]
     return [p for p in paths if p]
 
