@@ -134,8 +134,11 @@ def test_fork_bomb_is_contained(no_leftovers) -> None:
     assert verdict.detail.startswith("killed: process limit (BlockingIOError")
 
 
+@pytest.mark.slow
 def test_fork_bomb_does_not_starve_other_samples(no_leftovers) -> None:
-    """RLIMIT_NPROC is counted per program (a user namespace each), not per host uid."""
+    """RLIMIT_NPROC is counted per program (a user namespace each), not per host uid.
+
+    Slow tier: the bomb runs to its 6 s timeout (the bystander needs that long beside it)."""
     bomb = """
         import os, time
         while True:

@@ -200,7 +200,7 @@ def test_pool_without_namespaces(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     leave = "import os\nopen('left-behind', 'w').write('x')\nos.mkdir('d')\nos.chmod('d', 0)"
     check = "import os\nassert os.listdir('.') == [], os.listdir('.')"
-    with pytest.warns(UserWarning, match="NOT isolated"), sandbox.SandboxPool(Limits(timeout_s=5), 1) as pool:
+    with pytest.warns(UserWarning, match="NOT isolated"), sandbox.SandboxPool(Limits(timeout_s=2), 1) as pool:
         monkeypatch.setattr("phi_assets.sandbox.verdicts.warned", False)
         verdicts = pool.run([leave, check, "import time\ntime.sleep(60)", check])
     assert [v.kind for v in verdicts] == ["passed", "passed", "timeout", "passed"], verdicts
