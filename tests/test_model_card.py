@@ -10,6 +10,7 @@ import uuid
 
 import dagster as dg
 import pytest
+from huggingface_hub import ModelCard
 
 from phi_assets.common.profiles import load_profile
 from phi_assets.common.versioning import stable_hash
@@ -188,6 +189,26 @@ def _shard_keys(demo_run) -> dict[str, list[str]]:
         return {f"raw_{s}_shards": sorted(demo.get_dynamic_partitions(p.name)) for s, p in PARTITIONS.items()}
 
 
+def _check_hf_card(store: ArtifactStore, stage: str, path: str, card: str, meta: dict) -> None:
+    """The Hugging Face card beside MODEL_CARD.md: the same scores in its model-index, the parent checkpoint
+    as base model, the mixture among the datasets, the same lineage table, the ablations (not run here)."""
+    readme = open(path).read()
+    assert meta["hf_card"] == readme and card.split("## Lineage")[1] in readme
+    hub = ModelCard.load(path).data
+    checkpoint = store.current_manifest(CARD_STAGES[stage], None)
+    assert hub.license == "apache-2.0" and hub.model_name == f"phi-factory/{stage}@{checkpoint['data_version']}"
+    parent = checkpoint["inputs"].get("parent")
+    stages = list(CARD_STAGES)
+    base = f"phi-factory/{stages[stages.index(stage) - 1]}@{parent}" if parent else None
+    assert hub.base_model == base and (parent is None) == (stage == "pretrained")
+    assert f"phi-factory/mixture_weights@{store.current_version('mixture_weights', None)}" in hub.datasets
+    pass1 = {(r.dataset_name.lower(), r.metric_type): r.metric_value for r in hub.eval_results}
+    for benchmark, s in store.current_manifest("eval_scores", stage)["metadata"]["scores"].items():
+        assert pass1[(benchmark, "pass@1")] == s["pass@1"]
+    ran = store.current_manifest("ablation_report", None) is not None
+    assert ("Not run: `ablation_report`" in readme.split("## Data ablations")[1]) != ran
+
+
 def test_the_card_of_every_stage(demo_run, home_copy, instance):
     """Each card describes the stage's evaluated checkpoint: its chain and architecture, the mixture it
     trained on, the planted HumanEval task removed by decontamination, pass@1 equal to eval_scores' beside
@@ -199,7 +220,8 @@ def test_the_card_of_every_stage(demo_run, home_copy, instance):
     for stage, asset in CARD_STAGES.items():
         card, meta = _card(_materialize(demo_run, stage, instance))
         where = store.version_path("model_card", stage, meta["data_version"])
-        assert open(f"{where}/{CARD}").read() == card and meta["data_version"] == stable_hash(card)
+        readme = open(f"{where}/README.md").read()
+        assert open(f"{where}/{CARD}").read() == card and meta["data_version"] == stable_hash([card, readme])
         checkpoint = store.current_manifest(asset, None)
         assert meta["checkpoint_version"] == checkpoint["data_version"]
         assert f"`{asset}` data version `{checkpoint['data_version']}`" in card
@@ -265,6 +287,7 @@ def test_the_card_of_every_stage(demo_run, home_copy, instance):
         assert ("preference_pairs" in assets) == (stage == "dpo")
         assert [r["partition"] for r in rows if r["asset"] == "eval_scores"] == [stage]
         assert not meta["stale"]  # the demo's versions are one consistent snapshot
+        _check_hf_card(store, stage, f"{where}/README.md", card, meta)
 
 
 def test_dagster_asset_materialize_writes_the_same_card(demo_run, home_copy, instance, tmp_path):

@@ -12,6 +12,7 @@ import dagster as dg
 import polars as pl
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from phi_assets import sandbox
 from phi_assets.training import model as phi
@@ -68,6 +69,9 @@ def test_every_stage_lowers_its_loss_and_records_lineage(store, asset):
     if asset in PARENT:
         assert meta["lineage"][PARENT[asset]] == store.current_version(PARENT[asset], None)
     assert meta["lineage"]["tokenizer"] == store.current_version("tokenizer", None)
+    # the export carries its first Hugging Face card, which the digest above leaves out
+    card = ModelCard.load(_dir(store, asset) / "hf" / "README.md")
+    assert card.data.license == "apache-2.0" and (card.data.base_model is None) == (asset not in PARENT)
 
 
 def test_the_demo_printed_the_chain(demo_run):

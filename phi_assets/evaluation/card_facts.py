@@ -1,5 +1,6 @@
 """What ``model_card`` shows, read from the artifact store: the evaluated checkpoint, its chain, the data
-it trained on, and the lineage (the current version of every asset partition upstream of it).
+it trained on, the lineage (the current version of every asset partition upstream of it) and, when it
+exists, the ``ablation_report`` of the data recipe.
 
 The lineage is the walk of the code location's asset graph from the checkpoint back to the raw shards:
 every partition the code location knows (dynamic partition keys from the Dagster instance), each with
@@ -24,6 +25,7 @@ from resources.artifact_store import MANIFEST
 CARD_STAGES = {stage: asset for stage, asset in STAGES.items() if stage != "reference"}
 #: the training chain, each checkpoint initialized from the one before
 CHAIN = ("pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint")
+ABLATION_ASSET = "ablation_report"  # the data-recipe ablations (phi-4's mixture against the raw data)
 _VERSION = re.compile(r"\b[0-9a-f]{12,64}\b")
 
 
@@ -58,6 +60,7 @@ class Facts:
     tokenizer: dict | None  # tokenizer's manifest (the version the checkpoint used)
     entries: list[Entry] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # the walk's partitioned assets without parents: shards
+    ablation: dict | None = None  # ablation_report's current manifest; None: not run
 
 
 # --- reading the lineage ------------------------------------------------------------------------------
@@ -230,6 +233,19 @@ def lineage_inputs(facts: Facts) -> list[list]:
     return [[e.asset, e.partition, e.version] for e in facts.entries]
 
 
+# --- the data ablations ---------------------------------------------------------------------------
+
+
+def read_ablation(store: ArtifactStore) -> dict | None:
+    """``ablation_report``'s current manifest, or None when it was never materialized (the card says "not
+    run"). It is read, not depended on: the card does not wait for the ablations, and records the version
+    it showed among its inputs so that a new report makes a new card."""
+    try:
+        return current(store, ABLATION_ASSET, reader="model_card")
+    except dg.Failure:  # no materialized version
+        return None
+
+
 # --- the checkpoint and its chain ---------------------------------------------------------------------
 
 
@@ -242,6 +258,15 @@ def _read(store: ArtifactStore, asset: str, version: str, partition: str | None 
 
 def gather(context: dg.AssetExecutionContext, store: ArtifactStore, graph, stage: str) -> Facts:
     """The facts of ``stage``'s card; ``graph``: the code location's asset graph, partitions included."""
+    facts = read_facts(store, stage)
+    lineage(context, store, graph, facts)
+    return facts
+
+
+def read_facts(store: ArtifactStore, stage: str) -> Facts:
+    """The facts of ``stage``'s card read from the store's manifests, all but the lineage (``lineage`` walks
+    the asset graph): the evaluated checkpoint, its chain, its export's config, the mixture, the tokenizer and
+    the ablation report."""
     asset = CARD_STAGES[stage]
     evaluation = current(
         store,
@@ -267,7 +292,7 @@ def gather(context: dg.AssetExecutionContext, store: ArtifactStore, graph, stage
     config = json.loads(store.fs.cat_file(hf))
     tokenizer = checkpoint["inputs"].get("tokenizer")
     mixture = chain[0]["inputs"].get("mixture")
-    facts = Facts(
+    return Facts(
         stage,
         asset,
         checkpoint,
@@ -276,6 +301,5 @@ def gather(context: dg.AssetExecutionContext, store: ArtifactStore, graph, stage
         evaluation,
         _read(store, "mixture_weights", mixture) if mixture else None,
         _read(store, "tokenizer", tokenizer) if tokenizer else None,
+        ablation=read_ablation(store),
     )
-    lineage(context, store, graph, facts)
-    return facts

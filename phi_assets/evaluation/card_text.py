@@ -1,7 +1,8 @@
 """``model_card``'s markdown: a function of the facts read from the store (``card_facts``), nothing else.
 
 Sections: the model (versions, architecture, chain), the recipe of every stage of the chain and its
-losses, the data (tokenizer, mixture), decontamination, evaluation beside phi-1's Table 1, lineage.
+losses, the data (tokenizer, mixture), decontamination, evaluation beside phi-1's Table 1, lineage
+(``sections``, which the Hugging Face card, ``hf_card``, shows too).
 """
 
 from typing import Any
@@ -371,6 +372,15 @@ def lineage_section(facts: Facts, max_rows: int) -> str:
 
 def render(facts: Facts, decontamination: dict, max_rows: int = 64) -> str:
     """The card as markdown: a function of the facts only (no clock), so equal inputs give equal cards."""
+    parts = [f"# Model card: phi-factory {facts.stage}"]
+    for heading, text in sections(facts, decontamination, max_rows):
+        parts += [heading, text] if heading else [text]
+    return "\n\n".join(parts) + "\n"
+
+
+def sections(facts: Facts, decontamination: dict, max_rows: int = 64) -> list[tuple[str, str]]:
+    """The card's sections as (``## heading``, markdown), the summary and warnings first (no heading):
+    ``MODEL_CARD.md`` and the Hugging Face card (``hf_card``) both show them."""
     cp = facts.checkpoint
     parents = " <- ".join(f"{m['asset']} `{m['data_version'][:12]}`" for m in reversed(facts.chain))
     stale = [e for e in facts.entries if e.status.startswith("stale")]
@@ -380,27 +390,20 @@ def render(facts: Facts, decontamination: dict, max_rows: int = 64) -> str:
     headline = ", ".join(
         f"{b} pass@1 {100 * s['pass@1']:.1f}% ({s['problems']} problems)" for b, s in sorted(he.items())
     )
-    parts = [
-        f"# Model card: phi-factory {facts.stage}",
+    summary = (
         f"`{facts.asset}` data version `{cp['data_version']}` (code version {cp['code_version']}): "
         f"{_num(cp['metadata'].get('num_params'))} parameters, {_num(cp['metadata'].get('tokens'))} tokens in "
-        f"this stage; {headline}.",
-        *warnings,
-        "## Model",
-        f"Chain: {parents}.",
-        _architecture(facts),
-        "## Recipe",
-        _recipe(facts),
-        "## Data",
-        _data(facts),
-        "## Decontamination",
-        _decontamination_section(facts, decontamination),
-        "## Evaluation",
-        evaluation_section(facts),
-        "## Lineage",
-        lineage_section(facts, max_rows),
+        f"this stage; {headline}."
+    )
+    return [
+        ("", "\n\n".join([summary, *warnings])),
+        ("## Model", f"Chain: {parents}.\n\n{_architecture(facts)}"),
+        ("## Recipe", _recipe(facts)),
+        ("## Data", _data(facts)),
+        ("## Decontamination", _decontamination_section(facts, decontamination)),
+        ("## Evaluation", evaluation_section(facts)),
+        ("## Lineage", lineage_section(facts, max_rows)),
     ]
-    return "\n\n".join(parts) + "\n"
 
 
 def _batch(train: dict) -> str:

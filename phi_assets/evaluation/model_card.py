@@ -10,16 +10,21 @@ checkpoint that ``eval_scores`` of the same stage evaluated, which must be the s
 - **data**: the tokenizer, the mixture (tokens per source, weights, epochs) and the post-training data;
 - **decontamination**: the HumanEval/MBPP method and thresholds and what every corpus removed;
 - **evaluation**: pass@k per benchmark beside the rows of the phi-1 paper's Table 1;
+- **data ablations** (the Hugging Face card): the ``ablation_report`` table and the verdict of the
+  ``phi4_mix`` arm, the checkpoints' data recipe, or "not run";
 - **lineage**: the current data version of every asset partition upstream of the checkpoint, back to
   the raw shards (the walk of the asset graph), and whether the assets downstream of each recorded
   that version (a version nobody recorded is ``-``; one replaced after its consumers ran is ``stale``).
 
 Everything is read from the artifact store's manifests (and the Dagster instance for dynamic partition
-keys); nothing is recomputed. A version holds ``MODEL_CARD.md`` and ``lineage.json``; the data version is
-a hash of the card, and the work is skipped when every upstream version is unchanged.
+keys); nothing is recomputed. A version holds ``MODEL_CARD.md``, ``lineage.json`` and ``README.md``, the
+Hugging Face card (YAML front matter with licence, base model, datasets and the ``model-index`` of the scores;
+``huggingface_hub.ModelCard.load`` reads it); the data version is a hash of both cards, and the work is
+skipped when every upstream version (the ablation report's included) is unchanged.
 
 This module is the asset; ``card_facts`` reads the store and walks the asset graph, ``card_text`` renders
-the markdown.
+the markdown, ``hf_card`` the Hugging Face card, and ``publish`` assembles a push-ready folder (the
+checkpoint's export with this card).
 """
 
 import json
@@ -30,10 +35,12 @@ import dagster as dg
 from k8s import steps
 from phi_assets.common.automation import ON_NEW_DATA
 from phi_assets.common.code_version import code_version
+from phi_assets.common.hf_card import README
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.evaluation.assets import EVAL_ASSET
 from phi_assets.evaluation.card_facts import CARD_STAGES, gather, lineage_inputs
 from phi_assets.evaluation.card_text import CARD, LINEAGE, render
+from phi_assets.evaluation.hf_card import readme
 from resources import ArtifactStore, DecontaminationResource
 
 CODE_VERSION = code_version(__name__, "model_card")
@@ -68,7 +75,8 @@ def code_location_graph(context: dg.AssetExecutionContext):
     automation_condition=ON_NEW_DATA,
     description="A markdown card per trained checkpoint stage: architecture, recipe, tokens per source and the "
     "mixture, decontamination results, eval scores beside phi-1's Table 1, and the data version of every "
-    "upstream asset partition back to the raw shards.",
+    "upstream asset partition back to the raw shards; plus the Hugging Face card (README.md: licence, base "
+    "model, datasets, model-index, data ablations).",
 )
 def model_card(
     context: dg.AssetExecutionContext,
@@ -88,6 +96,7 @@ def model_card(
         "lineage": lineage_inputs(facts),
         "decontamination": settings,
         "config": config.model_dump(),
+        "ablation_report": facts.ablation["data_version"] if facts.ablation else None,
     }
 
     def build(out: Path) -> Built:
@@ -104,8 +113,10 @@ def model_card(
             for e in facts.entries
         ]
         (out / LINEAGE).write_text(json.dumps(rows, indent=1))
+        hub = readme(facts, settings, config.max_partition_rows)
+        (out / README).write_text(hub)
         return Built(
-            stable_hash(text),
+            stable_hash([text, hub]),
             {
                 "stage": stage,
                 "checkpoint": facts.asset,
@@ -123,6 +134,7 @@ def model_card(
     meta = outcome.metadata
     where = store.version_path(CARD_ASSET, stage, outcome.data_version)
     text = store.fs.cat_file(f"{where}/{CARD}").decode()
+    hub = store.fs.cat_file(f"{where}/{README}").decode()
     for problem in meta["stale"] + [f"{w}: not materialized" for w in meta["not_materialized"]]:
         context.log.warning(f"model_card[{stage}]: {problem}")
     return dg.MaterializeResult(
@@ -131,6 +143,8 @@ def model_card(
             "card": dg.MetadataValue.md(text),
             "path": dg.MetadataValue.path(store.uri(f"{where}/{CARD}")),
             "lineage_file": dg.MetadataValue.path(store.uri(f"{where}/{LINEAGE}")),
+            "hf_card": dg.MetadataValue.md(hub),
+            "hf_card_path": dg.MetadataValue.path(store.uri(f"{where}/{README}")),
             "checkpoint_version": meta["checkpoint_version"],
             "eval_version": meta["eval_version"],
             "lineage_assets": meta["assets"],

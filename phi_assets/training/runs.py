@@ -8,7 +8,8 @@ Job or PyTorchJob on k8s) unless this exact run is already stored, and records t
 
 The run directory is keyed by the work's provenance (code version and inputs), so a retried step
 resumes from the run's last checkpoint. A version holds the Hugging Face export (``hf/``: config,
-safetensors, tokenizer; transformers and vLLM load it), ``metrics.jsonl`` and ``summary.json``; its
+safetensors, tokenizer, and a first Hugging Face card ``README.md``: ``write_export_card``; transformers
+and vLLM load it), ``metrics.jsonl`` and ``summary.json``; its
 data version is the sha256 of the weights. Metadata: the loss curve, final and validation losses,
 tokens seen, wall time, tokens/s, MFU and lineage: the parent versions the asset names, plus
 ``recipe``: ``{"name": the recipe the asset's config chose (midtraining: "midtrain(<pretraining
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from phi_assets.common import plots
+from phi_assets.common import hf_card, plots
 from phi_assets.common.model_files import file_sha256
 from phi_assets.common.store import current, file_uri, local_copy
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
@@ -113,10 +114,19 @@ def train_and_record(
                 shutil.copyfile(Path(work) / "run" / name, out / name)
         else:
             store.fs.get(f"{runs}/result/", str(out), recursive=True)
+        write_export_card(out, asset, lineage)
         return _recorded(out, messages, wall, lineage)
 
     outcome = materialize_versioned(context, store, code_version=code_version, inputs=inputs, build=build)
     return _materialization(store, outcome, stage, inputs["train"])
+
+
+def write_export_card(out: Path, asset: str, lineage: dict) -> None:
+    """The export's first Hugging Face card, ``hf/README.md`` (``phi_assets.common.hf_card``): licence, base
+    model, the data versions the lineage names and the recipe, so every export loads with
+    ``huggingface_hub.ModelCard.load``. The data version is the weights' digest alone, which it leaves as is."""
+    summary = json.loads((out / "summary.json").read_text())
+    hf_card.write_card(hf_card.export_card(asset, lineage, summary), out / HF / hf_card.README)
 
 
 def _recorded(out: Path, messages: list[dict], wall: float, lineage: dict) -> Built:
