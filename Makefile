@@ -98,6 +98,7 @@ bench: $(STAMP) $(BENCH_STAMP) mbpp  # mbpp: step_memory.py's scoring case decon
 	$(BIN)/python benchmarks/bench_readers.py
 	$(BIN)/python benchmarks/llm_engine.py
 	$(BIN)/python benchmarks/llm_cache.py
+	$(BIN)/python benchmarks/edu_annotation.py
 	$(BIN)/python benchmarks/heuristic_filters.py --peer-python $(PEER_PYTHON)
 	$(BIN)/python benchmarks/minhash.py --peer-python $(PEER_PYTHON)
 	$(BIN)/python benchmarks/filter_memory.py

@@ -96,16 +96,23 @@ def test_dedup_clusters_the_planted_copies_and_is_queryable(run):
     assert sum(r[2] for r in rows) == 1  # one survivor
 
 
-def test_annotations_are_parsed_from_real_engine_output(run):
+def test_annotations_are_label_distributions_from_real_engine_output(run):
     manifest = run["store"].current_manifest("edu_annotations", None)
     where = run["store"].version_path("edu_annotations", None, manifest["data_version"])
     frame = pl.read_parquet(f"{where}/annotations.parquet")
-    assert set(frame["source"]) == {"code", "web"} and frame["answer"].null_count() == 0
-    for answer, score, status in frame.select("answer", "score", "status").iter_rows():
-        assert edu.parse_score(answer) == edu.ParsedScore(score, status)  # stored = parsed, never guessed
+    assert set(frame["source"]) == {"code", "web"} and set(frame["status"]) <= set(edu.STATUSES)
+    ok = frame.filter(pl.col("status") == "ok")
+    assert ok.height >= 16 and ok["probs"].null_count() == 0
+    for probs, expected, label in ok.select("probs", "expected_score", "label").iter_rows():
+        assert sum(probs) == pytest.approx(1.0)
+        assert expected == pytest.approx(sum(k * p for k, p in enumerate(probs))) and probs[label] == max(probs)
+    assert frame.filter(pl.col("status") != "ok")["expected_score"].null_count() == len(frame) - ok.height
     meta = run["meta"]["edu_annotations"]
-    assert meta["num_parsed"] + meta["num_unparseable"] == len(frame) and meta["num_parsed"] >= 16
+    assert meta["num_ok"] == ok.height
+    assert meta["num_ok"] + meta["num_no_label"] + meta["num_llm_error"] == len(frame)
     assert meta["llm_requests_code"] == frame.filter(pl.col("source") == "code").height
+    assert meta["mean_expected_score_code"] == pytest.approx(
+        ok.filter(pl.col("source") == "code")["expected_score"].mean(), abs=1e-4)
 
 
 def test_classifier_reports_f1_and_scores_with_the_stored_model(run):
@@ -113,6 +120,8 @@ def test_classifier_reports_f1_and_scores_with_the_stored_model(run):
     for source in ("code", "web"):
         for head in ("forest", "linear"):
             assert 0.0 <= meta[f"{source}_{head}_f1_at_3"] <= 1.0
+            low, high = meta[f"{source}_{head}_f1_ci"]
+            assert 0.0 <= low <= meta[f"{source}_{head}_f1_at_3"] <= high <= 1.0
             assert 0.0 <= meta[f"{source}_{head}_macro_f1"] <= 1.0
     assert "label \\ predicted" in meta["confusion_matrices"]
     manifest = run["store"].current_manifest("edu_classifier", None)

@@ -1,4 +1,6 @@
-"""Educational-value annotation and classifier: prompts, score parsing, sampling, training, metrics."""
+"""Educational-value annotation and classifier: prompts, requests, sampling, training, metrics.
+
+The label distribution itself (logprobs -> probabilities) is tested in tests/test_edu_distribution.py."""
 
 from __future__ import annotations
 
@@ -10,41 +12,17 @@ from phi_assets.curation import classifier as clf
 from phi_assets.curation import edu
 
 
-@pytest.mark.parametrize(
-    ("answer", "score", "status"),
-    [
-        (" 3\n\nThe code is", 3, "ok"),
-        (" 4.0\n\n", 4, "ok"),
-        (" **5**", 5, "ok"),
-        (" 2/5 because", 2, "ok"),
-        (" 2 out of 5", 2, "ok"),
-        (" 0 points", 0, "ok"),
-        ("The extract is useful. Educational score: 4", 4, "ok"),
-        (" 3\nEducational score: 3", 3, "ok"),  # restated, same number
-        (" 3.5\n", None, "not_whole"),
-        (" 100\n\n", None, "out_of_range"),
-        (" 10.\n", None, "out_of_range"),
-        (" 80%", None, "out_of_range"),
-        (" 7/10", None, "out_of_range"),  # another scale: not converted
-        (" 1\nEducational score: 2", None, "ambiguous"),
-        ("The code is designed to help students.", None, "no_score"),
-        ("   \n", None, "empty"),
-        (None, None, "empty"),
-    ],
-)
-def test_parse_score(answer, score, status):
-    assert edu.parse_score(answer) == edu.ParsedScore(score, status)
-
-
 def test_prompts_are_repo_files_with_the_rubric():
     code, web = edu.load_prompt("code"), edu.load_prompt("web")
     assert "basic coding concepts" in code.template and "additive 5-point" in web.template
     assert code.sha256 != web.sha256
-    request = edu.build_request(code, "def f():\n    return 1\n" * 200, max_chars=100, max_tokens=8)
+    request = edu.build_request(code, "def f():\n    return 1\n" * 200, max_chars=100)
     (_, user), (role, prefill) = request.messages
     assert role == "assistant" and prefill == edu.PREFILL and request.prefilled
     assert "{document}" not in user and len(user) < len(code.template) + 100
-    assert request.sampling.temperature == 0.0 and request.sampling.max_tokens == 8
+    # one greedy token, read through its top-20 log-probabilities
+    assert request.sampling.temperature == 0.0 and request.sampling.max_tokens == 1
+    assert request.sampling.logprobs == edu.TOP_LOGPROBS == 20
 
 
 def test_load_prompt_errors_name_the_file(tmp_path):
@@ -108,16 +86,21 @@ def test_classifier_learns_and_reports_held_out_metrics(tmp_path):
 def test_evaluate_counts_exactly():
     labels = np.array([0, 3, 4, 5, 2, 3])
     scores = np.array([0.2, 2.6, 3.4, 4.9, 3.0, 1.0])  # predicted classes 0 3 3 5 3 1
-    m = clf.evaluate(scores, labels, threshold=3)
-    # binary (>=3): truth 0 1 1 1 0 1, predicted 0 1 1 1 1 0 -> tp 3, fp 1, fn 1 -> F1 0.75
-    assert m["f1_at_threshold"] == pytest.approx(0.75)
+    m = clf.evaluate(scores, labels, threshold=3)  # no expected scores: the labels are the truth
+    # binary: truth (label >= 3) 0 1 1 1 0 1; decided (the score itself >= 3, as the corpus filter keeps)
+    # 0 0 1 1 1 0 -> tp 2, fp 1, fn 2 -> F1 4/7
+    assert m["f1_at_threshold"] == pytest.approx(4 / 7)
+    assert m["f1_ci_low"] <= 4 / 7 <= m["f1_ci_high"]
     assert m["accuracy"] == pytest.approx(3 / 6)
     assert m["confusion"][3][3] == 1 and m["confusion"][3][1] == 1 and m["confusion"][2][3] == 1
+    # with expected scores the truth is "expected >= 3": 0 0 1 1 1 0 -> equals the decisions
+    expected = np.array([0.4, 2.9, 3.6, 4.7, 3.2, 2.9])
+    assert clf.evaluate(scores, labels, 3, expected)["f1_at_threshold"] == pytest.approx(1.0)
 
 
 def test_classifier_refuses_too_few_labels_and_bad_config():
     x, y = _separable(3)
-    with pytest.raises(ValueError, match="at least 4 annotated"):
+    with pytest.raises(ValueError, match="at least 4 annotated documents with status ok"):
         clf.train(x, y, clf.ClassifierConfig(), "v")
     with pytest.raises(ValueError, match="head"):
         clf.ClassifierConfig(head="svm")

@@ -56,7 +56,9 @@ CORPUS_CODE_VERSION = code_version(__name__, "filtered_corpus_asset")
 class AnnotationConfig(dg.Config):
     docs_per_source: int = 0  # 0: the profile's size (ci 48, local 200)
     max_doc_chars: int = 1500  # the start of each document the annotator reads
-    max_tokens: int = 16  # the score comes first (the answer is prefilled with "Educational score:")
+    # One token is generated (after the prefill "Educational score: ", the digit) with its top-k logprobs:
+    # the labels' share of them is the document's label distribution (edu.label_distribution).
+    top_logprobs: int = edu.TOP_LOGPROBS
     seed: int = 0
 
 
@@ -79,7 +81,7 @@ def _annotate(
         prompt = edu.load_prompt(source)
         sample = _sample(context, store, source, n, config.seed)
         requests = [
-            edu.build_request(prompt, t, max_chars=config.max_doc_chars, max_tokens=config.max_tokens)
+            edu.build_request(prompt, t, max_chars=config.max_doc_chars, logprobs=config.top_logprobs)
             for t in sample["text"]
         ]
         gen = llm.generate(model, requests, log=context.log, desc=f"annotate {source}")
@@ -89,6 +91,7 @@ def _annotate(
                 sample,
                 [r.text for r in gen.results],
                 [r.error for r in gen.results],
+                [edu.read_result(r) for r in gen.results],
                 prompt,
                 config.max_doc_chars,
             )
@@ -96,20 +99,16 @@ def _annotate(
         llm_stats[source] = gen.stats.metadata()
     annotations = pl.concat(frames)
     annotations.write_parquet(out / "annotations.parquet", compression="zstd")
-    summary = {
-        s: {
-            "status": stages.status_counts(annotations.filter(pl.col("source") == s)),
-            "labels": [
-                annotations.filter((pl.col("source") == s) & (pl.col("score") == k)).height for k in range(6)
-            ],
-        }
-        for s in SOURCES
-    }
+    parts = {s: annotations.filter(pl.col("source") == s) for s in SOURCES}
     return {
-        "summary": summary,
+        "summary": {
+            s: {"status": stages.status_counts(part), **edu.summarize(part)} for s, part in parts.items()
+        },
         "llm": llm_stats,
         "max_doc_chars": config.max_doc_chars,
-        "examples": annotations.head(6).select("source", "uri", "answer", "score", "status").rows(named=True),
+        "examples": annotations.head(6)
+        .select("source", "uri", "answer", "label", pl.col("expected_score", "label_mass").round(3), "status")
+        .rows(named=True),
     }
 
 
@@ -119,8 +118,9 @@ def _annotate(
     op_tags=steps.tags("llm-client"),
     kinds={"parquet"},
     code_version=ANNOTATE_CODE_VERSION,
-    description="A sample of deduplicated documents scored 0-5 for educational value by the generator "
-    "LLM with the rubric prompts in phi_assets/curation/prompts/.",
+    description="A sample of deduplicated documents with the generator LLM's distribution over the "
+    "educational-value labels 0-5 (next-token log-probabilities after the rubric prompts in "
+    "phi_assets/curation/prompts/): label probabilities, expected score, label, entropy.",
 )
 def edu_annotations(
     context: dg.AssetExecutionContext,
@@ -159,7 +159,7 @@ def edu_annotations(
 
 
 class ClassifierTrainConfig(dg.Config):
-    threshold: float = 3.0  # F1 is reported for "score >= threshold" (FineWeb-Edu: 3)
+    threshold: float = 3.0  # F1 is reported for "expected score >= threshold" (FineWeb-Edu: 3)
     test_fraction: float = 0.25
     num_trees: int = 200
     ridge_alpha: float = 1.0
@@ -167,15 +167,17 @@ class ClassifierTrainConfig(dg.Config):
 
 
 def _train(store: ArtifactStore, annotations: dict, encoder, config: clf.ClassifierConfig, out) -> dict:
-    frame = pl.read_parquet(file_uri(store, annotations, "annotations.parquet")).filter(
-        pl.col("score").is_not_null()
-    )
+    """Both heads per source on every annotated document with status ok: the forest on its label
+    (argmax), the linear head on its expected score."""
+    frame = pl.read_parquet(file_uri(store, annotations, "annotations.parquet"))
+    frame = frame.filter(pl.col("status") == "ok")
     reports = {}
     for source in SOURCES:
         part = frame.filter(pl.col("source") == source)
         embeddings = encoder.encode(part["excerpt"].to_list(), desc=f"embed {source} annotations")
         try:
-            model = clf.train(embeddings, part["score"].to_numpy(), config, encoder.version)
+            model = clf.train(embeddings, part["label"].to_numpy(), config, encoder.version,
+                              expected_scores=part["expected_score"].to_numpy())
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from e
         model.save(out / source)
@@ -194,8 +196,8 @@ def _train(store: ArtifactStore, annotations: dict, encoder, config: clf.Classif
     op_tags=steps.tags("heavy"),
     code_version=CLASSIFIER_CODE_VERSION,
     kinds={"scikitlearn"},
-    description="Educational-value classifiers (random forest as phi-1, linear head "
-    "as FineWeb-Edu) on all-MiniLM-L6-v2 embeddings, one per source.",
+    description="Educational-value classifiers on all-MiniLM-L6-v2 embeddings, one per source: a random "
+    "forest on the annotated labels (phi-1) and a linear head on the expected scores (FineWeb-Edu).",
 )
 def edu_classifier(
     context: dg.AssetExecutionContext,

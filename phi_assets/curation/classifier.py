@@ -1,14 +1,21 @@
 """The educational-value classifier: two heads on frozen sentence embeddings, with a held-out report.
 
-- ``forest``: a random forest classifier on the embeddings, as phi-1 (section 2.1) trained on
-  GPT-4 annotations; its score is the expected label under the predicted class probabilities.
-- ``linear``: a ridge regression head, as FineWeb-Edu's classifier (a linear regression head on
-  frozen embeddings); its score is the prediction clipped to 0-5.
+The annotations are label distributions (``edu.LabelDistribution``): each document has a label
+(the argmax) and an expected score (sum of k * p_k, continuous).
 
-``train`` holds out a stratified ``test_fraction`` of the labelled documents (when every label has
-two examples; a plain seeded split otherwise), fits both heads on the rest and reports per head:
-F1 of the binary decision "score >= threshold" (FineWeb-Edu reports F1 at 3), macro-F1 over the
-0-5 labels, accuracy and the 6x6 confusion matrix (rows: annotated label, columns: predicted
+- ``forest``: a random forest classifier on the labels, as phi-1 (section 2.1) trained on GPT-4
+  annotations; its score is the expected label under the predicted class probabilities.
+- ``linear``: a ridge regression head on the expected scores, as FineWeb-Edu's classifier (a linear
+  regression head on frozen embeddings, trained on a continuous target); its score is the
+  prediction clipped to 0-5.
+
+``train`` holds out a stratified ``test_fraction`` of the annotated documents (stratified by label
+when every label has two examples; a plain seeded split otherwise), fits both heads on the rest and
+reports per head: F1 of the binary decision "score >= threshold" (the score itself, not rounded: what
+``filtered_*_corpus`` keeps) against the truth "expected score >= threshold" (FineWeb-Edu reports F1
+at 3), with a 95% bootstrap interval over the test documents (``BOOTSTRAP_RESAMPLES`` seeded
+resamples: ``f1_ci_low``, ``f1_ci_high``); and against the labels,
+macro-F1 over 0-5, accuracy and the 6x6 confusion matrix (rows: annotated label, columns: predicted
 label = the score rounded). ``EduClassifier.save`` writes ``forest.joblib``, ``linear.json`` and
 ``classifier.json`` into a directory; ``load`` reads them back.
 """
@@ -26,12 +33,14 @@ HEADS = ("forest", "linear")
 LABELS = list(range(6))
 MIN_LABELLED = 4  # three to train on and one to test: anything less cannot be split
 FEW_LABELLED = 50  # below this the report carries a warning: metrics on a handful of test documents
+BOOTSTRAP_RESAMPLES = 1000  # resamples of the test documents behind the F1 interval
+BOOTSTRAP_CHUNK = 100  # resamples drawn at once: memory ~ chunk x test documents
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
     head: str = "forest"  # the head that scores the corpora
-    threshold: float = 3.0  # keep documents scoring at or above this (FineWeb-Edu: 3)
+    threshold: float = 3.0  # keep documents scoring at or above this (FineWeb-Edu: 3); F1 is reported here
     test_fraction: float = 0.25
     num_trees: int = 200
     ridge_alpha: float = 1.0
@@ -120,14 +129,48 @@ def split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarr
     return np.sort(train), np.sort(test)
 
 
-def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
-    """F1 at ``threshold``, macro-F1 and accuracy over 0-5, the confusion matrix (rows: truth)."""
+def f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """F1 of boolean decisions; 0 when there is nothing to find and nothing was found (as sklearn's
+    ``zero_division=0``)."""
+    tp, fp, fn = (truth & predicted).sum(), (~truth & predicted).sum(), (truth & ~predicted).sum()
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+def bootstrap_f1(truth: np.ndarray, predicted: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of F1 over ``resamples`` resamples (with replacement) of the documents; the
+    same for the same ``seed``."""
+    n = len(truth)
+    if n == 0:
+        raise ValueError("bootstrap_f1 needs at least one document")
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, resamples, BOOTSTRAP_CHUNK):
+        rows = rng.integers(0, n, size=(min(BOOTSTRAP_CHUNK, resamples - start), n))
+        t, p = truth[rows], predicted[rows]  # (chunk, n)
+        tp, fp, fn = (t & p).sum(1), (~t & p).sum(1), (t & ~p).sum(1)
+        denominator = 2 * tp + fp + fn
+        values.append(np.divide(2 * tp, denominator, out=np.zeros(len(rows)), where=denominator > 0))
+    low, high = np.percentile(np.concatenate(values), [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float, expected: np.ndarray | None = None,
+             seed: int = 0) -> dict[str, Any]:
+    """F1 at ``threshold`` (truth: ``expected`` score >= threshold; the labels when no expected scores
+    are given) with its bootstrap interval; macro-F1 and accuracy over 0-5 and the confusion matrix
+    (rows: truth) against the labels."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+    expected = labels.astype(np.float64) if expected is None else np.asarray(expected, dtype=np.float64)
+    truth, decided = expected >= threshold, np.asarray(scores) >= threshold
+    low, high = bootstrap_f1(truth, decided, seed=seed)
     predicted = np.clip(np.rint(scores), 0, 5).astype(int)
     present = sorted(set(labels.tolist()) | set(predicted.tolist()))
     return {
-        "f1_at_threshold": float(f1_score(labels >= threshold, predicted >= threshold, zero_division=0)),
+        "f1_at_threshold": f1(truth, decided),
+        "f1_ci_low": low,
+        "f1_ci_high": high,
         "macro_f1": float(f1_score(labels, predicted, labels=present, average="macro", zero_division=0)),
         "accuracy": float(accuracy_score(labels, predicted)),
         "confusion": confusion_matrix(labels, predicted, labels=LABELS).tolist(),
@@ -135,36 +178,50 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[s
 
 
 def train(
-    embeddings: np.ndarray, labels: np.ndarray, config: ClassifierConfig, encoder_version: str
+    embeddings: np.ndarray, labels: np.ndarray, config: ClassifierConfig, encoder_version: str,
+    expected_scores: np.ndarray | None = None,
 ) -> EduClassifier:
-    """Fit both heads on a held-out split; the report holds each head's test metrics."""
+    """Fit both heads on a held-out split: the forest on ``labels`` (0-5), the linear head on
+    ``expected_scores`` (continuous, 0-5; the labels when not given). The report holds each head's
+    test metrics."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import Ridge
 
     labels = np.asarray(labels, dtype=int)
+    expected = labels.astype(np.float64) if expected_scores is None else np.asarray(expected_scores, np.float64)
     if len(labels) < MIN_LABELLED:
         raise ValueError(
-            f"the classifier needs at least {MIN_LABELLED} annotated documents with a "
-            f"parseable score, got {len(labels)}; annotate a larger sample"
+            f"the classifier needs at least {MIN_LABELLED} annotated documents with status ok, "
+            f"got {len(labels)}; annotate a larger sample"
         )
+    if len(expected) != len(labels) or len(embeddings) != len(labels):
+        raise ValueError(f"the classifier got {len(embeddings)} embeddings, {len(labels)} labels and "
+                         f"{len(expected)} expected scores; they must be one per document")
+    if not np.all(np.isfinite(expected) & (expected >= 0) & (expected <= 5)):
+        raise ValueError("expected scores must be finite and within 0..5 (the annotations' expected_score)")
     train_rows, test_rows = split(labels, config.test_fraction, config.seed)
     forest = RandomForestClassifier(
         n_estimators=config.num_trees, random_state=config.seed, class_weight="balanced", n_jobs=1
     )
     forest.fit(embeddings[train_rows], labels[train_rows])
-    ridge = Ridge(alpha=config.ridge_alpha).fit(embeddings[train_rows], labels[train_rows])
+    ridge = Ridge(alpha=config.ridge_alpha).fit(embeddings[train_rows], expected[train_rows])
     model = EduClassifier(
         forest, ridge.coef_.astype(np.float32), float(ridge.intercept_), config, encoder_version
     )
+    test_labels, test_expected = labels[test_rows], expected[test_rows]
     model.report = {
-        "warning": (f"only {len(labels)} annotated documents with a parseable score: the held-out metrics "
+        "warning": (f"only {len(labels)} annotated documents with status ok: the held-out metrics "
                     f"rest on {len(test_rows)} documents" if len(labels) < FEW_LABELLED else ""),
         "num_train": len(train_rows),
         "num_test": len(test_rows),
         "train_labels": np.bincount(labels[train_rows], minlength=6).tolist(),
-        "test_labels": np.bincount(labels[test_rows], minlength=6).tolist(),
+        "test_labels": np.bincount(test_labels, minlength=6).tolist(),
+        "test_mean_expected_score": round(float(test_expected.mean()), 4),
+        "targets": {"forest": "label", "linear": "expected_score"},
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
         "heads": {
-            head: evaluate(model.score(embeddings[test_rows], head), labels[test_rows], config.threshold)
+            head: evaluate(model.score(embeddings[test_rows], head), test_labels, config.threshold,
+                           test_expected, seed=config.seed)
             for head in HEADS
         },
     }

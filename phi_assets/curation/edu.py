@@ -1,39 +1,47 @@
-"""Educational-value annotation (phi-1 section 2.1, FineWeb-Edu): prompts, sampling, score parsing.
+"""Educational-value annotation (phi-1 section 2.1, FineWeb-Edu): prompts, requests, label distributions.
 
 A sample of each source's deduplicated documents is sent through the LLM engine with an additive
 0-5 rubric: ``prompts/edu_code.md`` ("educational value for a student whose goal is to learn basic
 coding concepts", the phi-1 wording) for code, ``prompts/edu_web.md`` (the FineWeb-Edu prompt) for
 web text. The prompt files are part of the asset's code version: editing one re-annotates.
 
-The answer is prefilled with ``Educational score:`` so the model's first tokens are the score
-(small models rarely follow a format otherwise). ``parse_score`` accepts a whole number 0-5 in
-the usual spellings ("3", " 4.0", "**5**", "2/5", "3 points") and nothing else: a fraction of a
-point, a number outside 0-5, two different scores, or no number at all are counted per reason
-and excluded from training, never guessed.
+The answer is prefilled with ``Educational score: `` and the engine generates ONE token with its
+top-20 log-probabilities (``build_request``): the score is read from the model's next-token
+distribution rather than parsed from text. The prefill ends with a space because SmolLM2's tokenizer
+(the default generator) writes " 3" as two tokens, " " and "3": after the space, the next token is the
+digit (about 80% of the next-token mass falls on the six labels). Tokenizers that write " 3" as one
+token are handled too: ``label_distribution`` counts every token whose text, stripped, is exactly one
+of "0".."5" for that label, summing the probabilities of variants ("3" and " 3").
+
+Per document (``LabelDistribution``): the six label probabilities renormalised over the labels,
+``label_mass`` (how much of the next-token mass fell on labels before renormalising), the
+``expected_score`` (sum of k * p_k), the ``label`` (argmax) and the ``entropy`` (nats). Status
+``ok``; ``no_label`` when none of the six labels is among the top-k tokens (counted, never guessed);
+``llm_error`` when the engine failed on the request (counted by reason in the generation stats).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
-from resources.llm import Request
+from resources.llm import Request, Result
 
 VERSIONED_FILES = ("prompts/*.md",)  # the rubrics: part of the annotation asset's code version
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
-PREFILL = "Educational score:"
+PREFILL = "Educational score: "  # ends with a space: the next token is the digit (see the module docstring)
 MAX_SCORE = 5
-PARSE_STATUSES = ("ok", "empty", "no_score", "not_whole", "out_of_range", "ambiguous")
-
-_NUMBER = r"(\d+(?:[.,]\d+)?)"
-_LEADING = re.compile(rf"^[\s*:_`\"'\[(]*{_NUMBER}\s*(%|/\s*\d+|out of\s+\d+)?", re.IGNORECASE)
-_LABELLED = re.compile(rf"(?:educational\s+)?score\s*(?:\(0-5\))?\s*[:=]?\s*\**\s*{_NUMBER}\s*"
-                       r"(%|/\s*\d+|out of\s+\d+)?", re.IGNORECASE)
+LABELS = tuple(str(k) for k in range(MAX_SCORE + 1))  # the label tokens' texts, stripped
+TOP_LOGPROBS = 20  # top-k log-probabilities asked for the one generated token
+STATUSES = ("ok", "no_label", "llm_error")
+SCORE_BINS = 20  # histogram of expected scores: 0.25 wide over 0-5
 
 
 @dataclass(frozen=True)
@@ -68,45 +76,85 @@ def excerpt(text: str, max_chars: int) -> str:
     return text[: cut if cut > 0 else max_chars]
 
 
-def build_request(prompt: Prompt, text: str, *, max_chars: int, max_tokens: int) -> Request:
+def build_request(prompt: Prompt, text: str, *, max_chars: int, max_tokens: int = 1,
+                  logprobs: int = TOP_LOGPROBS) -> Request:
+    """The annotation request of one document: the rubric, the answer prefilled with ``PREFILL``, one
+    greedy token with its top-``logprobs`` log-probabilities."""
+    if logprobs < 1:
+        raise ValueError(f"the annotation request reads the score from the top-k log-probabilities: "
+                         f"logprobs (AnnotationConfig.top_logprobs) must be >= 1, got {logprobs}")
     messages = [{"role": "user", "content": prompt.render(excerpt(text, max_chars))},
                 {"role": "assistant", "content": PREFILL}]
-    return Request.chat(messages, max_tokens=max_tokens, temperature=0.0)
+    return Request.chat(messages, max_tokens=max_tokens, temperature=0.0, logprobs=logprobs)
 
 
 @dataclass(frozen=True)
-class ParsedScore:
-    score: int | None
-    status: str  # one of PARSE_STATUSES
+class LabelDistribution:
+    """The annotator's distribution over the labels 0-5 for one document (``probs`` None unless ok)."""
+
+    status: str  # one of STATUSES
+    probs: tuple[float, ...] | None = None  # p_0..p_5, renormalised over the labels (sum 1)
+    label_mass: float | None = None  # sum of the labels' next-token probabilities, before renormalising
+
+    @property
+    def expected_score(self) -> float | None:
+        return None if self.probs is None else sum(k * p for k, p in enumerate(self.probs))
+
+    @property
+    def label(self) -> int | None:
+        """The most likely label (the lower one on a tie)."""
+        return None if self.probs is None else max(range(len(self.probs)), key=lambda k: (self.probs[k], -k))
+
+    @property
+    def entropy(self) -> float | None:
+        """In nats: 0 when one label has all the mass, log(6) ~ 1.79 when all six are equally likely."""
+        return None if self.probs is None else -sum(p * math.log(p) for p in self.probs if p > 0)
 
 
-def _value(number: str, scale: str | None) -> tuple[int | None, str]:
-    value = float(number.replace(",", "."))
-    if scale:
-        scale = scale.strip().lower()
-        if scale == "%" or re.sub(r"^(/|out of)\s*", "", scale) != str(MAX_SCORE):
-            return None, "out_of_range"  # "80%", "7/10": another scale; converting would be a guess
-    if value != int(value):
-        return None, "not_whole"
-    if not 0 <= value <= MAX_SCORE:
-        return None, "out_of_range"
-    return int(value), "ok"
+def label_distribution(top: Mapping[str, float]) -> LabelDistribution:
+    """The label distribution in one position's top-k ``{token text: logprob}``: every token whose
+    stripped text is a label adds its probability to that label ("3" and " 3" both count for 3)."""
+    mass = [0.0] * len(LABELS)
+    for token, logprob in top.items():
+        label = token.strip()
+        if label in LABELS:
+            mass[int(label)] += math.exp(logprob)
+    total = sum(mass)
+    if total <= 0:
+        return LabelDistribution("no_label")
+    return LabelDistribution("ok", tuple(m / total for m in mass), total)
 
 
-def parse_score(answer: str | None) -> ParsedScore:
-    """The 0-5 score in an answer that continues ``PREFILL`` (or restates it), else why not."""
-    if answer is None or not answer.strip():
-        return ParsedScore(None, "empty")
-    lead = _LEADING.match(answer)
-    candidates = [lead.groups()] if lead else []
-    candidates += [m.groups() for m in _LABELLED.finditer(answer)]
-    if not candidates:
-        return ParsedScore(None, "no_score")
-    parsed = {_value(number, scale) for number, scale in candidates}
-    if len(parsed) > 1:  # "3 ... Educational score: 4": which one?
-        return ParsedScore(None, "ambiguous")
-    score, status = parsed.pop()
-    return ParsedScore(score, status)
+def read_result(result: Result) -> LabelDistribution:
+    """The label distribution of an annotation request's result (``build_request``)."""
+    if not result.ok:
+        return LabelDistribution("llm_error")
+    completion = result.completions[0]
+    if completion.logprobs is None:
+        raise ValueError(f"annotation result {result.key[:12]} has no log-probabilities: the request must "
+                         f"ask for them (edu.build_request sets logprobs={TOP_LOGPROBS}) and the backend "
+                         f"return them")
+    if not completion.logprobs:  # nothing generated: no position to read
+        return LabelDistribution("no_label")
+    return label_distribution(completion.logprobs[0])
+
+
+def summarize(annotations: pl.DataFrame, bins: int = SCORE_BINS) -> dict:
+    """Label histogram (argmax, 0..5), means of the expected score, entropy and label mass, and a
+    ``bins``-bin histogram of the expected scores over 0-5, over the documents whose status is ok."""
+    ok = annotations.filter(pl.col("status") == "ok")
+
+    def mean(column: str) -> float | None:
+        return None if ok.is_empty() else round(float(ok[column].mean()), 4)
+
+    counts, _ = np.histogram(ok["expected_score"].to_numpy(), bins=bins, range=(0, MAX_SCORE))
+    return {
+        "labels": [ok.filter(pl.col("label") == k).height for k in range(MAX_SCORE + 1)],
+        "mean_expected_score": mean("expected_score"),
+        "mean_entropy": mean("entropy"),
+        "mean_label_mass": mean("label_mass"),
+        "expected_score_hist": counts.tolist(),
+    }
 
 
 def sample_documents(docs: pl.DataFrame, n: int, seed: int = 0) -> pl.DataFrame:

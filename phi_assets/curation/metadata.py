@@ -9,7 +9,9 @@ import dagster as dg
 from phi_assets.common import plots
 from phi_assets.common.tables import md_table
 from phi_assets.curation.classifier import HEADS
+from phi_assets.curation.edu import STATUSES
 
+KEEP_LINE = 3.0  # drawn on the expected-score histograms: the classifier's default keep threshold (FineWeb-Edu)
 VERSION_EXEMPT = "Dagster metadata of the curation assets: funnels, plots, tables (formatting)"
 
 
@@ -53,15 +55,21 @@ def dedup_metadata(build: dict[str, Any], db_uri: str) -> dict[str, Any]:
     }
 
 
+def _mean(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def annotation_metadata(build: dict[str, Any], path: str) -> dict[str, Any]:
     summary = build["summary"]
     rows = [
         [
             s,
             sum(v["status"].values()),
-            v["status"].get("ok", 0),
-            ", ".join(f"{k} {n}" for k, n in v["status"].items() if k != "ok") or "-",
+            *(v["status"].get(k, 0) for k in STATUSES),
             v["labels"],
+            _mean(v["mean_expected_score"]),
+            _mean(v["mean_entropy"]),
+            _mean(v["mean_label_mass"]),
         ]
         for s, v in summary.items()
     ]
@@ -71,16 +79,29 @@ def annotation_metadata(build: dict[str, Any], path: str) -> dict[str, Any]:
         f"{key}_{source}": value
         for source, stats in build["llm"].items()
         for key, value in stats.items()
-        if key in ("llm_requests", "llm_cache_hits", "llm_generated_tokens", "llm_tokens_per_s")
+        if key in ("llm_requests", "llm_cache_hits", "llm_generated_tokens", "llm_tokens_per_s", "llm_failures")
     }
     return {
         "dagster/row_count": sum(r[1] for r in rows),
-        "num_parsed": sum(r[2] for r in rows),
-        "num_unparseable": sum(r[1] - r[2] for r in rows),
-        "annotations": md_table(["source", "annotated", "parsed", "excluded (reason)", "labels 0..5"], rows),
-        "label_distribution": plots.bar_plot(labels, counts, "annotated educational scores", "", "documents"),
+        **{f"num_{status}": sum(v["status"].get(status, 0) for v in summary.values()) for status in STATUSES},
+        **{f"mean_expected_score_{s}": v["mean_expected_score"] for s, v in summary.items()},
+        **{f"mean_entropy_{s}": v["mean_entropy"] for s, v in summary.items()},
+        **{f"mean_label_mass_{s}": v["mean_label_mass"] for s, v in summary.items()},
+        "annotations": md_table(
+            ["source", "annotated", *STATUSES, "labels 0..5 (argmax)", "mean expected score",
+             "mean entropy (nats)", "mean label mass"],
+            rows,
+        ),
+        "label_distribution": plots.bar_plot(labels, counts, "annotated labels (argmax)", "", "documents"),
+        **{
+            f"expected_score_histogram_{s}": plots.score_histogram(
+                v["expected_score_hist"], 0, 5, KEEP_LINE, f"{s}: expected educational scores (status ok)"
+            )
+            for s, v in summary.items()
+        },
         "examples": md_table(
-            ["source", "uri", "answer", "score", "status"], [list(r.values()) for r in build["examples"]]
+            ["source", "uri", "answer", "label", "expected score", "label mass", "status"],
+            [list(r.values()) for r in build["examples"]],
         ),
         "artifact": path,
         **llm,
@@ -108,18 +129,21 @@ def classifier_metadata(build: dict[str, Any]) -> dict[str, Any]:
                     head,
                     report["num_train"],
                     report["num_test"],
-                    f"{m['f1_at_threshold']:.3f}",
+                    f"{m['f1_at_threshold']:.3f} [{m['f1_ci_low']:.3f}, {m['f1_ci_high']:.3f}]",
                     f"{m['macro_f1']:.3f}",
                     f"{m['accuracy']:.3f}",
                 ]
             )
             out[f"{source}_{head}_f1_at_3"] = m["f1_at_threshold"]
+            out[f"{source}_{head}_f1_ci"] = [m["f1_ci_low"], m["f1_ci_high"]]
             out[f"{source}_{head}_macro_f1"] = m["macro_f1"]
             confusions.append(
                 f"**{source} / {head}** (rows: annotated, columns: predicted)\n\n{_confusion(m['confusion'])}"
             )
     out["report"] = md_table(
-        ["source", "head", "train", "test", f"F1@{build['threshold']:g}", "macro-F1", "accuracy"], rows
+        ["source", "head", "train", "test", f"F1@{build['threshold']:g} [95% bootstrap CI]", "macro-F1",
+         "accuracy"],
+        rows,
     )
     out["confusion_matrices"] = dg.MetadataValue.md("\n\n".join(confusions))
     warnings = [f"{source}: {r['warning']}" for source, r in build["reports"].items() if r.get("warning")]

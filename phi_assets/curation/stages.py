@@ -5,7 +5,7 @@
    the kept documents, row i = document i), plus the funnel. The shard is streamed in batches sized
    from a memory budget (``FILTER_MEMORY``), the outputs appended batch by batch.
 2. Dedup runs in stages of its own: ``lsh.py``.
-3. ``annotations_frame``: the annotated documents and their parsed scores.
+3. ``annotations_frame``: the annotated documents and their label distributions.
 4. ``score_shard``: a shard's surviving documents scored by the classifier, kept at or above the
    threshold, decontaminated -> ``docs.parquet``, ``scores.parquet``, ``contaminated.parquet``. The
    shard is streamed twice in batches sized from a memory budget (``SCORE_MEMORY``).
@@ -204,26 +204,34 @@ def annotations_frame(
     sample: pl.DataFrame,
     answers: list[str | None],
     errors: list[str | None],
+    distributions: list[edu.LabelDistribution],
     prompt: edu.Prompt,
     max_chars: int,
 ) -> pl.DataFrame:
-    parsed = [
-        edu.parse_score(a) if e is None else edu.ParsedScore(None, "llm_error")
-        for a, e in zip(answers, errors, strict=True)
-    ]
+    """One row per annotated document: the sample's columns (without its text), the excerpt the
+    annotator read, the token it generated (``answer``), the engine's error, and the label distribution
+    (``probs``: p_0..p_5, ``label_mass``, ``expected_score``, ``label``, ``entropy``; null unless
+    ``status`` is ok)."""
+    d = distributions
     return sample.with_columns(
         source=pl.lit(source),
         excerpt=pl.Series([edu.excerpt(t, max_chars) for t in sample["text"]], dtype=pl.String),
         answer=pl.Series(answers, dtype=pl.String),
         error=pl.Series(errors, dtype=pl.String),
-        score=pl.Series([p.score for p in parsed], dtype=pl.Int8),
-        status=pl.Series([p.status for p in parsed], dtype=pl.String),
+        status=pl.Series([x.status for x in d], dtype=pl.String),
+        probs=pl.Series([None if x.probs is None else list(x.probs) for x in d], dtype=pl.List(pl.Float64)),
+        label_mass=pl.Series([x.label_mass for x in d], dtype=pl.Float64),
+        expected_score=pl.Series([x.expected_score for x in d], dtype=pl.Float64),
+        label=pl.Series([x.label for x in d], dtype=pl.Int8),
+        entropy=pl.Series([x.entropy for x in d], dtype=pl.Float64),
         prompt_sha256=pl.lit(prompt.sha256),
     ).drop("text")
 
 
 def status_counts(annotations: pl.DataFrame) -> dict[str, int]:
-    return dict(sorted(Counter(annotations["status"].to_list()).items()))
+    """Documents per status, every status of ``edu.STATUSES`` listed (0 when none)."""
+    counts = Counter(annotations["status"].to_list())
+    return {**{s: counts.pop(s, 0) for s in edu.STATUSES}, **dict(sorted(counts.items()))}
 
 
 SCORES_SCHEMA = {"row": pl.UInt32, "id": pl.String, "uri": pl.String, "edu_score": pl.Float32,

@@ -2,7 +2,7 @@
 
 Layout, one directory per model version under the artifact store::
 
-    {store}/_llm_cache/{model_version}/seg-{time_ns}-{uuid8}.parquet     the results (SCHEMA)
+    {store}/_llm_cache/{model_version}/seg-{time_ns}-{uuid8}.parquet     the results (SEGMENT_SCHEMA)
     {store}/_llm_cache/{model_version}/_index/seg-{...}.parquet.keys     its key index (sidecar)
 
 The engine writes one segment per chunk of requests it finished, so a run killed mid-batch keeps
@@ -28,6 +28,11 @@ written before sidecars existed are indexed from their ``key`` column on first s
 index is stored as their sidecar (best effort: a read-only store just rebuilds it next time).
 The ``_index`` directory is skipped by pyarrow's dataset discovery, so older code that scans the
 directory as a parquet dataset still reads it.
+
+Columns added since the first layout (``ADDED_FIELDS``: ``logprobs``, each completion's top-k
+log-probabilities as JSON, null when none were asked for) are optional: a segment written before
+them, or a table given to ``put_table`` without them, reads as null there. JSON keeps every float
+exactly, so a cached result equals the one that was generated.
 """
 
 from __future__ import annotations
@@ -70,6 +75,11 @@ SCHEMA = pa.schema([
 ])
 # What a lookup reads back: the columns a Result is made of (not the request, model or time).
 RESULT_COLUMNS = ["key", "texts", "num_tokens", "finish_reasons", "num_prompt_tokens", "error", "error_kind"]
+# Columns added later: read back too where a segment has them; written as null where a table lacks them.
+ADDED_FIELDS = [
+    pa.field("logprobs", pa.list_(pa.string())),  # per completion: JSON of its [{token: logprob}, ...]
+]
+SEGMENT_SCHEMA = pa.schema([*SCHEMA, *ADDED_FIELDS])  # what put_table writes
 
 
 class RequestCache:
@@ -106,13 +116,16 @@ class RequestCache:
         rows = [_row(model, request, result) for request, result in pairs if not result.transient]
         if not rows:
             return 0
-        self.put_table(model, pa.Table.from_pylist(rows, schema=SCHEMA))
+        self.put_table(model, pa.Table.from_pylist(rows, schema=SEGMENT_SCHEMA))
         return len(rows)
 
     def put_table(self, model: ModelRef, table: pa.Table) -> str:
-        """Store rows already in ``SCHEMA`` as one segment: its sidecar index first, then the segment.
-        Returns the segment's name."""
-        table = table.select(SCHEMA.names).cast(SCHEMA)
+        """Store rows already in ``SCHEMA`` (``ADDED_FIELDS`` optional) as one segment: its sidecar index
+        first, then the segment. Returns the segment's name."""
+        for added in ADDED_FIELDS:
+            if added.name not in table.column_names:
+                table = table.append_column(added, pa.nulls(len(table), added.type))
+        table = table.select(SEGMENT_SCHEMA.names).cast(SEGMENT_SCHEMA)
         digests = digest_array(table.column("key").to_pylist())
         name = f"seg-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
         directory = self.directory(model)
@@ -263,18 +276,20 @@ def list_segments(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
 
 
 def read_rows(fs: fsspec.AbstractFileSystem, path: str, rows: np.ndarray) -> list[dict]:
-    """Rows ``rows`` (sorted) of a segment, ``RESULT_COLUMNS`` only, reading only the row groups
-    that hold them."""
+    """Rows ``rows`` (sorted) of a segment, ``RESULT_COLUMNS`` and the ``ADDED_FIELDS`` it has only,
+    reading only the row groups that hold them."""
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
         meta = parquet.metadata
+        stored = set(parquet.schema_arrow.names)
+        columns = RESULT_COLUMNS + [a.name for a in ADDED_FIELDS if a.name in stored]
         starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
         rows = rows[rows < starts[-1]]  # an index never points past its segment; be safe anyway
         if not len(rows):
             return []
         group_of = np.searchsorted(starts, rows, side="right") - 1
         groups = np.unique(group_of)
-        table = parquet.read_row_groups(groups.tolist(), columns=RESULT_COLUMNS, use_threads=False)
+        table = parquet.read_row_groups(groups.tolist(), columns=columns, use_threads=False)
     sizes = starts[groups + 1] - starts[groups]
     offset_in_table = np.concatenate([[0], np.cumsum(sizes)[:-1]])  # where each read group begins
     local = offset_in_table[np.searchsorted(groups, group_of)] + rows - starts[group_of]
@@ -293,6 +308,7 @@ def _row(model: ModelRef, request: Request, result: Result) -> dict:
         "texts": [c.text for c in result.completions],
         "num_tokens": [c.num_tokens for c in result.completions],
         "finish_reasons": [c.finish_reason for c in result.completions],
+        "logprobs": _logprobs_json(result.completions),
         "num_prompt_tokens": result.num_prompt_tokens,
         "error": result.error,
         "error_kind": result.error_kind,
@@ -300,8 +316,17 @@ def _row(model: ModelRef, request: Request, result: Result) -> dict:
     }
 
 
+def _logprobs_json(completions: list[Completion]) -> list[str | None] | None:
+    """Each completion's logprobs as JSON (None where it has none); None when no completion has any."""
+    if all(c.logprobs is None for c in completions):
+        return None
+    return [None if c.logprobs is None else json.dumps(c.logprobs) for c in completions]
+
+
 def _result_from_row(row: dict) -> Result:
-    completions = [Completion(t, n, f) for t, n, f in
-                   zip(row["texts"], row["num_tokens"], row["finish_reasons"], strict=True)]
+    stored = row.get("logprobs") or [None] * len(row["texts"])
+    logprobs = [None if j is None else json.loads(j) for j in stored]
+    completions = [Completion(t, n, f, lp) for t, n, f, lp in
+                   zip(row["texts"], row["num_tokens"], row["finish_reasons"], logprobs, strict=True)]
     return Result(key=row["key"], completions=completions, num_prompt_tokens=row["num_prompt_tokens"],
                   error=row["error"], error_kind=row["error_kind"], cached=True)

