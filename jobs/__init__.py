@@ -5,6 +5,8 @@ from __future__ import annotations
 import dagster as dg
 
 from k8s.steps import GPU_POOL_TAG
+from phi_assets.ablations.assets import ABLATIONS, ablation_report, data_ablations
+from phi_assets.ablations.raw_tokens import RAW_TOKEN_ASSETS
 from phi_assets.curation.assets import (
     edu_annotations,
     edu_classifier,
@@ -105,11 +107,15 @@ tokenizer_job = dg.define_asset_job(
     "tokenizer_job", selection=[tokenizer],
     description="Train the byte-level BPE tokenizer on the filtered corpora (or copy a pretrained one).")
 tokenize_code_job = dg.define_asset_job(
-    "tokenize_code_job", selection=[TOKENIZED_ASSETS["filtered_code"]], partitions_def=code_shards,
-    description="Tokenize one shard of the filtered code corpus into a packed token shard.")
+    "tokenize_code_job", selection=[TOKENIZED_ASSETS["filtered_code"], RAW_TOKEN_ASSETS["code"]],
+    partitions_def=code_shards,
+    description="Tokenize one code shard into packed token shards: its filtered corpus, and its raw documents "
+                "for the data ablations.")
 tokenize_web_job = dg.define_asset_job(
-    "tokenize_web_job", selection=[TOKENIZED_ASSETS["filtered_web"]], partitions_def=web_shards,
-    description="Tokenize one shard of the filtered web corpus into a packed token shard.")
+    "tokenize_web_job", selection=[TOKENIZED_ASSETS["filtered_web"], RAW_TOKEN_ASSETS["web"]],
+    partitions_def=web_shards,
+    description="Tokenize one web shard into packed token shards: its filtered corpus, and its raw documents "
+                "for the data ablations.")
 tokenize_synthetic_job = dg.define_asset_job(
     "tokenize_synthetic_job",
     selection=[TOKENIZED_ASSETS[s] for s in ("synthetic_textbooks", "synthetic_exercises", "rewritten_web")],
@@ -157,6 +163,13 @@ model_card_job = dg.define_asset_job(
     description="The model card of one trained stage (after its eval_scores): architecture, recipe, mixture, "
                 "decontamination, scores beside phi-1's, and the data version of everything upstream.")
 
+ablation_job = dg.define_asset_job(
+    "ablation_job", selection=[data_ablations], partitions_def=ABLATIONS, tags=GPU_POOL_TAG,
+    description="Train and score one data-ablation model: one arm (data recipe) with one seed.")
+ablation_report_job = dg.define_asset_job(
+    "ablation_report_job", selection=[ablation_report],
+    description="Compare the ablation arms: means and 95% intervals over seeds, paired differences with raw.")
+
 SHINGLES_JOBS = {"code": dedup_shingles_code_job, "web": dedup_shingles_web_job}
 ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, dedup_buckets_job,
             dedup_shingles_code_job, dedup_shingles_web_job, dedup_pairs_job, dedup_job,
@@ -164,5 +177,5 @@ ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, d
             filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
             synthetic_corpus_job, tokenizer_job, tokenize_code_job, tokenize_web_job, tokenize_synthetic_job,
             mixture_proxy_job, mixture_job, data_refresh_job, training_job, pretrain_job, posttraining_job,
-            eval_job, model_card_job]
+            eval_job, model_card_job, ablation_job, ablation_report_job]
 TOKENIZE_JOBS = {"code": tokenize_code_job, "web": tokenize_web_job}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dagster as dg
 
 from jobs import ALL_JOBS
+from phi_assets.ablations.assets import ABLATION_ASSETS
 from phi_assets.curation.assets import CURATION_ASSETS
 from phi_assets.evaluation.assets import EVALUATION_ASSETS
 from phi_assets.evaluation.model_card import MODEL_CARD_ASSETS
@@ -26,7 +27,7 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=[raw_code_shards, raw_web_shards, raw_catalog, generator_model, *CURATION_ASSETS,
                 *SYNTHETIC_ASSETS, *MIXTURE_ASSETS, *SEARCH_ASSETS,
-                *TRAINING_ASSETS, *EVALUATION_ASSETS, *MODEL_CARD_ASSETS],
+                *TRAINING_ASSETS, *EVALUATION_ASSETS, *MODEL_CARD_ASSETS, *ABLATION_ASSETS],
         jobs=ALL_JOBS,
         sensors=ALL_SENSORS,
         resources=build_resources(profile),

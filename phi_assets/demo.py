@@ -36,6 +36,8 @@ from jobs import (
     INGEST_JOBS,
     SHINGLES_JOBS,
     TOKENIZE_JOBS,
+    ablation_job,
+    ablation_report_job,
     catalog_job,
     dedup_buckets_job,
     dedup_job,
@@ -53,6 +55,7 @@ from jobs import (
     topics_job,
     training_job,
 )
+from phi_assets.ablations.assets import ABLATIONS
 from phi_assets.common.profiles import reductions
 from phi_assets.curation.dedup_assets import BUCKETS
 from phi_assets.evaluation.assets import STAGES
@@ -127,6 +130,8 @@ class DemoReport:
     training: dict = field(default_factory=dict)  # asset -> its float/int/str metadata
     evaluation: dict = field(default_factory=dict)  # stage -> eval_scores' scores and counts
     eval_table: str = ""  # eval_scores' table beside phi-1's Table 1 (markdown), after the last stage
+    ablations: str = ""  # ablation_report's table (markdown)
+    ablation_verdicts: str = ""  # its verdict lines (markdown list)
     cards: dict = field(default_factory=dict)  # stage -> the model card's path
     assets: dict = field(default_factory=dict)  # asset -> steps, recomputed, size per unit, wall seconds
     via_cli: bool = False  # every step through `dagster asset materialize`
@@ -251,6 +256,7 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, 
     run_mixture(defs, instance, keys, report)
     run_training(defs, instance, report)
     run_evaluation(defs, instance, report)
+    run_ablations(defs, instance, report)
     for stage in CARD_STAGES:
         result = _run(defs, instance, report, model_card_job.name, f"model_card[{stage}]", stage)
         if result.success:
@@ -283,6 +289,16 @@ def run_evaluation(defs: dg.Definitions, instance: dg.DagsterInstance, report: D
             if meta.get("understanding_detail", {}).get("judge_reliable") is False:
                 report.evaluation[stage]["judge"] = "the understanding judge cannot tell right from empty"
             report.eval_table = meta["phi1_table1"]
+
+
+def run_ablations(defs: dg.Definitions, instance: dg.DagsterInstance, report: DemoReport) -> None:
+    """Every (arm, seed) of the data ablations, then their report (the model cards quote it)."""
+    for key in tqdm(ABLATIONS.get_partition_keys(), desc="data ablations", unit="model"):
+        _run(defs, instance, report, ablation_job.name, f"data_ablations[{key}]", str(key))
+    result = _run(defs, instance, report, ablation_report_job.name, "ablation_report")
+    if result.success:
+        report.ablations = _metadata_text(result, "ablation_report", "table")
+        report.ablation_verdicts = _metadata_text(result, "ablation_report", "verdicts")
 
 
 def run_mixture(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]],
@@ -482,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     _print_training(report.training)
     _print_assets(report, [k.to_user_string() for k in defs.resolve_asset_graph().toposorted_asset_keys])
     _print_evaluation(report)
+    if report.ablations:
+        print("\nablation_report (loss on the benchmarks' reference solutions, mean [95% interval] over seeds; "
+              "paired differences against raw; the plot is in the asset's metadata; docs/ablations.md):")
+        print(_plain_table(report.ablations))
+        print(report.ablation_verdicts.replace("- ", "  ", 1).replace("\n- ", "\n  "))
     print(f"\nCatalog: {profile.catalog_path}   Artifacts: {profile.artifact_root}")
     for stage, path in report.cards.items():
         print(f"model_card[{stage}]: {path}")

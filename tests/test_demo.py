@@ -18,11 +18,14 @@ from resources import ArtifactStore
 # 2 sources x (band groups x hash ranges) dedup bucket partitions, 8 shards' shingle sets, 2 sources x
 # (band groups x hash ranges) pairs partitions, 2 dedups, the annotations and the
 # classifier, topics, 2 batches x 3 synthetic sets, synthetic_corpus, the tokenizer, 8 tokenized shards,
-# 2 batches x 3 tokenized synthetic sets, 8 proxies, the search and the weights, the training chain
-# (4 checkpoints and the preference pairs), eval_scores for 5 stages, 4 model cards
+# 2 batches x 3 tokenized synthetic sets, the proxies, the search and the weights, the training chain
+# (4 checkpoints and the preference pairs), eval_scores for 5 stages, 4 model cards, 8 raw token shards,
+# the data ablations (arms x seeds) and their report
 BUCKETS = CI.dedup_band_groups * CI.dedup_hash_ranges
+ABLATIONS = len(CI.ablation_arms.split(",")) * CI.ablation_seeds
 NUM_STEPS = (
-    8 * 3 + 1 + 1 + 2 * BUCKETS + 8 + 2 * BUCKETS + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3 + 8 + 2 + 5 + 5 + 4
+    8 * 3 + 1 + 1 + 2 * BUCKETS + 8 + 2 * BUCKETS + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3
+    + CI.mixture_proxies + 2 + 5 + 5 + 4 + 8 + ABLATIONS + 1
 )
 
 
@@ -43,7 +46,9 @@ def test_demo_materializes_everything(demo_run):
 
 def test_demo_prints_the_classifier_report_and_reconciled_corpus_funnels(demo_run):
     first = demo_run["first"]
-    assert re.search(r"^code\s+forest\s+\d+\s+\d+\s+[01]\.\d{3}\s+[01]\.\d{3}", first, re.M)  # F1@3, macro-F1
+    # F1@3 with its bootstrap interval, macro-F1
+    f1 = r"[01]\.\d{3} \[[01]\.\d{3}, [01]\.\d{3}\]"
+    assert re.search(rf"^code\s+forest\s+\d+\s+\d+\s+{f1}\s+[01]\.\d{{3}}", first, re.M)
     assert re.search(r"^web\s+linear\s+\d+\s+\d+\s+[01]\.\d{3}", first, re.M)
     for source in ("code", "web"):
         line = re.search(rf"^filtered_{source}_corpus: (\d+) quality-filtered = (\d+) duplicates \+ (\d+) "

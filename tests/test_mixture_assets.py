@@ -123,8 +123,8 @@ def test_mixture_weights_table_accounts_for_every_source_and_its_checks_passed(s
     assert "mixture_weights (phi-4's table" in demo_run["first"]
 
 
-def test_mixture_search_trained_eight_proxies_and_proposes_a_valid_mixture(store, demo_run):
-    assert len(PROXY_KEYS) >= 8
+def test_mixture_search_trained_its_proxies_and_proposes_a_valid_mixture(store, demo_run):
+    assert len(PROXY_KEYS) >= 6
     proxies = [store.current_manifest("mixture_proxies", k)["metadata"] for k in PROXY_KEYS]
     assert len({json.dumps(p["mixture"], sort_keys=True) for p in proxies}) == len(proxies)
     assert all(p["train_loss"][-1] < p["train_loss"][0] for p in proxies)
@@ -134,7 +134,7 @@ def test_mixture_search_trained_eight_proxies_and_proposes_a_valid_mixture(store
     assert sum(proposal.values()) == pytest.approx(1) and min(proposal.values()) >= 0
     assert all(w * search["token_budget"] / tokens[s] <= 16 + 1e-6 for s, w in proposal.items())
     assert np.isfinite(search["predicted_loss"]) and -1 <= search["spearman"] <= 1
-    assert "mixture_search over 8 proxies" in demo_run["first"]
+    assert f"mixture_search over {len(PROXY_KEYS)} proxies" in demo_run["first"]
 
 
 def _weights(run_config: dict, demo_home: Path) -> tuple[dg.ExecuteInProcessResult, dict]:

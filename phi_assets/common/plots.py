@@ -97,8 +97,11 @@ def scatter_plot(x: Sequence[float], y: Sequence[float], title: str, xlabel: str
 
 
 def grouped_bar_plot(labels: Sequence[str], groups: dict[str, Sequence[float]], title: str,
-                     ylabel: str) -> dg.MarkdownMetadataValue:
-    """Bars side by side per label, one color per group (requested against capped weights)."""
+                     ylabel: str, errors: dict[str, Sequence[tuple[float, float]]] | None = None,
+                     ylim_from: float | None = None) -> dg.MarkdownMetadataValue:
+    """Bars side by side per label, one color per group (requested against capped weights); ``errors``:
+    per group, the (low, high) interval of each bar, drawn as error bars; ``ylim_from``: the y axis starts
+    there (losses differ in their last digits)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,7 +110,13 @@ def grouped_bar_plot(labels: Sequence[str], groups: dict[str, Sequence[float]], 
     fig, ax = plt.subplots(figsize=(6, 2.8))
     width = 0.8 / max(len(groups), 1)
     for g, (name, values) in enumerate(groups.items()):
-        ax.bar([i + g * width for i in range(len(labels))], values, width=width, label=name)
+        spans = (errors or {}).get(name)
+        yerr = None if spans is None else [[v - lo for v, (lo, _) in zip(values, spans, strict=True)],
+                                           [hi - v for v, (_, hi) in zip(values, spans, strict=True)]]
+        ax.bar([i + g * width for i in range(len(labels))], values, width=width, label=name, yerr=yerr,
+               capsize=3 if yerr else 0)
+    if ylim_from is not None:
+        ax.set_ylim(bottom=ylim_from)
     ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(len(labels))], labels, rotation=30,
                   ha="right", fontsize=7)
     ax.set(title=title, ylabel=ylabel)

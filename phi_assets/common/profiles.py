@@ -60,6 +60,17 @@ class Sizes:
     # dedup's bucket partitions: LSH bands in this many groups x band hashes in this many ranges
     dedup_band_groups: int = 1
     dedup_hash_ranges: int = 2
+    # data ablations (phi_assets/ablations): the arms (comma-separated names of arms.ARMS, raw first), seeds
+    # per arm, and the model every arm trains (ablations/train.py SHAPES) on steps x batch x seq_len tokens
+    ablation_arms: str = "raw,heuristics+dedup,edu>=3,edu>=3+textbooks"
+    ablation_seeds: int = 3
+    ablation_shape: str = "tiny"
+    ablation_steps: int = 80
+    ablation_seq_len: int = 128
+    ablation_batch_size: int = 8
+    # whether each ablation model is also scored by pass@1 (greedy, through vLLM, run in the sandbox) on the
+    # first checkpoint_eval_problems of HumanEval and MBPP: only where it can score above 0 (GPU presets)
+    ablation_pass_at_1: bool = False
     # trainer recipes (phi_assets/training/trainer.py TRAIN_RECIPES) the training assets use by default
     pretrain_recipe: str = "debug"
     finetune_recipe: str = "debug_finetune"
@@ -84,9 +95,11 @@ DEMO = Sizes()
 CI = Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample_every=1,
            edu_annotations_per_source=64, synthetic_batches=2, textbooks_per_batch=3,
            exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
-           synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=8,
+           synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=6,
            proxy_steps=20, proxy_seq_len=64, train_seq_len=64,
-           preference_problems=8, eval_problems=10, checkpoint_eval_problems=10)
+           preference_problems=8, eval_problems=10, checkpoint_eval_problems=10,
+           ablation_arms="raw,edu>=3,edu>=3+textbooks", ablation_seeds=2, ablation_steps=30,
+           ablation_seq_len=64)
 # phi-1 ("Textbooks Are All You Need", arXiv:2306.11644), RegMix (arXiv:2407.01492) and phi-1.5
 # (arXiv:2309.05463): docs/scale.md gives the source of every number.
 PHI1 = replace(
@@ -109,6 +122,14 @@ PHI1 = replace(
     grade_checkpoints=True,
     dedup_band_groups=15,  # one partition per band (14 LSH bands + the exact-id band) ...
     dedup_hash_ranges=64,  # ... x 64 ranges: 960 bucket steps of ~1e9 / 64 slices each (docs/scale.md)
+    # phi-1 Figure 2.1: 350M models (phi-1-small's shape) on raw, filtered and filtered+textbook code, 26B
+    # tokens each (here 50,000 steps x 256 x 2,048 = 26.2B); every arm of arms.ARMS but the canary
+    ablation_arms="raw,heuristics+dedup,edu>=2,edu>=3,edu>=4,edu>=3+textbooks,edu>=3+textbooks+exercises,phi4_mix",
+    ablation_shape="phi1_small",
+    ablation_steps=50_000,
+    ablation_seq_len=2_048,
+    ablation_batch_size=256,
+    ablation_pass_at_1=True,
     pretrain_recipe="phi1_pretrain",
     finetune_recipe="phi1_finetune",
     dpo_recipe="phi_dpo",

@@ -19,6 +19,13 @@ a checkpoint and passed to ``load_state_dict`` continues with exactly the batche
 loader would have produced. With ``world_size > 1`` every rank plans the whole global batch (from
 document offsets only) and reads just its rows, so all ranks stay in step.
 
+A source can be a **view** of its shards: ``filters`` gives it a function of the shard index that returns a
+boolean mask over that shard's documents (the data ablations read "documents the classifier scored >= 3" out
+of the raw shards this way, without writing the tokens again). The split is decided before the mask, by the
+document's id as always, so a document is in the same split in every view; a view's counts are computed
+shard by shard when it is opened (one mask in memory at a time) and its documents when the loader reaches
+the shard.
+
 The ``val`` split holds a stable ``val_fraction`` of each source's documents: those whose split score
 (``tokens.split_scores``, a hash of the document id stored in the shard) is below it, so the same
 documents whatever the sharding; when none is but the source has two documents or more, the one of
@@ -30,7 +37,7 @@ memory before the index: a float and an index per document, kept on the shard).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,8 +121,9 @@ def _validation(shards: list[TokenShard], val_fraction: float) -> tuple[np.ndarr
 class Source:
     """One source's documents in one split, read in a per-epoch shuffled order."""
 
-    def __init__(self, name: str, shards: list[TokenShard], split: str, val_fraction: float, seed: int):
-        self.name, self.shards, self.split, self.seed = name, shards, split, seed
+    def __init__(self, name: str, shards: list[TokenShard], split: str, val_fraction: float, seed: int,
+                 keep: Callable[[int], np.ndarray] | None = None):
+        self.name, self.shards, self.split, self.seed, self.keep = name, shards, split, seed, keep
         docs = np.array([s.num_docs for s in shards], dtype=np.int64)
         tokens = np.array([s.stats.num_tokens for s in shards], dtype=np.int64)
         self._val = np.zeros(len(shards), dtype=np.int64)  # shard k's val documents: split_index().doc[:n]
@@ -124,6 +132,12 @@ class Source:
             docs, tokens = (
                 (self._val, val_tokens) if split == "val" else (docs - self._val, tokens - val_tokens)
             )
+        if keep is not None:  # a view: count what the mask leaves, a shard at a time
+            for k, shard in enumerate(shards):
+                chosen = self.documents(k)
+                docs[k] = len(chosen)
+                tokens[k] = int((shard.offsets[chosen + 1] - shard.offsets[chosen]).sum()) if len(chosen) else 0
+                shard.release()
         self.counts = docs  # the split's documents in each shard
         self.num_tokens = int(tokens.sum())
         self._key = _stable_int(name) % 2**32  # orders depend on the source's name, not its position
@@ -136,13 +150,22 @@ class Source:
         shard it reaches), from the shard's split index."""
         num_docs = self.shards[shard].num_docs
         if self.split == "all":
-            return np.arange(num_docs)
-        val = np.sort(np.array(self.shards[shard].split_index().doc[: self._val[shard]]))
-        if self.split == "val":
-            return val
-        train = np.ones(num_docs, dtype=bool)
-        train[val] = False
-        return np.flatnonzero(train)
+            chosen = np.arange(num_docs)
+        else:
+            val = np.sort(np.array(self.shards[shard].split_index().doc[: self._val[shard]]))
+            if self.split == "val":
+                chosen = val
+            else:
+                train = np.ones(num_docs, dtype=bool)
+                train[val] = False
+                chosen = np.flatnonzero(train)
+        if self.keep is None:
+            return chosen
+        mask = np.asarray(self.keep(shard), dtype=bool)
+        if mask.shape != (num_docs,):
+            raise ValueError(f"source {self.name}: the filter of shard {shard} ({self.shards[shard].path}) "
+                             f"has {mask.shape} entries, the shard {num_docs} documents")
+        return chosen[mask[chosen]]
 
     def _shard_order(self, epoch: int) -> np.ndarray:
         if self._shards_epoch != epoch:
@@ -195,7 +218,11 @@ class MixtureLoader:
     """Batches of packed sequences drawn from ``sources`` with ``weights`` (see the module doc)."""
 
     def __init__(
-        self, sources: Mapping[str, list[TokenShard]], weights: Mapping[str, float], config: LoaderConfig
+        self,
+        sources: Mapping[str, list[TokenShard]],
+        weights: Mapping[str, float],
+        config: LoaderConfig,
+        filters: Mapping[str, Callable[[int], np.ndarray]] | None = None,
     ):
         self.config = config
         active = {s: w for s, w in weights.items() if w > 0}
@@ -204,8 +231,10 @@ class MixtureLoader:
             raise ValueError(f"weights {dict(weights)} must sum to 1 over known sources (unknown: {missing})")
         self.names = sorted(active)
         self.p = np.array([active[s] for s in self.names]) / sum(active.values())
+        filters = filters or {}
         self.sources = {
-            s: Source(s, list(sources[s]), config.split, config.val_fraction, config.seed) for s in self.names
+            s: Source(s, list(sources[s]), config.split, config.val_fraction, config.seed, filters.get(s))
+            for s in self.names
         }
         empty = [s for s, src in self.sources.items() if src.num_tokens == 0]
         if empty:
