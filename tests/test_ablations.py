@@ -229,8 +229,11 @@ def test_the_arms_saw_equal_tokens_and_the_report_comes_from_them(demo_run) -> N
     )
     again = build_report(records)
     for mine, theirs in zip(again["arms"], report["arms"], strict=True):
-        assert mine["arm"] == theirs["arm"] and mine["metrics"] == pytest.approx(theirs["metrics"])
-        assert mine["vs_baseline"] == pytest.approx(theirs["vs_baseline"])
+        assert mine["arm"] == theirs["arm"] and mine["metrics"].keys() == theirs["metrics"].keys()
+        for metric, interval in mine["metrics"].items():
+            assert interval == pytest.approx(theirs["metrics"][metric])
+            diff = mine["vs_baseline"].get(metric)
+            assert diff == (None if diff is None else pytest.approx(theirs["vs_baseline"][metric]))
     assert "ablation_report (loss on the benchmarks' reference solutions" in demo_run["first"]
     # the raw source: nothing filtered but exact copies and contamination (the planted HumanEval file)
     funnel = store.current_manifest("tokenized_raw_code", "planted.jsonl")["metadata"]["funnel"]

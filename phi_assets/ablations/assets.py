@@ -139,7 +139,7 @@ def curated_filter(store: ArtifactStore, shards: list[TokenShard], corpora: list
         chosen = scores.filter(pl.col("decision").is_in(CURATED_DECISIONS))
         if min_edu is not None:
             chosen = chosen.filter(pl.col("edu_score") >= min_edu)
-        return np.isin(np.array(shards[k].ids(), dtype=object), chosen["id"].to_numpy())
+        return pl.Series(shards[k].ids(), dtype=pl.String).is_in(chosen["id"]).to_numpy()
 
     return keep
 

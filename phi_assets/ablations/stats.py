@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from scipy import stats as st
-
 LEVEL = 0.95
 
 
@@ -24,6 +22,9 @@ def interval(values: Sequence[float], level: float = LEVEL) -> dict[str, float]:
     mean = math.fsum(values) / n
     if n == 1:
         return {"mean": mean, "lo": mean, "hi": mean, "n": 1}
+    # imported here: scipy.stats takes most of a second, and every step of the graph loads this module
+    from scipy import stats as st
+
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = float(st.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}

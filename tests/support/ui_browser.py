@@ -43,6 +43,7 @@ TIMEOUT_MS = 60_000  # for each wait in the browser: two shared cores also run t
 # Wide enough that the whole expanded graph (about 7700 x 3500 layout px) fits at a scale that still draws
 # every asset node with its name.
 GRAPH_VIEWPORT = {"width": 2560, "height": 1280}
+ZOOM_OUT_STEPS = 2  # the 43-asset graph fits after one step at this viewport
 # The UI asks once per browser profile to join the community (a modal over the page); answered.
 DISMISS_NUX = "window.localStorage.setItem('communityNux', '\"1\"');"
 # Asset nodes in the lineage graph, in both their minimal and full renderings.
@@ -223,6 +224,13 @@ def expand_graph(page, url: str, num_assets: int) -> None:
     page.get_by_role("button", name="Hide navigation").click()
     page.locator("button:has([aria-label='panel_show_right'])").click()  # the graph's sidebar
     page.keyboard.press("Alt+e")
+    # The UI culls nodes outside the viewport: zoom out a step at a time (at most ZOOM_OUT_STEPS; one more
+    # and it draws the nodes without their names) until every node is in view.
+    for _ in range(ZOOM_OUT_STEPS):
+        time.sleep(2)  # the expansion's layout, then each zoom, settles
+        if page.locator(ASSET_NODE).count() >= num_assets:
+            break
+        page.locator("button:has([aria-label='zoom_out'])").click()
     nodes = expect(page.locator(ASSET_NODE), "asset nodes drawn in the expanded lineage graph")
     nodes.to_have_count(num_assets, timeout=TIMEOUT_MS)
     # Each node's live status (materialized, never materialized, queued...) replaces its grey "loading"
