@@ -64,8 +64,16 @@ def _lazy_imports(instructions: list[dis.Instruction]) -> list[object]:
                 names.append(later.argval)
             elif not later.opname.startswith("STORE_"):
                 break
-        out += [getattr(module, n) for n in names] if names else [module]
+        out += [_bound(module, n) for n in names] if names else [module]
     return out
+
+
+def _bound(module: types.ModuleType, name: str) -> object:
+    """What ``from module import name`` binds: an attribute, or a submodule not imported yet."""
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        return importlib.import_module(f"{module.__name__}.{name}")
 
 
 def _used_objects(fn: types.FunctionType) -> list[object]:

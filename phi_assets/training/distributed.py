@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-BACKENDS = ("torch", "deepspeed")
+from phi_assets.training.configs import BACKENDS  # noqa: F401  (torch or deepspeed; re-exported)
 
 
 @dataclass

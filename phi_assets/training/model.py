@@ -7,116 +7,26 @@ rotate-half layout); the MLP is fc1 -> gelu_new (tanh) -> fc2; the LM head is un
 Module and parameter names equal transformers' ``PhiForCausalLM``, so ``state_dict()`` saved as
 ``model.safetensors`` next to ``hf_config()`` as ``config.json`` loads there and in vLLM.
 
-Named configs are functions deriving from each other: ``phi1()`` (1.3B), ``phi1_small()`` (350M),
-``phi1_5()``, ``phi2()`` (2.7B) and ``debug_tiny()`` for CPU.
+Named configs (``PhiConfig``: ``phi1()`` (1.3B), ``phi1_small()`` (350M), ``phi1_5()``, ``phi2()`` (2.7B)
+and ``debug_tiny()`` for CPU) are in ``configs.py``, which imports no torch; this module re-exports them.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from phi_assets.training.attention import attend
-
-
-@dataclass(frozen=True)
-class PhiConfig:
-    vocab_size: int = 51200
-    hidden_size: int = 2048
-    intermediate_size: int = 8192
-    num_layers: int = 24
-    num_heads: int = 32
-    max_position_embeddings: int = 2048
-    rotary_dim: int = 32
-    rope_theta: float = 10000.0
-    layer_norm_eps: float = 1e-5
-    embd_pdrop: float = 0.0
-    resid_pdrop: float = 0.1
-    attention_dropout: float = 0.1
-    initializer_range: float = 0.02
-    eos_token_id: int = 0
-
-    def __post_init__(self) -> None:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
-        if not 0 < self.rotary_dim <= self.head_dim or self.rotary_dim % 2:
-            raise ValueError(
-                f"rotary_dim must be even and in (0, head_dim={self.head_dim}], got {self.rotary_dim}"
-            )
-        for name in ("embd_pdrop", "resid_pdrop", "attention_dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    def hf_config(self) -> dict:
-        """``config.json`` for transformers' PhiForCausalLM (and vLLM)."""
-        return {
-            "architectures": ["PhiForCausalLM"],
-            "model_type": "phi",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_heads,
-            "max_position_embeddings": self.max_position_embeddings,
-            "partial_rotary_factor": self.rotary_dim / self.head_dim,
-            "rope_theta": self.rope_theta,
-            "hidden_act": "gelu_new",
-            "layer_norm_eps": self.layer_norm_eps,
-            "resid_pdrop": self.resid_pdrop,
-            "embd_pdrop": self.embd_pdrop,
-            "attention_dropout": self.attention_dropout,
-            "qk_layernorm": False,
-            "initializer_range": self.initializer_range,
-            "tie_word_embeddings": False,
-            "bos_token_id": self.eos_token_id,
-            "eos_token_id": self.eos_token_id,
-            "torch_dtype": "float32",
-        }
-
-
-def phi1() -> PhiConfig:
-    """phi-1 (1.3B): 24 layers, 2048 hidden, 8192 MLP, 32 heads of 64, rotary 32; dropout 0.1."""
-    return PhiConfig()
-
-
-def phi1_small() -> PhiConfig:
-    """phi-1-small (350M): 20 layers, 1024 hidden, 4096 MLP, 16 heads."""
-    return replace(phi1(), hidden_size=1024, intermediate_size=4096, num_layers=20, num_heads=16)
-
-
-def phi1_5() -> PhiConfig:
-    """phi-1.5: phi-1's architecture."""
-    return phi1()
-
-
-def phi2() -> PhiConfig:
-    """phi-2 (2.7B): 32 layers, 2560 hidden, 10240 MLP, 32 heads of 80, rotary 32."""
-    return replace(phi1(), hidden_size=2560, intermediate_size=10240, num_layers=32)
-
-
-def debug_tiny(vocab_size: int = 1024) -> PhiConfig:
-    """A few hundred thousand parameters: trains on CPU in seconds."""
-    return replace(
-        phi1(),
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=256,
-        num_layers=2,
-        num_heads=2,  # heads of 32: vLLM's CPU attention has no kernel for 16
-        rotary_dim=16,
-        max_position_embeddings=256,
-    )
-
-
-RECIPES = {"phi1": phi1, "phi1_small": phi1_small, "phi1_5": phi1_5, "phi2": phi2, "debug_tiny": debug_tiny}
+from phi_assets.training.configs import (  # the shapes live there (no torch); re-exported
+    RECIPES,  # noqa: F401
+    PhiConfig,  # noqa: F401
+    debug_tiny,  # noqa: F401
+    phi1,  # noqa: F401
+    phi1_5,  # noqa: F401
+    phi1_small,  # noqa: F401
+    phi2,  # noqa: F401
+)
 
 
 def rotary_tables(cfg: PhiConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from phi_assets.common.tables import md_table
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.mixture import tokenizer as tk
 from phi_assets.synthetic.corpus_assets import synthetic_corpus
-from phi_assets.training import preferences, trainer
+from phi_assets.training import configs, preferences
 from phi_assets.training.pretraining import midtrained_checkpoint
 from phi_assets.training.runs import (
     HF,
@@ -38,11 +38,11 @@ PAIRS_CODE_VERSION = code_version(__name__, "preference_pairs")
 DPO_CHECKPOINT_CODE_VERSION = code_version(__name__, "dpo_checkpoint")
 
 
-def _with_epochs(cfg: trainer.TrainConfig, epochs: float, rows: int, overrides: dict) -> trainer.TrainConfig:
+def _with_epochs(cfg: configs.TrainConfig, epochs: float, rows: int, overrides: dict) -> configs.TrainConfig:
     """``epochs`` passes over ``rows`` examples (one per sequence; DPO: one per pair), unless max_steps
     is given: steps of the global batch, whatever the world size."""
     steps = overrides.get("max_steps") or max(1, math.ceil(epochs * rows / cfg.global_batch_size))
-    return trainer.TrainConfig(**{**cfg.__dict__, "max_steps": steps})
+    return configs.TrainConfig(**{**cfg.__dict__, "max_steps": steps})
 
 
 def _architecture(parent: dict) -> dict:

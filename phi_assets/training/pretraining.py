@@ -14,7 +14,7 @@ from phi_assets.common.code_version import code_version
 from phi_assets.common.store import current, file_uri
 from phi_assets.mixture.assets import mixture_weights
 from phi_assets.mixture.token_assets import SUBDIR, tokenizer
-from phi_assets.training import long_context, trainer
+from phi_assets.training import configs, long_context
 from phi_assets.training.runs import (
     current_tokenizer,
     parent_checkpoint,
@@ -97,7 +97,7 @@ def pretrained_checkpoint(
     sizes = profile.get().sizes
     recipe = config.recipe or sizes.pretrain_recipe
     cfg = recipe_config(recipe, {"seq_len": sizes.train_seq_len, **config.train})
-    cfg = trainer.TrainConfig(
+    cfg = configs.TrainConfig(
         **{**cfg.__dict__, "max_steps": config.steps or steps_for(mixture["token_budget"], cfg)}
     )
     return train_and_record(
@@ -138,13 +138,13 @@ def _midtrain_recipe(parent: dict) -> str:
     return f"midtrain({recorded})"
 
 
-def _midtrain_config(parent: dict, config: MidtrainConfig, token_budget: int) -> trainer.TrainConfig:
+def _midtrain_config(parent: dict, config: MidtrainConfig, token_budget: int) -> configs.TrainConfig:
     """phi-4's context extension of the parent's config, at a fraction of the pretraining budget."""
-    base = trainer.TrainConfig(
+    base = configs.TrainConfig(
         **{**parent["inputs"]["train"], "betas": tuple(parent["inputs"]["train"]["betas"])}
     )
-    cfg = trainer.midtrain(base, config.rope_theta, config.seq_len_factor, config.lr_factor)
-    return trainer.TrainConfig(
+    cfg = configs.midtrain(base, config.rope_theta, config.seq_len_factor, config.lr_factor)
+    return configs.TrainConfig(
         **{
             **cfg.__dict__,
             "warmup_steps": max(1, base.warmup_steps // 2),

@@ -29,7 +29,7 @@ from phi_assets.common.model_files import file_sha256
 from phi_assets.common.store import current, file_uri, local_copy
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.mixture.token_assets import TOKENIZER_SUBDIR
-from phi_assets.training import trainer
+from phi_assets.training import configs
 from resources import ArtifactStore
 from resources.training import TrainingLauncher
 
@@ -61,14 +61,14 @@ def current_tokenizer(store: ArtifactStore) -> tuple[dict, str]:
 # --- configs --------------------------------------------------------------------------------------
 
 
-def recipe_config(name: str, overrides: dict) -> trainer.TrainConfig:
-    if name not in trainer.TRAIN_RECIPES:
-        raise dg.Failure(description=f"recipe {name!r} is not one of {sorted(trainer.TRAIN_RECIPES)}")
-    base = trainer.TRAIN_RECIPES[name]()
-    return trainer.TrainConfig(**{**base.__dict__, **overrides})
+def recipe_config(name: str, overrides: dict) -> configs.TrainConfig:
+    if name not in configs.TRAIN_RECIPES:
+        raise dg.Failure(description=f"recipe {name!r} is not one of {sorted(configs.TRAIN_RECIPES)}")
+    base = configs.TRAIN_RECIPES[name]()
+    return configs.TrainConfig(**{**base.__dict__, **overrides})
 
 
-def steps_for(tokens: float, cfg: trainer.TrainConfig) -> int:
+def steps_for(tokens: float, cfg: configs.TrainConfig) -> int:
     return max(1, math.ceil(tokens / cfg.tokens_per_step))
 
 
@@ -83,7 +83,7 @@ def train_and_record(
     code_version: str,
     stage: str,
     spec: dict,
-    cfg: trainer.TrainConfig,
+    cfg: configs.TrainConfig,
     recipe: str,
     inputs: dict,
     lineage: dict,
@@ -99,6 +99,12 @@ def train_and_record(
     lineage = {**lineage, "recipe": {"name": recipe, "config": dict(cfg.__dict__)}}
 
     def build(out: Path) -> Built:
+        # The code the launched process runs (the trainer, the model, the loader...): imported here, when a
+        # run is built, not when the code location loads (torch), and named so that it is part of every
+        # training asset's code version (phi_assets.common.code_version follows imports inside functions).
+        from phi_assets.training import entrypoint
+
+        context.log.info(f"{asset}: launching {entrypoint.__name__} ({stage}, {cfg.max_steps} steps)")
         config = {**spec, "stage": stage, "train": cfg.__dict__, "out": f"{work}/run"}
         if write_inputs is not None:
             config.update(write_inputs(runs))

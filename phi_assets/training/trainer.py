@@ -11,10 +11,9 @@ which each rank runs ``micro_batch_size`` per forward pass; gradient accumulatio
 ``global_batch_size / (micro_batch_size x world_size)`` (``grad_accum``), so a recipe trains the
 same tokens per step, the same steps and the same schedule on 1 GPU, 8, or 4 nodes of 8.
 
-Recipes are named functions deriving from each other: ``phi1_pretrain()`` (the phi-1 paper: lr 1e-3,
-750 warmup steps, weight decay 0.1, global batch 1024 x 2048), ``phi1_finetune()`` (lr 1e-4, 50
-warmup steps, weight decay 0.01, global batch 256), ``phi1_5_pretrain()`` (lr 2e-4, no warmup,
-global batch 2048), and ``debug()`` for CPU.
+Recipes (``TrainConfig`` and the named functions ``phi1_pretrain()``, ``phi1_finetune()``,
+``phi1_5_pretrain()``, ``debug()``...) are in ``configs.py``, which imports no torch; this module
+re-exports them.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,161 +36,24 @@ from phi_assets.mixture.loader import LoaderConfig, MixtureLoader
 from phi_assets.mixture.tokens import TokenShard
 from phi_assets.training import distributed
 from phi_assets.training import model as phi
+from phi_assets.training.configs import (  # the recipes live there (no torch); re-exported for callers
+    EXPORT_DTYPES,  # noqa: F401
+    PRECISIONS,  # noqa: F401
+    SCHEDULES,  # noqa: F401
+    TRAIN_RECIPES,  # noqa: F401
+    TrainConfig,  # noqa: F401
+    debug,  # noqa: F401
+    debug_dpo,  # noqa: F401
+    debug_finetune,  # noqa: F401
+    midtrain,  # noqa: F401
+    phi1_5_pretrain,  # noqa: F401
+    phi1_finetune,  # noqa: F401
+    phi1_pretrain,  # noqa: F401
+    phi_dpo,  # noqa: F401
+)
 
-SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 with a dynamic loss scaler (torch.amp.GradScaler)
-EXPORT_DTYPES = ("fp32", "bf16")
 CHECKPOINT = "checkpoint"
 DEEPSPEED = "deepspeed"  # the DeepSpeed engine's checkpoint directory
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str = "debug_tiny"  # a recipe of model.RECIPES
-    seq_len: int = 128
-    micro_batch_size: int = 8  # sequences per forward pass, per rank
-    global_batch_size: int = 8  # sequences per optimizer step, all ranks together
-    max_steps: int = 100
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
-    warmup_steps: int = 10
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-7
-    grad_clip: float = 1.0
-    precision: str = "fp32"
-    activation_checkpointing: bool = False
-    dropout: bool = True  # the recipe's dropout (off: deterministic forward passes)
-    seed: int = 0
-    checkpoint_every: int = 50
-    document_boundaries: bool = False
-    threads: int = 0  # torch CPU threads (0: torch's default)
-    backend: str = "torch"  # torch (DDP under torchrun) or deepspeed (ZeRO zero_stage)
-    zero_stage: int = 2
-    ds_config: dict = field(default_factory=dict)  # DeepSpeed config keys over the derived ones
-    export_dtype: str = "fp32"  # the Hugging Face export's weights: fp32 or bf16
-    overrides: dict = field(default_factory=dict)  # model config fields, e.g. {"rope_theta": 250000}
-
-    def __post_init__(self) -> None:
-        if self.model not in phi.RECIPES:
-            raise ValueError(f"model must be one of {sorted(phi.RECIPES)}, got {self.model!r}")
-        if self.backend not in distributed.BACKENDS or self.zero_stage not in (0, 1, 2):
-            raise ValueError(
-                f"backend in {distributed.BACKENDS} and zero_stage in 0-2, got {self.backend!r}, "
-                f"{self.zero_stage}"
-            )
-        if self.schedule not in SCHEDULES or self.precision not in PRECISIONS:
-            raise ValueError(
-                f"schedule in {SCHEDULES} and precision in {PRECISIONS}, got "
-                f"{self.schedule!r}, {self.precision!r}"
-            )
-        for name in ("seq_len", "micro_batch_size", "global_batch_size", "max_steps", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.global_batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"global_batch_size {self.global_batch_size} must be a multiple of micro_batch_size "
-                f"{self.micro_batch_size}"
-            )
-        if self.export_dtype not in EXPORT_DTYPES:
-            raise ValueError(f"export_dtype must be one of {EXPORT_DTYPES}, got {self.export_dtype!r}")
-        if not self.lr > 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(
-                f"lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {self.lr}, "
-                f"{self.warmup_steps}, {self.min_lr_ratio}"
-            )
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens per optimizer step, all ranks together (whatever the world size)."""
-        return self.seq_len * self.global_batch_size
-
-    def grad_accum(self, world_size: int) -> int:
-        """Micro-batches per optimizer step on each of ``world_size`` ranks."""
-        per_pass = self.micro_batch_size * world_size
-        if self.global_batch_size % per_pass:
-            raise ValueError(
-                f"global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size "
-                f"{self.micro_batch_size} x world_size {world_size}: choose a micro-batch or a world size "
-                "that divides it"
-            )
-        return self.global_batch_size // per_pass
-
-    def model_config(self, vocab_size: int) -> phi.PhiConfig:
-        cfg = phi.RECIPES[self.model]()
-        cfg = replace(
-            cfg,
-            vocab_size=vocab_size,
-            max_position_embeddings=max(cfg.max_position_embeddings, self.seq_len),
-            **self.overrides,
-        )
-        if not self.dropout:
-            cfg = replace(cfg, embd_pdrop=0.0, resid_pdrop=0.0, attention_dropout=0.0)
-        return cfg
-
-
-def debug() -> TrainConfig:
-    return TrainConfig()
-
-
-def phi1_pretrain() -> TrainConfig:
-    """phi-1 (Gunasekar et al. 2023, "Textbooks Are All You Need", section 2.3): AdamW, lr 1e-3 after
-    750 warmup steps, weight decay 0.1, a global batch of 1024 sequences of 2048 tokens, 36k steps
-    (the paper's checkpoint was taken at 24k steps, about 8 passes over its 7B tokens)."""
-    return TrainConfig(
-        model="phi1",
-        seq_len=2048,
-        micro_batch_size=8,
-        global_batch_size=1024,
-        max_steps=36_000,
-        lr=1e-3,
-        warmup_steps=750,
-        weight_decay=0.1,
-        precision="bf16",
-        checkpoint_every=1000,
-    )
-
-
-def phi1_finetune() -> TrainConfig:
-    """phi-1 on CodeExercises: lr 1e-4, 50 warmup steps, weight decay 0.01, global batch 256, 6k steps."""
-    return replace(
-        phi1_pretrain(), global_batch_size=256, max_steps=6000, lr=1e-4, warmup_steps=50, weight_decay=0.01
-    )
-
-
-def phi1_5_pretrain() -> TrainConfig:
-    """phi-1.5: lr 2e-4, no warmup, weight decay 0.1, global batch 2048 x 2048."""
-    return replace(
-        phi1_pretrain(), model="phi1_5", global_batch_size=2048, lr=2e-4, warmup_steps=0, max_steps=72_000
-    )
-
-
-def debug_finetune() -> TrainConfig:
-    """Finetuning on CPU: phi-1's finetuning shape (lower lr, short warmup, light decay) at debug scale."""
-    return replace(debug(), lr=5e-4, warmup_steps=5, weight_decay=0.01)
-
-
-def debug_dpo() -> TrainConfig:
-    """DPO on CPU: a small constant lr after a short warmup, no dropout (policy and reference see the
-    same forward pass)."""
-    return replace(debug(), lr=1e-4, warmup_steps=2, weight_decay=0.0, schedule="constant", dropout=False)
-
-
-def phi_dpo() -> TrainConfig:
-    """DPO at scale: phi-1's finetuning shape with a much lower lr and no dropout."""
-    return replace(phi1_finetune(), lr=5e-7, warmup_steps=10, schedule="linear", dropout=False, max_steps=1000)
-
-
-TRAIN_RECIPES = {
-    "debug": debug,
-    "debug_finetune": debug_finetune,
-    "debug_dpo": debug_dpo,
-    "phi_dpo": phi_dpo,
-    "phi1_pretrain": phi1_pretrain,
-    "phi1_finetune": phi1_finetune,
-    "phi1_5_pretrain": phi1_5_pretrain,
-}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -541,15 +403,3 @@ def validation_loss(
             losses.append(float(F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())))
     model.train()
     return float(np.mean(losses))
-
-
-def midtrain(
-    base: TrainConfig, rope_theta: float = 250_000.0, seq_len_factor: int = 2, lr_factor: float = 0.1
-) -> TrainConfig:
-    """phi-4's context extension: a higher RoPE base, longer sequences, a lower peak learning rate."""
-    return replace(
-        base,
-        seq_len=base.seq_len * seq_len_factor,
-        lr=base.lr * lr_factor,
-        overrides={**base.overrides, "rope_theta": rope_theta},
-    )
