@@ -14,6 +14,7 @@
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -28,7 +29,7 @@ from phi_assets.ablations.raw_tokens import RAW_TOKEN_ASSETS
 from phi_assets.common import plots
 from phi_assets.common.code_version import code_version
 from phi_assets.common.store import current, file_uri, local_copy, materialized, user_error
-from phi_assets.common.tables import md_lines, md_table
+from phi_assets.common.tables import md_lines
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.curation import stages
 from phi_assets.curation.assets import filtered_code_corpus, filtered_web_corpus
@@ -116,16 +117,11 @@ def _raw(context, store: ArtifactStore, source: str) -> list[tuple[str, dict]]:
 
 def _curated(context, store: ArtifactStore, source: str) -> list[tuple[str, dict, dict]]:
     """(shard, raw tokens manifest, filtered corpus manifest) of every shard that has both."""
+    raw = _raw(context, store, source)
     corpus = dict(
-        materialized(
-            context,
-            store,
-            CORPUS[source].key.to_user_string(),
-            [k for k, _ in _raw(context, store, source)],
-            "data_ablations",
-        )
+        materialized(context, store, CORPUS[source].key.to_user_string(), [k for k, _ in raw], "data_ablations")
     )
-    return [(k, m, corpus[k]) for k, m in _raw(context, store, source) if k in corpus]
+    return [(k, m, corpus[k]) for k, m in raw if k in corpus]
 
 
 def curated_filter(store: ArtifactStore, shards: list[TokenShard], corpora: list[dict], min_edu: float | None):
@@ -163,11 +159,11 @@ class Bases:
         for source in ("code", "web"):
             if f"raw_{source}" in wanted:
                 found = _raw(context, store, source)
-                self.shards[f"raw_{source}"] = [TokenShard.open(local_copy(store, m, SUBDIR)) for _, m in found]
+                self.shards[f"raw_{source}"] = open_shards(store, {source: found})[source]
                 self.versions[f"raw_{source}"] = [(k, m["data_version"]) for k, m in found]
             if f"curated_{source}" in wanted:
                 found3 = _curated(context, store, source)
-                shards = [TokenShard.open(local_copy(store, m, SUBDIR)) for _, m, _ in found3]
+                shards = open_shards(store, {source: [(k, m) for k, m, _ in found3]})[source]
                 self.shards[f"curated_{source}"] = shards
                 self.filters[f"curated_{source}"] = curated_filter(
                     store, shards, [c for _, _, c in found3], min_edu
@@ -219,9 +215,7 @@ def pass_at_1(context, llm: LLMEngine, hf: Path, name: str, problems: dict, conf
     checkpoint: base-model prompts, vLLM on this step's own machine, every program run in the sandbox."""
     from phi_assets.common.model_files import file_sha256
 
-    engine = checkpoint_engine(llm, hf)
-    fields = {n: getattr(engine, n) for n in type(engine).model_fields}
-    engine = type(engine)(**{**fields, "backend": "vllm"})  # the step's own GPU: the export is not stored yet
+    engine = checkpoint_engine(llm, hf, backend="vllm")  # the step's own GPU: the export is not stored yet
     try:
         ref = checkpoint_model(engine, name, file_sha256(hf / "model.safetensors")[:32], hf, str(hf))
         flat = [p for ps in problems.values() for p in ps]
@@ -343,7 +337,8 @@ def data_ablations(
     }
 
     def build(out: Path) -> Built:
-        loaded = tk.load(local_copy(store, tok, "tokenizer"))
+        tok_dir = local_copy(store, tok, "tokenizer")
+        loaded = tk.load(tok_dir)
         bench = {n: heldout.encode(n, ps, loaded, cfg.seq_len) for n, ps in problems.items()}
         canary = None
         if "benchmark_solutions" in arm.weights:
@@ -356,9 +351,9 @@ def data_ablations(
             lambda: _train_partition(context, arm, cfg, config, bases, bench, canary, loaded, export),
         )
         if export is not None:
-            for f in local_copy(store, tok, "tokenizer").iterdir():
+            for f in tok_dir.iterdir():
                 if f.is_file():
-                    (export / f.name).write_bytes(f.read_bytes())
+                    shutil.copyfile(f, export / f.name)
             name = f"ablation-{arm.name}-{cfg.seed}"
             record["pass_at_1"] = pass_at_1(
                 context, llm, export, name, {b: ps[:num_eval] for b, ps in problems.items()}, config
@@ -501,17 +496,15 @@ def ablation_report(
         context, store, code_version=REPORT_CODE_VERSION, inputs=inputs, build=build
     )
     report = outcome.metadata
-    head, rows = report_table(report)
     names = [a["arm"] for a in report["arms"]]
-    groups = {m: [a["metrics"][m]["mean"] for a in report["arms"]] for m in report["primary"]}
-    spans = {
-        m: [(a["metrics"][m]["lo"], a["metrics"][m]["hi"]) for a in report["arms"]] for m in report["primary"]
-    }
+    losses = [m for m in report["primary"] if m.endswith("_loss")]  # pass@1 is on another scale: not drawn here
+    groups = {m: [a["metrics"][m]["mean"] for a in report["arms"]] for m in losses}
+    spans = {m: [(a["metrics"][m]["lo"], a["metrics"][m]["hi"]) for a in report["arms"]] for m in losses}
     low = min(lo for s in spans.values() for lo, _ in s)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(outcome.data_version),
         metadata={
-            "table": md_table(head, rows),
+            "table": dg.MetadataValue.md(report["table_md"]),
             "verdicts": dg.MetadataValue.md("\n".join(f"- {a['verdict']}" for a in report["arms"])),
             "plot": plots.grouped_bar_plot(
                 names,

@@ -33,7 +33,7 @@ from phi_assets.ingest.assets import PARTITIONS, raw_code_shards, raw_web_shards
 from phi_assets.ingest.batches import read_batches
 from phi_assets.mixture import tokenizer as tk
 from phi_assets.mixture import tokens as tokfiles
-from phi_assets.mixture.token_assets import SUBDIR, tokenizer, tokenizer_dir
+from phi_assets.mixture.token_assets import SUBDIR, plot_bins, tokenizer, tokenizer_dir
 from resources import ArtifactStore
 from resources.curation import DecontaminationResource, EncoderResource
 
@@ -155,13 +155,12 @@ def raw_tokens_asset(source: str) -> dg.AssetsDefinition:
             if funnel["read"] != funnel["kept"] + sum(reasons.values()):
                 raise ValueError(f"{name}[{key}]: counts do not reconcile: {funnel}")
             context.log.info(f"{name}[{key}]: {funnel}")
-            per_bucket = stats.length_docs or []
             return Built(
                 stable_hash([RAW_TOKENS_CODE_VERSION, stats.content_sha256]),
                 {
                     **stats.__dict__,
                     "funnel": funnel,
-                    "length_hist": (per_bucket + [0] * 23)[:23] + [sum(per_bucket[23:])],
+                    "length_hist": plot_bins(stats),
                 },
             )
 

@@ -246,6 +246,12 @@ def _documents(context, store: ArtifactStore, source: TokenSource) -> tuple[str,
     return file_uri(store, manifest, f"{source.corpus_set}.parquet"), manifest["data_version"], keep
 
 
+def plot_bins(stats: tokfiles.ShardStats) -> list[int]:
+    """Documents per power-of-two length bucket, as the 24 bins of the metadata plot (the last one open)."""
+    per_bucket = stats.length_docs or []
+    return (per_bucket + [0] * 23)[:23] + [sum(per_bucket[23:])]
+
+
 class TokenizeConfig(dg.Config):
     # Peak memory of the step, whatever the shard size: documents are read and encoded in batches sized
     # from it (tokens.TOKENIZE_MEMORY). Not an input of the data version: outputs do not depend on it.
@@ -294,8 +300,7 @@ def tokenized_asset(source: TokenSource) -> dg.AssetsDefinition:
                     tok_version,
                     progress,
                 )
-            per_bucket = stats.length_docs or []
-            hist = (per_bucket + [0] * 23)[:23] + [sum(per_bucket[23:])]  # 24 plot bins, the last open
+            hist = plot_bins(stats)
             return Built(
                 stable_hash([TOKENIZE_CODE_VERSION, stats.content_sha256]),
                 {**stats.__dict__, "bytes_per_token": round(stats.bytes_per_token, 3), "length_hist": hist},

@@ -19,12 +19,13 @@ from resources.llm.types import ModelRef
 COMPLETION_STOPS = ("\nassert ", "\nprint(", "\nif __name__", '\n"""', "\n```", "\n# Test", "\n<|endoftext|>")
 
 
-def checkpoint_engine(llm: LLMEngine, hf: Path) -> LLMEngine:
+def checkpoint_engine(llm: LLMEngine, hf: Path, backend: str | None = None) -> LLMEngine:
     """The profile's engine for the export in ``hf``: float32, ``max_model_len`` capped at the checkpoint's
-    ``max_position_embeddings``, ``checkpoint_backend`` when the profile sets one."""
+    ``max_position_embeddings``, ``checkpoint_backend`` when the profile sets one (``backend`` overrides both:
+    an export not yet stored is served where it is, ``vllm``)."""
     positions = json.loads((Path(hf) / "config.json").read_text())["max_position_embeddings"]
     fields = {name: getattr(llm, name) for name in type(llm).model_fields}
-    return type(llm)(**{**fields, "backend": llm.checkpoint_backend or llm.backend,
+    return type(llm)(**{**fields, "backend": backend or llm.checkpoint_backend or llm.backend,
                         "max_model_len": min(llm.max_model_len, positions), "dtype": "float32"})
 
 
