@@ -273,3 +273,5 @@ def test_pass_at_1_serves_the_ablation_model_and_runs_its_programs(home_copy, de
     hf = Path(file_uri(store, manifest, "hf"))
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in hf.iterdir()}
     assert "humaneval_pass@1" in metrics_of(record)
+    shown = result.asset_materializations_for_node("data_ablations")[0].metadata
+    assert {k for k in shown if k.endswith("_pass@1")} == {"humaneval_pass@1", "mbpp_pass@1"}

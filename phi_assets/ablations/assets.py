@@ -369,25 +369,29 @@ def data_ablations(
     outcome = materialize_versioned(
         context, store, code_version=ABLATIONS_CODE_VERSION, inputs=inputs, build=build
     )
-    meta = outcome.metadata
     return dg.MaterializeResult(
         data_version=dg.DataVersion(outcome.data_version),
-        metadata={
-            **{f"{n}_solution_loss": round(v, 4) for n, v in meta["bench_loss"].items()},
-            "val_loss": dg.MetadataValue.json({b: round(v, 4) for b, v in meta["val_loss"].items()}),
-            "tokens_seen": meta["tokens_seen"],
-            "tokens_by_base": dg.MetadataValue.json(meta["tokens_by_base"]),
-            "unique_tokens": dg.MetadataValue.json(meta["unique_tokens"]),
-            "epochs": dg.MetadataValue.json({b: round(e, 3) for b, e in meta["epochs"].items()}),
-            "weights": dg.MetadataValue.json({b: round(w, 4) for b, w in meta["weights"].items()}),
-            "num_params": meta["num_params"],
-            "final_train_loss": meta["train_loss"][-1],
-            "loss_curve": plots.line_plot(
-                {"train": meta["train_loss"]}, f"{meta['arm']} seed {meta['seed']}", "step", "loss"
-            ),
-            "skipped": outcome.skipped,
-        },
+        metadata={**partition_metadata(outcome.metadata), "skipped": outcome.skipped},
     )
+
+
+def partition_metadata(meta: dict) -> dict:
+    """What the UI shows for one (arm, seed): losses, tokens by base, pass@1 where scored, the loss curve."""
+    return {
+        **{f"{n}_solution_loss": round(v, 4) for n, v in meta["bench_loss"].items()},
+        **{f"{n}_pass@1": round(v["pass@1"], 4) for n, v in (meta.get("pass_at_1") or {}).items()},
+        "val_loss": dg.MetadataValue.json({b: round(v, 4) for b, v in meta["val_loss"].items()}),
+        "tokens_seen": meta["tokens_seen"],
+        "tokens_by_base": dg.MetadataValue.json(meta["tokens_by_base"]),
+        "unique_tokens": dg.MetadataValue.json(meta["unique_tokens"]),
+        "epochs": dg.MetadataValue.json({b: round(e, 3) for b, e in meta["epochs"].items()}),
+        "weights": dg.MetadataValue.json({b: round(w, 4) for b, w in meta["weights"].items()}),
+        "num_params": meta["num_params"],
+        "final_train_loss": meta["train_loss"][-1],
+        "loss_curve": plots.line_plot(
+            {"train": meta["train_loss"]}, f"{meta['arm']} seed {meta['seed']}", "step", "loss"
+        ),
+    }
 
 
 # --- ablation_report ------------------------------------------------------------------------------------
