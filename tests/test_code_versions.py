@@ -41,11 +41,13 @@ def _code_objects(code: types.CodeType):
             yield from _code_objects(const)
 
 
-def _functions_of(obj) -> list[types.FunctionType]:
+def _functions_of(obj, seen: frozenset = frozenset()) -> list[types.FunctionType]:
+    """A function, or a class's functions (its nested classes' too, each once: torch's autograd Functions
+    hold classes that point back at them)."""
     if isinstance(obj, types.FunctionType):
         return [obj]
-    if isinstance(obj, type):
-        return [f for v in vars(obj).values() for f in _functions_of(getattr(v, "__func__", v))
+    if isinstance(obj, type) and obj not in seen:
+        return [f for v in vars(obj).values() for f in _functions_of(getattr(v, "__func__", v), seen | {obj})
                 if isinstance(f, types.FunctionType)]
     return []
 

@@ -14,7 +14,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-PARTS = ["model_parity", "attention_parity", "throughput", "deepspeed_zero2", "vllm_greedy"]
+PARTS = [
+    "model_parity",
+    "phi3_parity",
+    "attention_parity",
+    "throughput",
+    "throughput_phi3_mini",
+    "deepspeed_zero2",
+    "vllm_greedy",
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +63,35 @@ def test_our_logits_match_transformers_in_fp32_and_bf16(smoke):
 
 
 @pytest.mark.slow
+def test_our_phi3_logits_match_transformers_with_gqa_a_window_and_longrope(smoke):
+    """Phi3ForCausalLM and PhimoeForCausalLM loaded from our export give our logits: 4 query heads on 2 kv
+    heads with a window shorter than the sequence, and LongRoPE past its original context (long factors)."""
+    part = smoke[0]["parts"]["phi3_parity"]
+    assert part["status"] == "ok", (part.get("error"), part.get("traceback"))
+    configs = part["configs"]
+    assert list(configs) == ["gqa_window", "moe_gqa_window", "longrope"]
+    dense, moe = "Phi3ForCausalLM", "PhimoeForCausalLM"
+    assert [c["architecture"] for c in configs.values()] == [dense, moe, dense]
+    for name, c in configs.items():
+        assert c["fp32_max_abs"] < 1e-5 and c["docmask_max_abs"] < 1e-5, name
+        assert 0.1 < c["logit_scale"] < 100, name
+        assert c["sliding_window"] < c["seq_len"], name
+    for name in ("gqa_window", "moe_gqa_window"):
+        assert configs[name]["kv_heads"] * 2 == configs[name]["heads"]
+    assert configs["longrope"]["rope_type"] == "longrope"
+    assert configs["longrope"]["seq_len"] > configs["longrope"]["original_context"]
+    for name in ("gqa_window", "longrope"):  # dense: the max-abs rule
+        assert configs[name]["bf16_max_abs"] < 0.02 * configs[name]["logit_scale"], name
+    moe = configs["moe_gqa_window"]  # routed: no worse than transformers' own bf16 rounding
+    assert moe["bf16_mean_err"] <= 2 * moe["hf_bf16_mean_err"]
+    assert part["checks"]["moe_gqa_window.bf16_vs_transformers"] and "moe_gqa_window.bf16" not in part["checks"]
+    assert "| phi3_parity | ok |" in smoke[1]
+
+
+@pytest.mark.slow
 def test_the_cuda_parts_say_why_they_did_not_run(smoke):
     assert smoke[0]["environment"]["cuda"] == torch.cuda.is_available()
-    for name in ("attention_parity", "throughput"):
+    for name in ("attention_parity", "throughput", "throughput_phi3_mini"):
         part = smoke[0]["parts"][name]
         if torch.cuda.is_available():
             assert part["status"] == "ok", part.get("error")
@@ -105,3 +139,34 @@ def test_a_failing_part_is_recorded_and_a_failed_check_fails_its_part(tmp_path, 
     skipped = gpu_check.run_part(gpu_check.vllm_greedy, settings)
     assert (skipped["status"], skipped["reason"]) == ("skipped", "--skip-vllm")
     assert gpu_check.summary("vllm_greedy", skipped) == "skipped: --skip-vllm"
+
+
+def test_the_table_describes_the_cuda_parts_results(monkeypatch):
+    """The table cells of the parts a CPU cannot run, from results shaped as they record them: attention
+    for each variant (multi-head, grouped-query, with a window), throughput with and without an MFU goal."""
+    monkeypatch.setattr(sys, "path", [str(SCRIPT.parent), *sys.path])
+    import gpu_check
+
+    variants = gpu_check.attention_variants(16, 2048)
+    assert variants == {"mha": (16, None), "gqa": (4, None), "gqa_window": (4, 512)}
+    diff = {"out_max_abs": 1e-3, "out_scale": 3.0, "grad_max_abs": 2e-3, "grad_scale": 4.0}
+    attention = {
+        "status": "ok",
+        "pairs": dict.fromkeys(variants, "flash-attn vs torch SDPA"),
+        "cases": {f"{v}.{c}": diff for v in variants for c in ("dense", "packed")},
+    }
+    cell = gpu_check.summary("attention_parity", attention)
+    assert cell.startswith("flash-attn vs torch SDPA: mha.dense: out 1.0e-03, grads 2.0e-03;")
+    assert "gqa_window.packed" in cell
+    best = {"micro_batch": 2, "activation_checkpointing": True, "tokens_per_s": 12345, "mfu": 0.41}
+    run = {"status": "ok", "model": "phi3_mini", "seq_len": 4096, "sliding_window": 2047, "attention": "flash"}
+    phi3_mini = gpu_check.summary(
+        "throughput_phi3_mini", {**run, "best": best, "goal_mfu": None, "goal_met": None}
+    )
+    assert phi3_mini == (
+        "phi3_mini seq 4096, window 2047, flash: micro-batch 2 (checkpointing on), 12,345 tokens/s, MFU 0.410"
+    )
+    phi1 = {**run, "model": "phi1", "seq_len": 2048, "sliding_window": None, "best": best}
+    assert gpu_check.summary("throughput", {**phi1, "goal_mfu": 0.55, "goal_met": False}).endswith(
+        "MFU 0.410 (goal 0.55: not met)"
+    )

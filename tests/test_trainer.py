@@ -56,17 +56,20 @@ def test_loss_goes_down_and_every_step_is_logged(shards, tmp_path):
     assert (tmp_path / trainer.CHECKPOINT / "state.pt").is_file()
 
 
-def test_a_crashed_run_resumes_to_bit_identical_weights(shards, tmp_path):
-    whole = trainer.train(_cfg(), shards, WEIGHTS, tmp_path / "whole")
+@pytest.mark.parametrize("model", ["debug_tiny", "phi3_mini_debug", "phi3_5_moe_debug"])
+def test_a_crashed_run_resumes_to_bit_identical_weights(shards, tmp_path, model):
+    """Every family resumes exactly: phi-1's dropout, phi-3's blocks, and the mixture of experts' sampled
+    routing (sparsemixer draws its experts from the RNG the checkpoint restores)."""
+    whole = trainer.train(_cfg(model=model), shards, WEIGHTS, tmp_path / "whole")
 
     def crash(entry):
         if entry.step == 7:  # after the checkpoint at step 4, before the one at 8
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        trainer.train(_cfg(), shards, WEIGHTS, tmp_path / "crashed", log=crash)
+        trainer.train(_cfg(model=model), shards, WEIGHTS, tmp_path / "crashed", log=crash)
     resumed_logs = []
-    resumed = trainer.train(_cfg(), shards, WEIGHTS, tmp_path / "crashed", log=resumed_logs.append)
+    resumed = trainer.train(_cfg(model=model), shards, WEIGHTS, tmp_path / "crashed", log=resumed_logs.append)
     assert resumed_logs[0].step == 5  # resumed from the step-4 checkpoint
     assert _sha(resumed) == _sha(whole)
 

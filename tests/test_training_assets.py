@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 from phi_assets import sandbox
 from phi_assets.training import model as phi
 from phi_assets.training import preferences
+from phi_assets.training.configs import TrainConfig
 from resources import ArtifactStore
 
 STAGES = ["pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint"]
@@ -81,13 +82,24 @@ def test_the_demo_printed_the_chain(demo_run):
 
 
 def test_midtraining_extends_the_context(store):
-    """A higher RoPE base and twice the sequence length; validation loss reported at both lengths,
-    for the parent and the result."""
+    """Twice the sequence length at a tenth of the lr, validation loss reported at both lengths for the
+    parent and the result, and the family's extension in the export's config.json: the ci chain trains the
+    phi-3 family, which extends by LongRoPE from the parent's length (short factors all 1, long factors
+    above 1 on the low frequencies); the phi-1 family raises the RoPE base to 250K."""
+    from phi_assets.training import configs
+
     pre = _manifest(store, "pretrained_checkpoint")["inputs"]["train"]
     mid = _manifest(store, "midtrained_checkpoint")
     config = json.loads((_dir(store, "midtrained_checkpoint") / "hf" / "config.json").read_text())
-    assert config["rope_theta"] == 250_000 and mid["inputs"]["train"]["seq_len"] == 2 * pre["seq_len"]
+    assert mid["inputs"]["train"]["seq_len"] == 2 * pre["seq_len"]
     assert mid["inputs"]["train"]["lr"] == pytest.approx(0.1 * pre["lr"])
+    if configs.default_extension(pre["model"]) == "longrope":
+        scaling = config["rope_scaling"]
+        assert config["architectures"] == ["Phi3ForCausalLM"] and scaling["type"] == "longrope"
+        assert scaling["original_max_position_embeddings"] == pre["seq_len"]
+        assert set(scaling["short_factor"]) == {1.0} and max(scaling["long_factor"]) > 1.0
+    else:
+        assert config["rope_theta"] == 250_000
     summary = mid["metadata"]["summary"]
     lengths = {str(pre["seq_len"]), str(2 * pre["seq_len"])}
     assert set(summary["val_loss"]) == set(summary["parent_val_loss"]) == lengths
@@ -104,20 +116,9 @@ def test_exports_load_in_transformers_and_vllm_with_our_logits(store):
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
     train = _manifest(store, "dpo_checkpoint")["inputs"]["train"]
-    ours = phi.PhiForCausalLM(
-        phi.PhiConfig(
-            **{
-                **phi.RECIPES[train["model"]]().__dict__,
-                **train["overrides"],
-                "vocab_size": tok.vocab_size,
-                "max_position_embeddings": hf.config.max_position_embeddings,
-                "embd_pdrop": 0.0,
-                "resid_pdrop": 0.0,
-                "attention_dropout": 0.0,
-            }
-        )
-    ).eval()
-    ours.load_state_dict(load_file(hf_dir / "model.safetensors"))
+    cfg = TrainConfig(**{**train, "betas": tuple(train["betas"]), "dropout": False})
+    ours = phi.build(cfg.model_config(tok.vocab_size)).eval()
+    phi.load_export(ours, load_file(hf_dir / "model.safetensors"))
     ids = torch.tensor([tok.encode("def add(a, b):\n    return a + b\n")])
     with torch.no_grad():
         assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-5

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 PROFILES = ("local", "ci", "k8s")
+MODEL_FAMILIES = ("phi1", "phi3", "phi3_moe", "phi4")  # phi_assets/training/configs.py FAMILIES
 DEFAULT_SCALE = {"local": "demo", "ci": "ci", "k8s": "phi1"}
 
 
@@ -71,7 +72,11 @@ class Sizes:
     # whether each ablation model is also scored by pass@1 (greedy, through vLLM, run in the sandbox) on the
     # first checkpoint_eval_problems of HumanEval and MBPP: only where it can score above 0 (GPU presets)
     ablation_pass_at_1: bool = False
-    # trainer recipes (phi_assets/training/trainer.py TRAIN_RECIPES) the training assets use by default
+    # the model family the chain trains (PHI_MODEL_FAMILY overrides it): phi1 (phi-1/1.5/2 blocks), phi3
+    # (phi-3/3.5 dense, LongRoPE midtraining), phi3_moe (phi-3.5-MoE), phi4 (phi-4 dense, RoPE-base midtraining)
+    model_family: str = "phi1"
+    # trainer recipes (phi_assets/training/configs.py TRAIN_RECIPES) the training assets use by default; the
+    # pretraining recipe is the phi1 family's, which model_family swaps for its own of the same scale
     pretrain_recipe: str = "debug"
     finetune_recipe: str = "debug_finetune"
     dpo_recipe: str = "debug_dpo"
@@ -83,6 +88,8 @@ class Sizes:
                 raise ValueError(f"Sizes.{f.name} must be >= 1, got {value}")
             if isinstance(value, str) and not value:
                 raise ValueError(f"Sizes.{f.name} must name a recipe, got an empty string")
+        if self.model_family not in MODEL_FAMILIES:
+            raise ValueError(f"model family must be one of {MODEL_FAMILIES}, got {self.model_family!r}")
 
     def embedded(self) -> dict[str, int]:
         """The fields that select the embedded corpora (what their fingerprint depends on)."""
@@ -99,7 +106,7 @@ CI = Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample
            proxy_steps=20, proxy_seq_len=64, train_seq_len=64,
            preference_problems=8, eval_problems=10, checkpoint_eval_problems=10,
            ablation_arms="raw,edu>=3,edu>=3+textbooks", ablation_seeds=2, ablation_steps=30,
-           ablation_seq_len=64)
+           ablation_seq_len=64, model_family="phi3")
 # phi-1 ("Textbooks Are All You Need", arXiv:2306.11644), RegMix (arXiv:2407.01492) and phi-1.5
 # (arXiv:2309.05463): docs/scale.md gives the source of every number.
 PHI1 = replace(
@@ -196,5 +203,5 @@ def load_profile(env: Mapping[str, str] | None = None) -> Profile:
         landing_root=env.get("PHI_LANDING_ROOT") or f"{phi_home}/landing",
         catalog_path=env.get("PHI_CATALOG") or f"{phi_home}/catalog.duckdb",
         scale=scale,
-        sizes=SCALES[scale],
+        sizes=replace(SCALES[scale], model_family=env.get("PHI_MODEL_FAMILY") or SCALES[scale].model_family),
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from phi_assets.training import phi3_configs
+
 BACKENDS = ("torch", "deepspeed")  # torch: DDP under torchrun; deepspeed: ZeRO (distributed.py)
 
 
@@ -112,7 +114,16 @@ def debug_tiny(vocab_size: int = 1024) -> PhiConfig:
     )
 
 
-RECIPES = {"phi1": phi1, "phi1_small": phi1_small, "phi1_5": phi1_5, "phi2": phi2, "debug_tiny": debug_tiny}
+RECIPES = {
+    "phi1": phi1,
+    "phi1_small": phi1_small,
+    "phi1_5": phi1_5,
+    "phi2": phi2,
+    "debug_tiny": debug_tiny,
+    **phi3_configs.MODELS,  # phi-3, phi-3.5, phi-4 dense and phi-3.5-MoE (phi3_configs.py)
+    **phi3_configs.DEBUG,
+}
+EXTENSIONS = ("rope_theta", "yarn", "longrope")  # midtraining's context extension (``midtrain``)
 
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -192,17 +203,45 @@ class TrainConfig:
             )
         return self.global_batch_size // per_pass
 
-    def model_config(self, vocab_size: int) -> PhiConfig:
+    def model_config(self, vocab_size: int) -> PhiConfig | phi3_configs.Phi3Config:
+        """The model's shape: the named one at this vocabulary, positions for ``seq_len`` at least, the
+        recipe's overrides (``rope_scaling``: the context extension ``midtrain`` asked for)."""
         cfg = RECIPES[self.model]()
+        overrides = dict(self.overrides)
+        scaling = overrides.pop("rope_scaling", None)
         cfg = replace(
             cfg,
-            vocab_size=vocab_size,
-            max_position_embeddings=max(cfg.max_position_embeddings, self.seq_len),
-            **self.overrides,
+            **{
+                "vocab_size": vocab_size,
+                "max_position_embeddings": max(cfg.max_position_embeddings, self.seq_len),
+                **overrides,
+            },
         )
+        if scaling is not None:
+            cfg = extended(cfg, scaling["type"], int(scaling["original"]), int(scaling["target"]))
         if not self.dropout:
             cfg = replace(cfg, embd_pdrop=0.0, resid_pdrop=0.0, attention_dropout=0.0)
         return cfg
+
+
+def extended(cfg, method: str, original: int, target: int):
+    """``cfg`` with rotary scaling from ``original`` to ``target`` positions: ``yarn`` (factor target /
+    original) or ``longrope`` (``phi3_configs.with_longrope``'s factors); the phi-3 family only."""
+    if not isinstance(cfg, phi3_configs.Phi3Config):
+        raise ValueError(
+            f"{method} context extension needs a phi-3 family model; phi-1/phi-2 shapes extend by rope_theta"
+        )
+    if method == "longrope":
+        return phi3_configs.with_longrope(cfg, original, target)
+    if method == "yarn":
+        return replace(
+            cfg,
+            rope_type="yarn",
+            rope_factor=target / original,
+            original_max_position_embeddings=original,
+            max_position_embeddings=target,
+        )
+    raise ValueError(f"rope scaling type must be yarn or longrope, got {method!r}")
 
 
 def debug() -> TrainConfig:
@@ -257,6 +296,80 @@ def phi_dpo() -> TrainConfig:
     return replace(phi1_finetune(), lr=5e-7, warmup_steps=10, schedule="linear", dropout=False, max_steps=1000)
 
 
+# --- the phi-3 family's recipes ------------------------------------------------------------------------
+
+
+def phi3_debug() -> TrainConfig:
+    """The debug recipe on phi-3-mini's blocks (RMSNorm, GQA-capable fused qkv, SwiGLU) at CPU size."""
+    return replace(debug(), model="phi3_mini_debug")
+
+
+def phi3_5_moe_debug() -> TrainConfig:
+    """The debug recipe on phi-3.5-MoE's blocks (4 experts, top-2 sparsemixer routing) at CPU size."""
+    return replace(debug(), model="phi3_5_moe_debug")
+
+
+def phi4_debug() -> TrainConfig:
+    """The debug recipe on phi-4's blocks (40:10 grouped-query attention, no sliding window) at CPU size."""
+    return replace(debug(), model="phi4_debug")
+
+
+def phi4_pretrain() -> TrainConfig:
+    """phi-4 (Abdin et al. 2024, "Phi-4 Technical Report", section 3): about 10T tokens at 4K context,
+    linear warmup and decay to a peak lr of 3e-4, constant weight decay 0.1, global batch 5760 sequences;
+    rope_theta 10K here and 250K after midtraining (``midtrain``: 4K -> 16K, lr / 10, 250B tokens)."""
+    return TrainConfig(
+        model="phi4",
+        seq_len=4096,
+        micro_batch_size=4,
+        global_batch_size=5760,
+        max_steps=423_855,  # 10e12 / (5760 x 4096)
+        lr=3e-4,
+        min_lr_ratio=0.0,
+        warmup_steps=2000,  # the report gives a linear warmup, not its length
+        schedule="linear",
+        weight_decay=0.1,
+        precision="bf16",
+        dropout=False,
+        checkpoint_every=1000,
+        overrides={
+            "rope_theta": 10_000.0,
+            "max_position_embeddings": 4096,
+            "original_max_position_embeddings": 4096,
+        },
+    )
+
+
+def phi3_mini_pretrain() -> TrainConfig:
+    """phi-3-mini (Abdin et al. 2024, "Phi-3 Technical Report"): 3.3T tokens at 4K context in bf16. The
+    report does not give the optimizer's settings; these are phi-4's (``phi4_pretrain``) at phi-3-mini's
+    shape, 1024 sequences of 4096 per step."""
+    return replace(
+        phi4_pretrain(),
+        model="phi3_mini",
+        global_batch_size=1024,
+        max_steps=786_796,  # 3.3e12 / (1024 x 4096)
+        overrides={},
+    )
+
+
+def phi3_5_moe_pretrain() -> TrainConfig:
+    """phi-3.5-MoE (model card: 4.9T tokens on 512 H100s at 4K context, LongRoPE to 128K after); the
+    optimizer settings are not published: phi-3-mini's recipe, the router's load-balancing loss on."""
+    return replace(
+        phi3_mini_pretrain(),
+        model="phi3_5_moe",
+        max_steps=1_168_336,  # 4.9e12 / (1024 x 4096)
+        micro_batch_size=2,
+        overrides={
+            "rope_type": "default",
+            "short_factor": (),
+            "long_factor": (),
+            "max_position_embeddings": 4096,
+        },
+    )
+
+
 TRAIN_RECIPES = {
     "debug": debug,
     "debug_finetune": debug_finetune,
@@ -265,16 +378,59 @@ TRAIN_RECIPES = {
     "phi1_pretrain": phi1_pretrain,
     "phi1_finetune": phi1_finetune,
     "phi1_5_pretrain": phi1_5_pretrain,
+    "phi3_debug": phi3_debug,
+    "phi3_5_moe_debug": phi3_5_moe_debug,
+    "phi4_debug": phi4_debug,
+    "phi3_mini_pretrain": phi3_mini_pretrain,
+    "phi3_5_moe_pretrain": phi3_5_moe_pretrain,
+    "phi4_pretrain": phi4_pretrain,
+}
+
+# The model families a preset or PHI_MODEL_FAMILY picks (Sizes.model_family): each family's pretraining
+# recipe in place of the phi-1 family's recipe of the same scale (the preset's pretrain_recipe). Finetuning
+# and DPO keep their recipes: a child trains its parent's model.
+FAMILIES = {
+    "phi1": {},
+    "phi3": {"debug": "phi3_debug", "phi1_pretrain": "phi3_mini_pretrain"},
+    "phi3_moe": {"debug": "phi3_5_moe_debug", "phi1_pretrain": "phi3_5_moe_pretrain"},
+    "phi4": {"debug": "phi4_debug", "phi1_pretrain": "phi4_pretrain"},
 }
 
 
+def family_recipe(family: str, recipe: str) -> str:
+    """The pretraining recipe of ``family`` at the scale of the phi-1 family's ``recipe``."""
+    if family not in FAMILIES:
+        raise ValueError(f"model family must be one of {sorted(FAMILIES)}, got {family!r}")
+    return FAMILIES[family].get(recipe, recipe)
+
+
+def default_extension(model: str) -> str:
+    """How a model's family extends its context by default: LongRoPE for phi-3 / phi-3.5 (as phi-3.5
+    shipped), a higher RoPE base for phi-1 / phi-2 and phi-4 (as phi-4 midtrained 4K -> 16K)."""
+    cfg = RECIPES[model]()
+    if isinstance(cfg, phi3_configs.Phi3Config) and not model.startswith("phi4"):
+        return "longrope"
+    return "rope_theta"
+
+
 def midtrain(
-    base: TrainConfig, rope_theta: float = 250_000.0, seq_len_factor: int = 2, lr_factor: float = 0.1
+    base: TrainConfig,
+    rope_theta: float = 250_000.0,
+    seq_len_factor: int = 2,
+    lr_factor: float = 0.1,
+    extension: str = "",
 ) -> TrainConfig:
-    """phi-4's context extension: a higher RoPE base, longer sequences, a lower peak learning rate."""
-    return replace(
-        base,
-        seq_len=base.seq_len * seq_len_factor,
-        lr=base.lr * lr_factor,
-        overrides={**base.overrides, "rope_theta": rope_theta},
-    )
+    """Context extension, longer sequences at a lower peak learning rate. ``extension`` (empty: the
+    model's ``default_extension``): ``rope_theta`` (phi-4: a higher RoPE base), ``yarn`` or ``longrope``
+    (rotary scaling from the parent's sequence length, which the model was trained on, to the new length
+    or the model's positions, whichever is more; recorded in the export's config.json ``rope_scaling``)."""
+    extension = extension or default_extension(base.model)
+    if extension not in EXTENSIONS:
+        raise ValueError(f"extension must be one of {EXTENSIONS}, got {extension!r}")
+    seq_len = base.seq_len * seq_len_factor
+    if extension == "rope_theta":
+        change = {"rope_theta": rope_theta}
+    else:
+        positions = max(RECIPES[base.model]().max_position_embeddings, seq_len)
+        change = {"rope_scaling": {"type": extension, "original": base.seq_len, "target": positions}}
+    return replace(base, seq_len=seq_len, lr=base.lr * lr_factor, overrides={**base.overrides, **change})

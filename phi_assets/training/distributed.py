@@ -59,8 +59,9 @@ class Runner:
         self.model = model
         if world.world_size > 1:
             on_cuda = next(model.parameters()).is_cuda
+            moe = getattr(getattr(model, "cfg", None), "num_experts", 0) > 0  # an expert a batch skips
             self.model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[world.local_rank] if on_cuda else None
+                model, device_ids=[world.local_rank] if on_cuda else None, find_unused_parameters=moe
             )
 
     def settle(self, input_ids: torch.Tensor) -> None:

@@ -136,6 +136,8 @@ def export_hf(model, tokenizer_dir: Path, out: Path, dtype: str = "fp32") -> Pat
     import torch
     from safetensors.torch import save_file
 
+    from phi_assets.training import model as phi
+
     if dtype not in EXPORT_TORCH_DTYPES:
         raise ValueError(f"export dtype must be one of {sorted(EXPORT_TORCH_DTYPES)}, got {dtype!r}")
     torch_dtype = EXPORT_TORCH_DTYPES[dtype]
@@ -143,7 +145,8 @@ def export_hf(model, tokenizer_dir: Path, out: Path, dtype: str = "fp32") -> Pat
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = {
-        k: v.detach().to("cpu", getattr(torch, torch_dtype)).contiguous() for k, v in model.state_dict().items()
+        k: v.detach().to("cpu", getattr(torch, torch_dtype)).contiguous()
+        for k, v in phi.export_state(model).items()
     }
     save_file(weights, tmp / "model.safetensors")  # from any device, in the dtype config.json states
     config = {**model.cfg.hf_config(), "torch_dtype": torch_dtype}
@@ -168,8 +171,7 @@ def _load_model(hf: Path, cfg: trainer.TrainConfig, vocab: int):
     from phi_assets.training import distributed
     from phi_assets.training import model as phi
 
-    model = phi.PhiForCausalLM(cfg.model_config(vocab))
-    model.load_state_dict(load_file(hf / "model.safetensors"))
+    model = phi.load_export(phi.build(cfg.model_config(vocab)), load_file(hf / "model.safetensors"))
     return model.to(distributed.device(_world()))
 
 
@@ -329,6 +331,8 @@ def _step_logger(metrics, pipes) -> Callable[[trainer.StepLog], None]:
 
 def _finish(config: dict, cfg: trainer.TrainConfig, out: Path, model, stage: _Stage, summary: dict) -> dict:
     """Rank 0 after training: the final evaluations, the export, the summary, and the publication."""
+    if hasattr(model, "router_stats"):  # mixture of experts: the experts' load in this process's steps
+        summary["router"] = model.router_stats(reset=True)
     if stage.sources:
         summary["val_loss"] = _val_losses(config, cfg, model, stage.sources, stage.weights)
     if config["stage"] == "dpo":

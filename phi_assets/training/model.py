@@ -9,6 +9,11 @@ Module and parameter names equal transformers' ``PhiForCausalLM``, so ``state_di
 
 Named configs (``PhiConfig``: ``phi1()`` (1.3B), ``phi1_small()`` (350M), ``phi1_5()``, ``phi2()`` (2.7B)
 and ``debug_tiny()`` for CPU) are in ``configs.py``, which imports no torch; this module re-exports them.
+
+``build(cfg)`` makes the model of any family from its config: ``PhiForCausalLM`` for a ``PhiConfig``, the
+phi-3 family's (``phi3.py``: phi-3, phi-3.5, phi-4 dense and phi-3.5-MoE) for a ``Phi3Config``.
+``export_state`` / ``load_export`` give and take the weights as the Hugging Face checkpoint names them
+(tied embeddings once, experts one by one), which is what ``model.safetensors`` holds.
 """
 
 from __future__ import annotations
@@ -27,6 +32,29 @@ from phi_assets.training.configs import (  # the shapes live there (no torch); r
     phi1_small,  # noqa: F401
     phi2,  # noqa: F401
 )
+
+
+def build(cfg) -> nn.Module:
+    """The model for ``cfg``: a ``PhiConfig`` (phi-1, phi-1.5, phi-2) or a ``Phi3Config`` (the phi-3 family)."""
+    if isinstance(cfg, PhiConfig):
+        return PhiForCausalLM(cfg)
+    from phi_assets.training import phi3
+
+    return phi3.build(cfg)
+
+
+def export_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights under the names of the Hugging Face checkpoint (``model.safetensors``)."""
+    return model.hf_state_dict() if hasattr(model, "hf_state_dict") else model.state_dict()
+
+
+def load_export(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Load what ``export_state`` wrote (a parent checkpoint) into ``model``; every weight must match."""
+    if hasattr(model, "load_hf_state_dict"):
+        model.load_hf_state_dict(state)
+    else:
+        model.load_state_dict(state)
+    return model
 
 
 def rotary_tables(cfg: PhiConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

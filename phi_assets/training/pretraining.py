@@ -11,7 +11,7 @@ import dagster as dg
 
 from k8s import steps
 from phi_assets.common.code_version import code_version
-from phi_assets.common.store import current, file_uri
+from phi_assets.common.store import current, file_uri, user_error
 from phi_assets.mixture.assets import mixture_weights
 from phi_assets.mixture.token_assets import SUBDIR, tokenizer
 from phi_assets.training import configs, long_context
@@ -70,7 +70,8 @@ def _long_tokens(store: ArtifactStore, shards: list[dict], min_tokens: int, log)
 
 
 class PretrainConfig(dg.Config):
-    recipe: str = ""  # a trainer recipe; empty: the scale preset's (demo: debug, phi1: phi1_pretrain)
+    recipe: str = ""  # a trainer recipe; empty: the preset's (demo: debug, phi1: phi1_pretrain) in the family's
+    family: str = ""  # the model family (configs.FAMILIES); empty: the preset's model_family / PHI_MODEL_FAMILY
     train: dict = {}  # TrainConfig fields over the recipe's
     steps: int = 0  # 0: the mixture's token budget / tokens per step
 
@@ -95,7 +96,10 @@ def pretrained_checkpoint(
     weights, mixture = _mixture(store)
     tok, tok_path = current_tokenizer(store)
     sizes = profile.get().sizes
-    recipe = config.recipe or sizes.pretrain_recipe
+    recipe = config.recipe or user_error(
+        "pretrained_checkpoint",
+        lambda: configs.family_recipe(config.family or sizes.model_family, sizes.pretrain_recipe),
+    )
     cfg = recipe_config(recipe, {"seq_len": sizes.train_seq_len, **config.train})
     cfg = configs.TrainConfig(
         **{**cfg.__dict__, "max_steps": config.steps or steps_for(mixture["token_budget"], cfg)}
@@ -123,6 +127,7 @@ def pretrained_checkpoint(
 
 
 class MidtrainConfig(dg.Config):
+    extension: str = ""  # rope_theta, yarn or longrope; empty: the model's (phi-3/3.5: longrope, else theta)
     rope_theta: float = 250_000.0  # phi-4 raised the RoPE base from 10K to 250K for 16K context
     seq_len_factor: int = 2  # the new context length is the parent's times this (phi-4: 4K -> 16K)
     lr_factor: float = 0.1  # peak lr relative to pretraining (phi-4: a tenth)
@@ -143,7 +148,12 @@ def _midtrain_config(parent: dict, config: MidtrainConfig, token_budget: int) ->
     base = configs.TrainConfig(
         **{**parent["inputs"]["train"], "betas": tuple(parent["inputs"]["train"]["betas"])}
     )
-    cfg = configs.midtrain(base, config.rope_theta, config.seq_len_factor, config.lr_factor)
+    cfg = user_error(
+        "midtrained_checkpoint",
+        lambda: configs.midtrain(
+            base, config.rope_theta, config.seq_len_factor, config.lr_factor, config.extension
+        ),
+    )
     return configs.TrainConfig(
         **{
             **cfg.__dict__,
@@ -161,8 +171,9 @@ def _midtrain_config(parent: dict, config: MidtrainConfig, token_budget: int) ->
     pool=steps.GPU_POOL,
     kinds={"pytorch"},
     code_version=MIDTRAINED_CHECKPOINT_CODE_VERSION,
-    description="Context extension as phi-4 did it: a higher RoPE base, longer sequences, a mix weighted "
-    "toward long documents, a lower peak lr; validation loss at the old and the new length.",
+    description="Context extension: a higher RoPE base (phi-4) or rotary scaling (LongRoPE as phi-3.5, YaRN), "
+    "longer sequences, a mix weighted toward long documents, a lower peak lr; validation loss at the old and "
+    "the new length.",
 )
 def midtrained_checkpoint(
     context: dg.AssetExecutionContext,

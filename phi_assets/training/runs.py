@@ -174,6 +174,8 @@ def _materialization(store: ArtifactStore, outcome, stage: str, train: dict) -> 
             extra[f"{label}_{length}"] = float(value)
     if "preference_accuracy" in summary:
         extra["preference_accuracy"] = float(summary["preference_accuracy"])
+    if "router" in summary:  # mixture of experts: the experts' load over the run (dropless: nothing dropped)
+        extra["router_stats"] = dg.MetadataValue.json(summary["router"])
     return dg.MaterializeResult(
         data_version=dg.DataVersion(outcome.data_version),
         metadata={

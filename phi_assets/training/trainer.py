@@ -269,11 +269,11 @@ def _start(
     world = distributed.World.from_env()
     accum = cfg.grad_accum(world.world_size)  # before anything is built: a clear error first
     device = distributed.device(world)
-    model = phi.PhiForCausalLM(cfg.model_config(vocab))
+    model = phi.build(cfg.model_config(vocab))
     if init is not None:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(init / "model.safetensors"))
+        phi.load_export(model, load_file(init / "model.safetensors"))
     model.to(device)
     model.gradient_checkpointing = cfg.activation_checkpointing
     opt = _optimizer(model, cfg)
@@ -295,6 +295,8 @@ def _start(
         ds_config=cfg.ds_config,
     )
     runner.settle(torch.zeros((cfg.micro_batch_size, cfg.seq_len), dtype=torch.long, device=device))
+    if hasattr(model, "router_stats"):
+        model.router_stats(reset=True)  # the experts' load counts real batches only
     if deepspeed:
         if world.rank == 0:  # what DeepSpeed was given: the derived config with the user's ds_config over it
             _write_json(out / "deepspeed_config.json", runner.config)
@@ -327,6 +329,9 @@ def _optimizer_step(cfg: TrainConfig, run: _Run, autocast_dtype, loss_fn) -> tup
                 loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
             else:
                 loss = loss_fn(logits, ids, labels)
+            aux = getattr(run.model, "aux_loss", None)  # mixture of experts: the load-balancing loss
+            if aux is not None and run.model.cfg.router_aux_loss_coef:
+                loss = loss + run.model.cfg.router_aux_loss_coef * aux.float()
         runner.backward(loss if deepspeed else loss / run.accum)  # DeepSpeed divides by itself
         total += loss.item() / run.accum
         if deepspeed:
