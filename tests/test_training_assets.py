@@ -125,11 +125,23 @@ def test_exports_load_in_transformers_and_vllm_with_our_logits(store):
 
     probe = _manifest(store, "preference_pairs")["metadata"]["greedy_probe"]
     sft = _dir(store, "sft_checkpoint") / "hf"
-    model = transformers.AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32).eval()
+    config = transformers.AutoConfig.from_pretrained(sft)
+    scaling = json.loads((sft / "config.json").read_text()).get("rope_scaling") or {}
+    if scaling.get("type") == "longrope":
+        # vLLM 0.32 serves LongRoPE with the long factors at every position once max_model_len (the model's
+        # positions here) is past the original context; transformers switches per forward pass
+        config.rope_parameters["short_factor"] = scaling["long_factor"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(sft, config=config, dtype=torch.float32).eval()
     tok = transformers.AutoTokenizer.from_pretrained(sft)
-    prompt = torch.tensor([tok.encode(probe["prompt"])])
-    out = model.generate(prompt, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id)
-    assert tok.decode(out[0, prompt.shape[1] :], skip_special_tokens=True) == probe["text"]
+    ids = torch.tensor([tok.encode(probe["prompt"])])
+    prompt_len = ids.shape[1]
+    with torch.no_grad():  # greedy, a full forward per token (no cache, which transformers drops mid-way)
+        for _ in range(24):
+            nxt = model(ids).logits[0, -1].argmax()
+            if nxt.item() == tok.eos_token_id:
+                break
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    assert tok.decode(ids[0, prompt_len:], skip_special_tokens=True) == probe["text"]
 
 
 def test_sft_examples_hold_out_the_mbpp_test_split(store, mbpp_path):

@@ -18,7 +18,9 @@ MARKER = "slow: starts vLLM, Chromium, `dagster dev`, DeepSpeed or the demo, or 
 SLOW_FIXTURES = frozenset({"demo_run", "smol_backend", "vllm_server"})
 #: What starts each of them, as it appears in a test's source.
 ENTRY_POINTS = {
-    "vLLM": re.compile(r"\bVLLMBackend\b|\bvllm\.entrypoints\b|\bopenai_server\(|\[generator_model\]"),
+    "vLLM": re.compile(
+        r"\bVLLMBackend\b|\bvllm\.entrypoints\b|\bopenai_server\(|\[generator_model\]|\bgreedy_engines\("
+    ),
     "Chromium": re.compile(r"(?<![\w.])chromium\(|\bchromium\.launch\(|\bui_on\("),
     "dagster dev": re.compile(r"\bdagster_dev\(|\bui_on\(|\"dagster\", \"dev\""),
     "DeepSpeed": re.compile(r"backend=\"deepspeed\"|\btorch\.distributed\.run\b"),
