@@ -101,6 +101,30 @@ def test_recipes_follow_the_papers():
     assert trainer.phi1_5_pretrain().global_batch_size == 2048
 
 
+@pytest.mark.parametrize(
+    ("recipe", "model", "tokens"),
+    [
+        ("phi3_mini_pretrain", "phi3_mini", 3.3e12),  # Phi-3 report
+        ("phi3_medium_pretrain", "phi3_medium", 4.8e12),  # Phi-3 report
+        ("phi3_5_mini_pretrain", "phi3_5_mini", 3.4e12),  # model card
+        ("phi3_5_moe_pretrain", "phi3_5_moe", 4.9e12),  # model card
+        ("phi4_mini_pretrain", "phi4_mini", 5e12),  # model card
+        ("phi4_pretrain", "phi4", 10e12),  # Phi-4 report section 3
+    ],
+)
+def test_the_phi3_family_recipes_pretrain_on_the_published_tokens_at_4k(recipe, model, tokens):
+    """Each recipe trains its named shape on its published token count (within 0.1%) at 4K context with plain
+    RoPE (LongRoPE and phi-4's 250K base come in midtraining); phi-4's optimizer is the report's."""
+    cfg = trainer.TRAIN_RECIPES[recipe]()
+    shape = cfg.model_config(32064)
+    assert cfg.model == model and cfg.seq_len == 4096 and shape.max_position_embeddings == 4096
+    assert shape.rope_type == "default" and shape.rope_theta == 10_000
+    assert cfg.max_steps * cfg.tokens_per_step == pytest.approx(tokens, rel=1e-3)
+    if model == "phi4":
+        assert (cfg.lr, cfg.weight_decay, cfg.global_batch_size, cfg.schedule) == (3e-4, 0.1, 5760, "linear")
+        assert trainer.midtrain(cfg, seq_len_factor=4).model_config(100352).rope_theta == 250_000
+
+
 def test_a_global_batch_the_world_cannot_split_is_refused():
     with pytest.raises(ValueError, match="global_batch_size 12 must be a multiple of micro_batch_size 8"):
         trainer.TrainConfig(micro_batch_size=8, global_batch_size=12)

@@ -314,6 +314,10 @@ def phi4_debug() -> TrainConfig:
     return replace(debug(), model="phi4_debug")
 
 
+# A LongRoPE shape pretrained at its original 4K context, before midtraining extends it.
+_AT_4K = {"rope_type": "default", "short_factor": (), "long_factor": (), "max_position_embeddings": 4096}
+
+
 def phi4_pretrain() -> TrainConfig:
     """phi-4 (Abdin et al. 2024, "Phi-4 Technical Report", section 3): about 10T tokens at 4K context,
     linear warmup and decay to a peak lr of 3e-4, constant weight decay 0.1, global batch 5760 sequences;
@@ -353,6 +357,31 @@ def phi3_mini_pretrain() -> TrainConfig:
     )
 
 
+def phi3_medium_pretrain() -> TrainConfig:
+    """phi-3-medium (Phi-3 report: 4.8T tokens, like phi-3-small) at phi-3-mini's recipe."""
+    return replace(phi3_mini_pretrain(), model="phi3_medium", micro_batch_size=2, max_steps=1_144_410)
+
+
+def phi3_5_mini_pretrain() -> TrainConfig:
+    """phi-3.5-mini (model card: 3.4T tokens) at 4K with plain RoPE, extended by LongRoPE in midtraining."""
+    return replace(
+        phi3_mini_pretrain(),
+        model="phi3_5_mini",
+        max_steps=810_638,  # 3.4e12 / (1024 x 4096)
+        overrides=_AT_4K,
+    )
+
+
+def phi4_mini_pretrain() -> TrainConfig:
+    """phi-4-mini (model card: 5T tokens) at 4K with plain RoPE, extended by LongRoPE in midtraining."""
+    return replace(
+        phi3_mini_pretrain(),
+        model="phi4_mini",
+        max_steps=1_192_093,  # 5e12 / (1024 x 4096)
+        overrides=_AT_4K,
+    )
+
+
 def phi3_5_moe_pretrain() -> TrainConfig:
     """phi-3.5-MoE (model card: 4.9T tokens on 512 H100s at 4K context, LongRoPE to 128K after); the
     optimizer settings are not published: phi-3-mini's recipe, the router's load-balancing loss on."""
@@ -361,12 +390,7 @@ def phi3_5_moe_pretrain() -> TrainConfig:
         model="phi3_5_moe",
         max_steps=1_168_336,  # 4.9e12 / (1024 x 4096)
         micro_batch_size=2,
-        overrides={
-            "rope_type": "default",
-            "short_factor": (),
-            "long_factor": (),
-            "max_position_embeddings": 4096,
-        },
+        overrides=_AT_4K,
     )
 
 
@@ -382,6 +406,9 @@ TRAIN_RECIPES = {
     "phi3_5_moe_debug": phi3_5_moe_debug,
     "phi4_debug": phi4_debug,
     "phi3_mini_pretrain": phi3_mini_pretrain,
+    "phi3_medium_pretrain": phi3_medium_pretrain,
+    "phi3_5_mini_pretrain": phi3_5_mini_pretrain,
+    "phi4_mini_pretrain": phi4_mini_pretrain,
     "phi3_5_moe_pretrain": phi3_5_moe_pretrain,
     "phi4_pretrain": phi4_pretrain,
 }
