@@ -94,6 +94,12 @@ def test_midtraining_extends_each_family_its_own_way():
     yarn = configs.midtrain(base, extension="yarn").model_config(512)
     assert yarn.rope_type == "yarn" and yarn.rope_factor == 4.0 and yarn.attention_factor > 1
     assert configs.midtrain(configs.phi4_debug()).model_config(512).rope_theta == 250_000
+    assert [configs.default_extension(m) for m in ("phi4", "phi4_mini", "phi3_5_moe", "phi2")] == [
+        "rope_theta",
+        "longrope",
+        "longrope",
+        "rope_theta",
+    ]
     assert configs.midtrain(configs.debug()).model_config(512).rope_theta == 250_000
     with pytest.raises(ValueError, match="needs a phi-3 family model"):
         configs.midtrain(configs.debug(), extension="longrope").model_config(512)

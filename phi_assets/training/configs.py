@@ -432,10 +432,10 @@ def family_recipe(family: str, recipe: str) -> str:
 
 
 def default_extension(model: str) -> str:
-    """How a model's family extends its context by default: LongRoPE for phi-3 / phi-3.5 (as phi-3.5
-    shipped), a higher RoPE base for phi-1 / phi-2 and phi-4 (as phi-4 midtrained 4K -> 16K)."""
+    """How a model's family extends its context by default: LongRoPE for phi-3 / phi-3.5 / phi-4-mini (as
+    they shipped), a higher RoPE base for phi-1 / phi-2 and phi-4 (as phi-4 midtrained 4K -> 16K)."""
     cfg = RECIPES[model]()
-    if isinstance(cfg, phi3_configs.Phi3Config) and not model.startswith("phi4"):
+    if isinstance(cfg, phi3_configs.Phi3Config) and model not in ("phi4", "phi4_debug"):  # phi-4-mini: LongRoPE
         return "longrope"
     return "rope_theta"
 
