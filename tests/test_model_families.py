@@ -216,3 +216,36 @@ def test_an_extended_export_loads_in_transformers_with_our_logits(extension, tmp
         ids = torch.randint(0, 300, (1, length))
         with torch.no_grad():
             assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-5, length
+
+
+@pytest.mark.slow  # torchrun with 2 processes, DeepSpeed
+@pytest.mark.parametrize("backend", ["torch", "deepspeed"])
+def test_the_mixture_of_experts_trains_on_two_ranks_with_ddp_and_deepspeed_zero2(tmp_path, backend):
+    """phi-3.5-MoE's blocks through the same trainer on two CPU ranks (gloo): DDP (an expert no token of a
+    micro-batch chose has no gradient, which DDP is told to expect) and DeepSpeed ZeRO stage 2; the loss falls,
+    the export loads in our model, and the summary carries the experts' load."""
+    import json
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from phi_assets.training import model as phi
+    from tests.support.processes import free_port
+
+    data = training_data.make(tmp_path / "data")
+    train = {"model": "phi3_5_moe_debug", "max_steps": 6, "checkpoint_every": 6, "lr": 3e-3, "backend": backend}
+    config = training_data.write(data.config("pretrain", tmp_path / "out", train), tmp_path / "pretrain.json")
+    command = training_data.torchrun(
+        2, free_port(), "-m", "phi_assets.training.entrypoint", "--config", str(config)
+    )
+    env = training_data.child_env(DS_ACCELERATOR="cpu")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and rows[-1]["loss"] < rows[0]["loss"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(summary["router"]["tokens_per_expert"]) == 2  # one row per layer
+    vocab = json.loads((tmp_path / "out" / "hf" / "config.json").read_text())["vocab_size"]
+    cfg = trainer.TrainConfig(**{**training_data.SHAPE, **train}).model_config(vocab)
+    assert cfg.moe and cfg.hf_config()["architectures"] == ["PhiMoEForCausalLM"]
+    phi.load_export(phi.build(cfg), load_file(tmp_path / "out" / "hf" / "model.safetensors"))

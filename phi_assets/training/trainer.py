@@ -68,9 +68,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """No weight decay on biases, LayerNorms and embeddings (GPT-3 practice)."""
+    """No weight decay on biases, LayerNorms and embeddings (GPT-3 practice); frozen weights left out."""
     decay, plain = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # phi-3.5-MoE's LM-head bias (phi3.py)
+            continue
         (decay if p.ndim >= 2 and "embed" not in name else plain).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": plain, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
