@@ -24,17 +24,19 @@ class ProfileResource(dg.ConfigurableResource):
     catalog_path: str
     artifact_root: str
     scale: str = ""  # the Sizes preset (PHI_SCALE); empty: the profile's default
+    model_family: str = ""  # the training chain's model family (PHI_MODEL_FAMILY); empty: the preset's
 
     @classmethod
     def from_profile(cls, profile: Profile) -> ProfileResource:
         return cls(name=profile.name, phi_home=profile.phi_home, landing_root=profile.landing_root,
                    catalog_path=profile.catalog_path, artifact_root=profile.artifact_root,
-                   scale=profile.scale)
+                   scale=profile.scale, model_family=profile.sizes.model_family)
 
     def get(self) -> Profile:
         env = {"PHI_PROFILE": self.name, "PHI_HOME": self.phi_home,
                "PHI_LANDING_ROOT": self.landing_root, "PHI_CATALOG": self.catalog_path,
-               "PHI_ARTIFACT_ROOT": self.artifact_root, "PHI_SCALE": self.scale}
+               "PHI_ARTIFACT_ROOT": self.artifact_root, "PHI_SCALE": self.scale,
+               "PHI_MODEL_FAMILY": self.model_family}
         return load_profile(env)
 
 

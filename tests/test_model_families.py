@@ -13,6 +13,7 @@ import torch
 from phi_assets.common.profiles import MODEL_FAMILIES, SCALES, Sizes, load_profile
 from phi_assets.mixture.tokens import TokenShard
 from phi_assets.training import configs, phi3_configs, trainer
+from resources import ProfileResource
 from tests.support import training_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,9 @@ def test_a_preset_or_the_environment_picks_the_family_and_its_recipes(monkeypatc
     assert set(configs.FAMILIES) == set(MODEL_FAMILIES)
     env = {"PHI_PROFILE": "ci", "PHI_MODEL_FAMILY": "phi3_moe"}
     assert load_profile(env).sizes.model_family == "phi3_moe"
+    # the assets read the profile through the resource, which carries the family to every step
+    assert ProfileResource.from_profile(load_profile(env)).get().sizes.model_family == "phi3_moe"
+    assert ProfileResource.from_profile(load_profile({"PHI_PROFILE": "ci"})).get().sizes.model_family == "phi3"
     assert configs.family_recipe("phi3_moe", "debug") == "phi3_5_moe_debug"
     assert configs.family_recipe("phi4", "phi1_pretrain") == "phi4_pretrain"
     assert configs.family_recipe("phi1", "debug") == "debug"
