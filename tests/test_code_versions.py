@@ -251,6 +251,8 @@ PACKAGE = {
     ids=["lazy-import", "prompt-file", "constant", "exempt-module", "other-asset", "decorator"],
 )
 def test_what_changes_a_version(tmp_path, monkeypatch, edit, changes):
+    """With the versions cached on disk, as every step process reads them: an edit is a new cache."""
+    monkeypatch.setenv(cv.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(cv, "ROOT", tmp_path)
     monkeypatch.setattr(cv, "REGISTRY", {})
     _write(tmp_path, PACKAGE)
@@ -265,6 +267,38 @@ def test_what_changes_a_version(tmp_path, monkeypatch, edit, changes):
     finally:
         cv.clear_caches()
     assert (after != before) is changes
+
+
+def test_a_cached_version_is_the_computed_one_and_a_bad_cache_is_ignored(tmp_path, monkeypatch):
+    """The next process with the same sources reads the version and what it covers from the cache (it
+    parses nothing); a corrupt cache file is computed around; "off" reads and writes nothing."""
+    monkeypatch.setenv(cv.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(cv, "ROOT", tmp_path / "src")
+    monkeypatch.setattr(cv, "REGISTRY", {})
+    _write(tmp_path / "src", PACKAGE)
+    cv.clear_caches()
+    try:
+        computed = cv.code_version("phi_assets.stage", "first")
+        covered = cv.REGISTRY[computed]
+        (cache,) = (tmp_path / "cache").iterdir()
+        cv.clear_caches()
+        monkeypatch.setattr(cv, "REGISTRY", {})
+        monkeypatch.setattr(cv, "parse", None)  # a cache hit must not parse
+        assert cv.code_version("phi_assets.stage", "first") == computed and cv.REGISTRY[computed] == covered
+        monkeypatch.undo()
+        monkeypatch.setenv(cv.CACHE_ENV, str(tmp_path / "cache"))
+        monkeypatch.setattr(cv, "ROOT", tmp_path / "src")
+        monkeypatch.setattr(cv, "REGISTRY", {})
+        cache.write_text("{not json")
+        cv.clear_caches()
+        assert cv.code_version("phi_assets.stage", "first") == computed
+        monkeypatch.setenv(cv.CACHE_ENV, "off")
+        cache.unlink()
+        cv.clear_caches()
+        assert cv.code_version("phi_assets.stage", "first") == computed
+        assert not list((tmp_path / "cache").iterdir())
+    finally:
+        cv.clear_caches()
 
 
 def test_an_unknown_entry_is_an_error():

@@ -15,7 +15,8 @@
 Modules whose source cannot change an output declare it with ``VERSION_EXEMPT = "why"`` and are left out
 (plots, Markdown tables, metadata formatting, pod placement). The analysis reads source files only (``ast``),
 so it runs at import time; every computed version is kept in ``REGISTRY`` with the modules and files it
-covers, which ``tests/test_code_versions.py`` checks against an independent import graph.
+covers, which ``tests/test_code_versions.py`` checks against an independent import graph, and on disk for
+the next process with the same sources (``CACHE_ENV``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,7 +262,8 @@ class Closure:
 
 def clear_caches() -> None:
     """Forget every parsed module (after a source file or ``ROOT`` changed, as tests do)."""
-    for cached in (parse, module_file, imported_targets, _project_module, _local_imports, _referenced, _lines):
+    for cached in (parse, module_file, imported_targets, _project_module, _local_imports, _referenced, _lines,
+                   _sources_digest, _cached):
         cached.cache_clear()
 
 
@@ -275,9 +279,77 @@ def files_of(modules: set[str]) -> set[Path]:
     return out
 
 
+# --- the versions on disk ---------------------------------------------------------------------------------
+# Every step is a process that imports the definitions and so computes every asset's version: parsing and
+# walking the project's sources took ~1.3 s of each ``dagster asset materialize``. A version is a function
+# of the project's files alone, so the computed ``Covered`` entries are kept in a file named by a digest of
+# every file under PACKAGES (any edit anywhere is another file): the next process with the same sources
+# reads them instead. Best effort: an unreadable or unwritable cache only costs the computation.
+CACHE_ENV = "PHI_CODE_VERSION_CACHE"  # the cache's folder; default ~/.cache/phi-factory; "off" disables it
+
+
+@functools.cache
+def _sources_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                h.update(f"{path.relative_to(root)}\n".encode() + path.read_bytes())
+    return h.hexdigest()[:24]
+
+
+def _cache_path() -> Path | None:
+    folder = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "phi-factory")
+    if folder == "off":
+        return None
+    return Path(folder) / f"code-versions-{_sources_digest(ROOT)}.json"
+
+
+@functools.cache
+def _cached() -> dict[str, dict]:
+    path = _cache_path()
+    try:
+        return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(key: str, covered: Covered) -> None:
+    path = _cache_path()
+    if path is None:
+        return
+    entries = _cached()
+    entries[key] = {
+        "version": covered.version, "module": covered.module, "entries": list(covered.entries),
+        **{k: sorted(getattr(covered, k)) for k in ("modules", "names", "files")},
+    }  # fmt: skip
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def code_version(module: str, *entries: str, salt: str = "") -> str:
     """The code version of the asset defined by ``entries`` (its function, or the factory that makes it) in
     ``module``; 12 hex digits. Raises ValueError when an entry is not a top-level definition there."""
+    key = json.dumps([module, entries, salt])
+    hit = _cached().get(key)
+    if hit is not None:
+        covered = Covered(
+            hit["version"], hit["module"], tuple(hit["entries"]), frozenset(hit["modules"]),
+            frozenset(tuple(n) for n in hit["names"]), frozenset(hit["files"]),
+        )  # fmt: skip
+        REGISTRY[covered.version] = covered
+        return covered.version
+    version = _computed(module, entries, salt)
+    _store(key, REGISTRY[version])
+    return version
+
+
+def _computed(module: str, entries: tuple[str, ...], salt: str) -> str:
     parsed = parse(module)
     missing = [e for e in entries if e not in parsed.defs]
     if not entries or missing:
