@@ -100,12 +100,12 @@ class Sizes:
 
 DEMO = Sizes()
 CI = Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample_every=1,
-           edu_annotations_per_source=64, synthetic_batches=2, textbooks_per_batch=3,
+           edu_annotations_per_source=48, synthetic_batches=2, textbooks_per_batch=3,
            exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
            synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=6,
            proxy_steps=20, proxy_seq_len=64, train_seq_len=64,
            preference_problems=8, eval_problems=10, checkpoint_eval_problems=10,
-           ablation_arms="raw,edu>=3,edu>=3+textbooks", ablation_seeds=2, ablation_steps=30,
+           ablation_arms="raw,edu>=3+textbooks", ablation_seeds=2, ablation_steps=30,
            ablation_seq_len=64, model_family="phi3")
 # phi-1 ("Textbooks Are All You Need", arXiv:2306.11644), RegMix (arXiv:2407.01492) and phi-1.5
 # (arXiv:2309.05463): docs/scale.md gives the source of every number.
