@@ -29,8 +29,6 @@ router logits (training forwards of the MoE layout; 0 otherwise) for the trainer
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,38 +42,21 @@ TOP_K = 2  # sparsemixer routes every token to two experts
 # -- rotary ---------------------------------------------------------------------------------------------
 
 
-def _yarn_inv_freq(cfg: Phi3Config, device: torch.device | None) -> torch.Tensor:
-    """transformers' ``_compute_yarn_parameters`` (beta_fast 32, beta_slow 1, truncated correction range)."""
-    dim, base, factor = cfg.rotary_dim, cfg.rope_theta, cfg.rope_factor
-    original = cfg.original_max_position_embeddings
-
-    def correction_dim(rotations: float) -> float:
-        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
-
-    low, high = max(math.floor(correction_dim(32)), 0), min(math.ceil(correction_dim(1)), dim - 1)
-    if low == high:
-        high += 0.001  # as transformers: no division by zero
-    pos_freqs = base ** (torch.arange(0, dim, 2, device=device).float() / dim)
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=device) - low) / (high - low)).clamp(0, 1)
-    extrapolation = 1 - ramp
-    return (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
-
-
 def inv_freq(
     cfg: Phi3Config, seq_len: int | None = None, device: torch.device | None = None
 ) -> tuple[torch.Tensor, float]:
     """(inverse frequencies (rotary_dim / 2,), cos/sin scale) for sequences of ``seq_len`` positions."""
     dim = cfg.rotary_dim
     exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim
-    if cfg.rope_type == "longrope":
+    if cfg.rope_type == "default":
+        return 1.0 / (cfg.rope_theta**exponents), 1.0
+    if cfg.rope_type == "yarn":  # the divisors config.json writes for it (Phi3Config.yarn_factors)
+        divisors = cfg.yarn_factors()
+    else:
         long = seq_len is not None and seq_len > cfg.original_max_position_embeddings
-        factors = torch.tensor(
-            cfg.long_factor if long else cfg.short_factor, dtype=torch.float32, device=device
-        )
-        return 1.0 / (factors * cfg.rope_theta**exponents), cfg.attention_factor
-    if cfg.rope_type == "yarn":
-        return _yarn_inv_freq(cfg, device), cfg.attention_factor
-    return 1.0 / (cfg.rope_theta**exponents), 1.0
+        divisors = cfg.long_factor if long else cfg.short_factor
+    factors = torch.tensor(divisors, dtype=torch.float32, device=device)
+    return 1.0 / (factors * cfg.rope_theta**exponents), cfg.attention_factor
 
 
 def rotary_tables(cfg: Phi3Config, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
