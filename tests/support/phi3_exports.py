@@ -2,8 +2,8 @@
 
 ``export_debug_model(cfg, out_dir, seed)`` writes ``model.safetensors`` (a seeded random init), ``config.json``
 (exactly ``cfg.hf_config()``) and a byte-level BPE tokenizer (``<|endoftext|>`` = id 0 = the debug shapes' eos).
-The weights come from ``phi_assets.training.phi3.build(cfg)`` (its ``hf_state_dict()``) when that module
-exists, else from transformers' own ``Phi3ForCausalLM`` / ``PhimoeForCausalLM`` built from the same config.
+The weights come from our model (``phi_assets.training.model.build(cfg)``, ``export_state``): the names the
+trainer's exports carry.
 """
 
 from __future__ import annotations
@@ -22,24 +22,10 @@ def build_state_dict(cfg: Phi3Config, seed: int) -> tuple[dict, str]:
     """(Hugging Face state dict, which builder made it) for ``cfg`` at a seeded random init."""
     import torch
 
-    torch.manual_seed(seed)
-    try:
-        from phi_assets.training import phi3
-    except ImportError:
-        phi3 = None
-    if phi3 is not None and hasattr(phi3, "build"):
-        model = phi3.build(cfg)
-        hf = getattr(model, "hf_state_dict", None)
-        return (hf() if hf is not None else phi3.hf_state_dict(model)), "phi_assets.training.phi3.build"
-    import transformers
-    from transformers.core_model_loading import revert_weight_conversion
+    from phi_assets.training import model as phi
 
-    config = transformers.AutoConfig.for_model(**cfg.hf_config())
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    # the checkpoint layout (as save_pretrained writes it): phimoe's fused experts back to the Hub's
-    # block_sparse_moe.experts.<e>.w1/w2/w3 and block_sparse_moe.gate, the names vLLM loads
-    state = revert_weight_conversion(model, dict(model.state_dict()))
-    return state, f"transformers {type(model).__name__}"
+    torch.manual_seed(seed)
+    return phi.export_state(phi.build(cfg)), "phi_assets.training.model.build"
 
 
 def save_state_dict(state: dict, cfg: Phi3Config, out_dir: Path) -> None:
