@@ -19,19 +19,17 @@ says how to provide it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dagster as dg
 from tqdm import tqdm
 
 from jobs import (
-    ALL_JOBS,
     CORPUS_JOBS,
     INGEST_JOBS,
     SHINGLES_JOBS,
@@ -58,6 +56,7 @@ from jobs import (
 from phi_assets.ablations.assets import ABLATIONS
 from phi_assets.common.profiles import reductions
 from phi_assets.curation.dedup_assets import BUCKETS
+from phi_assets.demo_runs import Step, default_workers, dependencies, materialize_cli, run_plan
 from phi_assets.evaluation.assets import STAGES
 from phi_assets.evaluation.model_card import CARD_STAGES
 from phi_assets.ingest import embedded
@@ -172,104 +171,84 @@ def _size(meta: dict) -> tuple[str | None, int]:
     return None, 0
 
 
-@dataclass
-class CliRun:
-    """A run that `dagster asset materialize` executed, read back from the instance."""
-
-    run_id: str
-    success: bool
-    all_events: list
-    error: str = ""  # why no run started
-
-    def get_asset_materialization_events(self) -> list:
-        return [e for e in self.all_events if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION]
-
-
-def _materialize_cli(defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str,
-                     partition: str | None) -> CliRun:
-    """``dagster asset materialize`` for the job's assets (and this partition) in a child process."""
-    selection = next(j for j in ALL_JOBS if j.name == job_name).selection.resolve(defs.resolve_asset_graph())
-    assets = ",".join(sorted(k.to_user_string() for k in selection))
-    command = [os.path.join(os.path.dirname(sys.executable), "dagster"), "asset", "materialize",
-               "-m", "phi_assets.definitions", "--select", assets, "--config-json", json.dumps(CLI_CONFIG)]
-    command += ["--partition", partition] if partition else []
-    before = {r.run_id for r in instance.get_runs(limit=5)}
-    started = time.time()
-    done = subprocess.run(command, capture_output=True, text=True)
-    print(f"dagster asset materialize --select {assets}{f' --partition {partition}' if partition else ''}: "
-          f"exit {done.returncode} ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
-    runs = [r for r in instance.get_runs(limit=5) if r.run_id not in before]
-    if not runs:  # the command failed before its run (a bad selection, say): reported, the demo goes on
-        tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
-        return CliRun("", False, [], error=f"`dagster asset materialize --select {assets}` started no run "
-                                            f"(exit {done.returncode}): {tail[0]}")
-    run = runs[0]
-    events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
-    return CliRun(run.run_id, done.returncode == 0 and run.status == dg.DagsterRunStatus.SUCCESS, events)
-
-
-def _run(defs: dg.Definitions, instance: dg.DagsterInstance, report: DemoReport,
-         job_name: str, what: str, partition: str | None = None) -> dg.ExecuteInProcessResult:
-    """One job (one partition of it), in this process or through the CLI; its outcome goes into the report."""
-    if report.via_cli:
-        result = _materialize_cli(defs, instance, job_name, partition)
-    else:
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            partition_key=partition, instance=instance, run_config=QUIET, raise_on_error=False)
-    report.record(what, result, instance)
-    return result
+def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, via_cli: bool):
+    """How one step runs: through the CLI (on the given CPUs) or in this process."""
+    def execute(step: Step, cpus) -> object:
+        if via_cli:
+            return materialize_cli(defs, instance, step.job_name, step.partition, CLI_CONFIG, cpus)
+        return defs.resolve_job_def(step.job_name).execute_in_process(
+            partition_key=step.partition, instance=instance, run_config=QUIET, raise_on_error=False)
+    return execute
 
 
 def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]],
-            via_cli: bool = False) -> DemoReport:
+            via_cli: bool = False, workers: int = 1) -> DemoReport:
+    """Every step of ``plan``: in this process one at a time, through the CLI up to ``workers`` at once."""
     report = DemoReport(via_cli=via_cli)
-    for source, job in INGEST_JOBS.items():
-        for key in tqdm(keys[source], desc=f"ingest {source} shards", unit="shard"):
-            _run(defs, instance, report, job.name, f"raw_{source}_shards[{key}]", key)
-    _run(defs, instance, report, catalog_job.name, "raw_catalog")
-    result = _run(defs, instance, report, generator_model_job.name, "generator_model")
-    if result.success:
-        report.sample = _metadata_text(result, "generator_model", "sample")
-    for key in tqdm(BUCKETS.get_partition_keys(), desc="dedup buckets", unit="partition"):
-        _run(defs, instance, report, dedup_buckets_job.name, f"dedup buckets {key}", key)
-    for source, job in SHINGLES_JOBS.items():
-        for key in tqdm(keys[source], desc=f"dedup {source} shingle sets", unit="shard"):
-            _run(defs, instance, report, job.name, f"dedup_{source}_shingles[{key}]", key)
-    for key in tqdm(BUCKETS.get_partition_keys(), desc="dedup pairs", unit="partition"):
-        _run(defs, instance, report, dedup_pairs_job.name, f"dedup pairs {key}", key)
-    _run(defs, instance, report, dedup_job.name, dedup_job.name)
-    result = _run(defs, instance, report, edu_classifier_job.name, edu_classifier_job.name)
-    if result.success:
+    steps = plan(report, keys)
+
+    def done(step: Step, result) -> None:
+        report.record(step.what, result, instance)
+        if step.then is not None:
+            step.then(result)
+
+    with tqdm(total=len(steps), desc="steps", unit="run") as bar:
+        run_plan(steps, dependencies(defs, steps), _execute(defs, instance, via_cli), done,
+                 workers=workers if via_cli else 1, progress=lambda: bar.update(1))
+    return report
+
+
+def _if_success(report_field: Callable[[object], None]) -> Callable[[object], None]:
+    return lambda result: report_field(result) if result.success else None
+
+
+def plan(report: DemoReport, keys: dict[str, list[str]]) -> list[Step]:
+    """The whole graph as steps, in dependency order; each step's ``then`` fills the report."""
+    steps = [Step(job.name, f"raw_{source}_shards[{key}]", key)
+             for source, job in INGEST_JOBS.items() for key in keys[source]]
+    steps.append(Step(catalog_job.name, "raw_catalog"))
+    steps.append(Step(generator_model_job.name, "generator_model", then=_if_success(
+        lambda r: setattr(report, "sample", _metadata_text(r, "generator_model", "sample")))))
+    steps += [Step(dedup_buckets_job.name, f"dedup buckets {key}", key) for key in BUCKETS.get_partition_keys()]
+    steps += [Step(job.name, f"dedup_{source}_shingles[{key}]", key)
+              for source, job in SHINGLES_JOBS.items() for key in keys[source]]
+    steps += [Step(dedup_pairs_job.name, f"dedup pairs {key}", key) for key in BUCKETS.get_partition_keys()]
+    steps.append(Step(dedup_job.name, dedup_job.name))
+
+    def classifier(result) -> None:
         report.classifier = _metadata_text(result, "edu_classifier", "report")
         report.classifier_warnings = _metadata_text(result, "edu_classifier", "warnings")
-    for source, job in CORPUS_JOBS.items():
-        for key in tqdm(keys[source], desc=f"filter {source} corpus", unit="shard"):
-            result = _run(defs, instance, report, job.name, f"filtered_{source}_corpus[{key}]", key)
-            _count_corpus(report, source, result)
-    _run(defs, instance, report, topics_job.name, "topics")
-    for key in tqdm(BATCHES.get_partition_keys(), desc="synthetic batches", unit="batch"):
-        result = _run(defs, instance, report, synthetic_batch_job.name, f"synthetic batch {key}", key)
-        _count_generation(report, result)
-    result = _run(defs, instance, report, synthetic_corpus_job.name, "synthetic_corpus")
-    if result.success:
-        report.synthetic = _metadata_text(result, "synthetic_corpus", "sets")
-    run_mixture(defs, instance, keys, report)
-    run_training(defs, instance, report)
-    run_evaluation(defs, instance, report)
-    run_ablations(defs, instance, report)
-    for stage in CARD_STAGES:
-        result = _run(defs, instance, report, model_card_job.name, f"model_card[{stage}]", stage)
-        if result.success:
-            report.cards[stage] = _metadata_text(result, "model_card", "path")
-    return report
+    steps.append(Step(edu_classifier_job.name, edu_classifier_job.name, then=_if_success(classifier)))
+    steps += [Step(job.name, f"filtered_{source}_corpus[{key}]", key,
+                   then=lambda r, source=source: _count_corpus(report, source, r))
+              for source, job in CORPUS_JOBS.items() for key in keys[source]]
+    steps.append(Step(topics_job.name, "topics"))
+    steps += [Step(synthetic_batch_job.name, f"synthetic batch {key}", key,
+                   then=lambda r: _count_generation(report, r)) for key in BATCHES.get_partition_keys()]
+    steps.append(Step(synthetic_corpus_job.name, "synthetic_corpus", then=_if_success(
+        lambda r: setattr(report, "synthetic", _metadata_text(r, "synthetic_corpus", "sets")))))
+    steps += mixture_steps(report, keys)
+    steps.append(Step(training_job.name, training_job.name, then=lambda r: _read_training(report, r)))
+    steps += [Step(eval_job.name, f"eval_scores[{stage}]", stage,
+                   then=lambda r, s=stage: _read_eval(report, s, r)) for stage in STAGES]
+    steps += [Step(ablation_job.name, f"data_ablations[{key}]", str(key))
+              for key in ABLATIONS.get_partition_keys()]
+
+    def ablations(result) -> None:
+        report.ablations = _metadata_text(result, "ablation_report", "table")
+        report.ablation_verdicts = _metadata_text(result, "ablation_report", "verdicts")
+    steps.append(Step(ablation_report_job.name, "ablation_report", then=_if_success(ablations)))
+    steps += [Step(model_card_job.name, f"model_card[{stage}]", stage, then=_if_success(
+        lambda r, s=stage: report.cards.__setitem__(s, _metadata_text(r, "model_card", "path"))))
+        for stage in CARD_STAGES]
+    return steps
 
 
 TRAINING_STAGES = ("pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint")
 
 
-def run_training(defs: dg.Definitions, instance: dg.DagsterInstance, report: DemoReport) -> None:
-    """The tiny training chain: pretrain -> midtrain -> SFT -> preference pairs -> DPO."""
-    result = _run(defs, instance, report, training_job.name, training_job.name)
+def _read_training(report: DemoReport, result) -> None:
+    """The tiny training chain's metadata: pretrain -> midtrain -> SFT -> preference pairs -> DPO."""
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
         name = event.materialization.asset_key.to_user_string()
@@ -277,49 +256,37 @@ def run_training(defs: dg.Definitions, instance: dg.DagsterInstance, report: Dem
                                  and k not in ("loss_curve", "examples")}
 
 
-def run_evaluation(defs: dg.Definitions, instance: dg.DagsterInstance, report: DemoReport) -> None:
-    """eval_scores for every stage: the trained checkpoints and the default engine model."""
-    for stage in tqdm(list(STAGES), desc="evaluate", unit="stage"):
-        result = _run(defs, instance, report, eval_job.name, f"eval_scores[{stage}]", stage)
-        for event in result.get_asset_materialization_events():
-            meta = {k: v.value for k, v in event.materialization.metadata.items()}
-            kept = ("problems", "verdicts", "engine_errors", "reduced")
-            report.evaluation[stage] = {k: meta[k] for k in kept}
-            report.evaluation[stage].update({k: v for k, v in meta.items() if isinstance(v, float)})
-            if meta.get("understanding_detail", {}).get("judge_reliable") is False:
-                report.evaluation[stage]["judge"] = "the understanding judge cannot tell right from empty"
-            report.eval_table = meta["phi1_table1"]
+def _read_eval(report: DemoReport, stage: str, result) -> None:
+    """eval_scores for one stage: a trained checkpoint or the default engine model."""
+    for event in result.get_asset_materialization_events():
+        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+        kept = ("problems", "verdicts", "engine_errors", "reduced")
+        report.evaluation[stage] = {k: meta[k] for k in kept}
+        report.evaluation[stage].update({k: v for k, v in meta.items() if isinstance(v, float)})
+        if meta.get("understanding_detail", {}).get("judge_reliable") is False:
+            report.evaluation[stage]["judge"] = "the understanding judge cannot tell right from empty"
+        report.eval_table = meta["phi1_table1"]
 
 
-def run_ablations(defs: dg.Definitions, instance: dg.DagsterInstance, report: DemoReport) -> None:
-    """Every (arm, seed) of the data ablations, then their report (the model cards quote it)."""
-    for key in tqdm(ABLATIONS.get_partition_keys(), desc="data ablations", unit="model"):
-        _run(defs, instance, report, ablation_job.name, f"data_ablations[{key}]", str(key))
-    result = _run(defs, instance, report, ablation_report_job.name, "ablation_report")
-    if result.success:
-        report.ablations = _metadata_text(result, "ablation_report", "table")
-        report.ablation_verdicts = _metadata_text(result, "ablation_report", "verdicts")
-
-
-def run_mixture(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]],
-                report: DemoReport) -> None:
+def mixture_steps(report: DemoReport, keys: dict[str, list[str]]) -> list[Step]:
     """Tokenizer, every tokenized shard, the search's proxies, the search, the weights."""
-    _run(defs, instance, report, tokenizer_job.name, "tokenizer")
-    for source, job in TOKENIZE_JOBS.items():
-        for key in tqdm(keys[source], desc=f"tokenize {source} shards", unit="shard"):
-            _run(defs, instance, report, job.name, f"tokenized_filtered_{source}[{key}]", key)
-    for key in BATCHES.get_partition_keys():
-        _run(defs, instance, report, tokenize_synthetic_job.name, f"tokenize synthetic {key}", key)
-    for key in tqdm(PROXIES.get_partition_keys(), desc="mixture search proxies", unit="proxy"):
-        _run(defs, instance, report, mixture_proxy_job.name, f"mixture_proxies[{key}]", key)
-    result = _run(defs, instance, report, mixture_job.name, mixture_job.name)
-    if result.success:
+    steps = [Step(tokenizer_job.name, "tokenizer")]
+    steps += [Step(job.name, f"tokenized_filtered_{source}[{key}]", key)
+              for source, job in TOKENIZE_JOBS.items() for key in keys[source]]
+    steps += [Step(tokenize_synthetic_job.name, f"tokenize synthetic {key}", key)
+              for key in BATCHES.get_partition_keys()]
+    steps += [Step(mixture_proxy_job.name, f"mixture_proxies[{key}]", key)
+              for key in PROXIES.get_partition_keys()]
+
+    def mixture(result) -> None:
         report.mixture = _metadata_text(result, "mixture_weights", "mixture")
         for event in result.get_asset_materialization_events():
             if event.materialization.asset_key.to_user_string() == "mixture_search":
                 meta = event.materialization.metadata
                 report.search = {k: meta[k].value for k in ("proposal", "loo_spearman", "predicted_loss",
                                                              "phi4_predicted_loss", "num_proxies")}
+    steps.append(Step(mixture_job.name, mixture_job.name, then=_if_success(mixture)))
+    return steps
 
 
 def _count_generation(report: DemoReport, result: dg.ExecuteInProcessResult) -> None:
@@ -451,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cli", action="store_true",
                         help="every step through `dagster asset materialize` (one per slice and partition)")
     args = parser.parse_args(argv)
+    try:
+        workers = default_workers()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     profile = load_profile()
     os.environ.setdefault("DAGSTER_HOME", profile.dagster_home)
     os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
@@ -463,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     with dg.DagsterInstance.get() as instance:
         keys = register_shards(instance, profile)
-        report = run_all(defs, instance, keys, via_cli=args.cli)
+        report = run_all(defs, instance, keys, via_cli=args.cli, workers=workers)
     elapsed = time.time() - start
     print(f"\nphi-factory demo on profile '{profile.name}', scale '{profile.scale}' ({elapsed:.0f} s)")
     print(f"{'source':8} {'shards':>6} {'read':>8} {'docs':>8} {'rejected':>8} {'MB':>8} {'est. tokens':>12}")

@@ -95,11 +95,13 @@ def test_demo_ends_with_a_per_asset_summary_scores_and_the_ui(demo_run):
 @pytest.mark.slow  # the demo's steps, each a `dagster asset materialize` command
 def test_cli_mode_reports_a_failed_step_and_goes_on(tmp_path, monkeypatch):
     """``--cli``: each step is a real ``dagster asset materialize`` command; one that fails is reported
-    with its step's own error, and the steps after it still run."""
+    with its step's own error, and the steps after it still run. These two are independent, so they run
+    side by side, each on its own CPUs, and each result is read back from its own run."""
     import dagster as dg
 
     from phi_assets.definitions import build_definitions
-    from phi_assets.demo import DemoReport, _run
+    from phi_assets.demo import DemoReport, _execute
+    from phi_assets.demo_runs import Step, dependencies, run_plan
 
     home = tmp_path / "phi"
     (home / "dagster").mkdir(parents=True)
@@ -107,11 +109,14 @@ def test_cli_mode_reports_a_failed_step_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("PHI_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
     report = DemoReport(via_cli=True)
+    steps = [Step("dedup_job", "dedup_job"), Step("catalog_job", "raw_catalog")]  # dedup: nothing ingested
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         defs = build_definitions()
-        _run(defs, instance, report, "dedup_job", "dedup_job")  # nothing ingested: dedup has no input
-        _run(defs, instance, report, "catalog_job", "raw_catalog")
+        deps = dependencies(defs, steps)
+        run_plan(steps, deps, _execute(defs, instance, True), lambda s, r: report.record(s.what, r, instance),
+                 workers=2)
         runs = instance.get_runs()
+    assert deps == [set(), set()]  # neither reads what the other writes: they ran at once
     assert sorted(r.status.value for r in runs) == ["FAILURE", "SUCCESS"]
     assert len(report.failures) == 1
     expected = r"dedup_job: dedup_(code|web): .*no quality_filtered_\w+ partition is materialized"
