@@ -25,6 +25,7 @@ from tests.support.demo_home import plant, run_demo  # noqa: E402
 from tests.support.homes import use_ci_home  # noqa: E402
 from tests.support.tiers import MARKER, SLOW_FIXTURES  # noqa: E402
 from tests.support.vllm import openai_server  # noqa: E402
+from tests.support.workers import longest_first, once_per_run  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,6 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    longest_first(items)
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
@@ -108,19 +110,23 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, mbpp_path: Path) -> dict:
 
     With ``PHI_TEST_DEMO_HOME`` set (``.ci/run`` sets it after ``make ci-graph``), the first pass is the
     one CI already ran there, every step through ``dagster asset materialize``: its planted task id and
-    output are read from that home, and only the second pass (nothing changed) runs here."""
-    given = os.environ.get("PHI_TEST_DEMO_HOME")
-    if given:
-        home = Path(given)
-        task_id = (home / "planted-task-id").read_text().strip()
-        outputs = [(home / "demo-first.log").read_text()]
-    else:
-        home = tmp_path_factory.mktemp("demo") / "phi"
-        task_id = plant(home)
-        outputs = []
-    while len(outputs) < 2:
-        outputs.append(run_demo(home, mbpp_path))
-    return {"home": home, "task_id": task_id, "first": outputs[0], "second": outputs[1]}
+    output are read from that home, and only the second pass (nothing changed) runs here. Under
+    ``pytest -n`` the first worker to need it runs it; the others read its result (``once_per_run``)."""
+    with once_per_run(tmp_path_factory, "demo_run") as shared:
+        if shared.result is None:
+            given = os.environ.get("PHI_TEST_DEMO_HOME")
+            if given:
+                home = Path(given)
+                task_id = (home / "planted-task-id").read_text().strip()
+                outputs = [(home / "demo-first.log").read_text()]
+            else:
+                home = tmp_path_factory.mktemp("demo") / "phi"
+                task_id = plant(home)
+                outputs = []
+            while len(outputs) < 2:
+                outputs.append(run_demo(home, mbpp_path))
+            shared.result = {"home": str(home), "task_id": task_id, "first": outputs[0], "second": outputs[1]}
+    return {**shared.result, "home": Path(shared.result["home"])}
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ USED_WITHOUT_IMPORT = {
 #: dev tools the tests run as commands, never import
 DEV_COMMANDS = {
     "pytest-timeout": "pytest's --timeout",
+    "pytest-xdist": "pytest -n, the workers of make test (Makefile)",
     "ruff": "make lint",
     "import-linter": "lint-imports (make lint)",
     "moto": "the tests' S3 server, `python -m moto.server` (tests/support/object_store.py)",

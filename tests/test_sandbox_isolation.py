@@ -301,7 +301,7 @@ def test_without_namespaces_it_says_so_and_still_limits(
     assert notes["network"].startswith("NOT isolated"), notes
     if IS_ROOT:
         assert verdict.stdout == f"{sandbox.SANDBOX_UID}\n"
-    tree = "import os, time\nos.fork()\nos.makedirs('d')\nos.chmod('d', 0)\ntime.sleep(60)"
+    tree = "import os, time\nos.fork()\nos.makedirs('d', exist_ok=True)\nos.chmod('d', 0)\ntime.sleep(60)"
     assert run(tree, timeout_s=1).kind == "timeout"  # its process group killed (no_leftovers)
     assert run("import os\nwhile True:\n    os.fork()").kind == "killed"
     assert list(tmp_path.iterdir()) == []
