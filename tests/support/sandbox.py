@@ -52,12 +52,34 @@ def sandbox_pids() -> set[int]:
     return found
 
 
+def _ancestors(pid: int) -> list[int]:
+    """``pid``'s parents up to the first process (empty once it is gone)."""
+    chain = []
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return chain
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state; the name may hold ")"
+        chain.append(pid)
+    return chain
+
+
+def _not_a_siblings(pid: int) -> bool:
+    """Whether a sandboxed process may be this test's: one of this process's descendants, or an orphan (a
+    leak, whoever left it). Under ``pytest -n`` the other workers run sandboxed programs at the same time:
+    those descend from a sibling worker, beside this one under the parent that started both."""
+    chain = _ancestors(pid)
+    return bool(chain) and (os.getpid() in chain or os.getppid() not in chain)
+
+
 @contextmanager
 def checking_leftovers() -> Iterator[None]:
-    """Fails if sandboxed processes that were not there before are left at the end (``no_leftovers``)."""
+    """Fails if sandboxed processes that were not there before are left at the end (``no_leftovers``); under
+    ``pytest -n``, another worker's running programs are not this test's leftovers."""
     before = sandbox_pids()
     yield
-    left = sandbox_pids() - before
+    left = {pid for pid in sandbox_pids() - before if _not_a_siblings(pid)}
     assert not left, f"sandboxed processes left behind: {left}"
 
 
