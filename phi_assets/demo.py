@@ -133,7 +133,6 @@ class DemoReport:
     ablation_verdicts: str = ""  # its verdict lines (markdown list)
     cards: dict = field(default_factory=dict)  # stage -> the model card's path
     assets: dict = field(default_factory=dict)  # asset -> steps, recomputed, size per unit, wall seconds
-    via_cli: bool = False  # every step through `dagster asset materialize`
 
     def record(self, what: str, result, instance: dg.DagsterInstance) -> None:
         if not result.success:
@@ -184,7 +183,7 @@ def _execute(defs: dg.Definitions, instance: dg.DagsterInstance, via_cli: bool):
 def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, keys: dict[str, list[str]],
             via_cli: bool = False, workers: int = 1) -> DemoReport:
     """Every step of ``plan``: in this process one at a time, through the CLI up to ``workers`` at once."""
-    report = DemoReport(via_cli=via_cli)
+    report = DemoReport()
     steps = plan(report, keys)
 
     def done(step: Step, result) -> None:

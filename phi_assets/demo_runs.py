@@ -164,7 +164,8 @@ def run_plan(steps: Sequence[Step], deps: Sequence[set[int]], execute: Callable[
         while pending or running:
             ready = [i for i in pending if deps[i] <= finished][: workers - len(running)]
             alone = not running and len(ready) == 1
-            free = [g for g in range(len(groups)) if g not in {g for _, g in running.values()}]
+            used = {group for _, group in running.values()}
+            free = [g for g in range(len(groups)) if g not in used]
             for i in ready:
                 group = None if alone or not free else free.pop(0)
                 cpus = groups[group] if group is not None else ()

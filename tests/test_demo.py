@@ -108,7 +108,7 @@ def test_cli_mode_reports_a_failed_step_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.setenv("PHI_PROFILE", "ci")
     monkeypatch.setenv("PHI_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    report = DemoReport(via_cli=True)
+    report = DemoReport()
     steps = [Step("dedup_job", "dedup_job"), Step("catalog_job", "raw_catalog")]  # dedup: nothing ingested
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         defs = build_definitions()

@@ -65,7 +65,7 @@ def _ancestors(pid: int) -> list[int]:
     return chain
 
 
-def _not_a_siblings(pid: int) -> bool:
+def _may_be_this_tests(pid: int) -> bool:
     """Whether a sandboxed process may be this test's: one of this process's descendants, or an orphan (a
     leak, whoever left it). Under ``pytest -n`` the other workers run sandboxed programs at the same time:
     those descend from a sibling worker, beside this one under the parent that started both."""
@@ -79,7 +79,7 @@ def checking_leftovers() -> Iterator[None]:
     ``pytest -n``, another worker's running programs are not this test's leftovers."""
     before = sandbox_pids()
     yield
-    left = {pid for pid in sandbox_pids() - before if _not_a_siblings(pid)}
+    left = {pid for pid in sandbox_pids() - before if _may_be_this_tests(pid)}
     assert not left, f"sandboxed processes left behind: {left}"
 
 
