@@ -49,6 +49,7 @@ from phi_assets.training.assets import (
     preference_pairs,
     pretrained_checkpoint,
     sft_checkpoint,
+    transferred_checkpoint,
 )
 
 ingest_code_job = dg.define_asset_job(
@@ -144,6 +145,11 @@ pretrain_job = dg.define_asset_job(
     "pretrain_job", selection=[pretrained_checkpoint, midtrained_checkpoint], tags=GPU_POOL_TAG,
     description="Pretrain on the current mixture, then midtrain (long context); no post-training.")
 
+transfer_job = dg.define_asset_job(
+    "transfer_job", selection=[transferred_checkpoint], tags=GPU_POOL_TAG,
+    description="Scaled knowledge transfer: expand the current pretrained checkpoint (function-preserving) and "
+                "pretrain it, beside the same shape from random init; the steps each takes to the target loss.")
+
 # Dagster runs one partitions definition per run: the per-shard and per-batch steps have their own jobs
 # (and the automation sensor); this slice refreshes every cross-shard roll-up of the data side in order.
 data_refresh_job = dg.define_asset_job(
@@ -177,5 +183,6 @@ ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, d
             filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
             synthetic_corpus_job, tokenizer_job, tokenize_code_job, tokenize_web_job, tokenize_synthetic_job,
             mixture_proxy_job, mixture_job, data_refresh_job, training_job, pretrain_job, posttraining_job,
+            transfer_job,
             eval_job, model_card_job, ablation_job, ablation_report_job]
 TOKENIZE_JOBS = {"code": tokenize_code_job, "web": tokenize_web_job}

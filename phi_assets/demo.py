@@ -52,6 +52,7 @@ from jobs import (
     tokenizer_job,
     topics_job,
     training_job,
+    transfer_job,
 )
 from phi_assets.ablations.assets import ABLATIONS
 from phi_assets.common.profiles import reductions
@@ -127,6 +128,7 @@ class DemoReport:
     mixture: str = ""  # mixture_weights' table (markdown)
     search: dict = field(default_factory=dict)  # mixture_search's proposal and fit
     training: dict = field(default_factory=dict)  # asset -> its float/int/str metadata
+    transfer: dict = field(default_factory=dict)  # transferred_checkpoint's comparison with random init
     evaluation: dict = field(default_factory=dict)  # stage -> eval_scores' scores and counts
     eval_table: str = ""  # eval_scores' table beside phi-1's Table 1 (markdown), after the last stage
     ablations: str = ""  # ablation_report's table (markdown)
@@ -228,6 +230,8 @@ def plan(report: DemoReport, keys: dict[str, list[str]]) -> list[Step]:
         lambda r: setattr(report, "synthetic", _metadata_text(r, "synthetic_corpus", "sets")))))
     steps += mixture_steps(report, keys)
     steps.append(Step(training_job.name, training_job.name, then=lambda r: _read_training(report, r)))
+    steps.append(Step(transfer_job.name, "transferred_checkpoint", then=_if_success(
+        lambda r: setattr(report, "transfer", _metadata_value(r, "transferred_checkpoint", "transfer") or {}))))
     steps += [Step(eval_job.name, f"eval_scores[{stage}]", stage,
                    then=lambda r, s=stage: _read_eval(report, s, r)) for stage in STAGES]
     steps += [Step(ablation_job.name, f"data_ablations[{key}]", str(key))
@@ -326,11 +330,16 @@ def _plain_table(table: str) -> str:
 
 
 def _metadata_text(result: dg.ExecuteInProcessResult, asset: str, key: str) -> str:
+    value = _metadata_value(result, asset, key)
+    return "" if value is None else str(value)
+
+
+def _metadata_value(result: dg.ExecuteInProcessResult, asset: str, key: str):
     for event in result.get_asset_materialization_events():
         if event.materialization.asset_key.to_user_string() == asset:
             value = event.materialization.metadata.get(key)
-            return str(value.value) if value is not None else ""
-    return ""
+            return value.value if value is not None else None
+    return None
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -363,6 +372,27 @@ def _print_training(training: dict[str, dict]) -> None:
         print(f"preference_pairs: {pairs['rejection_pairs']} rejection-sampling + {pairs['pivotal_pairs']} "
               f"pivotal-token pairs from {pairs['problems']} problems (policy pass rate "
               f"{pairs['policy_pass_rate']:.2f}); DPO preference accuracy on them {accuracy:.2f}")
+
+
+def _print_transfer(transfer: dict) -> None:
+    """transferred_checkpoint: the expanded model against random init, racing to the same target loss."""
+    if not transfer:
+        return
+
+    def steps(n) -> str:
+        return f"{n} steps" if n else f"not within {transfer['steps']} steps"
+
+    def val(losses: dict) -> str:
+        return " ".join(f"{k}:{v:.3f}" for k, v in losses.items()) or "-"
+
+    below = 100 * (1 - transfer["target_loss"] / transfer["small_final_loss"])
+    print("\ntransferred_checkpoint (the pretrained model widened and deepened, function-preserving; curves in "
+          "the UI):")
+    print(f"  small model: final loss {transfer['small_final_loss']:.3f}, val loss "
+          f"{val(transfer['small_val_loss'])}; expanded, before training: val loss "
+          f"{val(transfer['expanded_initial_val_loss'])}")
+    print(f"  to {transfer['target_loss']:.3f} ({below:.0f}% below the small model's final loss): expanded "
+          f"{steps(transfer['steps_to_target'])}, random init {steps(transfer['baseline_steps_to_target'])}")
 
 
 def _print_evaluation(report: DemoReport) -> None:
@@ -467,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{m['loo_spearman']:.2f}): {proposal}; predicted loss {m['predicted_loss']:.3f} "
               f"vs phi-4 table {m['phi4_predicted_loss']:.3f}")
     _print_training(report.training)
+    _print_transfer(report.transfer)
     _print_assets(report, [k.to_user_string() for k in defs.resolve_asset_graph().toposorted_asset_keys])
     _print_evaluation(report)
     if report.ablations:

@@ -131,14 +131,14 @@ def rss(field):
 
 out = Path(sys.argv[1])
 before = rss("VmRSS:")
-built = runs._recorded(out, [], 1.0, {})
+built = runs.recorded(out, [], 1.0, {})
 print(json.dumps({"digest": built.data_version, "grew": rss("VmHWM:") - before}))
 """
 
 
 @pytest.mark.slow  # hashes 1 GB (a few seconds) in a child process
 def test_recording_a_run_hashes_a_1gb_export_in_under_100mb(tmp_path):
-    """The asset records a finished run (``runs._recorded``) in a small pod: the weights' sha256 is
+    """The asset records a finished run (``runs.recorded``) in a small pod: the weights' sha256 is
     computed as a stream, so a 1 GB ``model.safetensors`` (phi-1's fp32 export is 5.7 GB) raises the
     process's peak memory by less than 100 MB. Measured in a fresh child (VmHWM against VmRSS before)."""
     import hashlib

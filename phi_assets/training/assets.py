@@ -1,7 +1,9 @@
 """Training assets (group ``training``): the checkpoints, trained outside the Dagster process.
 
 The chain is ``pretrained_checkpoint`` -> ``midtrained_checkpoint`` (``pretraining.py``) ->
-``sft_checkpoint`` -> ``preference_pairs`` -> ``dpo_checkpoint`` (``post_training.py``). Each training
+``sft_checkpoint`` -> ``preference_pairs`` -> ``dpo_checkpoint`` (``post_training.py``); beside it,
+``transferred_checkpoint`` (``pretraining.py``) grows the pretrained model into a larger one (phi-2's
+scaled knowledge transfer). Each training
 asset writes the entrypoint's config (``phi_assets.training.entrypoint``) and starts it through the
 ``training_launcher`` resource (Dagster Pipes: a subprocess on local/ci, a Kubernetes Job or PyTorchJob
 on k8s), so the orchestrator never imports CUDA. Only rank 0 reports; every step's metrics come back as
@@ -14,7 +16,12 @@ from phi_assets.training.post_training import (
     preference_pairs,
     sft_checkpoint,
 )
-from phi_assets.training.pretraining import PRETRAINING_ASSETS, midtrained_checkpoint, pretrained_checkpoint
+from phi_assets.training.pretraining import (
+    PRETRAINING_ASSETS,
+    midtrained_checkpoint,
+    pretrained_checkpoint,
+    transferred_checkpoint,
+)
 
 __all__ = [
     "TRAINING_ASSETS",
@@ -23,6 +30,7 @@ __all__ = [
     "preference_pairs",
     "pretrained_checkpoint",
     "sft_checkpoint",
+    "transferred_checkpoint",
 ]
 
 TRAINING_ASSETS = [*PRETRAINING_ASSETS, *POST_TRAINING_ASSETS]

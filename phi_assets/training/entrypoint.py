@@ -9,6 +9,10 @@ and writes:
      "train": {TrainConfig fields}  (or "recipe": "debug" with "train" as overrides),
      "tokenizer": "path/to/tokenizer", "out": "path/to/run",
      "init": "path/to/parent/hf"                       (midtrain, sft, dpo: the parent checkpoint)
+     "expand": {"width": 2, "layers": 3, "split_noise": 0.5, "seed": 0, "parent_overrides": {}}
+                                                       (pretrain from init: start from the parent widened and
+                                                        deepened by transfer.expand; "train" names the
+                                                        expanded shape in its overrides)
      "sources": {"filtered_code": ["path/to/tokens", ...]}, "weights": {"filtered_code": 0.7, ...}
                                                        (pretrain, midtrain: the mixture)
      "eval_seq_lens": [2048, 4096]                     (validation loss at these lengths, at the end)
@@ -73,6 +77,8 @@ def load_config(path: str | Path, ds_config: str | None = None) -> dict:
     missing = [k for k in ("tokenizer", "out", *NEEDS[stage]) if k not in raw]
     if missing:
         raise ValueError(f"{path}: stage {stage} needs {', '.join(missing)}")
+    if raw.get("expand") and not raw.get("init"):
+        raise ValueError(f"{path}: expand needs init, the checkpoint to expand")
     if "recipe" in raw:
         if raw["recipe"] not in trainer.TRAIN_RECIPES:
             raise ValueError(f"{path}: recipe must be one of {sorted(trainer.TRAIN_RECIPES)}")
@@ -175,6 +181,33 @@ def _load_model(hf: Path, cfg: trainer.TrainConfig, vocab: int):
     return model.to(distributed.device(_world()))
 
 
+def _expanded(parent: Path, spec: dict, cfg: trainer.TrainConfig, out: Path, vocab: int, world) -> Path:
+    """``expand``: the parent checkpoint expanded (``transfer.expand``) into ``out/expanded/``, written once
+    per node by its local rank 0 (atomically; a resumed run finds it) while the node's other ranks wait;
+    the run starts from it. The result must have the shape the run trains (``cfg``'s overrides)."""
+    import torch.distributed as dist
+    from safetensors.torch import load_file, save_file
+
+    from phi_assets.training import transfer
+
+    target = out / "expanded"
+    if world.local_rank == 0 and not (target / "model.safetensors").is_file():
+        small = replace(cfg, overrides=spec.get("parent_overrides", {})).model_config(vocab)
+        state, big = transfer.expand(
+            load_file(parent / "model.safetensors"), small, int(spec["width"]), int(spec["layers"]),
+            split_noise=float(spec.get("split_noise", 0.5)), seed=int(spec.get("seed", 0)),
+        )
+        if big != cfg.model_config(vocab):
+            raise ValueError(f"expand {spec} gives {big}, but the run trains {cfg.model_config(vocab)}")
+        tmp = out / f".expanded.{os.getpid()}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file(state, tmp / "model.safetensors")
+        os.replace(tmp, target)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return target
+
+
 def _frame_rows(path: Path, columns: list[str]) -> list[tuple[str, ...]]:
     import polars as pl
 
@@ -210,6 +243,8 @@ def run(config: dict, pipes=None) -> dict:
     config = _with_local_inputs(config, staging.stage(inputs(config), out, world))
     loaded = tk.load(Path(config["tokenizer"]))
     init = Path(config["init"]) if config.get("init") else None
+    if init is not None and config.get("expand"):
+        init = _expanded(init, config["expand"], cfg, out, loaded.vocab_size, world)
     summary: dict = {"stage": config["stage"]}
     stage = _prepare(config, cfg, out, loaded, init, world, summary)
     metrics = (out / "metrics.jsonl").open("a") if world.rank == 0 else None

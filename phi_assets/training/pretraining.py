@@ -6,28 +6,40 @@ toward long documents. The runs are launched and recorded by ``runs.train_and_re
 """
 
 import json
+import shutil
+from pathlib import Path
 
 import dagster as dg
 
 from k8s import steps
+from phi_assets.common import plots
 from phi_assets.common.code_version import code_version
 from phi_assets.common.store import current, file_uri, user_error
+from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.mixture.assets import mixture_weights
 from phi_assets.mixture.token_assets import SUBDIR, tokenizer
 from phi_assets.training import configs, long_context
 from phi_assets.training.runs import (
+    HF,
     current_tokenizer,
+    final_loss,
+    launch_run,
+    materialization,
+    metric_rows,
     parent_checkpoint,
     recipe_config,
+    recorded,
     steps_for,
     stored_input,
     train_and_record,
+    write_export_card,
 )
 from resources import ArtifactStore, ProfileResource
 from resources.training import TrainingLauncher
 
 PRETRAINED_CHECKPOINT_CODE_VERSION = code_version(__name__, "pretrained_checkpoint")
 MIDTRAINED_CHECKPOINT_CODE_VERSION = code_version(__name__, "midtrained_checkpoint")
+TRANSFERRED_CHECKPOINT_CODE_VERSION = code_version(__name__, "transferred_checkpoint")
 
 
 def _mixture(store: ArtifactStore) -> tuple[dict, dict]:
@@ -143,11 +155,15 @@ def _midtrain_recipe(parent: dict) -> str:
     return f"midtrain({recorded})"
 
 
+def _parent_train_config(parent: dict) -> configs.TrainConfig:
+    """The TrainConfig a stored checkpoint was trained with."""
+    train = parent["inputs"]["train"]
+    return configs.TrainConfig(**{**train, "betas": tuple(train["betas"])})
+
+
 def _midtrain_config(parent: dict, config: MidtrainConfig, token_budget: int) -> configs.TrainConfig:
     """phi-4's context extension of the parent's config, at a fraction of the pretraining budget."""
-    base = configs.TrainConfig(
-        **{**parent["inputs"]["train"], "betas": tuple(parent["inputs"]["train"]["betas"])}
-    )
+    base = _parent_train_config(parent)
     cfg = user_error(
         "midtrained_checkpoint",
         lambda: configs.midtrain(
@@ -223,4 +239,135 @@ def midtrained_checkpoint(
     )
 
 
-PRETRAINING_ASSETS = [pretrained_checkpoint, midtrained_checkpoint]
+
+
+# --- scaled knowledge transfer ---------------------------------------------------------------------
+
+
+class TransferConfig(dg.Config):
+    width: int = 2  # the hidden size, the heads (of the same size) and the MLP, times this
+    layers: int = 0  # blocks of the expanded model; 0: half as many again as the parent's (default_layers)
+    split_noise: float = 0.5  # how far the copies' shares of a unit stray from 1 / width (they must differ)
+    seed: int = 0  # of the shares
+    token_fraction: float = 1.0  # each run's tokens relative to the pretraining token budget
+    target: float = 0.95  # the loss both runs race to, relative to the small model's final loss
+    baseline: bool = True  # also train the same shape from random init on the same data (the comparison)
+    train: dict = {}  # TrainConfig fields over the parent's
+
+
+def _transfer_config(parent: dict, config: TransferConfig, vocab: int, token_budget: int):
+    """(the expanded run's TrainConfig, the expand spec): the parent's recipe at the expanded shape."""
+    from phi_assets.training import transfer
+
+    base = _parent_train_config(parent)
+    small = base.model_config(vocab)
+    layers = config.layers or transfer.default_layers(small.num_layers)
+    big = user_error("transferred_checkpoint", lambda: transfer.expanded_config(small, config.width, layers))
+    shape = ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "num_layers")
+    overrides = {**base.overrides, **{k: getattr(big, k) for k in shape if hasattr(big, k)}}
+    cfg = configs.TrainConfig(**{**base.__dict__, "overrides": overrides, **config.train})
+    steps = steps_for(config.token_fraction * token_budget, cfg)
+    cfg = configs.TrainConfig(**{**cfg.__dict__, "max_steps": steps})
+    expand = {"width": config.width, "layers": layers, "split_noise": config.split_noise, "seed": config.seed,
+              "parent_overrides": base.overrides}
+    return cfg, expand
+
+
+def _transfer_report(parent: dict, config: TransferConfig, losses: list[float], summary: dict,
+                     baseline: dict | None) -> dict:
+    """The comparison: the small model's final loss and the target, the expanded model's initial
+    validation loss beside the small model's, and the steps each run takes to the target."""
+    from phi_assets.training import transfer
+
+    small_final = final_loss(parent["metadata"]["loss"])
+    target = config.target * small_final
+    report = {
+        "small_final_loss": small_final,
+        "target_loss": target,
+        "small_val_loss": parent["metadata"]["summary"].get("val_loss", {}),
+        "expanded_initial_val_loss": summary.get("parent_val_loss", {}),
+        "steps": len(losses),
+        "steps_to_target": transfer.steps_to_reach(losses, target),
+        "baseline_steps_to_target": None,
+        "baseline_final_loss": None,
+    }
+    if baseline is not None:
+        report["baseline_steps_to_target"] = transfer.steps_to_reach(baseline["loss"], target)
+        report["baseline_final_loss"] = final_loss(baseline["loss"])
+        report["baseline_val_loss"] = baseline["summary"].get("val_loss", {})
+    return report
+
+
+@dg.asset(
+    deps=[pretrained_checkpoint, mixture_weights, tokenizer],
+    group_name="training",
+    op_tags=steps.tags("light"),
+    pool=steps.GPU_POOL,
+    kinds={"pytorch"},
+    code_version=TRANSFERRED_CHECKPOINT_CODE_VERSION,
+    description="Scaled knowledge transfer (phi-2 from phi-1.5): the pretrained model widened and deepened "
+    "by a function-preserving expansion (Net2Net / bert2BERT), then pretrained on the mixture; beside it the "
+    "same shape from random init on the same data, and the steps each takes to a loss 5% below the small "
+    "model's final loss.",
+)
+def transferred_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: TransferConfig,
+    store: ArtifactStore,
+    training_launcher: TrainingLauncher,
+) -> dg.MaterializeResult:
+    parent, init = parent_checkpoint(store, "pretrained_checkpoint")
+    weights, mixture = _mixture(store)
+    tok, tok_path = current_tokenizer(store)
+    vocab = json.loads(store.fs.cat_file(file_uri(store, parent, f"{HF}/config.json")))["vocab_size"]
+    cfg, expand = _transfer_config(parent, config, vocab, mixture["token_budget"])
+    spec = {"stage": "pretrain", "sources": _sources(store, mixture), "weights": mixture["weights"],
+            "tokenizer": tok_path, "eval_seq_lens": [cfg.seq_len]}
+    inputs = {"parent": parent["data_version"], "mixture": weights["data_version"],
+              "tokenizer": tok["data_version"], "expand": expand,
+              "baseline": config.baseline, "target": config.target, "train": cfg.__dict__}
+    lineage = {"pretrained_checkpoint": parent["data_version"], "mixture": weights["data_version"],
+               "tokenizer": tok["data_version"], "expand": expand,
+               "recipe": {"name": f"transfer({parent['metadata']['lineage']['recipe']['name']})",
+                          "config": dict(cfg.__dict__)}}
+    asset, key = "transferred_checkpoint", stable_hash([TRANSFERRED_CHECKPOINT_CODE_VERSION, inputs], 16)
+
+    def build(out: Path) -> Built:
+        baseline = None
+        if config.baseline:  # first: the checkpoint's own run is the last one the log shows
+            launch_run(context, store, training_launcher, asset, f"{key}-baseline", spec, cfg, out / "baseline")
+            shutil.rmtree(out / "baseline" / HF)  # its curve and summary are kept, not its weights
+            baseline = {"loss": [r["loss"] for r in metric_rows(out / "baseline")],
+                        "summary": json.loads((out / "baseline" / "summary.json").read_text())}
+        messages, wall = launch_run(context, store, training_launcher, asset, key,
+                                    {**spec, "init": init, "expand": expand}, cfg, out)
+        write_export_card(out, asset, lineage)
+        built = recorded(out, messages, wall, lineage)
+        built.metadata["transfer"] = _transfer_report(
+            parent, config, built.metadata["loss"], built.metadata["summary"], baseline)
+        if baseline is not None:
+            built.metadata["baseline_loss"] = baseline["loss"]
+        return built
+
+    outcome = materialize_versioned(
+        context, store, code_version=TRANSFERRED_CHECKPOINT_CODE_VERSION, inputs=inputs, build=build
+    )
+    result = materialization(store, outcome, "transfer", cfg.__dict__)
+    meta = outcome.metadata
+    report = meta["transfer"]
+    series = {"expanded": meta["loss"],
+              **({"random init": meta["baseline_loss"]} if "baseline_loss" in meta else {}),
+              f"target {report['target_loss']:.3f}": [report["target_loss"]] * len(meta["loss"])}
+    return dg.MaterializeResult(
+        data_version=result.data_version,
+        metadata={
+            **result.metadata,
+            "transfer": dg.MetadataValue.json(report),
+            "steps_to_target": report["steps_to_target"] or -1,  # -1: not reached
+            "baseline_steps_to_target": report["baseline_steps_to_target"] or -1,
+            "transfer_curves": plots.line_plot(series, "expanded vs random init", "step", "loss"),
+        },
+    )
+
+
+PRETRAINING_ASSETS = [pretrained_checkpoint, midtrained_checkpoint, transferred_checkpoint]

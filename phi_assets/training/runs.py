@@ -94,37 +94,57 @@ def train_and_record(
     ``code_version``: the calling asset's (``phi_assets.common.code_version``)."""
     asset = context.asset_key.to_user_string()
     key = stable_hash([code_version, inputs], 16)
-    runs = f"{store.base_path}/_runs/{asset}/{key}"  # the config and, on a cluster, the published result
-    work = launcher.work_dir(asset, key)  # checkpoints: local disk, or the cluster's checkpoint volume
     lineage = {**lineage, "recipe": {"name": recipe, "config": dict(cfg.__dict__)}}
 
     def build(out: Path) -> Built:
-        # The code the launched process runs (the trainer, the model, the loader...): imported here, when a
-        # run is built, not when the code location loads (torch), and named so that it is part of every
-        # training asset's code version (phi_assets.common.code_version follows imports inside functions).
-        from phi_assets.training import entrypoint
-
-        context.log.info(f"{asset}: launching {entrypoint.__name__} ({stage}, {cfg.max_steps} steps)")
-        config = {**spec, "stage": stage, "train": cfg.__dict__, "out": f"{work}/run"}
-        if write_inputs is not None:
-            config.update(write_inputs(runs))
-        if not store.is_local:
-            config["publish"] = store.uri(f"{runs}/result")
-        store.write_json(f"{runs}/config.json", config)  # atomic
-        started = time.perf_counter()
-        messages = launcher.run(context, store.uri(f"{runs}/config.json"), f"{asset}-{key}")
-        wall = time.perf_counter() - started
-        if store.is_local:
-            shutil.copytree(Path(work) / "run" / HF, out / HF)
-            for name in ("metrics.jsonl", "summary.json"):
-                shutil.copyfile(Path(work) / "run" / name, out / name)
-        else:
-            store.fs.get(f"{runs}/result/", str(out), recursive=True)
+        messages, wall = launch_run(context, store, launcher, asset, key, {**spec, "stage": stage}, cfg, out,
+                                    write_inputs)
         write_export_card(out, asset, lineage)
-        return _recorded(out, messages, wall, lineage)
+        return recorded(out, messages, wall, lineage)
 
     outcome = materialize_versioned(context, store, code_version=code_version, inputs=inputs, build=build)
-    return _materialization(store, outcome, stage, inputs["train"])
+    return materialization(store, outcome, stage, inputs["train"])
+
+
+def launch_run(
+    context: dg.AssetExecutionContext,
+    store: ArtifactStore,
+    launcher: TrainingLauncher,
+    asset: str,
+    key: str,
+    spec: dict,
+    cfg: configs.TrainConfig,
+    out: Path,
+    write_inputs=None,
+) -> tuple[list[dict], float]:
+    """One run of the entrypoint for ``spec`` (its inputs and ``stage``) under ``_runs/<asset>/<key>``,
+    through the launcher; its ``hf/``, ``metrics.jsonl`` and ``summary.json`` end up in ``out``. (the
+    launcher's messages, the wall time)."""
+    # The code the launched process runs (the trainer, the model, the loader...): imported here, when a
+    # run is built, not when the code location loads (torch), and named so that it is part of every
+    # training asset's code version (phi_assets.common.code_version follows imports inside functions).
+    from phi_assets.training import entrypoint
+
+    runs = f"{store.base_path}/_runs/{asset}/{key}"  # the config and, on a cluster, the published result
+    work = launcher.work_dir(asset, key)  # checkpoints: local disk, or the cluster's checkpoint volume
+    context.log.info(f"{asset}: launching {entrypoint.__name__} ({spec['stage']}, {cfg.max_steps} steps)")
+    config = {**spec, "train": cfg.__dict__, "out": f"{work}/run"}
+    if write_inputs is not None:
+        config.update(write_inputs(runs))
+    if not store.is_local:
+        config["publish"] = store.uri(f"{runs}/result")
+    store.write_json(f"{runs}/config.json", config)  # atomic
+    started = time.perf_counter()
+    messages = launcher.run(context, store.uri(f"{runs}/config.json"), f"{asset}-{key}")
+    wall = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    if store.is_local:
+        shutil.copytree(Path(work) / "run" / HF, out / HF)
+        for name in ("metrics.jsonl", "summary.json"):
+            shutil.copyfile(Path(work) / "run" / name, out / name)
+    else:
+        store.fs.get(f"{runs}/result/", str(out), recursive=True)
+    return messages, wall
 
 
 def write_export_card(out: Path, asset: str, lineage: dict) -> None:
@@ -135,11 +155,17 @@ def write_export_card(out: Path, asset: str, lineage: dict) -> None:
     hf_card.write_card(hf_card.export_card(asset, lineage, summary), out / HF / hf_card.README)
 
 
-def _recorded(out: Path, messages: list[dict], wall: float, lineage: dict) -> Built:
+def metric_rows(run: Path) -> list[dict]:
+    """A run's ``metrics.jsonl``, one row per step in order (a resumed run logs the steps after its
+    checkpoint again: the last row of a step counts)."""
+    rows = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    return [rows[s] for s in sorted(rows)]
+
+
+def recorded(out: Path, messages: list[dict], wall: float, lineage: dict) -> Built:
     """The stored version of a finished run in ``out``: the weights' digest and the run's numbers."""
     digest = file_sha256(out / HF / "model.safetensors")  # streamed: the weights never sit in memory
-    rows = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
-    rows = [rows[s] for s in sorted(rows)]  # a resumed run logs the steps after its checkpoint again
+    rows = metric_rows(out)
     summary = json.loads((out / "summary.json").read_text())
 
     def median(name: str) -> float:
@@ -163,7 +189,7 @@ def _recorded(out: Path, messages: list[dict], wall: float, lineage: dict) -> Bu
     )
 
 
-def _materialization(store: ArtifactStore, outcome, stage: str, train: dict) -> dg.MaterializeResult:
+def materialization(store: ArtifactStore, outcome, stage: str, train: dict) -> dg.MaterializeResult:
     meta = outcome.metadata
     summary = meta["summary"]
     series = {"train": meta["loss"]}
@@ -180,7 +206,7 @@ def _materialization(store: ArtifactStore, outcome, stage: str, train: dict) -> 
         data_version=dg.DataVersion(outcome.data_version),
         metadata={
             "first_loss": _mean_loss(meta["loss"][:tenth]),  # single steps are noisy: means of a tenth
-            "final_loss": _mean_loss(meta["loss"][-tenth:]),
+            "final_loss": final_loss(meta["loss"]),
             **extra,
             "tokens_seen": meta["tokens"],  # steps x seq_len x global batch: all ranks together
             "steps": meta["steps"],
@@ -199,6 +225,11 @@ def _materialization(store: ArtifactStore, outcome, stage: str, train: dict) -> 
             "skipped": outcome.skipped,
         },
     )
+
+
+def final_loss(losses: list[float]) -> float:
+    """A run's final loss: the mean of its last tenth of steps (single steps are noisy)."""
+    return _mean_loss(losses[-max(1, len(losses) // 10):])
 
 
 def _mean_loss(values: list[float]) -> float:
