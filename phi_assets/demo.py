@@ -392,7 +392,8 @@ def _print_transfer(transfer: dict) -> None:
           f"{val(transfer['small_val_loss'])}; expanded, before training: val loss "
           f"{val(transfer['expanded_initial_val_loss'])}")
     print(f"  to {transfer['target_loss']:.3f} ({below:.0f}% below the small model's final loss): expanded "
-          f"{steps(transfer['steps_to_target'])}, random init {steps(transfer['baseline_steps_to_target'])}")
+          f"{steps(transfer['steps_to_target'])}, random init "
+          f"{steps(transfer['baseline_steps_to_target']) if transfer['baseline_final_loss'] else 'not run'}")
 
 
 def _print_evaluation(report: DemoReport) -> None:

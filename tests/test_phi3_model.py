@@ -17,18 +17,14 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from phi_assets.training import attention, phi3
 from phi_assets.training.phi3_configs import DEBUG, MODELS, PUBLISHED_ACTIVE_PARAMS, PUBLISHED_PARAMS
+from tests.support.models import perturbed_model
 
 LONGROPE = [name for name in DEBUG if DEBUG[name]().rope_type == "longrope"]
 
 
 def _model(cfg, seed: int = 0) -> phi3.Phi3ForCausalLM:
     """A model with weights far enough from init (std ~0.1, norms off 1) that layout mistakes show."""
-    torch.manual_seed(seed)
-    model = phi3.build(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return perturbed_model(cfg, 0.1, seed)
 
 
 def _export(model, path) -> None:

@@ -13,6 +13,7 @@ from phi_assets.training import model as phi
 from phi_assets.training import transfer
 from phi_assets.training.configs import debug_tiny
 from phi_assets.training.phi3_configs import DEBUG
+from tests.support.models import perturbed_model
 
 DENSE = {"phi1": debug_tiny(), **{n: f() for n, f in DEBUG.items() if not f().moe}}
 
@@ -20,12 +21,7 @@ DENSE = {"phi1": debug_tiny(), **{n: f() for n, f in DEBUG.items() if not f().mo
 def _trained_like(cfg, seed: int = 0):
     """A model whose every weight, bias and norm is moved off its init (a wrong tiling or split then shows as
     an error of order 1; fp32 rounding over the wider sums stays near 1e-6 at this scale)."""
-    torch.manual_seed(seed)
-    model = phi.build(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model.eval()
+    return perturbed_model(cfg, 0.05, seed)
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -123,3 +119,12 @@ def test_what_cannot_be_expanded_is_named():
         transfer.expanded_config(debug_tiny(), 0, 2)
     with pytest.raises(ValueError, match="split_noise"):
         transfer.expand({}, debug_tiny(), 2, split_noise=1.0)
+
+
+def test_steps_to_reach_counts_full_windows_of_the_loss():
+    """A twentieth of the run is averaged, and no earlier than the first full window: one lucky batch at the
+    start does not count as reaching the target."""
+    losses = [1.0] + [5.0] * 39 + [2.0] * 40  # 80 steps: windows of 4
+    assert transfer.steps_to_reach(losses, 3.0) == 43  # (5 + 5 + 2 + 2) / 4 = 3.5 at 42, 2.75 at 43
+    assert transfer.steps_to_reach(losses, 1.5) is None
+    assert transfer.steps_to_reach([4.0, 3.0, 2.0], 3.0) == 2  # window 1: each step on its own

@@ -100,7 +100,7 @@ class Sizes:
 
 DEMO = Sizes()
 CI = Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample_every=1,
-           edu_annotations_per_source=48, synthetic_batches=2, textbooks_per_batch=3,
+           edu_annotations_per_source=32, synthetic_batches=2, textbooks_per_batch=3,
            exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
            synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=6,
            proxy_steps=20, proxy_seq_len=64, train_seq_len=64,

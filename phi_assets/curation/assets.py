@@ -54,7 +54,7 @@ CORPUS_CODE_VERSION = code_version(__name__, "filtered_corpus_asset")
 
 
 class AnnotationConfig(dg.Config):
-    docs_per_source: int = 0  # 0: the profile's size (ci 48, demo 80)
+    docs_per_source: int = 0  # 0: the profile's size (ci 32, demo 80)
     max_doc_chars: int = 1500  # the start of each document the annotator reads
     # One token is generated (after the prefill "Educational score: ", the digit) with its top-k logprobs:
     # the labels' share of them is the document's label distribution (edu.label_distribution).

@@ -148,11 +148,11 @@ class MidtrainConfig(dg.Config):
     train: dict = {}  # TrainConfig fields over the derived ones
 
 
-def _midtrain_recipe(parent: dict) -> str:
-    """``midtrain(<the recipe pretraining chose>)``; ``midtrain(unrecorded)`` for a parent stored before
+def _derived_recipe(stage: str, parent: dict) -> str:
+    """``<stage>(<the recipe the parent's run chose>)``; ``<stage>(unrecorded)`` for a parent stored before
     its lineage named its recipe."""
     recorded = parent["metadata"].get("lineage", {}).get("recipe", {}).get("name", "unrecorded")
-    return f"midtrain({recorded})"
+    return f"{stage}({recorded})"
 
 
 def _parent_train_config(parent: dict) -> configs.TrainConfig:
@@ -222,7 +222,7 @@ def midtrained_checkpoint(
             "eval_seq_lens": [parent["inputs"]["train"]["seq_len"], cfg.seq_len],
         },
         cfg=cfg,
-        recipe=_midtrain_recipe(parent),
+        recipe=_derived_recipe("midtrain", parent),
         inputs={
             "parent": parent["data_version"],
             "mixture": weights["data_version"],
@@ -328,8 +328,7 @@ def transferred_checkpoint(
               "baseline": config.baseline, "target": config.target, "train": cfg.__dict__}
     lineage = {"pretrained_checkpoint": parent["data_version"], "mixture": weights["data_version"],
                "tokenizer": tok["data_version"], "expand": expand,
-               "recipe": {"name": f"transfer({parent['metadata']['lineage']['recipe']['name']})",
-                          "config": dict(cfg.__dict__)}}
+               "recipe": {"name": _derived_recipe("transfer", parent), "config": dict(cfg.__dict__)}}
     asset, key = "transferred_checkpoint", stable_hash([TRANSFERRED_CHECKPOINT_CODE_VERSION, inputs], 16)
 
     def build(out: Path) -> Built:

@@ -167,12 +167,13 @@ def default_layers(layers: int) -> int:
 
 
 def steps_to_reach(losses: Sequence[float], target: float) -> int | None:
-    """The first step (1-based) whose trailing mean loss over a twentieth of the run (single steps are
-    noisy) is at or below ``target``; ``None`` if the run never gets there."""
+    """The first step (1-based) at which the mean loss of the last twentieth of the run's steps (single
+    steps are noisy; the first full window is the earliest) is at or below ``target``; ``None`` if the run
+    never gets there."""
     window = max(1, len(losses) // 20)
-    total = 0.0
-    for i, loss in enumerate(losses):
-        total += loss - (losses[i - window] if i >= window else 0.0)
-        if total / min(i + 1, window) <= target:
+    total = sum(losses[:window - 1])
+    for i in range(window - 1, len(losses)):
+        total += losses[i] - (losses[i - window] if i >= window else 0.0)
+        if total / window <= target:
             return i + 1
     return None
