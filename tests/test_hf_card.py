@@ -342,9 +342,9 @@ def test_every_export_carries_a_card_and_keeps_its_data_version(tmp_path):
         "tokenizer": T,
         "recipe": {"name": "x", "config": TRAIN},
     }
-    before = runs._recorded(out, [], 1.0, lineage).data_version
+    before = runs.recorded(out, [], 1.0, lineage).data_version
     runs.write_export_card(out, "midtrained_checkpoint", lineage)
-    assert runs._recorded(out, [], 1.0, lineage).data_version == before
+    assert runs.recorded(out, [], 1.0, lineage).data_version == before
     card = ModelCard.load(out / "hf" / "README.md")
     assert card.data.license == "apache-2.0" and card.data.library_name == "transformers"
     assert card.data.base_model == f"phi-factory/pretrained@{P}"
