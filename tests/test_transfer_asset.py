@@ -106,3 +106,32 @@ def test_entrypoint_expand_writes_the_expanded_init(tmp_path):
                                   "weights": {}, "expand": spec}))
     with pytest.raises(ValueError, match="expand needs init"):
         entrypoint.load_config(config)
+
+
+def test_entrypoint_expand_keeps_the_copy_another_node_renamed_first(tmp_path, monkeypatch):
+    """On a run directory two nodes share, the second node's rename fails on the first one's finished copy:
+    it keeps that copy (the same seeded expansion) and leaves no temporary directory behind."""
+    train = TrainConfig(model="debug_tiny")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    from safetensors.torch import save_file
+
+    save_file(phi.export_state(phi.build(train.model_config(1024))), parent / "model.safetensors")
+    spec = {"width": 1, "layers": 3, "split_noise": 0.5, "seed": 0, "parent_overrides": {}}
+    deep = TrainConfig(model="debug_tiny", overrides={"num_layers": 3})
+    world = entrypoint._world()
+    out = tmp_path / "run"
+    first = entrypoint._expanded(parent, spec, deep, out, 1024, world)
+    written = (first / "model.safetensors").read_bytes()
+    real_is_file = Path.is_file
+    calls = []
+
+    def not_yet(path):  # the other node's copy appears between this node's check and its rename
+        calls.append(path)
+        return real_is_file(path) and len(calls) > 1
+
+    monkeypatch.setattr(Path, "is_file", not_yet)
+    assert entrypoint._expanded(parent, spec, deep, out, 1024, world) == first
+    monkeypatch.undo()
+    assert (first / "model.safetensors").read_bytes() == written
+    assert sorted(p.name for p in out.iterdir()) == ["expanded"]

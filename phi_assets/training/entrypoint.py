@@ -183,7 +183,8 @@ def _load_model(hf: Path, cfg: trainer.TrainConfig, vocab: int):
 
 def _expanded(parent: Path, spec: dict, cfg: trainer.TrainConfig, out: Path, vocab: int, world) -> Path:
     """``expand``: the parent checkpoint expanded (``transfer.expand``) into ``out/expanded/``, written once
-    per node by its local rank 0 (atomically; a resumed run finds it) while the node's other ranks wait;
+    per node by its local rank 0 (atomically; a resumed run finds it; on a run directory the nodes share, the
+    first rename wins: the expansion is seeded, so every copy is the same) while the node's other ranks wait;
     the run starts from it. The result must have the shape the run trains (``cfg``'s overrides)."""
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
@@ -202,7 +203,12 @@ def _expanded(parent: Path, spec: dict, cfg: trainer.TrainConfig, out: Path, voc
         tmp = out / f".expanded.{os.getpid()}.tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         save_file(state, tmp / "model.safetensors")
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another node's rank 0 on a shared run directory renamed its copy first: keep it
+            if not (target / "model.safetensors").is_file():
+                raise
+            shutil.rmtree(tmp)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return target
