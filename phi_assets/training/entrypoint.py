@@ -198,8 +198,9 @@ def _expanded(parent: Path, spec: dict, cfg: trainer.TrainConfig, out: Path, voc
             load_file(parent / "model.safetensors"), small, int(spec["width"]), int(spec["layers"]),
             split_noise=float(spec.get("split_noise", 0.5)), seed=int(spec.get("seed", 0)),
         )
-        if big != cfg.model_config(vocab):
-            raise ValueError(f"expand {spec} gives {big}, but the run trains {cfg.model_config(vocab)}")
+        trained = cfg.model_config(vocab)
+        if big != trained:
+            raise ValueError(f"expand {spec} gives {big}, but the run trains {trained}")
         tmp = out / f".expanded.{os.getpid()}.tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         save_file(state, tmp / "model.safetensors")

@@ -28,11 +28,11 @@ from phi_assets.training.runs import (
     metric_rows,
     parent_checkpoint,
     recipe_config,
-    recorded,
+    run_and_record,
     steps_for,
     stored_input,
     train_and_record,
-    write_export_card,
+    with_recipe,
 )
 from resources import ArtifactStore, ProfileResource
 from resources.training import TrainingLauncher
@@ -239,8 +239,6 @@ def midtrained_checkpoint(
     )
 
 
-
-
 # --- scaled knowledge transfer ---------------------------------------------------------------------
 
 
@@ -326,9 +324,9 @@ def transferred_checkpoint(
     inputs = {"parent": parent["data_version"], "mixture": weights["data_version"],
               "tokenizer": tok["data_version"], "expand": expand,
               "baseline": config.baseline, "target": config.target, "train": cfg.__dict__}
-    lineage = {"pretrained_checkpoint": parent["data_version"], "mixture": weights["data_version"],
-               "tokenizer": tok["data_version"], "expand": expand,
-               "recipe": {"name": _derived_recipe("transfer", parent), "config": dict(cfg.__dict__)}}
+    lineage = with_recipe({"pretrained_checkpoint": parent["data_version"], "mixture": weights["data_version"],
+                           "tokenizer": tok["data_version"], "expand": expand},
+                          _derived_recipe("transfer", parent), cfg)
     asset, key = "transferred_checkpoint", stable_hash([TRANSFERRED_CHECKPOINT_CODE_VERSION, inputs], 16)
 
     def build(out: Path) -> Built:
@@ -338,10 +336,8 @@ def transferred_checkpoint(
             shutil.rmtree(out / "baseline" / HF)  # its curve and summary are kept, not its weights
             baseline = {"loss": [r["loss"] for r in metric_rows(out / "baseline")],
                         "summary": json.loads((out / "baseline" / "summary.json").read_text())}
-        messages, wall = launch_run(context, store, training_launcher, asset, key,
-                                    {**spec, "init": init, "expand": expand}, cfg, out)
-        write_export_card(out, asset, lineage)
-        built = recorded(out, messages, wall, lineage)
+        built = run_and_record(context, store, training_launcher, asset, key,
+                               {**spec, "init": init, "expand": expand}, cfg, out, lineage)
         built.metadata["transfer"] = _transfer_report(
             parent, config, built.metadata["loss"], built.metadata["summary"], baseline)
         if baseline is not None:

@@ -94,16 +94,37 @@ def train_and_record(
     ``code_version``: the calling asset's (``phi_assets.common.code_version``)."""
     asset = context.asset_key.to_user_string()
     key = stable_hash([code_version, inputs], 16)
-    lineage = {**lineage, "recipe": {"name": recipe, "config": dict(cfg.__dict__)}}
+    lineage = with_recipe(lineage, recipe, cfg)
 
     def build(out: Path) -> Built:
-        messages, wall = launch_run(context, store, launcher, asset, key, {**spec, "stage": stage}, cfg, out,
-                                    write_inputs)
-        write_export_card(out, asset, lineage)
-        return recorded(out, messages, wall, lineage)
+        return run_and_record(context, store, launcher, asset, key, {**spec, "stage": stage}, cfg, out, lineage,
+                              write_inputs)
 
     outcome = materialize_versioned(context, store, code_version=code_version, inputs=inputs, build=build)
     return materialization(store, outcome, stage, inputs["train"])
+
+
+def with_recipe(lineage: dict, recipe: str, cfg: configs.TrainConfig) -> dict:
+    """``lineage`` with the recipe the asset's config chose and the full TrainConfig the run used."""
+    return {**lineage, "recipe": {"name": recipe, "config": dict(cfg.__dict__)}}
+
+
+def run_and_record(
+    context: dg.AssetExecutionContext,
+    store: ArtifactStore,
+    launcher: TrainingLauncher,
+    asset: str,
+    key: str,
+    spec: dict,
+    cfg: configs.TrainConfig,
+    out: Path,
+    lineage: dict,
+    write_inputs=None,
+) -> Built:
+    """``launch_run`` into ``out``, then the export's card and the stored version of the run."""
+    messages, wall = launch_run(context, store, launcher, asset, key, spec, cfg, out, write_inputs)
+    write_export_card(out, asset, lineage)
+    return recorded(out, messages, wall, lineage)
 
 
 def launch_run(
