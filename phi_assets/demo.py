@@ -232,8 +232,12 @@ def plan(report: DemoReport, keys: dict[str, list[str]]) -> list[Step]:
     steps.append(Step(training_job.name, training_job.name, then=lambda r: _read_training(report, r)))
     steps.append(Step(transfer_job.name, "transferred_checkpoint", then=_if_success(
         lambda r: setattr(report, "transfer", _metadata_value(r, "transferred_checkpoint", "transfer") or {}))))
+    # The reference model's evaluation reads generator_model only: it runs beside the training chain (after the
+    # mixture, so that it takes no CPU from curation) instead of waiting for every checkpoint.
+    reference_after = ("generator_model", "mixture_weights")
     steps += [Step(eval_job.name, f"eval_scores[{stage}]", stage,
-                   then=lambda r, s=stage: _read_eval(report, s, r)) for stage in STAGES]
+                   then=lambda r, s=stage: _read_eval(report, s, r),
+                   after=reference_after if stage == "reference" else ()) for stage in STAGES]
     steps += [Step(ablation_job.name, f"data_ablations[{key}]", str(key))
               for key in ABLATIONS.get_partition_keys()]
 

@@ -35,12 +35,15 @@ MAX_DEFAULT_WORKERS = 2  # beyond two, a 2-core machine gains nothing and larger
 
 @dataclass
 class Step:
-    """One run: ``job_name`` (for one ``partition``), reported as ``what``; ``then`` reads its result."""
+    """One run: ``job_name`` (for one ``partition``), reported as ``what``; ``then`` reads its result.
+    ``after``: the assets whose steps it waits for, in place of every ancestor of its job's assets (a partition
+    that reads fewer of them than its asset declares, scheduled where a CPU would otherwise wait)."""
 
     job_name: str
     what: str
     partition: str | None = None
     then: Callable[[object], None] | None = None
+    after: tuple[str, ...] = ()
 
 
 @dataclass
@@ -96,7 +99,7 @@ def job_keys(defs: dg.Definitions, job_name: str) -> set[dg.AssetKey]:
 
 def dependencies(defs: dg.Definitions, steps: Sequence[Step]) -> list[set[int]]:
     """For each step, the earlier steps it waits for: those materializing an ancestor of one of its assets
-    (other than its own assets: a slice's partitions are independent runs)."""
+    (other than its own assets: a slice's partitions are independent runs), or one of its ``after`` assets."""
     graph = defs.resolve_asset_graph()
     ancestors: dict[dg.AssetKey, set[dg.AssetKey]] = {}
 
@@ -109,7 +112,8 @@ def dependencies(defs: dg.Definitions, steps: Sequence[Step]) -> list[set[int]]:
 
     keys = {name: job_keys(defs, name) for name in {s.job_name for s in steps}}
     # A job's own assets are not waited for: two partitions of one slice run side by side.
-    needs = [set().union(*(up(k) for k in keys[s.job_name])) - keys[s.job_name] for s in steps]
+    needs = [{dg.AssetKey(a) for a in s.after} if s.after
+             else set().union(*(up(k) for k in keys[s.job_name])) - keys[s.job_name] for s in steps]
     return [{i for i in range(j) if keys[steps[i].job_name] & needs[j]} for j in range(len(steps))]
 
 

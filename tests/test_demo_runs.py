@@ -49,6 +49,21 @@ def test_a_step_waits_for_the_steps_that_write_its_ancestors():
     assert 4 in deps[6] and 5 not in deps[6]
 
 
+def test_a_step_with_after_waits_for_those_assets_only():
+    """The demo's evaluation of the reference model (it reads generator_model, not a checkpoint) is planned
+    after the generator and the mixture, beside the training chain; a checkpoint's evaluation waits for it."""
+    from phi_assets import demo  # the plan only: nothing runs
+    from phi_assets.definitions import defs
+
+    steps = demo.plan(demo.DemoReport(), {"code": ["a"], "web": ["b"]})
+    deps = dependencies(defs, steps)
+    index = {s.what: i for i, s in enumerate(steps)}
+    training, mixture = index["training_job"], index["mixture_job"]
+    assert deps[index["eval_scores[reference]"]] == {index["generator_model"], mixture}
+    assert training in deps[index["eval_scores[dpo]"]] and training > mixture
+    assert steps[index["eval_scores[dpo]"]].after == ()
+
+
 def test_the_plan_runs_each_step_after_its_dependencies_at_most_workers_at_once():
     """Steps 0-3 are independent, 4 waits for 0 and 1, 5 for 2 and 4. With two workers, the two steps that run
     at once are on different CPU groups; a step that starts alone gets every CPU (no group)."""

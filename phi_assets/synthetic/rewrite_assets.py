@@ -32,7 +32,7 @@ class RewriteConfig(dg.Config):
     high_threshold: float = 3.0  # educational score of the "high" bucket (question-answer pairs)
     medium_threshold: float = 2.0  # "medium" from here; below is "low" (both rewritten as textbook)
     max_doc_chars: int = 3000  # the start of each document the model reads
-    max_tokens: int = 0  # 0: the profile's size (ci 160, local 320)
+    max_tokens: int = 0  # 0: the profile's synthetic_max_tokens (ci 160, local 256)
     temperature: float = 0.7
     seed: int = 0
     min_words: int = 40

@@ -38,8 +38,8 @@ EXERCISES_CODE_VERSION = code_version(__name__, "synthetic_exercises")
 
 
 class TextbookConfig(dg.Config):
-    draws_per_batch: int = 0  # 0: the profile's size (ci 3, local 16)
-    max_tokens: int = 0  # 0: the profile's size (ci 160, local 320)
+    draws_per_batch: int = 0  # 0: the profile's size (ci 3, local 8)
+    max_tokens: int = 0  # 0: the profile's synthetic_max_tokens (ci 160, local 256)
     temperature: float = 0.8  # each draw has its own seed: sampled, and reproducible
     seed: int = 0
     min_words: int = 60
@@ -135,9 +135,9 @@ def synthetic_textbooks(
 
 
 class ExerciseConfig(dg.Config):
-    draws_per_batch: int = 0  # 0: the profile's size (ci 4, local 24)
+    draws_per_batch: int = 0  # 0: the profile's size (ci 4, local 12)
     samples: int = 4  # sampled exercises per draw; every verified one is kept (rejection sampling)
-    max_tokens: int = 256  # stage one: the function
+    max_tokens: int = 0  # stage one, the function (0: the profile's synthetic_max_tokens, ci 160, local 256)
     test_max_tokens: int = 96  # stage two: its tests
     temperature: float = 0.8
     seed: int = 0
@@ -257,7 +257,9 @@ def synthetic_exercises(
     encoder: EncoderResource,
     decontamination: DecontaminationResource,
 ) -> dg.MaterializeResult:
-    n = config.draws_per_batch or profile.get().sizes.exercises_per_batch
+    sizes = profile.get().sizes
+    n = config.draws_per_batch or sizes.exercises_per_batch
+    config = config.model_copy(update={"max_tokens": config.max_tokens or sizes.synthetic_max_tokens})
     generator = current(store, "generator_model")
     topic_list, topics_version = batches.topic_list(store)
     scanner = user_error("synthetic_exercises", lambda: decontamination.get(encoder))
