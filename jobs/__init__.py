@@ -45,6 +45,7 @@ from phi_assets.synthetic.textbook_assets import synthetic_exercises, synthetic_
 from phi_assets.synthetic.topic_assets import topics
 from phi_assets.training.assets import (
     dpo_checkpoint,
+    judged_pairs,
     midtrained_checkpoint,
     preference_pairs,
     pretrained_checkpoint,
@@ -133,13 +134,16 @@ INGEST_JOBS = {"code": ingest_code_job, "web": ingest_web_job}
 CORPUS_JOBS = {"code": filter_code_corpus_job, "web": filter_web_corpus_job}
 training_job = dg.define_asset_job(
     "training_job", selection=[pretrained_checkpoint, midtrained_checkpoint, sft_checkpoint, preference_pairs,
-                               dpo_checkpoint],
+                               judged_pairs, dpo_checkpoint],
     tags=GPU_POOL_TAG,
     description="The training chain: pretrain on the mixture, midtrain (long context), SFT, preference "
-                "pairs from the SFT policy, DPO. Each stage resumes from its last checkpoint when retried.")
+                "pairs from the SFT policy (verified by execution, and judged by an LLM), DPO. Each stage "
+                "resumes from its last checkpoint when retried.")
 posttraining_job = dg.define_asset_job(
-    "posttraining_job", selection=[sft_checkpoint, preference_pairs, dpo_checkpoint], tags=GPU_POOL_TAG,
-    description="SFT, preference pairs and DPO from the current midtrained checkpoint.")
+    "posttraining_job", selection=[sft_checkpoint, preference_pairs, judged_pairs, dpo_checkpoint],
+    tags=GPU_POOL_TAG,
+    description="SFT, preference pairs (execution-verified and LLM-judged) and DPO from the current midtrained "
+                "checkpoint.")
 
 pretrain_job = dg.define_asset_job(
     "pretrain_job", selection=[pretrained_checkpoint, midtrained_checkpoint], tags=GPU_POOL_TAG,

@@ -376,6 +376,24 @@ def _print_training(training: dict[str, dict]) -> None:
         print(f"preference_pairs: {pairs['rejection_pairs']} rejection-sampling + {pairs['pivotal_pairs']} "
               f"pivotal-token pairs from {pairs['problems']} problems (policy pass rate "
               f"{pairs['policy_pass_rate']:.2f}); DPO preference accuracy on them {accuracy:.2f}")
+    _print_judged(training)
+
+
+def _print_judged(training: dict[str, dict]) -> None:
+    """judged_pairs: what the LLM judge kept, and how far it agrees with itself when the answers swap places."""
+    judged, dpo = training.get("judged_pairs"), training.get("dpo_checkpoint", {})
+    if not judged:
+        return
+
+    def rate(key: str) -> str:
+        return "n/a" if judged[key] < 0 else f"{judged[key]:.2f}"
+
+    print(f"judged_pairs: {judged['judged_pairs']} of {judged['compared']} answer pairs kept by the judge "
+          f"({judged['judge']}): position-swap agreement {rate('agreement_rate')}, "
+          f"tie rate {rate('tie_rate')}, first-position preference {rate('first_position_rate')}")
+    if "judged_pairs_used" in dpo:
+        print(f"dpo_checkpoint trained on {dpo['verified_pairs_used']} verified + {dpo['judged_pairs_used']} "
+              f"judged pairs (judged share {dpo['judged_share']:.2f})")
 
 
 def _print_transfer(transfer: dict) -> None:

@@ -29,11 +29,11 @@ def _configs(data: training_data.TrainingData, out: Path) -> list[Path]:
     cfg = trainer.TrainConfig(**training_data.SHAPE)
     pretrain = {"max_steps": runs.steps_for(TOKEN_BUDGET, cfg), "checkpoint_every": 100}
     sft = {
-        "max_steps": post_training._with_epochs(cfg, SFT_EPOCHS, data.rows, {}).max_steps,
+        "max_steps": post_training.with_epochs(cfg, SFT_EPOCHS, data.rows, {}).max_steps,
         "checkpoint_every": 100,
     }
     dpo = {
-        "max_steps": post_training._with_epochs(cfg, DPO_EPOCHS, data.rows, {}).max_steps,
+        "max_steps": post_training.with_epochs(cfg, DPO_EPOCHS, data.rows, {}).max_steps,
         "checkpoint_every": 100,
     }
     return [

@@ -79,6 +79,8 @@ def test_the_demo_printed_the_chain(demo_run):
     for asset in STAGES:
         assert asset in demo_run["first"]
     assert "preference_pairs:" in demo_run["first"]
+    assert "judged_pairs:" in demo_run["first"] and "position-swap agreement" in demo_run["first"]
+    assert "dpo_checkpoint trained on" in demo_run["first"]
 
 
 def test_midtraining_extends_the_context(store):
@@ -159,11 +161,16 @@ def test_sft_examples_hold_out_the_mbpp_test_split(store, mbpp_path):
 
 def _examples(store: ArtifactStore) -> pl.DataFrame:
     """The examples the current SFT run read (stored beside its config)."""
-    runs = Path(store.base_path) / "_runs" / "sft_checkpoint"
+    return _run_input(store, "sft_checkpoint", "examples")
+
+
+def _run_input(store: ArtifactStore, asset: str, key: str) -> pl.DataFrame:
+    """The table (``key``) the current run of ``asset`` read, stored beside its config."""
+    runs = Path(store.base_path) / "_runs" / asset
     for config in runs.glob("*/config.json"):
-        if json.loads(config.read_text())["init"].startswith(str(_dir(store, "midtrained_checkpoint"))):
-            return pl.read_parquet(json.loads(config.read_text())["examples"])
-    raise AssertionError(f"no run config under {runs} starts from the current midtrained checkpoint")
+        if json.loads(config.read_text())["init"].startswith(str(_dir(store, PARENT[asset]))):
+            return pl.read_parquet(json.loads(config.read_text())[key])
+    raise AssertionError(f"no run config under {runs} starts from the current {PARENT[asset]}")
 
 
 def test_preference_pairs_are_verified_by_execution(store, mbpp_path):
@@ -196,6 +203,35 @@ def _problem_tests(store: ArtifactStore, mbpp_path: Path) -> dict[str, str]:
     problems = preferences.exercise_problems(exercises, len(exercises))
     problems += preferences.mbpp_problems(Path(mbpp_path), len(preferences.MBPP_TRAIN))
     return {p.id: p.tests for p in problems}
+
+
+def test_judged_pairs_reconcile_and_feed_dpo(store):
+    """judged_pairs on the ci graph: the real SFT policy answered, the real judge (the engine's model) replied
+    twice per comparison; every comparison is stored with its outcome and the counts reconcile; the kept ones
+    are exactly the stored pairs, each backed by two verdicts naming the same answer; and DPO read the mix its
+    metadata reports (its run's pairs file holds the verified and judged pairs it used)."""
+    from phi_assets.training import judging
+    from phi_assets.training.dpo_assets import mix_counts
+
+    meta = _manifest(store, "judged_pairs")["metadata"]
+    comparisons = pl.read_parquet(_dir(store, "judged_pairs") / "comparisons.parquet")
+    pairs = pl.read_parquet(_dir(store, "judged_pairs") / "pairs.parquet")
+    assert meta["compared"] == comparisons.height > 0
+    assert meta["compared"] == meta["kept"] + meta["ties"] + meta["disagreed"] + meta["unparsed"]
+    assert dict(comparisons.group_by("outcome").len().iter_rows()) == {
+        k: v for k, v in (("kept", meta["kept"]), ("tie", meta["ties"]), ("disagreed", meta["disagreed"]),
+                          ("unparsed", meta["unparsed"])) if v}
+    assert sum(meta["verdicts"].values()) == 2 * meta["compared"]
+    assert pairs.height == meta["kept"] and set(meta["prompts"]) == set(judging.SOURCES)
+    assert meta["prompts"]["textbooks"] > 0 and meta["prompts"]["requests"] > 0  # ci rewrites may hold no QA
+    assert pairs.rows() == pl.DataFrame(judging.preference_rows(comparisons.to_dicts()),
+                                        schema=pairs.schema).rows()
+    dpo = _manifest(store, "dpo_checkpoint")["metadata"]
+    mix = dpo["lineage"]["mix"]
+    verified = pl.read_parquet(_dir(store, "preference_pairs") / "pairs.parquet").height
+    assert (mix["verified"], mix["judged"]) == mix_counts(verified, pairs.height, mix["judged_share"])
+    assert _run_input(store, "dpo_checkpoint", "pairs").height == mix["verified"] + mix["judged"]
+    assert dpo["lineage"]["judged_pairs"] == store.current_version("judged_pairs", None)
 
 
 def test_dpo_prefers_the_chosen_answers_and_keeps_the_reference(store):

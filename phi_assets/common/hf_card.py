@@ -32,6 +32,7 @@ DATA_KEYS = {
     "mixture": "mixture_weights",
     "synthetic_corpus": "synthetic_corpus",
     "preference_pairs": "preference_pairs",
+    "judged_pairs": "judged_pairs",
 }
 #: what each stage of the chain is, in a sentence
 STAGE_SUMMARY = {
@@ -42,7 +43,7 @@ STAGE_SUMMARY = {
     "sft": "the midtrained checkpoint fine-tuned on verified synthetic exercises, textbook instructions and "
     "MBPP's training split (supervised fine-tuning)",
     "dpo": "the SFT checkpoint tuned by direct preference optimization on preference pairs verified by "
-    "execution",
+    "execution and pairs an LLM judge preferred in both orders",
 }
 
 

@@ -1,7 +1,8 @@
 """Training assets (group ``training``): the checkpoints, trained outside the Dagster process.
 
 The chain is ``pretrained_checkpoint`` -> ``midtrained_checkpoint`` (``pretraining.py``) ->
-``sft_checkpoint`` -> ``preference_pairs`` -> ``dpo_checkpoint`` (``post_training.py``); beside it,
+``sft_checkpoint`` -> ``preference_pairs`` (``post_training.py``) and ``judged_pairs`` (``judged_assets.py``) ->
+``dpo_checkpoint`` (``dpo_assets.py``); beside it,
 ``transferred_checkpoint`` (``pretraining.py``) grows the pretrained model into a larger one (phi-2's
 scaled knowledge transfer). Each training
 asset writes the entrypoint's config (``phi_assets.training.entrypoint``) and starts it through the
@@ -10,12 +11,8 @@ on k8s), so the orchestrator never imports CUDA. Only rank 0 reports; every step
 Pipes messages. Launching and recording a run, and what its version holds, is ``runs.py``.
 """
 
-from phi_assets.training.post_training import (
-    POST_TRAINING_ASSETS,
-    dpo_checkpoint,
-    preference_pairs,
-    sft_checkpoint,
-)
+from phi_assets.training.dpo_assets import DPO_ASSETS, dpo_checkpoint, judged_pairs
+from phi_assets.training.post_training import POST_TRAINING_ASSETS, preference_pairs, sft_checkpoint
 from phi_assets.training.pretraining import (
     PRETRAINING_ASSETS,
     midtrained_checkpoint,
@@ -26,6 +23,7 @@ from phi_assets.training.pretraining import (
 __all__ = [
     "TRAINING_ASSETS",
     "dpo_checkpoint",
+    "judged_pairs",
     "midtrained_checkpoint",
     "preference_pairs",
     "pretrained_checkpoint",
@@ -33,4 +31,4 @@ __all__ = [
     "transferred_checkpoint",
 ]
 
-TRAINING_ASSETS = [*PRETRAINING_ASSETS, *POST_TRAINING_ASSETS]
+TRAINING_ASSETS = [*PRETRAINING_ASSETS, *POST_TRAINING_ASSETS, *DPO_ASSETS]

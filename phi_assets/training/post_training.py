@@ -1,9 +1,10 @@
-"""Post-training assets (group ``training``): ``sft_checkpoint``, ``preference_pairs``, ``dpo_checkpoint``.
+"""Post-training assets (group ``training``): ``sft_checkpoint`` and ``preference_pairs``.
 
 SFT finetunes the midtrained checkpoint on verified synthetic exercises, textbook instructions and
 MBPP's training split; ``preference_pairs`` samples the SFT policy through the LLM engine (vLLM)
-and builds DPO pairs by execution (``preferences.py``); DPO trains on them against the frozen SFT
-checkpoint. The training runs are launched and recorded by ``runs.train_and_record``.
+and builds DPO pairs by execution (``preferences.py``). ``judged_pairs`` (``judged_assets.py``) adds pairs an
+LLM judge prefers, and ``dpo_checkpoint`` (``dpo_assets.py``) trains on both. The training runs are launched and
+recorded by ``runs.train_and_record``.
 """
 
 import io
@@ -35,17 +36,16 @@ from resources.training import TrainingLauncher
 
 SFT_CHECKPOINT_CODE_VERSION = code_version(__name__, "sft_checkpoint")
 PAIRS_CODE_VERSION = code_version(__name__, "preference_pairs")
-DPO_CHECKPOINT_CODE_VERSION = code_version(__name__, "dpo_checkpoint")
 
 
-def _with_epochs(cfg: configs.TrainConfig, epochs: float, rows: int, overrides: dict) -> configs.TrainConfig:
+def with_epochs(cfg: configs.TrainConfig, epochs: float, rows: int, overrides: dict) -> configs.TrainConfig:
     """``epochs`` passes over ``rows`` examples (one per sequence; DPO: one per pair), unless max_steps
     is given: steps of the global batch, whatever the world size."""
     steps = overrides.get("max_steps") or max(1, math.ceil(epochs * rows / cfg.global_batch_size))
     return configs.TrainConfig(**{**cfg.__dict__, "max_steps": steps})
 
 
-def _architecture(parent: dict) -> dict:
+def architecture(parent: dict) -> dict:
     """The parent's model, sequence length and model overrides (a child keeps its architecture)."""
     train = parent["inputs"]["train"]
     return {"model": train["model"], "seq_len": train["seq_len"], "overrides": train["overrides"]}
@@ -61,7 +61,7 @@ def exercises_and_textbooks(store: ArtifactStore) -> tuple[list[dict], list[dict
     return rows["exercises"], rows["textbooks"], corpus["data_version"]
 
 
-def _parquet_writer(store: ArtifactStore, frame: pl.DataFrame, name: str):
+def parquet_writer(store: ArtifactStore, frame: pl.DataFrame, name: str):
     """``write_inputs`` for ``train_and_record``: the frame stored (atomically) beside the run's config."""
 
     def write(run_dir: str) -> dict:
@@ -138,8 +138,8 @@ def sft_checkpoint(
         raise dg.Failure(description=f"sft_checkpoint: no examples in sources {config.sources}")
     counts = dict(examples.group_by("source").len().iter_rows())
     context.log.info(f"sft examples: {counts}")
-    cfg = recipe_config(recipe, {**_architecture(parent), **config.train})
-    cfg = _with_epochs(cfg, config.epochs, examples.height, config.train)
+    cfg = recipe_config(recipe, {**architecture(parent), **config.train})
+    cfg = with_epochs(cfg, config.epochs, examples.height, config.train)
     return train_and_record(
         context,
         store,
@@ -161,7 +161,7 @@ def sft_checkpoint(
             "tokenizer": tok["data_version"],
             "examples": counts,
         },
-        write_inputs=_parquet_writer(store, examples, "examples.parquet"),
+        write_inputs=parquet_writer(store, examples, "examples.parquet"),
     )
 
 
@@ -368,74 +368,4 @@ def preference_pairs(
     )
 
 
-# --- DPO ------------------------------------------------------------------------------------------
-
-
-class DPOConfig(dg.Config):
-    recipe: str = ""  # a trainer recipe; empty: the scale preset's (demo: debug_dpo, phi1: phi_dpo)
-    train: dict = {}  # TrainConfig fields over the recipe's
-    beta: float = 0.1  # the DPO temperature
-    epochs: float = 2.0  # passes over the pairs
-
-
-@dg.asset(
-    deps=[sft_checkpoint, preference_pairs],
-    group_name="training",
-    op_tags=steps.tags("light"),
-    pool=steps.GPU_POOL,
-    kinds={"pytorch"},
-    code_version=DPO_CHECKPOINT_CODE_VERSION,
-    description="DPO on the preference pairs against the frozen SFT checkpoint as reference; reports the "
-    "share of pairs whose implicit reward prefers the chosen answer.",
-)
-def dpo_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: DPOConfig,
-    store: ArtifactStore,
-    training_launcher: TrainingLauncher,
-    profile: ProfileResource,
-) -> dg.MaterializeResult:
-    recipe = config.recipe or profile.get().sizes.dpo_recipe
-    parent, init = parent_checkpoint(store, "sft_checkpoint")
-    pairs_manifest = current(store, "preference_pairs")
-    tok, tok_path = current_tokenizer(store)
-    with store.fs.open(file_uri(store, pairs_manifest, "pairs.parquet"), "rb") as f:
-        pairs = pl.read_parquet(f)
-    if not pairs.height:
-        raise dg.Failure(
-            description="dpo_checkpoint: preference_pairs holds no pairs (no problem had both a passing and a "
-            "failing answer); raise its problems or samples"
-        )
-    cfg = _with_epochs(
-        recipe_config(recipe, {**_architecture(parent), **config.train}),
-        config.epochs,
-        pairs.height,
-        config.train,
-    )
-    return train_and_record(
-        context,
-        store,
-        training_launcher,
-        code_version=DPO_CHECKPOINT_CODE_VERSION,
-        stage="dpo",
-        spec={"tokenizer": tok_path, "init": init, "beta": config.beta},
-        cfg=cfg,
-        recipe=recipe,
-        inputs={
-            "parent": parent["data_version"],
-            "pairs": pairs_manifest["data_version"],
-            "tokenizer": tok["data_version"],
-            "beta": config.beta,
-            "train": cfg.__dict__,
-        },
-        lineage={
-            "sft_checkpoint": parent["data_version"],
-            "preference_pairs": pairs_manifest["data_version"],
-            "tokenizer": tok["data_version"],
-            "pairs": dict(pairs.group_by("kind").len().iter_rows()),
-        },
-        write_inputs=_parquet_writer(store, pairs.select("prompt", "chosen", "rejected"), "pairs.parquet"),
-    )
-
-
-POST_TRAINING_ASSETS = [sft_checkpoint, preference_pairs, dpo_checkpoint]
+POST_TRAINING_ASSETS = [sft_checkpoint, preference_pairs]
