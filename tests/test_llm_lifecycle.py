@@ -100,3 +100,17 @@ def test_a_caller_killed_with_sigkill_takes_the_engine_with_it(smol_dir):
     finally:
         if caller.poll() is None:
             caller.kill()
+
+
+def test_the_engine_process_loads_its_module_without_the_orchestrators_packages():
+    """The child's command (``CHILD``) loads vllm_backend and types.py under their package names without
+    running ``resources/__init__.py``, which imports Dagster and the orchestrator's resources (about 2 s of a
+    core at every engine start, for nothing the engine uses); a plain import of the module pulls them in."""
+    from resources.llm.vllm_backend import CHILD, CHILD_PACKAGES
+
+    probe = "import resources.llm.vllm_backend as b, sys; print(hasattr(b, 'CHILD'), 'dagster' in sys.modules)"
+    stubbed = subprocess.run([sys.executable, "-c", CHILD_PACKAGES + probe], capture_output=True, text=True,
+                             cwd="/", check=True)
+    plain = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/", check=True)
+    assert stubbed.stdout.split() == ["True", "False"] and plain.stdout.split() == ["True", "True"]
+    assert CHILD.startswith(CHILD_PACKAGES) and "resources.llm.vllm_backend" in CHILD  # vllm_worker_pids

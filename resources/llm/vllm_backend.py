@@ -1,6 +1,6 @@
 """vLLM offline engine (``vllm.LLM``) in a child process; the only module that imports vllm.
 
-The engine runs in a fresh interpreter (``python -m resources.llm.vllm_backend``), the same
+The engine runs in a fresh interpreter (this module as ``__main__``, ``CHILD``), the same
 isolation as multiprocessing's spawn without re-importing the caller's ``__main__``, in its own
 session so that it and vLLM's own engine processes are stopped as one process group. The child
 kills its group if its parent dies (a step killed with SIGKILL leaves nothing behind); the parent
@@ -59,6 +59,18 @@ def resolve_dtype(dtype: str, on_cpu: bool, cpuinfo: str | None = None) -> str:
 
 
 ENGINE_CORE = ("auto", "in_process", "process")  # VLLMSettings.engine_core
+_LLM_DIR = Path(__file__).resolve().parent
+# The child's command: this module as ``__main__`` under its packages' names, the packages themselves left
+# unexecuted (``resources/__init__.py`` imports Dagster and the orchestrator's resources: ~2 s of one core at
+# every engine start that the engine never uses; it needs this module and ``types.py`` only).
+CHILD_PACKAGES = (
+    "import runpy, sys, types\n"
+    f"for name, path in (('resources', {str(_LLM_DIR.parent)!r}), ('resources.llm', {str(_LLM_DIR)!r})):\n"
+    "    package = types.ModuleType(name)\n"
+    "    package.__path__ = [path]\n"
+    "    sys.modules[name] = package\n"
+)
+CHILD = CHILD_PACKAGES + "runpy.run_module('resources.llm.vllm_backend', run_name='__main__', alter_sys=True)\n"
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,7 @@ class VLLMBackend:
         parent_sock, child_sock = socket.socketpair()
         t0 = time.monotonic()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "resources.llm.vllm_backend", str(child_sock.fileno())],
+            [sys.executable, "-c", CHILD, str(child_sock.fileno())],
             pass_fds=[child_sock.fileno()], start_new_session=True, env=self.settings.child_env(),
             stdout=2,  # vLLM's logs go to stderr, never into the caller's output
         )
