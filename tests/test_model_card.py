@@ -284,7 +284,7 @@ def test_the_card_of_every_stage(demo_run, home_copy, instance):
             asset,
             "eval_scores",
         } <= assets
-        assert ("preference_pairs" in assets) == (stage == "dpo")
+        assert ("preference_pairs" in assets) == ("judged_pairs" in assets) == (stage == "dpo")
         assert [r["partition"] for r in rows if r["asset"] == "eval_scores"] == [stage]
         assert not meta["stale"]  # the demo's versions are one consistent snapshot
         _check_hf_card(store, stage, f"{where}/README.md", card, meta)
