@@ -19,8 +19,8 @@ from resources import ArtifactStore
 # (band groups x hash ranges) pairs partitions, 2 dedups, the annotations and the
 # classifier, topics, 2 batches x 3 synthetic sets, synthetic_corpus, the tokenizer, 8 tokenized shards,
 # 2 batches x 3 tokenized synthetic sets, the proxies, the search and the weights, the training chain
-# (4 checkpoints and both kinds of preference pairs), the transferred checkpoint, eval_scores for 5 stages, 4 model
-# cards, 8 raw token shards, the data ablations (arms x seeds) and their report
+# (4 checkpoints and both kinds of preference pairs), the transferred checkpoint, eval_scores for 5 stages,
+# 4 model cards, 8 raw token shards, the data ablations (arms x seeds) and their report
 BUCKETS = CI.dedup_band_groups * CI.dedup_hash_ranges
 ABLATIONS = len(CI.ablation_arms.split(",")) * CI.ablation_seeds
 NUM_STEPS = (

@@ -14,7 +14,7 @@ def free_port() -> int:
 
 
 def vllm_worker_pids() -> list[int]:
-    """Processes running the engine's vLLM child (``resources.llm.vllm_backend.CHILD``, which names the module)."""
+    """Processes running the engine's vLLM child (``vllm_backend.CHILD``, whose text names the module)."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
