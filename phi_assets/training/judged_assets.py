@@ -16,16 +16,15 @@ import polars as pl
 
 from k8s import steps
 from phi_assets.common.code_version import code_version
-from phi_assets.common.store import current, file_uri, local_copy
+from phi_assets.common.store import current, file_uri
 from phi_assets.common.tables import md_table
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from phi_assets.models.assets import generator_model, model_ref
 from phi_assets.synthetic.corpus_assets import synthetic_corpus
 from phi_assets.training import judging
-from phi_assets.training.post_training import EnginePolicy, sft_checkpoint
-from phi_assets.training.runs import HF, parent_checkpoint
+from phi_assets.training.post_training import sft_checkpoint, sft_policy
+from phi_assets.training.runs import parent_checkpoint
 from resources import ArtifactStore, LLMEngine, ProfileResource
-from resources.llm.checkpoint import checkpoint_engine, checkpoint_model
 
 CODE_VERSION = code_version(__name__, "judged_pairs")
 COMPARISONS = "comparisons.parquet"
@@ -76,15 +75,11 @@ def open_prompts(store: ArtifactStore, corpus: dict, config: JudgedPairsConfig, 
 def _answers(context, store: ArtifactStore, llm: LLMEngine, parent: dict, prompts: list,
              config: JudgedPairsConfig) -> tuple[list[list[str]], int]:
     """``config.samples`` answers of the SFT policy to every prompt (its engine closed afterwards)."""
-    hf = local_copy(store, parent, HF)
-    engine = checkpoint_engine(llm, hf)
-    model = checkpoint_model(engine, f"sft-{parent['data_version'][:12]}", parent["data_version"], hf,
-                             file_uri(store, parent, HF))
-    policy = EnginePolicy(engine, model, config.max_tokens, config.temperature, context.log)
+    policy, _ = sft_policy(context, store, llm, parent, config.max_tokens, config.temperature)
     try:
         answers = policy.sample([p.policy_prompt for p in prompts], config.samples, config.seed)
     finally:
-        engine.close()
+        policy.llm.close()
     return answers, policy.generated
 
 

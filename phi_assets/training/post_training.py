@@ -212,6 +212,17 @@ class EnginePolicy:
         return [[c.text for c in r.completions] if r.error is None else [""] * n for r in generation.results]
 
 
+def sft_policy(context, store: ArtifactStore, llm: LLMEngine, parent: dict, max_tokens: int,
+               temperature: float) -> tuple[EnginePolicy, Path]:
+    """The SFT checkpoint ``parent`` served through the profile's checkpoint engine, as a policy, and its local
+    export. The caller closes the engine (``policy.llm.close()``)."""
+    hf = local_copy(store, parent, HF)
+    engine = checkpoint_engine(llm, hf)
+    name = f"sft-{parent['data_version'][:12]}"
+    model = checkpoint_model(engine, name, parent["data_version"], hf, file_uri(store, parent, HF))
+    return EnginePolicy(engine, model, max_tokens, temperature, context.log), hf
+
+
 def _judge(programs) -> list[bool]:
     from phi_assets import sandbox
 
@@ -257,16 +268,7 @@ def _sample_pairs(
     out: Path,
 ) -> Built:
     """Serve the SFT checkpoint, build the pairs into ``out/pairs.parquet``, and probe it greedily."""
-    hf = local_copy(store, parent, HF)
-    engine = checkpoint_engine(llm, hf)
-    name = f"sft-{parent['data_version'][:12]}"
-    policy = EnginePolicy(
-        engine,
-        checkpoint_model(engine, name, parent["data_version"], hf, file_uri(store, parent, HF)),
-        config.max_tokens,
-        config.temperature,
-        context.log,
-    )
+    policy, hf = sft_policy(context, store, llm, parent, config.max_tokens, config.temperature)
     try:
         rows, stats = preferences.build_pairs(
             problems,
@@ -283,7 +285,7 @@ def _sample_pairs(
         )
         greedy = policy.llm.generate(policy.model, [_greedy_request(problems[0].prompt)], log=context.log)
     finally:
-        engine.close()
+        policy.llm.close()
     frame = pl.DataFrame(rows, schema=PAIR_SCHEMA)
     frame.write_parquet(out / "pairs.parquet")
     return Built(
