@@ -150,3 +150,26 @@ def test_mix_pairs_samples_each_kind_down_reproducibly():
     assert mixed.equals(mix_pairs(frame("v", 100), frame("j", 10), 0.25, seed=3))
     assert not mixed.equals(mix_pairs(frame("v", 100), frame("j", 10), 0.25, seed=4))
     assert mixed.filter(pl.col("kind") == "verified")["prompt"].n_unique() == 30  # without replacement
+
+
+def test_open_prompts_read_the_corpus_files_a_batch_at_a_time(tmp_path):
+    """The asset reads its prompt sources from the synthetic corpus in bounded batches and stops once it has
+    enough: the same prompts as the whole files give, across more rows than one batch holds."""
+    from phi_assets.training.judged_assets import PROMPT_READS, JudgedPairsConfig, open_prompts
+    from resources import ArtifactStore
+
+    n = PROMPT_READS.rows * 2 + 5
+    textbooks = [{"id": f"t{i}", "topic": f"topic {i % 700}", "audience": "students", "text": "x" * 50}
+                 for i in range(n)]
+    rewrites = [{"id": f"r{i}", "text": f"Question: What does function number {i} return?\nAnswer: ..."}
+                for i in range(n)]
+    store = ArtifactStore(root=str(tmp_path / "artifacts"))
+    with store.stage("synthetic_corpus", None) as staging:
+        pl.DataFrame(textbooks).write_parquet(staging.path / "textbooks.parquet")
+        pl.DataFrame(rewrites).write_parquet(staging.path / "rewrites.parquet")
+        staging.commit("v1", {"asset": "synthetic_corpus", "partition": None})
+    corpus = store.read_manifest("synthetic_corpus", None, "v1")
+    for limit in (3, 700, n + 1):
+        got = open_prompts(store, corpus, JudgedPairsConfig(sources=["textbooks", "rewrites"]), limit)
+        assert got == judging.textbook_prompts(textbooks, limit) + judging.rewrite_prompts(rewrites, limit)
+    assert len(open_prompts(store, corpus, JudgedPairsConfig(sources=["textbooks"]), n + 1)) == 700

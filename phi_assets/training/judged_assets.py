@@ -9,6 +9,8 @@ ones as prompt, chosen, rejected, with the judge's scores and rationales), which
 with the execution-verified pairs.
 """
 
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +21,7 @@ from phi_assets.common.code_version import code_version
 from phi_assets.common.store import current, file_uri
 from phi_assets.common.tables import md_table
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
+from phi_assets.ingest.batches import Batches, read_batches
 from phi_assets.models.assets import generator_model, model_ref
 from phi_assets.synthetic.corpus_assets import synthetic_corpus
 from phi_assets.training import judging
@@ -39,6 +42,7 @@ COMPARISON_SCHEMA = {
     "score_first": pl.Float64, "score_second": pl.Float64, **RATIONALES,
 }
 FUNNEL = ("compared", "kept", "ties", "disagreed", "unparsed")
+PROMPT_READS = Batches(text_bytes=8 << 20, rows=1024)  # what reading a prompt source holds at a time
 
 
 class JudgedPairsConfig(dg.Config):
@@ -59,17 +63,26 @@ def open_prompts(store: ArtifactStore, corpus: dict, config: JudgedPairsConfig, 
     if unknown:
         raise dg.Failure(description=f"judged_pairs: sources {unknown} are not among {judging.SOURCES}")
     found = []
-    for source, name, make in (("textbooks", "textbooks.parquet", judging.textbook_prompts),
-                               ("rewrites", "rewrites.parquet", judging.rewrite_prompts)):
+    for source, name, columns, make in (
+        ("textbooks", "textbooks.parquet", ["id", "topic", "audience"], judging.textbook_prompts),
+        ("rewrites", "rewrites.parquet", ["id", "text"], judging.rewrite_prompts),
+    ):
         if source in config.sources:
-            with store.fs.open(file_uri(store, corpus, name), "rb") as f:
-                found += make(pl.read_parquet(f).to_dicts(), limit)
+            with closing(_corpus_rows(store, corpus, name, columns)) as rows:
+                found += make(rows, limit)
     if "requests" in config.sources:
         path = Path(config.requests_file) if config.requests_file else judging.REQUESTS_FILE
         if not path.is_file():
             raise dg.Failure(description=f"judged_pairs: requests_file {path} does not exist")
         found += judging.request_prompts(path, limit)
     return found
+
+
+def _corpus_rows(store: ArtifactStore, corpus: dict, name: str, columns: list[str]) -> Iterator[dict]:
+    """A synthetic corpus file's ``columns``, row by row, read a bounded batch at a time: a prompt source
+    stops reading once it has its prompts (phi-1 scale holds a million textbook sections)."""
+    for table in read_batches(file_uri(store, corpus, name), PROMPT_READS, columns):
+        yield from table.to_pylist()
 
 
 def _answers(context, store: ArtifactStore, llm: LLMEngine, parent: dict, prompts: list,

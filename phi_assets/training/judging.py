@@ -23,7 +23,7 @@ requests (``prompts/requests.txt``, written for this project).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -60,7 +60,7 @@ class OpenPrompt:
         return f"{self.prompt.strip()}\n\n"
 
 
-def textbook_prompts(rows: Sequence[dict], limit: int) -> list[OpenPrompt]:
+def textbook_prompts(rows: Iterable[dict], limit: int) -> list[OpenPrompt]:
     """An explanation of each synthetic textbook's topic for its audience (one per topic and audience)."""
     out, seen = [], set()
     for row in rows:
@@ -74,7 +74,7 @@ def textbook_prompts(rows: Sequence[dict], limit: int) -> list[OpenPrompt]:
     return out
 
 
-def rewrite_prompts(rows: Sequence[dict], limit: int) -> list[OpenPrompt]:
+def rewrite_prompts(rows: Iterable[dict], limit: int) -> list[OpenPrompt]:
     """The questions of the question-answer rewrites (``Question: ...`` lines), each once."""
     out, seen = [], set()
     for row in rows:
