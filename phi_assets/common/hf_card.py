@@ -33,6 +33,8 @@ DATA_KEYS = {
     "synthetic_corpus": "synthetic_corpus",
     "preference_pairs": "preference_pairs",
     "judged_pairs": "judged_pairs",
+    "safety_sft": "safety_sft",
+    "safety_pairs": "safety_pairs",
 }
 #: what each stage of the chain is, in a sentence
 STAGE_SUMMARY = {

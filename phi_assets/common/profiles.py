@@ -54,6 +54,7 @@ class Sizes:
     train_seq_len: int = 128  # the pretraining run's sequence length (its steps follow the token budget)
     preference_problems: int = 24  # problems the DPO policy is sampled on (MBPP train + verified exercises)
     judged_prompts: int = 12  # open prompts per source the policy answers for LLM-judged pairs (judged_pairs)
+    rai_per_cell: int = 4  # held-out safety requests per (category, harmful/benign) rai_scores asks each model
     eval_problems: int = 1000  # HumanEval / MBPP problems evaluated per benchmark (1000: all 164 / 500)
     # the same for the trained checkpoints; the reference model (generator_model) always gets eval_problems
     checkpoint_eval_problems: int = 20
@@ -105,7 +106,8 @@ CI = Sizes(num_code_shards=2, code_sample_every=16, num_web_shards=2, web_sample
            exercises_per_batch=4, rewrites_per_batch=3, topic_clusters=4,
            synthetic_max_tokens=160, vocab_size=1024, token_budget=200_000, mixture_proxies=6,
            proxy_steps=20, proxy_seq_len=64, train_seq_len=64,
-           preference_problems=8, judged_prompts=2, eval_problems=10, checkpoint_eval_problems=10,
+           preference_problems=8, judged_prompts=2, rai_per_cell=2, eval_problems=10,
+           checkpoint_eval_problems=10,
            ablation_arms="raw,edu>=3+textbooks", ablation_seeds=2, ablation_steps=30,
            ablation_seq_len=64, model_family="phi3")
 # phi-1 ("Textbooks Are All You Need", arXiv:2306.11644), RegMix (arXiv:2407.01492) and phi-1.5
@@ -127,6 +129,7 @@ PHI1 = replace(
     train_seq_len=2_048,  # phi-1 §2.3
     preference_problems=10_000,
     judged_prompts=10_000,  # per source: textbooks, rewrites' questions, user requests (the file's, all)
+    rai_per_cell=1_000,  # every held-out request of a curated set of that size
     checkpoint_eval_problems=1_000,  # every checkpoint on all of HumanEval and MBPP, graded
     grade_checkpoints=True,
     dedup_band_groups=15,  # one partition per band (14 LSH bands + the exact-id band) ...

@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 
 from k8s import steps
+from phi_assets.common import safety
 from phi_assets.common.code_version import code_version
 from phi_assets.common.store import current, file_uri
 from phi_assets.common.versioning import stable_hash
@@ -23,11 +24,12 @@ from phi_assets.training.post_training import (
     with_epochs,
 )
 from phi_assets.training.runs import current_tokenizer, parent_checkpoint, recipe_config, train_and_record
+from phi_assets.training.safety_data import safety_pairs, safety_rows
 from resources import ArtifactStore, ProfileResource
 from resources.training import TrainingLauncher
 
 DPO_CHECKPOINT_CODE_VERSION = code_version(__name__, "dpo_checkpoint")
-KINDS = ("verified", "judged")
+KINDS = ("verified", "judged", "safety")
 
 
 class DPOConfig(dg.Config):
@@ -36,7 +38,9 @@ class DPOConfig(dg.Config):
     beta: float = 0.1  # the DPO temperature
     epochs: float = 2.0  # passes over the pairs
     judged_share: float = 0.25  # the LLM-judged pairs' share of the mix (0: execution-verified pairs only)
-    seed: int = 0  # which pairs the sampling down keeps
+    safety_share: float = 0.1  # safety_pairs' share of the whole mix (0: none; the no-safety control: none)
+    safety_max_repeats: int = 4  # passes over safety_pairs at most (a small set is not repeated without bound)
+    seed: int = 0  # which pairs the sampling down keeps, which safety pairs join
 
 
 def mix_counts(verified: int, judged: int, share: float) -> tuple[int, int]:
@@ -65,64 +69,72 @@ def mix_pairs(verified: pl.DataFrame, judged: pl.DataFrame, share: float, seed: 
     return pl.concat(parts)
 
 
-def _read_pairs(store: ArtifactStore, asset: str) -> tuple[dict, pl.DataFrame]:
-    manifest = current(store, asset, reader="dpo_checkpoint")
+def _read_pairs(store: ArtifactStore, asset: str, reader: str) -> tuple[dict, pl.DataFrame]:
+    manifest = current(store, asset, reader=reader)
     with store.fs.open(file_uri(store, manifest, "pairs.parquet"), "rb") as f:
         return manifest, pl.read_parquet(f)
 
 
-def _mixed(context, config: DPOConfig, verified: pl.DataFrame, judged: pl.DataFrame) -> pl.DataFrame:
+def _mixed(context, config: DPOConfig, verified: pl.DataFrame, judged: pl.DataFrame,
+           asset: str) -> pl.DataFrame:
     try:
         pairs = mix_pairs(verified, judged, config.judged_share, config.seed)
     except ValueError as e:
-        raise dg.Failure(description=f"dpo_checkpoint: {e}") from e
+        raise dg.Failure(description=f"{asset}: {e}") from e
     if not pairs.height:
         raise dg.Failure(
-            description="dpo_checkpoint: preference_pairs and judged_pairs hold no pairs (no problem had both "
+            description=f"{asset}: preference_pairs and judged_pairs hold no pairs (no problem had both "
             "a passing and a failing answer, and the judge agreed with itself on none); raise their problems, "
             "prompts or samples"
         )
     wanted = 0 < config.judged_share < 1
     for kind, frame in (("verified", verified), ("judged", judged)):
         if wanted and not frame.height:
-            context.log.warning(f"dpo_checkpoint: no {kind} pairs; training on the other kind alone "
+            context.log.warning(f"{asset}: no {kind} pairs; training on the other kind alone "
                                 f"(judged_share {config.judged_share} not met)")
     return pairs
 
 
-@dg.asset(
-    deps=[sft_checkpoint, preference_pairs, judged_pairs],
-    group_name="training",
-    op_tags=steps.tags("light"),
-    pool=steps.GPU_POOL,
-    kinds={"pytorch"},
-    code_version=DPO_CHECKPOINT_CODE_VERSION,
-    description="DPO against the frozen SFT checkpoint as reference, on execution-verified and LLM-judged "
-    "pairs mixed at a configurable share; reports the share of pairs whose implicit reward prefers the chosen "
-    "answer.",
-)
-def dpo_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: DPOConfig,
-    store: ArtifactStore,
-    training_launcher: TrainingLauncher,
-    profile: ProfileResource,
-) -> dg.MaterializeResult:
+def add_safety(context, store: ArtifactStore, pairs: pl.DataFrame, config: DPOConfig,
+               reader: str) -> tuple[pl.DataFrame, dict]:
+    """``pairs`` plus safety_pairs' at ``config.safety_share`` (kind ``safety``), and the version read."""
+    manifest, rows = safety_rows(store, "safety_pairs", reader)
+    try:
+        picked = safety.mix_in(rows.select("prompt", "chosen", "rejected").rows(), pairs.height,
+                               config.safety_share, config.safety_max_repeats, config.seed)
+    except ValueError as e:
+        raise dg.Failure(description=f"{reader}: {e}") from e
+    if len(picked) < safety.wanted_count(pairs.height, config.safety_share):
+        context.log.warning(f"{reader}: {len(picked)} safety pairs ({rows.height} x at most "
+                            f"{config.safety_max_repeats} passes), short of what safety_share asks")
+    added = pl.DataFrame([("safety", *r) for r in picked], schema=pairs.schema, orient="row")
+    return pl.concat([pairs, added]), {"safety_pairs": manifest["data_version"]}
+
+
+def train_dpo(context, config: DPOConfig, store: ArtifactStore, training_launcher: TrainingLauncher,
+              profile: ProfileResource, *, parent_asset: str, code_version: str,
+              safety_data: bool) -> dg.MaterializeResult:
+    """DPO from ``parent_asset`` (its frozen copy the reference) on the verified and judged pairs, and with
+    ``safety_data`` safety_pairs' at the config's share (``dpo_checkpoint``; without: the no-safety control)."""
+    asset = context.asset_key.to_user_string()
     recipe = config.recipe or profile.get().sizes.dpo_recipe
-    parent, init = parent_checkpoint(store, "sft_checkpoint")
-    verified_manifest, verified = _read_pairs(store, "preference_pairs")
-    judged_manifest, judged = _read_pairs(store, "judged_pairs")
+    parent, init = parent_checkpoint(store, parent_asset)
+    verified_manifest, verified = _read_pairs(store, "preference_pairs", asset)
+    judged_manifest, judged = _read_pairs(store, "judged_pairs", asset)
     tok, tok_path = current_tokenizer(store)
-    pairs = _mixed(context, config, verified, judged)
+    pairs, read = _mixed(context, config, verified, judged, asset), {}
+    if safety_data and config.safety_share > 0:
+        pairs, read = add_safety(context, store, pairs, config, asset)
     mix = {kind: int((pairs["kind"] == kind).sum()) for kind in KINDS}
     context.log.info(f"dpo pairs: {mix} of {verified.height} verified and {judged.height} judged")
     cfg = recipe_config(recipe, {**architecture(parent), **config.train})
     cfg = with_epochs(cfg, config.epochs, pairs.height, config.train)
+    shares = {"judged_share": config.judged_share, "safety_share": config.safety_share if read else 0.0}
     result = train_and_record(
         context,
         store,
         training_launcher,
-        code_version=DPO_CHECKPOINT_CODE_VERSION,
+        code_version=code_version,
         stage="dpo",
         spec={"tokenizer": tok_path, "init": init, "beta": config.beta},
         cfg=cfg,
@@ -131,24 +143,50 @@ def dpo_checkpoint(
             "parent": parent["data_version"],
             "pairs": verified_manifest["data_version"],
             "judged_pairs": judged_manifest["data_version"],
-            "mix": {"share": config.judged_share, "seed": config.seed, "rows": stable_hash(pairs.rows())},
+            **read,
+            "mix": {**shares, "seed": config.seed, "rows": stable_hash(pairs.rows())},
             "tokenizer": tok["data_version"],
             "beta": config.beta,
             "train": cfg.__dict__,
         },
         lineage={
-            "sft_checkpoint": parent["data_version"],
+            parent_asset: parent["data_version"],
             "preference_pairs": verified_manifest["data_version"],
             "judged_pairs": judged_manifest["data_version"],
+            **read,
             "tokenizer": tok["data_version"],
             "pairs": {**dict(verified.group_by("kind").len().iter_rows()), "judged": judged.height},
-            "mix": {**mix, "judged_share": config.judged_share},
+            "mix": {**mix, **shares},
         },
         write_inputs=parquet_writer(store, pairs.select("prompt", "chosen", "rejected"), "pairs.parquet"),
     )
-    share = round(mix["judged"] / pairs.height, 4)
-    mixed = {"verified_pairs_used": mix["verified"], "judged_pairs_used": mix["judged"], "judged_share": share}
-    return dg.MaterializeResult(data_version=result.data_version, metadata={**result.metadata, **mixed})
+    used = {f"{kind}_pairs_used": mix[kind] for kind in KINDS}
+    share = round(mix["judged"] / max(1, mix["verified"] + mix["judged"]), 4)
+    return dg.MaterializeResult(data_version=result.data_version,
+                                metadata={**result.metadata, **used, "judged_share": share,
+                                          "safety_share": round(mix["safety"] / pairs.height, 4)})
+
+
+@dg.asset(
+    deps=[sft_checkpoint, preference_pairs, judged_pairs, safety_pairs],
+    group_name="training",
+    op_tags=steps.tags("light"),
+    pool=steps.GPU_POOL,
+    kinds={"pytorch"},
+    code_version=DPO_CHECKPOINT_CODE_VERSION,
+    description="DPO against the frozen SFT checkpoint as reference, on execution-verified and LLM-judged "
+    "pairs mixed at a configurable share, with safety pairs (phi-3) mixed in; reports the share of pairs whose "
+    "implicit reward prefers the chosen answer.",
+)
+def dpo_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: DPOConfig,
+    store: ArtifactStore,
+    training_launcher: TrainingLauncher,
+    profile: ProfileResource,
+) -> dg.MaterializeResult:
+    return train_dpo(context, config, store, training_launcher, profile, parent_asset="sft_checkpoint",
+                     code_version=DPO_CHECKPOINT_CODE_VERSION, safety_data=True)
 
 
 DPO_ASSETS = [judged_pairs, dpo_checkpoint]

@@ -15,6 +15,7 @@ import dagster as dg
 import polars as pl
 
 from k8s import steps
+from phi_assets.common import safety
 from phi_assets.common.code_version import code_version
 from phi_assets.common.store import current, file_uri, local_copy
 from phi_assets.common.tables import md_table
@@ -30,6 +31,7 @@ from phi_assets.training.runs import (
     recipe_config,
     train_and_record,
 )
+from phi_assets.training.safety_data import safety_rows, safety_sft
 from resources import ArtifactStore, DecontaminationResource, LLMEngine, ProfileResource
 from resources.llm.checkpoint import COMPLETION_STOPS, checkpoint_engine, checkpoint_model
 from resources.training import TrainingLauncher
@@ -83,6 +85,9 @@ class FinetuneConfig(dg.Config):
     train: dict = {}  # TrainConfig fields over the recipe's
     sources: list[str] = list(SFT_SOURCES)  # instruction data: synthetic exercises and textbooks, MBPP train
     epochs: float = 2.0  # passes over the examples (steps follow)
+    safety_share: float = 0.1  # safety_sft's share of the examples (0: none; the no-safety control: none)
+    safety_max_repeats: int = 4  # passes over safety_sft at most (a small set is not repeated without bound)
+    seed: int = 0  # which safety examples, in what order
 
 
 def sft_examples(
@@ -110,24 +115,32 @@ def sft_examples(
     return pl.DataFrame(rows, schema=["source", "prompt", "completion"], orient="row")
 
 
-@dg.asset(
-    deps=[midtrained_checkpoint, synthetic_corpus],
-    group_name="training",
-    op_tags=steps.tags("light"),
-    pool=steps.GPU_POOL,
-    kinds={"pytorch"},
-    code_version=SFT_CHECKPOINT_CODE_VERSION,
-    description="Supervised finetuning (phi-1's CodeExercises step) on verified synthetic exercises, "
-    "textbook instructions and MBPP's training split, with the loss on completions only.",
-)
-def sft_checkpoint(
-    context: dg.AssetExecutionContext,
-    config: FinetuneConfig,
-    store: ArtifactStore,
-    decontamination: DecontaminationResource,
-    training_launcher: TrainingLauncher,
-    profile: ProfileResource,
-) -> dg.MaterializeResult:
+def with_safety(context, store: ArtifactStore, examples: pl.DataFrame, config: FinetuneConfig,
+                reader: str) -> tuple[pl.DataFrame, dict]:
+    """``examples`` with safety_sft's mixed in at ``config.safety_share`` (source ``safety``), and what the mix
+    adds to the run's inputs and lineage."""
+    manifest, rows = safety_rows(store, "safety_sft", reader)
+    try:
+        picked = safety.mix_in(rows.select("prompt", "completion").rows(), examples.height, config.safety_share,
+                               config.safety_max_repeats, config.seed)
+    except ValueError as e:
+        raise dg.Failure(description=f"{reader}: {e}") from e
+    wanted = safety.wanted_count(examples.height, config.safety_share)
+    if len(picked) < wanted:
+        context.log.warning(f"{reader}: {len(picked)} safety examples ({rows.height} x at most "
+                            f"{config.safety_max_repeats} passes), short of the {wanted} safety_share asks")
+    mixed = pl.concat([examples, pl.DataFrame([("safety", p, c) for p, c in picked], schema=examples.schema,
+                                              orient="row")])
+    share = round(len(picked) / mixed.height, 4) if mixed.height else 0.0
+    return mixed, {"safety_sft": manifest["data_version"], "safety_share": share}
+
+
+def train_sft(context, config: FinetuneConfig, store: ArtifactStore, decontamination: DecontaminationResource,
+              training_launcher: TrainingLauncher, profile: ProfileResource, *, code_version: str,
+              safety_data: bool) -> dg.MaterializeResult:
+    """SFT from the midtrained checkpoint; ``safety_data``: with safety_sft's examples at the config's share
+    (``sft_checkpoint``), else without them (``sft_checkpoint_no_safety``, the responsible-AI control)."""
+    asset = context.asset_key.to_user_string()
     recipe = config.recipe or profile.get().sizes.finetune_recipe
     parent, init = parent_checkpoint(store, "midtrained_checkpoint")
     tok, tok_path = current_tokenizer(store)
@@ -135,7 +148,10 @@ def sft_checkpoint(
     mbpp = decontamination.resolved_mbpp_path() if "mbpp_train" in config.sources else ""
     examples = sft_examples(config.sources, exercises, textbooks, mbpp)
     if not examples.height:
-        raise dg.Failure(description=f"sft_checkpoint: no examples in sources {config.sources}")
+        raise dg.Failure(description=f"{asset}: no examples in sources {config.sources}")
+    mix = {}
+    if safety_data and config.safety_share > 0:
+        examples, mix = with_safety(context, store, examples, config, asset)
     counts = dict(examples.group_by("source").len().iter_rows())
     context.log.info(f"sft examples: {counts}")
     cfg = recipe_config(recipe, {**architecture(parent), **config.train})
@@ -144,7 +160,7 @@ def sft_checkpoint(
         context,
         store,
         training_launcher,
-        code_version=SFT_CHECKPOINT_CODE_VERSION,
+        code_version=code_version,
         stage="sft",
         spec={"tokenizer": tok_path, "init": init},
         cfg=cfg,
@@ -159,10 +175,34 @@ def sft_checkpoint(
             "midtrained_checkpoint": parent["data_version"],
             "synthetic_corpus": corpus_version,
             "tokenizer": tok["data_version"],
+            **mix,
             "examples": counts,
         },
         write_inputs=parquet_writer(store, examples, "examples.parquet"),
     )
+
+
+@dg.asset(
+    deps=[midtrained_checkpoint, synthetic_corpus, safety_sft],
+    group_name="training",
+    op_tags=steps.tags("light"),
+    pool=steps.GPU_POOL,
+    kinds={"pytorch"},
+    code_version=SFT_CHECKPOINT_CODE_VERSION,
+    description="Supervised finetuning (phi-1's CodeExercises step) on verified synthetic exercises, "
+    "textbook instructions and MBPP's training split, with safety examples mixed in (phi-3), the loss on "
+    "completions only.",
+)
+def sft_checkpoint(
+    context: dg.AssetExecutionContext,
+    config: FinetuneConfig,
+    store: ArtifactStore,
+    decontamination: DecontaminationResource,
+    training_launcher: TrainingLauncher,
+    profile: ProfileResource,
+) -> dg.MaterializeResult:
+    return train_sft(context, config, store, decontamination, training_launcher, profile,
+                     code_version=SFT_CHECKPOINT_CODE_VERSION, safety_data=True)
 
 
 # --- preference pairs -----------------------------------------------------------------------------
