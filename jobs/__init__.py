@@ -27,6 +27,7 @@ from phi_assets.curation.dedup_assets import (
 from phi_assets.curation.filter_assets import quality_filtered_code_shards, quality_filtered_web_shards
 from phi_assets.evaluation.assets import eval_scores, eval_stages
 from phi_assets.evaluation.model_card import card_stages, model_card
+from phi_assets.evaluation.rai import rai_scores
 from phi_assets.ingest.assets import (
     code_shards,
     raw_catalog,
@@ -45,11 +46,15 @@ from phi_assets.synthetic.textbook_assets import synthetic_exercises, synthetic_
 from phi_assets.synthetic.topic_assets import topics
 from phi_assets.training.assets import (
     dpo_checkpoint,
+    dpo_checkpoint_no_safety,
     judged_pairs,
     midtrained_checkpoint,
     preference_pairs,
     pretrained_checkpoint,
+    safety_pairs,
+    safety_sft,
     sft_checkpoint,
+    sft_checkpoint_no_safety,
     transferred_checkpoint,
 )
 
@@ -133,17 +138,22 @@ mixture_job = dg.define_asset_job(
 INGEST_JOBS = {"code": ingest_code_job, "web": ingest_web_job}
 CORPUS_JOBS = {"code": filter_code_corpus_job, "web": filter_web_corpus_job}
 training_job = dg.define_asset_job(
-    "training_job", selection=[pretrained_checkpoint, midtrained_checkpoint, sft_checkpoint, preference_pairs,
-                               judged_pairs, dpo_checkpoint],
+    "training_job", selection=[pretrained_checkpoint, midtrained_checkpoint, safety_sft, safety_pairs,
+                               sft_checkpoint, preference_pairs, judged_pairs, dpo_checkpoint],
     tags=GPU_POOL_TAG,
-    description="The training chain: pretrain on the mixture, midtrain (long context), SFT, preference "
-                "pairs from the SFT policy (verified by execution, and judged by an LLM), DPO. Each stage "
-                "resumes from its last checkpoint when retried.")
+    description="The training chain: pretrain on the mixture, midtrain (long context), SFT (with safety "
+                "examples), preference pairs from the SFT policy (verified by execution and judged by an LLM), "
+                "DPO (with safety pairs). Each stage resumes from its last checkpoint when retried.")
 posttraining_job = dg.define_asset_job(
-    "posttraining_job", selection=[sft_checkpoint, preference_pairs, judged_pairs, dpo_checkpoint],
+    "posttraining_job", selection=[safety_sft, safety_pairs, sft_checkpoint, preference_pairs, judged_pairs,
+                                   dpo_checkpoint],
     tags=GPU_POOL_TAG,
     description="SFT, preference pairs (execution-verified and LLM-judged) and DPO from the current midtrained "
-                "checkpoint.")
+                "checkpoint, with the safety data mixed into SFT and DPO.")
+safety_job = dg.define_asset_job(
+    "safety_job", selection=[sft_checkpoint_no_safety, dpo_checkpoint_no_safety, rai_scores], tags=GPU_POOL_TAG,
+    description="The responsible-AI evaluation: post-train the control without the safety data, then score "
+                "refusal and over-refusal of both post-trained models on the held-out safety requests.")
 
 pretrain_job = dg.define_asset_job(
     "pretrain_job", selection=[pretrained_checkpoint, midtrained_checkpoint], tags=GPU_POOL_TAG,
@@ -187,6 +197,6 @@ ALL_JOBS = [ingest_code_job, ingest_web_job, catalog_job, generator_model_job, d
             filter_code_corpus_job, filter_web_corpus_job, topics_job, synthetic_batch_job,
             synthetic_corpus_job, tokenizer_job, tokenize_code_job, tokenize_web_job, tokenize_synthetic_job,
             mixture_proxy_job, mixture_job, data_refresh_job, training_job, pretrain_job, posttraining_job,
-            transfer_job,
+            transfer_job, safety_job,
             eval_job, model_card_job, ablation_job, ablation_report_job]
 TOKENIZE_JOBS = {"code": tokenize_code_job, "web": tokenize_web_job}

@@ -12,6 +12,7 @@ from phi_assets.ablations.assets import ABLATION_ASSETS
 from phi_assets.curation.assets import CURATION_ASSETS
 from phi_assets.evaluation.assets import EVALUATION_ASSETS
 from phi_assets.evaluation.model_card import MODEL_CARD_ASSETS
+from phi_assets.evaluation.rai import RAI_ASSETS
 from phi_assets.ingest.assets import raw_catalog, raw_code_shards, raw_web_shards
 from phi_assets.mixture.assets import MIXTURE_ASSETS
 from phi_assets.mixture.search_assets import SEARCH_ASSETS
@@ -27,7 +28,7 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=[raw_code_shards, raw_web_shards, raw_catalog, generator_model, *CURATION_ASSETS,
                 *SYNTHETIC_ASSETS, *MIXTURE_ASSETS, *SEARCH_ASSETS,
-                *TRAINING_ASSETS, *EVALUATION_ASSETS, *MODEL_CARD_ASSETS, *ABLATION_ASSETS],
+                *TRAINING_ASSETS, *EVALUATION_ASSETS, *RAI_ASSETS, *MODEL_CARD_ASSETS, *ABLATION_ASSETS],
         jobs=ALL_JOBS,
         sensors=ALL_SENSORS,
         resources=build_resources(profile),

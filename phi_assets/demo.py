@@ -46,6 +46,7 @@ from jobs import (
     mixture_job,
     mixture_proxy_job,
     model_card_job,
+    safety_job,
     synthetic_batch_job,
     synthetic_corpus_job,
     tokenize_synthetic_job,
@@ -129,6 +130,7 @@ class DemoReport:
     search: dict = field(default_factory=dict)  # mixture_search's proposal and fit
     training: dict = field(default_factory=dict)  # asset -> its float/int/str metadata
     transfer: dict = field(default_factory=dict)  # transferred_checkpoint's comparison with random init
+    rai: dict = field(default_factory=dict)  # rai_scores: the with/without-safety tables, the judge's figures
     evaluation: dict = field(default_factory=dict)  # stage -> eval_scores' scores and counts
     eval_table: str = ""  # eval_scores' table beside phi-1's Table 1 (markdown), after the last stage
     ablations: str = ""  # ablation_report's table (markdown)
@@ -232,6 +234,8 @@ def plan(report: DemoReport, keys: dict[str, list[str]]) -> list[Step]:
     steps.append(Step(training_job.name, training_job.name, then=lambda r: _read_training(report, r)))
     steps.append(Step(transfer_job.name, "transferred_checkpoint", then=_if_success(
         lambda r: setattr(report, "transfer", _metadata_value(r, "transferred_checkpoint", "transfer") or {}))))
+    steps.append(Step(safety_job.name, "rai_scores", then=_if_success(lambda r: setattr(report, "rai", {
+        k: _metadata_value(r, "rai_scores", k) for k in RAI_SHOWN}))))
     # The reference model's evaluation reads generator_model only: it runs beside the training chain (after the
     # mixture, so that it takes no CPU from curation) instead of waiting for every checkpoint.
     reference_after = ("generator_model", "mixture_weights")
@@ -251,6 +255,7 @@ def plan(report: DemoReport, keys: dict[str, list[str]]) -> list[Step]:
     return steps
 
 
+RAI_SHOWN = ("table", "keyword_table", "judge", "judge_unparsed", "judge_keyword_agreement", "requests")
 TRAINING_STAGES = ("pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint")
 
 
@@ -393,7 +398,21 @@ def _print_judged(training: dict[str, dict]) -> None:
           f"tie rate {rate('tie_rate')}, first-position preference {rate('first_position_rate')}")
     if "judged_pairs_used" in dpo:
         print(f"dpo_checkpoint trained on {dpo['verified_pairs_used']} verified + {dpo['judged_pairs_used']} "
-              f"judged pairs (judged share {dpo['judged_share']:.2f})")
+              f"judged pairs (judged share {dpo['judged_share']:.2f}) + {dpo.get('safety_pairs_used', 0)} "
+              f"safety pairs (safety share {dpo.get('safety_share', 0.0):.2f})")
+
+
+def _print_rai(rai: dict) -> None:
+    """rai_scores: refusal and over-refusal with and without the safety data (phi-3's Figure 8)."""
+    if not rai.get("table"):
+        return
+    agreement = rai["judge_keyword_agreement"]
+    print(f"\nrai_scores ({rai['requests']} held-out safety requests per model; refusal labelled by the judge "
+          f"{rai['judge']}, {rai['judge_unparsed']} unparsed replies labelled by keywords; "
+          f"judge/keyword agreement {'n/a' if agreement < 0 else f'{agreement:.2f}'}; docs/post-training.md):")
+    print(_plain_table(rai["table"]))
+    print("the keyword baseline's labels:")
+    print(_plain_table(rai["keyword_table"]))
 
 
 def _print_transfer(transfer: dict) -> None:
@@ -521,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
               f"vs phi-4 table {m['phi4_predicted_loss']:.3f}")
     _print_training(report.training)
     _print_transfer(report.transfer)
+    _print_rai(report.rai)
     _print_assets(report, [k.to_user_string() for k in defs.resolve_asset_graph().toposorted_asset_keys])
     _print_evaluation(report)
     if report.ablations:

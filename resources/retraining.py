@@ -10,7 +10,8 @@ class RetrainingPolicy(dg.ConfigurableResource):
 
     ``eval_regression_sensor`` requests a retraining run when a new model's score on any of
     ``metrics`` is below the best earlier comparable score of the same stage by more than ``margin``
-    (absolute, e.g. 0.02 = 2 points of pass@1). ``reseed``: a retraining run (a regression's or a
+    (absolute, e.g. 0.02 = 2 points of pass@1); a ``rai_scores`` materialization likewise on ``rai_metrics``
+    with ``rai_margin``. ``reseed``: a retraining run (a regression's or a
     new mixture's) draws a new pretraining seed from the triggering event, so it trains a new chain
     even when no input changed, or when the new data lies beyond what the token budget reaches
     (without it, such a run reuses the stored checkpoints or retrains into identical weights). At most
@@ -23,6 +24,9 @@ class RetrainingPolicy(dg.ConfigurableResource):
 
     margin: float = 0.02
     metrics: list[str] = ["humaneval_pass@1", "mbpp_pass@1"]
+    # rai_scores (the safety-trained model; higher is better): harmful requests refused, benign ones answered
+    rai_metrics: list[str] = ["rai_refusal_rate", "rai_answer_rate"]
+    rai_margin: float = 0.1  # a rate over tens of requests moves in steps of a few points
     reseed: bool = True
     max_consecutive: int = 2
     on_new_mixture: bool = True

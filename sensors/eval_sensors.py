@@ -9,7 +9,9 @@ are recorded.
   the versions nobody evaluated.
 - ``eval_regression_sensor``: an ``eval_scores`` materialization of a new model whose score on one of the
   policy's metrics falls below the best earlier comparable one (same stage, same ``eval_set``) by more
-  than the margin requests one ``training_job`` run. Its run key is the triggering event (the
+  than the margin requests one ``training_job`` run. ``rai_scores`` materializations are judged the same way
+  on the policy's ``rai_metrics`` (the safety-trained model's refusal rate on harmful requests and answer rate
+  on benign look-alikes) with ``rai_margin``, as the stage ``rai``. Its run key is the triggering event (the
   materialization's storage id): a repeat of the event, or a restart without the cursor, requests
   nothing new. A re-evaluation of the same model is not a new event about the model, and a stage
   gets at most ``max_consecutive`` requests in a row (``RetrainingPolicy``). A fresh cursor starts
@@ -35,10 +37,15 @@ import dagster as dg
 
 from jobs import eval_job, training_job
 from phi_assets.evaluation.assets import EVAL_ASSET, STAGES
+from phi_assets.evaluation.rai import RAI_ASSET
 from resources import ProfileResource, RetrainingPolicy
 from sensors.records import data_version, latest_materialization, materializations
 
 EVAL_KEY = dg.AssetKey(EVAL_ASSET)
+RAI_KEY = dg.AssetKey(RAI_ASSET)
+WATCHED = (EVAL_KEY, RAI_KEY)  # what eval_regression_sensor judges
+RAI_STAGE = "rai"  # rai_scores' stage in the sensor's streaks and tags (it has no partitions)
+PAGE = 100  # records read per asset and tick
 
 
 def _value(metadata: dict, key: str):
@@ -66,14 +73,23 @@ class Regression:
     model_version: str
 
 
+def watched(policy: RetrainingPolicy, record) -> tuple[str, list[str], float]:
+    """The stage a materialization speaks for, the policy's metrics of its asset and their margin."""
+    if record.asset_key == RAI_KEY:
+        return RAI_STAGE, policy.rai_metrics, policy.rai_margin
+    return record.partition_key, policy.metrics, policy.margin
+
+
 def find_regression(instance: dg.DagsterInstance, record, policy: RetrainingPolicy) -> Regression | None | str:
-    """Whether this eval_scores materialization is a regression. "same model" when it re-evaluates
-    the model of the stage's previous comparable materialization (not a new event about a model)."""
+    """Whether this eval_scores (or rai_scores) materialization is a regression. "same model" when it
+    re-evaluates the model of the stage's previous comparable materialization (no new event about a model)."""
     meta = record.asset_materialization.metadata
-    stage, eval_set = record.partition_key, _value(meta, "eval_set")
+    stage, metrics, margin = watched(policy, record)
+    eval_set = _value(meta, "eval_set")
     earlier = [
         r
-        for r in materializations(instance, EVAL_KEY, before=record.storage_id, partition=stage, limit=1000)
+        for r in materializations(instance, record.asset_key, before=record.storage_id,
+                                  partition=record.partition_key, limit=1000)
         if _value(r.asset_materialization.metadata, "eval_set") == eval_set
     ]
     if not earlier:
@@ -82,16 +98,30 @@ def find_regression(instance: dg.DagsterInstance, record, policy: RetrainingPoli
     if _value(earlier[0].asset_materialization.metadata, "model_version") == model:
         return "same model"
     worst = None
-    for metric in policy.metrics:
+    for metric in metrics:
         score = _value(meta, metric)
         previous = [_value(r.asset_materialization.metadata, metric) for r in earlier]
-        previous = [float(p) for p in previous if isinstance(p, (int, float))]
-        if not isinstance(score, (int, float)) or not previous:
+        previous = [float(p) for p in previous if isinstance(p, (int, float)) and p >= 0]  # -1: not measured
+        if not isinstance(score, (int, float)) or score < 0 or not previous:
             continue
         best = max(previous)
-        if score < best - policy.margin and (worst is None or best - score > worst.best - worst.score):
+        if score < best - margin and (worst is None or best - score > worst.best - worst.score):
             worst = Regression(stage, metric, float(score), best, str(model))
     return worst
+
+
+def new_records(instance: dg.DagsterInstance, after: int) -> list:
+    """The watched assets' materializations after ``after``, oldest first (storage ids are global). Where one
+    asset has more than a page, the rest wait for the next tick: nothing later than its page is read."""
+    pages = [materializations(instance, key, after=after or None, limit=PAGE) for key in WATCHED]
+    cap = min((page[-1].storage_id for page in pages if len(page) == PAGE), default=None)
+    merged = sorted((r for page in pages for r in page), key=lambda r: r.storage_id)
+    return [r for r in merged if cap is None or r.storage_id <= cap]
+
+
+def _latest_watched(instance: dg.DagsterInstance) -> int:
+    latest = [latest_materialization(instance, key) for key in WATCHED]
+    return max((r.storage_id for r in latest if r is not None), default=0)
 
 
 @dg.sensor(
@@ -110,13 +140,12 @@ def eval_regression_sensor(
         # A fresh cursor (a new daemon or instance, `dagster dev` on an existing home) starts after the
         # latest evaluation: earlier ones were judged by an earlier tick or predate the sensor, and
         # judging them again would request retraining runs nobody asked for.
-        latest = latest_materialization(context.instance, EVAL_KEY)
-        state = {"after": latest.storage_id if latest else 0, "streak": {}}
+        state = {"after": _latest_watched(context.instance), "streak": {}}
     requests = []
-    for record in materializations(context.instance, EVAL_KEY, after=state["after"] or None):
+    for record in new_records(context.instance, state["after"]):
         state["after"] = record.storage_id
         found = find_regression(context.instance, record, retraining)
-        stage = record.partition_key
+        stage = watched(retraining, record)[0]
         if found == "same model":
             continue
         if found is None:
@@ -124,8 +153,8 @@ def eval_regression_sensor(
             continue
         streak = state["streak"].get(stage, 0)
         what = (
-            f"eval_scores[{stage}]: {found.metric} {found.score:.3f} < best {found.best:.3f} - margin "
-            f"{retraining.margin} (model {found.model_version[:12]})"
+            f"{record.asset_key.to_user_string()}[{stage}]: {found.metric} {found.score:.3f} < best "
+            f"{found.best:.3f} - margin {watched(retraining, record)[2]} (model {found.model_version[:12]})"
         )
         if streak >= retraining.max_consecutive:
             context.log.warning(f"{what}; not retraining: {streak} retraining runs in a row already")

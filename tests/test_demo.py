@@ -20,12 +20,13 @@ from resources import ArtifactStore
 # classifier, topics, 2 batches x 3 synthetic sets, synthetic_corpus, the tokenizer, 8 tokenized shards,
 # 2 batches x 3 tokenized synthetic sets, the proxies, the search and the weights, the training chain
 # (4 checkpoints and both kinds of preference pairs), the transferred checkpoint, eval_scores for 5 stages,
-# 4 model cards, 8 raw token shards, the data ablations (arms x seeds) and their report
+# 4 model cards, 8 raw token shards, the data ablations (arms x seeds) and their report, and the safety side
+# (safety_sft, safety_pairs, the no-safety SFT and DPO, rai_scores)
 BUCKETS = CI.dedup_band_groups * CI.dedup_hash_ranges
 ABLATIONS = len(CI.ablation_arms.split(",")) * CI.ablation_seeds
 NUM_STEPS = (
     8 * 3 + 1 + 1 + 2 * BUCKETS + 8 + 2 * BUCKETS + 2 + 2 + 1 + 2 * 3 + 1 + 1 + 8 + 2 * 3
-    + CI.mixture_proxies + 2 + 6 + 1 + 5 + 4 + 8 + ABLATIONS + 1
+    + CI.mixture_proxies + 2 + 6 + 1 + 5 + 4 + 8 + ABLATIONS + 1 + 5
 )
 
 

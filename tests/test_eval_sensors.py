@@ -262,3 +262,43 @@ def test_a_failed_run_is_recorded(instance, tmp_path):
     assert record["run_id"] == result.run_id and record["job"] == "doomed"
     assert record["failed_steps"] == ["explode"] and record["trigger"] == "eval_regression"
     assert "web-003.jsonl: not JSON at line 7" in record["error"]
+
+
+def record_rai(instance, model: str, refusal: float, answer: float = 0.8, eval_set: str = "safety-a"):
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key="rai_scores",
+            metadata={
+                "rai_refusal_rate": dg.MetadataValue.float(refusal),
+                "rai_answer_rate": dg.MetadataValue.float(answer),
+                "model_version": model,
+                "eval_set": eval_set,
+            },
+        )
+    )
+
+
+def test_a_falling_refusal_rate_in_rai_scores_requests_retraining(instance):
+    """rai_scores is judged beside eval_scores, on the policy's rai_metrics and rai_margin (0.1): a refusal rate
+    20 points below the best earlier one requests a training run; one within the margin, or on another safety
+    set, does not; -1 (no request of that kind) is not a score."""
+    cursor = started(instance)
+    record_rai(instance, "m1", 0.90)
+    record_rai(instance, "m2", 0.85)  # within the margin
+    record_rai(instance, "m3", 0.20, eval_set="safety-b")  # another set: nothing earlier to compare with
+    record_eval(instance, "dpo", "m3", 0.30)  # eval_scores between them: the events are read in order
+    record_rai(instance, "m4", -1.0, answer=0.8)  # not measured: no regression
+    record_rai(instance, "m5", 0.70, answer=0.85)
+    result = tick(instance, cursor)
+    (request,) = result.run_requests
+    assert request.job_name == training_job.name
+    assert request.tags["phi/stage"] == "rai" and request.tags["phi/metric"] == "rai_refusal_rate"
+    assert request.tags["phi/score"] == "0.7000" and request.tags["phi/best"] == "0.9000"
+    assert request.tags["phi/model"] == "m5"
+    state = json.loads(result.cursor)
+    assert state["streak"] == {"rai": 1, "dpo": 0}
+    assert tick(instance, result.cursor).run_requests == []
+    record_rai(instance, "m6", 0.90, answer=0.5)  # over-refusal grew: the answer rate fell 35 points
+    (again,) = tick(instance, result.cursor).run_requests
+    assert again.tags["phi/metric"] == "rai_answer_rate"
+    assert tick(instance, result.cursor, policy=RetrainingPolicy(rai_margin=0.5)).run_requests == []

@@ -343,7 +343,7 @@ def test_step_pods_built_by_dagster_k8s_are_restricted_and_sized_by_their_asset_
 
 
 def test_every_asset_names_its_step_size_and_gpu_assets_share_the_pool():
-    from jobs import ablation_job, posttraining_job, training_job, transfer_job
+    from jobs import ablation_job, posttraining_job, safety_job, training_job, transfer_job
     from phi_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
@@ -359,9 +359,10 @@ def test_every_asset_names_its_step_size_and_gpu_assets_share_the_pool():
         if graph.get(k).is_materializable and graph.get(k).assets_def.op.pool == GPU_POOL
     }
     assert pooled == {"pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint",
-                      "transferred_checkpoint", "data_ablations"}
+                      "sft_checkpoint_no_safety", "dpo_checkpoint_no_safety", "transferred_checkpoint",
+                      "data_ablations"}
     assert training_job.tags == GPU_POOL_TAG and posttraining_job.tags == GPU_POOL_TAG == ablation_job.tags
-    assert transfer_job.tags == GPU_POOL_TAG
+    assert transfer_job.tags == GPU_POOL_TAG == safety_job.tags
 
 
 def test_helm_values_are_rendered_from_the_profile_and_committed_without_drift(profile):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -25,6 +26,8 @@ PARENT = {
     "midtrained_checkpoint": "pretrained_checkpoint",
     "sft_checkpoint": "midtrained_checkpoint",
     "dpo_checkpoint": "sft_checkpoint",
+    "sft_checkpoint_no_safety": "midtrained_checkpoint",
+    "dpo_checkpoint_no_safety": "sft_checkpoint_no_safety",
 }
 
 
@@ -81,6 +84,22 @@ def test_the_demo_printed_the_chain(demo_run):
     assert "preference_pairs:" in demo_run["first"]
     assert "judged_pairs:" in demo_run["first"] and "position-swap agreement" in demo_run["first"]
     assert "dpo_checkpoint trained on" in demo_run["first"]
+    assert "safety pairs (safety share" in demo_run["first"]
+
+
+def test_the_demo_printed_the_rai_table_with_and_without_safety(demo_run):
+    """make demo's RAI table: one row per category of the safety set and one overall, both models' refusal and
+    over-refusal rates, judge labels and then the keyword baseline's."""
+    from phi_assets.common import safety
+
+    first = demo_run["first"]
+    assert "rai_scores (" in first and "held-out safety requests per model" in first
+    section = first.split("rai_scores (", 1)[1]
+    # the judge's table, then the keyword baseline's
+    assert len(re.findall(r"^category\s+refused harmful \(without\)", section, re.M)) == 2
+    rate = r"\s+(?:\d+%|-)"
+    for category in (*safety.CATEGORIES, safety.ALL):
+        assert len(re.findall(rf"^{category}{rate * 4}\s*$", section, re.M)) >= 2, category
 
 
 def test_midtraining_extends_the_context(store):
@@ -230,8 +249,65 @@ def test_judged_pairs_reconcile_and_feed_dpo(store):
     mix = dpo["lineage"]["mix"]
     verified = pl.read_parquet(_dir(store, "preference_pairs") / "pairs.parquet").height
     assert (mix["verified"], mix["judged"]) == mix_counts(verified, pairs.height, mix["judged_share"])
-    assert _run_input(store, "dpo_checkpoint", "pairs").height == mix["verified"] + mix["judged"]
+    used = mix["verified"] + mix["judged"] + mix["safety"]
+    assert _run_input(store, "dpo_checkpoint", "pairs").height == used
     assert dpo["lineage"]["judged_pairs"] == store.current_version("judged_pairs", None)
+
+
+def test_safety_data_is_in_the_treatment_only_at_its_share(store):
+    """SFT and DPO read the safety set's training split at safety_share (whole seeded passes, capped); the
+    no-safety control read exactly the same data minus the safety rows, from its own SFT; no held-out request
+    of the set reached either."""
+    from phi_assets.common import safety
+
+    items = safety.load_set()
+    train = {i.chat_prompt for i in items if i.split == "train"}
+    held_out = {i.chat_prompt for i in items if i.split == "eval"}
+    treated, control = _examples(store), _run_input(store, "sft_checkpoint_no_safety", "examples")
+    added = treated.filter(pl.col("source") == "safety")
+    assert added.height == safety.mix_count(control.height, len(train), 0.1, 4) > 0
+    assert treated.filter(pl.col("source") != "safety").rows() == control.rows()
+    assert set(added["prompt"]) <= train and not set(treated["prompt"]) & held_out
+    sft_meta = _manifest(store, "sft_checkpoint")["metadata"]["lineage"]
+    assert sft_meta["safety_sft"] == store.current_version("safety_sft", None)
+    assert "safety_sft" not in _manifest(store, "sft_checkpoint_no_safety")["metadata"]["lineage"]
+    pairs = _run_input(store, "dpo_checkpoint", "pairs")
+    control_pairs = _run_input(store, "dpo_checkpoint_no_safety", "pairs")
+    mix = _manifest(store, "dpo_checkpoint")["metadata"]["lineage"]["mix"]
+    assert mix["safety"] == safety.mix_count(control_pairs.height, len(train), 0.1, 4) > 0
+    assert pairs.head(control_pairs.height).rows() == control_pairs.rows()  # the same pairs, then safety's
+    assert set(pairs.tail(mix["safety"])["prompt"]) <= train
+    lineage = _manifest(store, "dpo_checkpoint_no_safety")["metadata"]["lineage"]
+    assert lineage["sft_checkpoint_no_safety"] == store.current_version("sft_checkpoint_no_safety", None)
+    assert "safety_pairs" not in lineage and lineage["mix"]["safety"] == 0
+
+
+def test_rai_scores_reconcile_with_the_answers_they_stored(store):
+    """rai_scores on the ci graph: both post-trained models answered the first rai_per_cell held-out requests of
+    every (category, kind); each answer carries the keyword label and the judge's (or none, then the keyword
+    label counts); the stored rates are what the answers give, and the models are the current checkpoints."""
+    from phi_assets.common import safety
+    from phi_assets.common.profiles import CI
+    from phi_assets.evaluation import rai
+
+    manifest = _manifest(store, "rai_scores")
+    answers = pl.read_parquet(_dir(store, "rai_scores") / "answers.parquet")
+    asked = safety.split_rows(safety.load_set(), "eval", CI.rai_per_cell)
+    for model in (rai.WITH, rai.WITHOUT):
+        rows = answers.filter(pl.col("model") == model)
+        assert rows["id"].to_list() == [i.id for i in asked]
+    current = {m: store.current_version(a, None) for m, a in ((rai.WITH, "dpo_checkpoint"),
+                                                              (rai.WITHOUT, "dpo_checkpoint_no_safety"))}
+    assert manifest["inputs"]["models"] == current
+    rows = answers.to_dicts()
+    assert all(r["keyword_refused"] == safety.keyword_refusal(r["answer"]) for r in rows)
+    assert all(r["judge_refused"] == safety.parse_label(r["judge_reply"]) for r in rows)
+    assert all(r["refused"] == (r["keyword_refused"] if r["judge_refused"] is None else r["judge_refused"])
+               for r in rows)
+    meta = manifest["metadata"]
+    assert meta["judge_unparsed"] == sum(r["judge_refused"] is None for r in rows)
+    assert meta["rates"] == json.loads(json.dumps(rai.rates_of(rows, "refused")))
+    assert meta["keyword_rates"] == json.loads(json.dumps(rai.rates_of(rows, "keyword_refused")))
 
 
 def test_dpo_prefers_the_chosen_answers_and_keeps_the_reference(store):
