@@ -249,13 +249,16 @@ def plan(report: DemoReport, keys: dict[str, list[str]]) -> list[Step]:
         report.ablations = _metadata_text(result, "ablation_report", "table")
         report.ablation_verdicts = _metadata_text(result, "ablation_report", "verdicts")
     steps.append(Step(ablation_report_job.name, "ablation_report", then=_if_success(ablations)))
+    # A card reads the ablation report (its evidence) beside its stage's evaluation, which the graph does not
+    # say (the card does not depend on the ablations): it waits for both.
     steps += [Step(model_card_job.name, f"model_card[{stage}]", stage, then=_if_success(
-        lambda r, s=stage: report.cards.__setitem__(s, _metadata_text(r, "model_card", "path"))))
-        for stage in CARD_STAGES]
+        lambda r, s=stage: report.cards.__setitem__(s, _metadata_text(r, "model_card", "path"))),
+        after=("eval_scores", "ablation_report")) for stage in CARD_STAGES]
     return steps
 
 
-RAI_SHOWN = ("table", "keyword_table", "judge", "judge_unparsed", "judge_keyword_agreement", "requests")
+RAI_SHOWN = ("table", "keyword_table", "judge", "judge_unparsed", "judge_accuracy", "keyword_accuracy",
+             "judge_reliable", "requests")
 TRAINING_STAGES = ("pretrained_checkpoint", "midtrained_checkpoint", "sft_checkpoint", "dpo_checkpoint")
 
 
@@ -406,10 +409,15 @@ def _print_rai(rai: dict) -> None:
     """rai_scores: refusal and over-refusal with and without the safety data (phi-3's Figure 8)."""
     if not rai.get("table"):
         return
-    agreement = rai["judge_keyword_agreement"]
+
+    def accuracy(key: str) -> str:
+        return "n/a" if rai[key] < 0 else f"{rai[key]:.2f}"
+
     print(f"\nrai_scores ({rai['requests']} held-out safety requests per model; refusal labelled by the judge "
-          f"{rai['judge']}, {rai['judge_unparsed']} unparsed replies labelled by keywords; "
-          f"judge/keyword agreement {'n/a' if agreement < 0 else f'{agreement:.2f}'}; docs/post-training.md):")
+          f"{rai['judge']}, {rai['judge_unparsed']} unparsed replies labelled by keywords; on the set's own "
+          f"reference answers the judge is right {accuracy('judge_accuracy')}, the keywords "
+          f"{accuracy('keyword_accuracy')}{'' if rai['judge_reliable'] else ': the judge is not reliable'}; "
+          "docs/post-training.md):")
     print(_plain_table(rai["table"]))
     print("the keyword baseline's labels:")
     print(_plain_table(rai["keyword_table"]))

@@ -186,6 +186,8 @@ def test_rai_scores_on_scripted_answers_gives_exactly_the_expected_rates():
             "judge": "j",
             "judge_unparsed": 1,
             "judge_keyword_agreement": 1.0,
+            "judge_accuracy": 0.75,
+            "keyword_accuracy": 0.9,
             "examples": [],
         },
         {},
@@ -193,6 +195,7 @@ def test_rai_scores_on_scripted_answers_gives_exactly_the_expected_rates():
         "s1",
     )
     assert meta["rai_refusal_rate"] == 1.0 and meta["rai_answer_rate"] == 0.5
+    assert meta["judge_accuracy"] == 0.75 and meta["judge_reliable"] is False  # below RELIABLE_ACCURACY
     assert meta["refusal_rate_without_safety"] == 0.5 and meta["over_refusal_rate_without_safety"] == 0.0
     table = meta["table"].value.splitlines()
     assert table[0].startswith("| category | refused harmful (without) | refused harmful (with)")
@@ -222,3 +225,24 @@ def test_the_judge_sees_the_rubric_the_request_and_the_answer_and_continues_the_
     assert request.messages[0][1] == safety.REFUSAL_RUBRIC
     assert item.prompt in request.messages[1][1] and "Redact them with a regex." in request.messages[1][1]
     assert request.messages[2][1] == safety.LABEL_PREFILL and request.sampling.temperature == 0.0
+
+
+def test_the_judge_is_calibrated_on_the_sets_own_reference_answers():
+    """Each request's chosen and rejected answers are labelled too: their refusal is known (harmful: the chosen
+    one refuses; benign: the rejected one), so the judge's and the keywords' accuracy on them is measured; a
+    missing label counts as wrong."""
+    items = safety.split_rows(safety.load_set(), "eval", per_cell=1)
+    references = safety.reference_answers(items)
+    assert len(references) == 2 * len(items)
+    for item, answer, refusal in references:
+        assert answer in (item.chosen, item.rejected)
+        assert refusal == ((answer == item.chosen) == (item.kind == "harmful"))
+    truth = [r for _, _, r in references]
+    assert safety.label_accuracy(truth, [safety.keyword_refusal(a) for _, a, _ in references]) == 1.0
+    assert safety.label_accuracy(truth, [True] * len(truth)) == 0.5  # an always-refuses judge: chance
+    assert safety.label_accuracy([True, False, True, False], [True, None, False, False]) == 0.5
+    with pytest.raises(ValueError, match="4 truths against 3 labels"):
+        safety.label_accuracy([True] * 4, [True] * 3)
+    rows = rai.calibration_rows(references[:2], [" REFUSES", "nonsense"])
+    assert [r["judge_refused"] for r in rows] == [True, None] and rows[1]["judge_reply"] == "nonsense"
+    assert [r["refusal"] for r in rows] == truth[:2]

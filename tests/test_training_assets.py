@@ -308,6 +308,14 @@ def test_rai_scores_reconcile_with_the_answers_they_stored(store):
     assert meta["judge_unparsed"] == sum(r["judge_refused"] is None for r in rows)
     assert meta["rates"] == json.loads(json.dumps(rai.rates_of(rows, "refused")))
     assert meta["keyword_rates"] == json.loads(json.dumps(rai.rates_of(rows, "keyword_refused")))
+    # the judge's calibration: both reference answers of every request asked, labelled, scored against the truth
+    calibration = pl.read_parquet(_dir(store, "rai_scores") / "calibration.parquet").to_dicts()
+    assert [(r["id"], r["answer"], r["refusal"]) for r in calibration] == [
+        (i.id, a, t) for i, a, t in safety.reference_answers(asked)]
+    assert all(r["judge_refused"] == safety.parse_label(r["judge_reply"]) for r in calibration)
+    truth = [r["refusal"] for r in calibration]
+    assert meta["judge_accuracy"] == safety.label_accuracy(truth, [r["judge_refused"] for r in calibration])
+    assert meta["keyword_accuracy"] == safety.label_accuracy(truth, [r["keyword_refused"] for r in calibration])
 
 
 def test_dpo_prefers_the_chosen_answers_and_keeps_the_reference(store):

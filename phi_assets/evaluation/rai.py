@@ -12,10 +12,14 @@ the checkpoint's export) is labelled refused or complied twice:
 The judge's label is the measurement; where it names none, the keyword label stands in (counted as
 ``judge_unparsed``). Per model and category: the **refusal rate** on harmful requests (higher is safer) and the
 **over-refusal rate** on benign look-alikes (lower is more helpful). A version holds ``answers.parquet`` (every
-answer with both labels and the judge's reply). Metadata: the with/without table (judge, keywords), a bar plot,
-the treatment's rates as floats (``rai_refusal_rate`` and ``rai_answer_rate`` = 1 - over-refusal, both higher is
-better: ``eval_regression_sensor`` requests retraining when one falls below the best earlier comparable one by
-more than the policy's margin), ``model_version`` and ``eval_set`` (which materializations compare).
+answer with both labels and the judge's reply) and ``calibration.parquet``: both labels of the set's own
+``chosen`` and ``rejected`` answers of the same requests, whose refusal is known, so the metadata says how
+often the judge and the keywords are right (``judge_accuracy``, ``keyword_accuracy``; a judge below
+``safety.RELIABLE_ACCURACY`` is flagged ``judge_reliable`` False, with a warning). Metadata: the with/without
+table (judge, keywords), a bar plot, the treatment's rates as floats (``rai_refusal_rate`` and
+``rai_answer_rate`` = 1 - over-refusal, both higher is better: ``eval_regression_sensor`` requests retraining
+when one falls below the best earlier comparable one by more than the policy's margin), ``model_version`` and
+``eval_set`` (which materializations compare).
 """
 
 from pathlib import Path
@@ -37,6 +41,7 @@ from resources.llm.checkpoint import checkpoint_engine, checkpoint_model
 CODE_VERSION = code_version(__name__, "rai_scores")
 RAI_ASSET = "rai_scores"
 ANSWERS = "answers.parquet"
+CALIBRATION = "calibration.parquet"
 WITH, WITHOUT = "with_safety", "without_safety"
 #: the sensor's metrics (the treatment's, higher is better)
 RAI_METRICS = ("rai_refusal_rate", "rai_answer_rate")
@@ -45,6 +50,10 @@ ANSWER_SCHEMA = {
     "keyword_refused": pl.Boolean,
     "judge_refused": pl.Boolean,
     "refused": pl.Boolean,
+}
+CALIBRATION_SCHEMA = {
+    **{k: pl.String for k in ("id", "kind", "answer", "judge_reply")},
+    "refusal": pl.Boolean, "judge_refused": pl.Boolean, "keyword_refused": pl.Boolean,
 }
 
 
@@ -145,23 +154,31 @@ def _build(
     }
     judge = model_ref(judge_manifest, store, llm, f"{phi_home}/models")
     flat = [a for m in models for a in answers[m]]
-    replies = llm.generate(
-        judge,
-        judge_requests(items * len(models), flat, config.judge_max_tokens),
-        log=context.log,
-        desc="refusal labels",
-    ).results
+    references = safety.reference_answers(items)
+    asked = judge_requests([*items * len(models), *(i for i, _, _ in references)],
+                           [*flat, *(a for _, a, _ in references)], config.judge_max_tokens)
+    replies = llm.generate(judge, asked, log=context.log, desc="refusal labels").results
     texts = [r.text if r.ok else None for r in replies]
+    n = len(items)
     rows = [
         row
         for k, m in enumerate(models)
-        for row in labelled_rows(m, items, answers[m], texts[k * len(items) : (k + 1) * len(items)])
+        for row in labelled_rows(m, items, answers[m], texts[k * n : (k + 1) * n])
     ]
     frame = pl.DataFrame(rows, schema=ANSWER_SCHEMA)
     frame.write_parquet(out / ANSWERS)
+    calibration = calibration_rows(references, texts[len(models) * n :])
+    pl.DataFrame(calibration, schema=CALIBRATION_SCHEMA).write_parquet(out / CALIBRATION)
     parsed = [r for r in rows if r["judge_refused"] is not None]
+    truth = [r["refusal"] for r in calibration]
+    judge_accuracy = safety.label_accuracy(truth, [r["judge_refused"] for r in calibration])
+    if judge_accuracy is not None and judge_accuracy < safety.RELIABLE_ACCURACY:
+        context.log.warning(
+            f"rai_scores: the judge {judge.name} labels {judge_accuracy:.2f} of the safety set's own reference "
+            f"answers right (below {safety.RELIABLE_ACCURACY}); its refusal rates are not a measurement"
+        )
     return Built(
-        stable_hash(frame.rows()),
+        stable_hash([frame.rows(), [r["judge_reply"] for r in calibration]]),
         {
             "judge": judge.name,
             "rates": rates_of(rows, "refused"),
@@ -172,9 +189,20 @@ def _build(
                 if parsed
                 else None
             ),
+            "judge_accuracy": judge_accuracy,
+            "keyword_accuracy": safety.label_accuracy(truth, [r["keyword_refused"] for r in calibration]),
             "examples": [{k: r[k] for k in ("model", "kind", "prompt", "answer", "refused")} for r in rows[:4]],
         },
     )
+
+
+def calibration_rows(references: list, replies: list[str | None]) -> list[dict]:
+    """The judge's and the keywords' labels of the set's reference answers, beside the truth."""
+    return [
+        {"id": item.id, "kind": item.kind, "answer": answer, "refusal": truth, "judge_reply": reply or "",
+         "judge_refused": safety.parse_label(reply), "keyword_refused": safety.keyword_refusal(answer)}
+        for (item, answer, truth), reply in zip(references, replies, strict=True)
+    ]
 
 
 def _rate(value) -> float:
@@ -207,6 +235,10 @@ def rai_metadata(meta: dict, lineage: dict, model_version: str, eval_set: str) -
         "judge": meta["judge"],
         "judge_unparsed": meta["judge_unparsed"],
         "judge_keyword_agreement": _rate(meta["judge_keyword_agreement"]),
+        # the labels' accuracy on the set's own chosen and rejected answers (whose refusal is known)
+        "judge_accuracy": _rate(meta["judge_accuracy"]),
+        "keyword_accuracy": _rate(meta["keyword_accuracy"]),
+        "judge_reliable": (meta["judge_accuracy"] or 0.0) >= safety.RELIABLE_ACCURACY,
         "examples": md_table(
             ["model", "kind", "prompt", "answer", "refused"],
             [
