@@ -354,6 +354,16 @@ def test_every_export_carries_a_card_and_keeps_its_data_version(tmp_path):
     assert common.base_model({"mixture": M}) is None  # pretraining starts from scratch
 
 
+def test_the_no_safety_control_names_its_own_stage_and_parent():
+    """The responsible-AI control's checkpoints are stages of their own (sft_no_safety, dpo_no_safety), and the
+    control's DPO names the control's SFT as its base model, not none."""
+    assert common.stage_of("sft_checkpoint") == "sft"
+    assert common.stage_of("dpo_checkpoint_no_safety") == "dpo_no_safety"
+    lineage = {"sft_checkpoint_no_safety": P, "preference_pairs": M, "mix": {"safety": 0}}
+    assert common.base_model(lineage) == f"phi-factory/sft_no_safety@{P}"
+    assert common.base_model({"sft_checkpoint": P, "safety_pairs": M}) == f"phi-factory/sft@{P}"
+
+
 # --- the asset ----------------------------------------------------------------------------------------
 
 

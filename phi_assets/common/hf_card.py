@@ -26,7 +26,7 @@ LICENSE = "apache-2.0"  # the project's licence (pyproject.toml)
 LIBRARY = "transformers"
 PIPELINE = "text-generation"
 TAGS = ["phi", "phi-factory", "code", "textbooks-are-all-you-need"]
-CHECKPOINT = "_checkpoint"  # checkpoint assets are <stage>_checkpoint
+CHECKPOINT = "_checkpoint"  # checkpoint assets are <stage>_checkpoint (a variant: <stage>_checkpoint_<variant>)
 #: lineage keys naming the data a stage trained on (the tokenizer and the parent checkpoint are not data)
 DATA_KEYS = {
     "mixture": "mixture_weights",
@@ -42,10 +42,12 @@ STAGE_SUMMARY = {
     "exercises and rewrites)",
     "midtrained": "the pretrained checkpoint trained further on the mixture reweighted toward long documents, "
     "at a longer context",
-    "sft": "the midtrained checkpoint fine-tuned on verified synthetic exercises, textbook instructions and "
-    "MBPP's training split (supervised fine-tuning)",
+    "sft": "the midtrained checkpoint fine-tuned on verified synthetic exercises, textbook instructions, "
+    "MBPP's training split and safety examples (supervised fine-tuning)",
     "dpo": "the SFT checkpoint tuned by direct preference optimization on preference pairs verified by "
-    "execution and pairs an LLM judge preferred in both orders",
+    "execution, pairs an LLM judge preferred in both orders, and safety pairs",
+    "sft_no_safety": "the responsible-AI control: sft without the safety examples",
+    "dpo_no_safety": "the responsible-AI control: dpo without the safety pairs, from sft_no_safety",
 }
 
 
@@ -55,8 +57,9 @@ def local_id(name: str, version: str | None = None) -> str:
 
 
 def stage_of(asset: str) -> str:
-    """``sft_checkpoint`` -> ``sft``: the stage a checkpoint asset trains."""
-    return asset.removesuffix(CHECKPOINT)
+    """``sft_checkpoint`` -> ``sft``: the stage a checkpoint asset trains (``sft_checkpoint_no_safety`` ->
+    ``sft_no_safety``)."""
+    return asset.replace(CHECKPOINT, "", 1)
 
 
 def checkpoint_id(asset: str, version: str) -> str:
@@ -67,7 +70,7 @@ def checkpoint_id(asset: str, version: str) -> str:
 def base_model(lineage: dict) -> str | None:
     """The parent checkpoint a checkpoint's lineage names (``<stage>_checkpoint: version``), or None for
     pretraining, which starts from scratch."""
-    parents = [(k, v) for k, v in lineage.items() if k.endswith(CHECKPOINT) and isinstance(v, str)]
+    parents = [(k, v) for k, v in lineage.items() if CHECKPOINT in k and isinstance(v, str)]
     if len(parents) > 1:
         raise ValueError(
             f"the lineage names {len(parents)} parent checkpoints ({sorted(parents)}); expected one"

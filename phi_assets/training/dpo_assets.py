@@ -123,7 +123,7 @@ def train_dpo(context, config: DPOConfig, store: ArtifactStore, training_launche
     judged_manifest, judged = _read_pairs(store, "judged_pairs", asset)
     tok, tok_path = current_tokenizer(store)
     pairs, read = _mixed(context, config, verified, judged, asset), {}
-    if safety_data and config.safety_share > 0:
+    if safety_data and config.safety_share != 0:  # a share outside [0, 1) fails in the mix, naming it
         pairs, read = add_safety(context, store, pairs, config, asset)
     mix = {kind: int((pairs["kind"] == kind).sum()) for kind in KINDS}
     context.log.info(f"dpo pairs: {mix} of {verified.height} verified and {judged.height} judged")

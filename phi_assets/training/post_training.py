@@ -150,7 +150,7 @@ def train_sft(context, config: FinetuneConfig, store: ArtifactStore, decontamina
     if not examples.height:
         raise dg.Failure(description=f"{asset}: no examples in sources {config.sources}")
     mix = {}
-    if safety_data and config.safety_share > 0:
+    if safety_data and config.safety_share != 0:  # a share outside [0, 1) fails in the mix, naming it
         examples, mix = with_safety(context, store, examples, config, asset)
     counts = dict(examples.group_by("source").len().iter_rows())
     context.log.info(f"sft examples: {counts}")
