@@ -183,6 +183,15 @@ def test_exercise_verification_executes_the_tests_in_the_sandbox():
     assert "ZeroDivisionError" in failures.filter(pl.col("candidate_id") == "ex-000-0001-s1")["detail"][0]
     funnel = generate.reconcile(3 * 2, kept, failures)
     assert funnel["by_reason"] == {"error": 1, "failed": 1, "llm_error": 2, "timeout": 1}
+    # the passing one failed when run again: its tests passed by chance, and it is dropped with its reason
+    (i,) = [i for i, v in enumerate(verdicts) if v.passed]
+    again = {i: sandbox.run_programs(["assert False, 'second run'"], sandbox.Limits(timeout_s=2))[0]}
+    kept, failures = exercises.exercise_rows(
+        runnable, verdicts, [], {"model": "m", "model_version": "v"}, "p", again
+    )
+    assert kept.height == 0
+    flaky = failures.filter(pl.col("reason") == exercises.NONDETERMINISTIC)
+    assert flaky["candidate_id"].to_list() == ["ex-000-0000-s0"] and "second run" in flaky["detail"][0]
 
 
 def test_rewrite_validation_buckets_and_batches():

@@ -13,6 +13,7 @@ import pytest
 
 from phi_assets.synthetic import generate
 from phi_assets.synthetic.batches import BATCHES, FAILED, KEPT, SETS
+from phi_assets.synthetic.exercises import NONDETERMINISTIC
 from resources import ArtifactStore
 
 
@@ -66,8 +67,11 @@ def test_exercises_were_executed_and_only_verified_ones_kept(store):
         manifest, kept, failed = _frames(store, "synthetic_exercises", key)
         verdicts = manifest["metadata"]["verdicts"]
         parse_failures = failed.filter(
-            ~pl.col("reason").is_in(list(sandbox.VERDICTS) + ["contaminated"])
+            ~pl.col("reason").is_in(list(sandbox.VERDICTS) + ["contaminated", NONDETERMINISTIC])
         ).height
+        # a program that passed once and failed when run again is dropped as nondeterministic
+        flaky = failed.filter(pl.col("reason") == NONDETERMINISTIC).height
+        assert flaky == manifest["metadata"]["nondeterministic"]
         assert sum(verdicts.values()) == manifest["metadata"]["funnel"]["candidates"] - parse_failures
         total_runs += sum(verdicts.values())
         kept_all.append(kept)

@@ -288,17 +288,28 @@ EXERCISE_SCHEMA = {
 }
 
 
+NONDETERMINISTIC = "nondeterministic"  # passed once, failed when run again
+
+
 def exercise_rows(
     runnable: list[tuple[dict, Exercise]],
     verdicts: Sequence[Any],
     failed: list[dict],
     model: dict[str, str],
     prompt_sha256: str,
+    again: dict[int, Any] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Kept exercises and failure rows. ``again``: the second run's verdict of each program that passed (by its
+    index); one that fails there is ``nondeterministic`` (its tests passed by chance: random numbers, time)."""
     kept = []
-    for (cand, ex), v in zip(runnable, verdicts, strict=True):
+    for i, ((cand, ex), v) in enumerate(zip(runnable, verdicts, strict=True)):
         if v.kind != "passed":
             failed.append(failure("exercises", cand["candidate_id"], v.kind, v.detail, ex.runnable()))
+            continue
+        second = (again or {}).get(i)
+        if second is not None and second.kind != "passed":
+            detail = f"passed, then {second.kind} when run again: {second.detail}"
+            failed.append(failure("exercises", cand["candidate_id"], NONDETERMINISTIC, detail, ex.runnable()))
             continue
         text = f"{ex.program}\n\n\n{ex.tests}\n"
         kept.append(

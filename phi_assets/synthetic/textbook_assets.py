@@ -208,11 +208,14 @@ def _build_exercises(
         f"exercises: {len(runnable)} of {draws.height * config.samples} samples parse; "
         f"running their tests in the sandbox"
     )
-    verdicts = sandbox.run_programs(
-        [ex.runnable() for _, ex in runnable], limits, workers=config.workers or None, progress=True
-    )
+    programs = [ex.runnable() for _, ex in runnable]
+    verdicts = sandbox.run_programs(programs, limits, workers=config.workers or None, progress=True)
+    # a passing program runs once more: tests that pass by chance (random numbers, the clock) verify nothing
+    passed = [i for i, v in enumerate(verdicts) if v.passed]
+    again = dict(zip(passed, sandbox.run_programs([programs[i] for i in passed], limits,
+                                                  workers=config.workers or None), strict=True))
     kept, failed = exercises.exercise_rows(
-        runnable, verdicts, failed, batches.model_fields(generator), prompts["exercise"].sha256
+        runnable, verdicts, failed, batches.model_fields(generator), prompts["exercise"].sha256, again
     )
     clean, removed, decon = batches.decontaminate(
         kept, scanner, is_code=True, set_name="exercises", desc="decontaminate exercises"
@@ -230,6 +233,7 @@ def _build_exercises(
             "llm": stats.metadata(),
             **decon,
             "verdicts": kinds,
+            "nondeterministic": sum(not v.passed for v in again.values()),
             "sandbox_seconds_total": round(sum(seconds), 2),
             "isolation": sandbox.isolation(),
         },
