@@ -62,6 +62,10 @@ def test_a_step_with_after_waits_for_those_assets_only():
     assert deps[index["eval_scores[reference]"]] == {index["generator_model"], mixture}
     assert training in deps[index["eval_scores[dpo]"]] and training > mixture
     assert steps[index["eval_scores[dpo]"]].after == ()
+    # a model card reads the ablation report too: it waits for it and for every evaluation
+    evaluations = {i for s, i in index.items() if s.startswith("eval_scores[")}
+    for stage in ("pretrained", "dpo"):
+        assert deps[index[f"model_card[{stage}]"]] == evaluations | {index["ablation_report"]}
 
 
 def test_the_plan_runs_each_step_after_its_dependencies_at_most_workers_at_once():

@@ -40,10 +40,10 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1600, "height": 1000}
 TIMEOUT_MS = 60_000  # for each wait in the browser: two shared cores also run the webserver and daemon
-# Wide enough that the whole expanded graph (about 7700 x 3500 layout px) fits at a scale that still draws
+# Large enough that the whole expanded graph (about 7700 x 7000 layout px) fits at a scale that still draws
 # every asset node with its name.
-GRAPH_VIEWPORT = {"width": 2560, "height": 1280}
-ZOOM_OUT_STEPS = 2  # the 43-asset graph fits after one step at this viewport
+GRAPH_VIEWPORT = {"width": 3840, "height": 3840}
+ZOOM_OUT_STEPS = 2  # the 50-asset graph fits after one step at this viewport
 # The UI asks once per browser profile to join the community (a modal over the page); answered.
 DISMISS_NUX = "window.localStorage.setItem('communityNux', '\"1\"');"
 # Asset nodes in the lineage graph, in both their minimal and full renderings.
