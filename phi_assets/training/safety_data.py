@@ -96,7 +96,7 @@ def _materialize(
     op_tags=steps.tags("light"),
     code_version=SAFETY_SFT_CODE_VERSION,
     description="Safety SFT examples (phi-3): the safety set's training split, harmful requests answered with a"
-    "refusal and benign look-alikes with a helpful answer; sft_checkpoint mixes them in at its safety_share.",
+    " refusal and benign look-alikes with a helpful answer; sft_checkpoint mixes them in at its safety_share.",
 )
 def safety_sft(
     context: dg.AssetExecutionContext, config: SafetyDataConfig, store: ArtifactStore
@@ -109,7 +109,7 @@ def safety_sft(
     op_tags=steps.tags("light"),
     code_version=SAFETY_PAIRS_CODE_VERSION,
     description="Safety DPO pairs (phi-3): for each training request of the safety set, refusal over compliance"
-    "(harmful) or a helpful answer over an over-refusal (benign look-alike); dpo_checkpoint mixes them in.",
+    " (harmful) or a helpful answer over an over-refusal (benign look-alike); dpo_checkpoint mixes them in.",
 )
 def safety_pairs(
     context: dg.AssetExecutionContext, config: SafetyDataConfig, store: ArtifactStore
