@@ -145,7 +145,7 @@ def eval_regression_sensor(
     for record in new_records(context.instance, state["after"]):
         state["after"] = record.storage_id
         found = find_regression(context.instance, record, retraining)
-        stage = watched(retraining, record)[0]
+        stage, _, margin = watched(retraining, record)
         if found == "same model":
             continue
         if found is None:
@@ -154,7 +154,7 @@ def eval_regression_sensor(
         streak = state["streak"].get(stage, 0)
         what = (
             f"{record.asset_key.to_user_string()}[{stage}]: {found.metric} {found.score:.3f} < best "
-            f"{found.best:.3f} - margin {watched(retraining, record)[2]} (model {found.model_version[:12]})"
+            f"{found.best:.3f} - margin {margin} (model {found.model_version[:12]})"
         )
         if streak >= retraining.max_consecutive:
             context.log.warning(f"{what}; not retraining: {streak} retraining runs in a row already")
