@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import dagster as dg
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from resources.artifact_store import ArtifactStore
 
 T = TypeVar("T")
@@ -61,6 +63,16 @@ def version_dir(store: ArtifactStore, manifest: dict) -> str:
 def file_uri(store: ArtifactStore, manifest: dict, name: str) -> str:
     """The URI of file ``name`` inside the version a manifest describes."""
     return store.uri(f"{version_dir(store, manifest)}/{name}")
+
+
+def current_table(store: ArtifactStore, asset: str, name: str, reader: str) -> tuple[dict, pl.DataFrame]:
+    """The current version of ``asset`` (``current``: a failure naming ``reader`` when there is none) and its
+    parquet file ``name``, read whole: for the small tables one step consumes (pairs, examples)."""
+    import polars as pl
+
+    manifest = current(store, asset, reader=reader)
+    with store.fs.open(file_uri(store, manifest, name), "rb") as f:
+        return manifest, pl.read_parquet(f)
 
 
 def local_copy(store: ArtifactStore, manifest: dict, sub: str, root: str | Path | None = None) -> Path:

@@ -11,9 +11,8 @@ import dagster as dg
 import polars as pl
 
 from k8s import steps
-from phi_assets.common import safety
 from phi_assets.common.code_version import code_version
-from phi_assets.common.store import current, file_uri
+from phi_assets.common.store import current_table
 from phi_assets.common.versioning import stable_hash
 from phi_assets.training.judged_assets import judged_pairs
 from phi_assets.training.post_training import (
@@ -24,7 +23,7 @@ from phi_assets.training.post_training import (
     with_epochs,
 )
 from phi_assets.training.runs import current_tokenizer, parent_checkpoint, recipe_config, train_and_record
-from phi_assets.training.safety_data import safety_pairs, safety_rows
+from phi_assets.training.safety_data import mix_safety, safety_pairs
 from resources import ArtifactStore, ProfileResource
 from resources.training import TrainingLauncher
 
@@ -69,12 +68,6 @@ def mix_pairs(verified: pl.DataFrame, judged: pl.DataFrame, share: float, seed: 
     return pl.concat(parts)
 
 
-def _read_pairs(store: ArtifactStore, asset: str, reader: str) -> tuple[dict, pl.DataFrame]:
-    manifest = current(store, asset, reader=reader)
-    with store.fs.open(file_uri(store, manifest, "pairs.parquet"), "rb") as f:
-        return manifest, pl.read_parquet(f)
-
-
 def _mixed(context, config: DPOConfig, verified: pl.DataFrame, judged: pl.DataFrame,
            asset: str) -> pl.DataFrame:
     try:
@@ -98,15 +91,8 @@ def _mixed(context, config: DPOConfig, verified: pl.DataFrame, judged: pl.DataFr
 def add_safety(context, store: ArtifactStore, pairs: pl.DataFrame, config: DPOConfig,
                reader: str) -> tuple[pl.DataFrame, dict]:
     """``pairs`` plus safety_pairs' at ``config.safety_share`` (kind ``safety``), and the version read."""
-    manifest, rows = safety_rows(store, "safety_pairs", reader)
-    try:
-        picked = safety.mix_in(rows.select("prompt", "chosen", "rejected").rows(), pairs.height,
-                               config.safety_share, config.safety_max_repeats, config.seed)
-    except ValueError as e:
-        raise dg.Failure(description=f"{reader}: {e}") from e
-    if len(picked) < safety.wanted_count(pairs.height, config.safety_share):
-        context.log.warning(f"{reader}: {len(picked)} safety pairs ({rows.height} x at most "
-                            f"{config.safety_max_repeats} passes), short of what safety_share asks")
+    columns = ("prompt", "chosen", "rejected")
+    manifest, picked = mix_safety(context, store, "safety_pairs", columns, pairs.height, config, reader)
     added = pl.DataFrame([("safety", *r) for r in picked], schema=pairs.schema, orient="row")
     return pl.concat([pairs, added]), {"safety_pairs": manifest["data_version"]}
 
@@ -119,8 +105,8 @@ def train_dpo(context, config: DPOConfig, store: ArtifactStore, training_launche
     asset = context.asset_key.to_user_string()
     recipe = config.recipe or profile.get().sizes.dpo_recipe
     parent, init = parent_checkpoint(store, parent_asset)
-    verified_manifest, verified = _read_pairs(store, "preference_pairs", asset)
-    judged_manifest, judged = _read_pairs(store, "judged_pairs", asset)
+    verified_manifest, verified = current_table(store, "preference_pairs", "pairs.parquet", asset)
+    judged_manifest, judged = current_table(store, "judged_pairs", "pairs.parquet", asset)
     tok, tok_path = current_tokenizer(store)
     pairs, read = _mixed(context, config, verified, judged, asset), {}
     if safety_data and config.safety_share != 0:  # a share outside [0, 1) fails in the mix, naming it

@@ -15,7 +15,6 @@ import dagster as dg
 import polars as pl
 
 from k8s import steps
-from phi_assets.common import safety
 from phi_assets.common.code_version import code_version
 from phi_assets.common.store import current, file_uri, local_copy
 from phi_assets.common.tables import md_table
@@ -31,7 +30,7 @@ from phi_assets.training.runs import (
     recipe_config,
     train_and_record,
 )
-from phi_assets.training.safety_data import safety_rows, safety_sft
+from phi_assets.training.safety_data import mix_safety, safety_sft
 from resources import ArtifactStore, DecontaminationResource, LLMEngine, ProfileResource
 from resources.llm.checkpoint import COMPLETION_STOPS, checkpoint_engine, checkpoint_model
 from resources.training import TrainingLauncher
@@ -119,16 +118,8 @@ def with_safety(context, store: ArtifactStore, examples: pl.DataFrame, config: F
                 reader: str) -> tuple[pl.DataFrame, dict]:
     """``examples`` with safety_sft's mixed in at ``config.safety_share`` (source ``safety``), and what the mix
     adds to the run's inputs and lineage."""
-    manifest, rows = safety_rows(store, "safety_sft", reader)
-    try:
-        picked = safety.mix_in(rows.select("prompt", "completion").rows(), examples.height, config.safety_share,
-                               config.safety_max_repeats, config.seed)
-    except ValueError as e:
-        raise dg.Failure(description=f"{reader}: {e}") from e
-    wanted = safety.wanted_count(examples.height, config.safety_share)
-    if len(picked) < wanted:
-        context.log.warning(f"{reader}: {len(picked)} safety examples ({rows.height} x at most "
-                            f"{config.safety_max_repeats} passes), short of the {wanted} safety_share asks")
+    columns = ("prompt", "completion")
+    manifest, picked = mix_safety(context, store, "safety_sft", columns, examples.height, config, reader)
     mixed = pl.concat([examples, pl.DataFrame([("safety", p, c) for p, c in picked], schema=examples.schema,
                                               orient="row")])
     share = round(len(picked) / mixed.height, 4) if mixed.height else 0.0

@@ -22,7 +22,7 @@ import polars as pl
 from k8s import steps
 from phi_assets.common import safety
 from phi_assets.common.code_version import code_version
-from phi_assets.common.store import current, file_uri
+from phi_assets.common.store import current_table
 from phi_assets.common.tables import md_table
 from phi_assets.common.versioning import Built, materialize_versioned, stable_hash
 from resources import ArtifactStore
@@ -35,9 +35,7 @@ COLUMNS = {"safety_sft": {"completion": "chosen"}, "safety_pairs": {"chosen": "c
 
 
 class SafetyDataConfig(dg.Config):
-    path: str = (
-        ""  # a safety set of the same schema (JSON lines); empty: the project's (phi_assets/common/safety)
-    )
+    path: str = ""  # a safety set of the same schema (JSON lines); empty: the project's (common/safety)
 
 
 def train_split(asset: str, path: str) -> tuple[Path, list[safety.SafetyItem]]:
@@ -117,11 +115,23 @@ def safety_pairs(
     return _materialize(context, store, config, "safety_pairs", SAFETY_PAIRS_CODE_VERSION)
 
 
-def safety_rows(store: ArtifactStore, asset: str, reader: str) -> tuple[dict, pl.DataFrame]:
-    """The current version of ``safety_sft`` or ``safety_pairs`` and its rows."""
-    manifest = current(store, asset, reader=reader)
-    with store.fs.open(file_uri(store, manifest, SAFETY_FILES[asset]), "rb") as f:
-        return manifest, pl.read_parquet(f)
+def mix_safety(context, store: ArtifactStore, asset: str, columns: tuple[str, ...], other: int, config,
+               reader: str) -> tuple[dict, list[tuple]]:
+    """The rows (``columns``) of ``asset`` (``safety_sft`` or ``safety_pairs``) that join ``other`` rows of
+    post-training data at ``config.safety_share`` (``safety.mix_in``: whole seeded passes, at most
+    ``config.safety_max_repeats``), and the version read. A share outside [0, 1) fails the step, naming
+    ``reader``; a mix short of the share is a warning."""
+    manifest, rows = current_table(store, asset, SAFETY_FILES[asset], reader)
+    try:
+        picked = safety.mix_in(rows.select(*columns).rows(), other, config.safety_share,
+                               config.safety_max_repeats, config.seed)
+    except ValueError as e:
+        raise dg.Failure(description=f"{reader}: {e}") from e
+    wanted = safety.wanted_count(other, config.safety_share)
+    if len(picked) < wanted:
+        context.log.warning(f"{reader}: {len(picked)} rows of {asset} ({rows.height} x at most "
+                            f"{config.safety_max_repeats} passes), short of the {wanted} safety_share asks")
+    return manifest, picked
 
 
 SAFETY_DATA_ASSETS = [safety_sft, safety_pairs]
